@@ -1,0 +1,71 @@
+# mlplatform — `make help` lists every target.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
+RUN := $(UV) run --frozen
+DATA ?= data/breast_cancer.csv
+TARGET ?=
+# Debian packages the test suite runs for real (installed by `make test-deps` when root on Debian).
+TEST_APT_PACKAGES := prometheus prometheus-pushgateway chromium
+
+##@ Getting started
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} \
+	  /^[a-zA-Z0-9_-]+:.*?##/ { printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2 } \
+	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+$(CURDIR)/.tools/bin/uv:
+	@echo "uv not found: installing uv $(UV_VERSION) into .tools/"
+	@python3 -m venv .tools 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv .tools; \
+	  else echo "python3 -m venv failed: install the python3-venv package" >&2; exit 1; fi; }
+	@.tools/bin/pip install -q "uv==$(UV_VERSION)"
+
+.PHONY: sync
+sync: $(UV) ## Create .venv with every package, pinned by uv.lock
+	@$(UV) sync --frozen --all-packages
+
+.PHONY: dev
+dev: sync ## Run the platform locally: train v1 if needed, then start every service (Ctrl-C stops all)
+	@MLPLATFORM_DEV_MODE=true $(RUN) python -m mlplatform_retrainer train --if-missing
+	@echo "services start here as they land (see Procfile.dev)"
+
+.PHONY: train
+train: sync ## Train and publish a model: make train [DATA=path.csv] [TARGET=column]
+	@MLPLATFORM_DEV_MODE=true $(RUN) python -m mlplatform_retrainer train --data $(DATA) $(if $(TARGET),--target $(TARGET))
+
+##@ Quality
+
+.PHONY: lint
+lint: sync ## ruff (lint + format check) and mypy
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy
+
+.PHONY: fmt
+fmt: sync ## Format and auto-fix with ruff
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+.PHONY: test-deps
+test-deps: sync ## Install what the tests run for real (Debian packages when root)
+	@missing=""; for p in $(TEST_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (install them, or run as root on Debian)" >&2; exit 1; fi; \
+	fi
+
+.PHONY: test
+test: test-deps lint ## Install test dependencies, lint, and run every test
+	$(RUN) pytest
+
+.PHONY: clean
+clean: ## Remove the local store and caches (not .venv)
+	rm -rf .mlplatform .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,81 @@
+"""One error hierarchy for every service and job.
+
+Each error carries the HTTP status it maps to, so the serving API renders all of them with one
+handler (`{"error": ..., "type": ...}`) and jobs can log them and exit non-zero.
+"""
+
+from __future__ import annotations
+
+
+class MLPlatformError(Exception):
+    """Base class of every error the platform raises on purpose."""
+
+    status_code: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def type(self) -> str:
+        return type(self).__name__
+
+
+class InvalidInput(MLPlatformError):
+    """The caller sent something the platform cannot use; the message names the field."""
+
+    status_code = 422
+
+
+class Unauthorized(MLPlatformError):
+    """A protected operation was called without a valid token."""
+
+    status_code = 401
+
+
+class NotFound(MLPlatformError):
+    """Something that was asked for by name does not exist."""
+
+    status_code = 404
+
+
+class ModelNotFound(NotFound):
+    """No published version has that name, or no model has been published yet."""
+
+
+class ObjectNotFound(NotFound):
+    """The store has no object under that key."""
+
+
+class Conflict(MLPlatformError):
+    """The operation lost a race or would overwrite something immutable."""
+
+    status_code = 409
+
+
+class ModelNotReady(MLPlatformError):
+    """No verified model is loaded."""
+
+    status_code = 503
+
+
+class StorageUnavailable(MLPlatformError):
+    """The object store did not answer within the bounded retry."""
+
+    status_code = 503
+
+
+class IntegrityError(MLPlatformError):
+    """A model file or manifest failed verification (sha256 or HMAC); it is never unpickled."""
+
+    status_code = 503
+
+
+class ConfigurationError(MLPlatformError):
+    """A required setting is missing or invalid."""
+
+    status_code = 500
+
+
+class DatasetError(InvalidInput):
+    """A training CSV cannot be used: the message says which column or row and why."""

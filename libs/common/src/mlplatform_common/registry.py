@@ -1,0 +1,264 @@
+"""The signed model registry (DESIGN.md section 5).
+
+A version ``vN`` is a folder of files under ``models/vN/`` plus a ``manifest.json`` written
+last, which lists the sha256 of every file and is signed with HMAC-SHA256. A version without a
+manifest does not exist. ``load`` verifies the signature and every checksum before anything is
+unpickled: a pickle is code, and only signed code runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import logging
+import os
+import re
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import joblib
+import pandas as pd
+
+from mlplatform_common import keys
+from mlplatform_common.errors import Conflict, IntegrityError, ModelNotFound, ObjectNotFound
+from mlplatform_common.storage import Store, json_bytes
+
+logger = logging.getLogger("mlplatform.registry")
+
+MANIFEST = "manifest.json"
+MODEL = "model.joblib"
+BACKUP = "backup.joblib"
+REF_DATA = "ref_data.csv"
+_CLAIM = "claim.json"
+_VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
+
+
+def version_number(version: str) -> int:
+    """``"v7"`` -> 7; raise ``ModelNotFound`` for anything that is not a version name."""
+    match = _VERSION_RE.match(version)
+    if not match:
+        raise ModelNotFound(f"{version!r} is not a model version (expected v1, v2, ...)")
+    return int(match.group(1))
+
+
+def _canonical(manifest: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def sign_manifest(manifest: dict[str, Any], key: bytes) -> dict[str, Any]:
+    """Return a copy of the manifest with its HMAC-SHA256 signature."""
+    digest = hmac.new(key, _canonical(manifest), hashlib.sha256).hexdigest()
+    return {**manifest, "signature": {"algorithm": "HMAC-SHA256", "value": digest}}
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class LoadedModel:
+    """A verified, unpickled model version."""
+
+    version: str
+    manifest: dict[str, Any]
+    pipeline: Any
+    backup: Any | None
+    ref_data: pd.DataFrame
+
+    @property
+    def features(self) -> list[str]:
+        return [f["name"] for f in self.manifest["feature_schema"]]
+
+    @property
+    def classes(self) -> list[Any]:
+        return list(self.manifest["classes"])
+
+
+class ModelRegistry:
+    """Publish, verify, load and alias model versions in a store."""
+
+    def __init__(self, store: Store, signing_key: bytes) -> None:
+        self.store = store
+        self._key = signing_key
+
+    # -- reading --------------------------------------------------------------------------
+
+    def versions(self) -> list[str]:
+        """Published versions (those with a manifest), oldest first."""
+        found = [
+            k.split("/")[1] for k in self.store.list_keys(keys.MODELS) if k.endswith("/" + MANIFEST)
+        ]
+        return sorted((v for v in found if _VERSION_RE.match(v)), key=version_number)
+
+    def manifest(self, version: str) -> dict[str, Any]:
+        """The verified manifest of a version.
+
+        Raises:
+            ModelNotFound: no such version.
+            IntegrityError: the manifest is unsigned, or its signature does not match.
+        """
+        version_number(version)
+        key = keys.model_file(version, MANIFEST)
+        try:
+            raw = self.store.get(key)
+        except ObjectNotFound:
+            raise ModelNotFound(f"model version {version} does not exist") from None
+        try:
+            manifest = json.loads(raw)
+        except json.JSONDecodeError:
+            raise IntegrityError(f"{key} is not valid JSON; refusing to load {version}") from None
+        signature = manifest.get("signature") if isinstance(manifest, dict) else None
+        if not isinstance(signature, dict) or not isinstance(signature.get("value"), str):
+            raise IntegrityError(f"{key} is unsigned; refusing to load {version}")
+        expected = sign_manifest(manifest, self._key)["signature"]["value"]
+        if not hmac.compare_digest(expected, signature["value"]):
+            raise IntegrityError(
+                f"{key} has an invalid signature (changed, or signed with another key); "
+                f"refusing to load {version}"
+            )
+        if manifest.get("version") != version:
+            raise IntegrityError(f"{key} names version {manifest.get('version')!r}, not {version}")
+        return manifest
+
+    def list_versions(self) -> list[dict[str, Any]]:
+        """Every version's manifest, oldest first; a version that fails verification is listed
+        with an ``error`` instead of being hidden."""
+        out = []
+        for version in self.versions():
+            try:
+                out.append(self.manifest(version))
+            except IntegrityError as exc:
+                out.append({"version": version, "error": exc.message})
+        return out
+
+    def read_file(
+        self, version: str, filename: str, manifest: dict[str, Any] | None = None
+    ) -> bytes:
+        """One file of a version, checked against the sha256 in its verified manifest."""
+        manifest = manifest or self.manifest(version)
+        expected = manifest.get("files", {}).get(filename)
+        if expected is None:
+            raise ModelNotFound(f"model version {version} has no file {filename!r}")
+        key = keys.model_file(version, filename)
+        try:
+            data = self.store.get(key)
+        except ObjectNotFound:
+            raise IntegrityError(f"{key} is listed in the manifest but missing") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if not hmac.compare_digest(actual, expected):
+            raise IntegrityError(
+                f"{key} does not match its manifest (sha256 {actual[:12]}…, expected "
+                f"{expected[:12]}…); refusing to load {version}"
+            )
+        return data
+
+    def load(self, version: str) -> LoadedModel:
+        """Verify every file of a version, then unpickle it."""
+        manifest = self.manifest(version)
+        blobs = {name: self.read_file(version, name, manifest) for name in manifest["files"]}
+        if MODEL not in blobs:
+            raise IntegrityError(f"model version {version} has no {MODEL}")
+        # Every byte was checked against the signed manifest above; only now is it unpickled.
+        pipeline = joblib.load(io.BytesIO(blobs[MODEL]))
+        backup = joblib.load(io.BytesIO(blobs[BACKUP])) if BACKUP in blobs else None
+        ref_data = pd.read_csv(io.BytesIO(blobs[REF_DATA])) if REF_DATA in blobs else pd.DataFrame()
+        logger.info("loaded and verified model %s", version)
+        return LoadedModel(version, manifest, pipeline, backup, ref_data)
+
+    # -- publishing -----------------------------------------------------------------------
+
+    def _claim_next(self) -> str:
+        """Reserve the next version number with an atomic create, so two publishers never
+        get the same number."""
+        claimed = [d for d in self.store.list_dirs(keys.MODELS) if _VERSION_RE.match(d)]
+        n = max((version_number(v) for v in claimed), default=0) + 1
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "claimed_at": utcnow()}
+        while not self.store.put_if_absent(keys.model_file(f"v{n}", _CLAIM), json_bytes(owner)):
+            n += 1
+        return f"v{n}"
+
+    def publish(self, files: dict[str, bytes], manifest: dict[str, Any]) -> str:
+        """Publish a new version: every file first, the signed manifest last.
+
+        Args:
+            files: file name -> bytes (at least ``model.joblib``).
+            manifest: metadata to record (metrics, schema, classes, ...); ``version``,
+                ``created_at``, ``files`` and ``signature`` are filled in here.
+
+        Returns:
+            The new version name.
+        """
+        if MODEL not in files:
+            raise ValueError(f"a model version needs {MODEL}")
+        version = self._claim_next()
+        for name, data in files.items():
+            self.store.put(keys.model_file(version, name), data)
+        body = {
+            **manifest,
+            "version": version,
+            "created_at": utcnow(),
+            "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+        }
+        self.store.put(
+            keys.model_file(version, MANIFEST), json_bytes(sign_manifest(body, self._key))
+        )
+        logger.info("published model %s (%d files)", version, len(files))
+        return version
+
+    # -- the production alias -------------------------------------------------------------
+
+    def production(self) -> dict[str, Any] | None:
+        """The alias ``{"version", "previous", "history", "updated_at"}``, or None."""
+        try:
+            alias: dict[str, Any] = self.store.get_json(keys.PRODUCTION_ALIAS)
+            return alias
+        except ObjectNotFound:
+            return None
+
+    def production_version(self) -> str:
+        """The version the alias names; ``ModelNotFound`` before the first promotion."""
+        alias = self.production()
+        if not alias:
+            raise ModelNotFound("no model is in production yet (train one: make train)")
+        return str(alias["version"])
+
+    def promote(self, version: str) -> dict[str, Any]:
+        """Point the production alias at a verified version, remembering the one before."""
+        self.manifest(version)
+        current = self.production()
+        history = list(current.get("history", [])) if current else []
+        if current and current["version"] != version:
+            history.append(current["version"])
+        alias = {
+            "version": version,
+            "previous": history[-1] if history else None,
+            "history": history,
+            "updated_at": utcnow(),
+        }
+        self.store.put_json(keys.PRODUCTION_ALIAS, alias)
+        logger.info("production alias -> %s (previous %s)", version, alias["previous"])
+        return alias
+
+    def rollback(self) -> dict[str, Any]:
+        """Move the alias back to the version that was in production before."""
+        current = self.production()
+        if not current or not current.get("history"):
+            raise Conflict("there is no previous production version to roll back to")
+        history = list(current["history"])
+        version = history.pop()
+        self.manifest(version)
+        alias = {
+            "version": version,
+            "previous": history[-1] if history else None,
+            "history": history,
+            "rolled_back_from": current["version"],
+            "updated_at": utcnow(),
+        }
+        self.store.put_json(keys.PRODUCTION_ALIAS, alias)
+        logger.info("rolled back production %s -> %s", current["version"], version)
+        return alias

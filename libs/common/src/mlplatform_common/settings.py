@@ -1,0 +1,77 @@
+"""Settings shared by every service: the store, the signing key, logging.
+
+Each service subclasses :class:`CommonSettings` with its own fields; all read environment
+variables with the ``MLPLATFORM_`` prefix (``MLPLATFORM_STORE_URL`` and so on).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mlplatform_common.errors import ConfigurationError
+
+# Only ever used when MLPLATFORM_DEV_MODE is true: a laptop run needs no secret set up.
+DEV_SIGNING_KEY = "mlplatform-dev-signing-key-not-for-production"
+DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105
+
+
+class CommonSettings(BaseSettings):
+    """Settings every component reads."""
+
+    model_config = SettingsConfigDict(env_prefix="MLPLATFORM_", extra="ignore")
+
+    dev_mode: bool = False
+    """Local development: secrets fall back to fixed, well-known dev values."""
+
+    store_url: str = "file://.mlplatform/store"
+    """Where every artifact and row lives: ``file://<path>`` (local) or ``s3://<bucket>``."""
+
+    s3_endpoint: str = "localhost:9000"
+    """S3/MinIO endpoint as ``host:port``; an ``http://`` or ``https://`` prefix sets TLS."""
+
+    s3_access_key: SecretStr | None = None
+    """S3 access key (from a Secret in Kubernetes)."""
+
+    s3_secret_key: SecretStr | None = None
+    """S3 secret key (from a Secret in Kubernetes)."""
+
+    s3_secure: bool = False
+    """Use TLS to reach the S3 endpoint."""
+
+    s3_region: str = "us-east-1"
+    """Region sent to the S3 endpoint."""
+
+    s3_timeout_seconds: float = 5.0
+    """Connect and read timeout of one S3 request."""
+
+    s3_retries: int = 2
+    """How many times a failed S3 request is retried before ``StorageUnavailable``."""
+
+    signing_key: SecretStr | None = None
+    """HMAC-SHA256 key that signs model manifests; required outside dev mode."""
+
+    log_level: str = "INFO"
+    """Python log level name."""
+
+    log_format: str = "text"
+    """``text`` for a terminal, ``json`` for a log collector."""
+
+    def require_signing_key(self) -> bytes:
+        """Return the manifest signing key, or raise if none is configured outside dev mode."""
+        if self.signing_key is not None and self.signing_key.get_secret_value():
+            return self.signing_key.get_secret_value().encode()
+        if self.dev_mode:
+            return DEV_SIGNING_KEY.encode()
+        raise ConfigurationError(
+            "MLPLATFORM_SIGNING_KEY is not set: model manifests cannot be signed or verified "
+            "(set it, or MLPLATFORM_DEV_MODE=true for local development)"
+        )
+
+
+@lru_cache
+def get_common_settings() -> CommonSettings:
+    """Cached settings for code that needs only the common fields."""
+    return CommonSettings()

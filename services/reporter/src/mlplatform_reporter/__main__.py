@@ -1,0 +1,3 @@
+"""``python -m mlplatform_reporter``."""
+
+raise SystemExit("mlplatform_reporter: not built yet")

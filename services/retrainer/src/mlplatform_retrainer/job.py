@@ -1,0 +1,141 @@
+"""The retrainer's I/O: read data, train with progress, publish a version, move the alias."""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import sklearn
+from mlplatform_common import keys
+from mlplatform_common.registry import BACKUP, MODEL, REF_DATA, ModelRegistry
+from mlplatform_common.schema import Dataset, load_dataset
+from mlplatform_common.storage import Store, open_store
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mlplatform_retrainer.settings import RetrainerSettings
+from mlplatform_retrainer.train import STEPS, TrainConfig, TrainingResult, train
+
+logger = logging.getLogger("mlplatform.retrainer")
+
+
+@dataclass
+class Published:
+    version: str
+    result: TrainingResult
+    promoted: bool
+
+
+def _dump(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    joblib.dump(obj, buf)
+    return buf.getvalue()
+
+
+def train_with_progress(dataset: Dataset, config: TrainConfig) -> TrainingResult:
+    """Train, showing a progress bar in a terminal and logging each step (for pods)."""
+    with Progress(
+        TextColumn("[bold]training[/bold] {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(dataset.name, total=len(STEPS))
+
+        def step(name: str) -> None:
+            progress.update(task, advance=1, description=f"{dataset.name}: {name}")
+            logger.info("training %s: %s done", dataset.name, name)
+
+        return train(dataset.X, dataset.y, config, on_step=step)
+
+
+def upload_dataset(store: Store, dataset: Dataset) -> None:
+    """Keep the training data in the store, so retraining in a cluster can read it."""
+    store.put(keys.dataset(dataset.name), dataset.raw, "text/csv")
+    meta = {"target": dataset.target, "class_names": dataset.class_names, "sha256": dataset.sha256}
+    store.put_json(keys.dataset(dataset.name, "meta.json"), meta)
+
+
+def publish(
+    registry: ModelRegistry,
+    result: TrainingResult,
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    parent: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Publish a training result as the next version (files first, signed manifest last)."""
+    files = {
+        MODEL: _dump(result.pipeline),
+        BACKUP: _dump(result.backup),
+        REF_DATA: result.ref_data.to_csv(index=False).encode(),
+    }
+    class_names = [dataset.class_names.get(str(c), str(c)) for c in result.classes]
+    manifest = {
+        "parent": parent,
+        "target": dataset.target,
+        "feature_schema": result.schema,
+        "classes": result.classes,
+        "class_names": class_names,
+        "n_components": result.n_components,
+        "estimator": config.estimator,
+        "backup_estimator": "gaussian_nb",
+        "metrics": result.metrics,
+        "split": {**result.split_sizes, "seed": config.seed},
+        "training_data": {
+            "dataset": dataset.name,
+            "sha256": dataset.sha256,
+            "rows": len(dataset.X),
+        },
+        "sklearn_version": sklearn.__version__,
+        **(extra or {}),
+    }
+    return registry.publish(files, manifest)
+
+
+def train_from_file(
+    settings: RetrainerSettings,
+    data: Path,
+    target: str | None = None,
+    *,
+    promote: bool = True,
+) -> Published:
+    """``make train``: validate a CSV, upload it, train, publish and (by default) promote."""
+    dataset = load_dataset(data, target)
+    store = open_store(settings, ensure=True)
+    registry = ModelRegistry(store, settings.require_signing_key())
+    config = TrainConfig(
+        n_components=settings.n_components, estimator=settings.estimator, seed=settings.seed
+    )
+    logger.info(
+        "training on %s: %d rows, %d features, target %r",
+        data,
+        len(dataset.X),
+        len(dataset.features),
+        dataset.target,
+    )
+    result = train_with_progress(dataset, config)
+    upload_dataset(store, dataset)
+    current = registry.production()
+    version = publish(
+        registry, result, dataset, config, parent=current["version"] if current else None
+    )
+    if promote:
+        registry.promote(version)
+    return Published(version, result, promote)
+
+
+def describe(published: Published, store_url: str) -> str:
+    """A short summary for the terminal."""
+    test = published.result.metrics["test"]
+    scores = ", ".join(f"{k}={v:.3f}" for k, v in test.items())
+    where = "in production" if published.promoted else "published, not promoted"
+    return f"model {published.version} {where} at {store_url}\n  test: {scores}"
+
+
+__all__ = ["Published", "describe", "publish", "train_from_file", "upload_dataset"]

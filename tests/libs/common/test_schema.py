@@ -1,0 +1,70 @@
+"""Training CSV validation: every refusal names the column or the rows."""
+
+from __future__ import annotations
+
+import pytest
+from mlplatform_common.errors import DatasetError
+from mlplatform_common.schema import feature_schema, load_dataset, parse_dataset
+
+from tests.conftest import DATA
+
+
+def _csv(rows: list[str]) -> bytes:
+    return ("\n".join(rows) + "\n").encode()
+
+
+GOOD = ["a,b,y"] + [f"{i},{i * 2},{i % 2}" for i in range(12)]
+
+
+def test_shipped_dataset_has_30_named_features_and_class_names() -> None:
+    data = load_dataset(DATA)
+    assert data.X.shape == (569, 30)
+    assert "mean_radius" in data.features
+    assert "worst_concave_points" in data.features
+    assert data.target == "target"
+    assert data.class_names == {"0": "malignant", "1": "benign"}
+
+
+def test_a_valid_csv_parses() -> None:
+    data = parse_dataset(_csv(GOOD), "y")
+    assert data.features == ["a", "b"]
+    assert len(data.y) == 12
+
+
+@pytest.mark.parametrize(
+    ("rows", "target", "message"),
+    [
+        (GOOD, "label", r"target column 'label' not found; the columns are \['a', 'b', 'y'\]"),
+        (
+            ["a,b,y", "1,x,0", *GOOD[1:]],
+            "y",
+            r"feature column 'b' is not numeric \(value 'x' at lines 2\)",
+        ),
+        ([*GOOD[:3], ",,", *GOOD[3:]], "y", r"empty rows at lines 4"),
+        (["a,b,y"] + [f"{i},{i},1" for i in range(12)], "y", r"single class \(1\)"),
+        (["a,b,y"], "y", r"header but no rows"),
+        ([""], "y", r"not a readable CSV"),
+        ([*GOOD[:2], "3,,1", *GOOD[2:]], "y", r"feature column 'b' has missing values at lines 3"),
+        ([*GOOD, "1,2,2"], "y", r"classes \[2\] .* fewer than 5 rows"),
+        (
+            [*GOOD[:2], "1,inf,0", *GOOD[2:]],
+            "y",
+            r"feature column 'b' has infinite values at lines 3",
+        ),
+        (["y", "0", "1"], "y", r"no feature columns"),
+    ],
+)
+def test_bad_csvs_are_refused_with_a_message_that_says_which(
+    rows: list[str], target: str, message: str
+) -> None:
+    with pytest.raises(DatasetError, match=message):
+        parse_dataset(_csv(rows), target)
+
+
+def test_feature_schema_has_ranges_and_medians() -> None:
+    data = parse_dataset(_csv(GOOD), "y")
+    schema = feature_schema(data.X)
+    assert [f["name"] for f in schema] == ["a", "b"]
+    assert schema[0]["min"] == 0
+    assert schema[0]["max"] == 11
+    assert schema[0]["median"] == 5.5
