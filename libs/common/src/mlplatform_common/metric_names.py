@@ -1,0 +1,41 @@
+"""Prometheus metric names (DESIGN.md section 7), shared by serving, jobs, rules and dashboards.
+
+Prefix ``mlplatform_``, base units, ``_total`` on counters (prometheus-client adds it to a
+Counter's name), bounded labels only.
+"""
+
+from __future__ import annotations
+
+PREFIX = "mlplatform_"
+
+# serving
+HTTP_REQUESTS = "mlplatform_http_requests"  # Counter -> mlplatform_http_requests_total
+HTTP_REQUEST_DURATION = "mlplatform_http_request_duration_seconds"  # Histogram
+PREDICTIONS = "mlplatform_predictions"  # Counter{model_version,label}
+PREDICTION_PROBABILITY = "mlplatform_prediction_probability"  # Histogram
+FEEDBACK = "mlplatform_feedback"  # Counter
+MODEL_INFO = "mlplatform_model_info"  # Gauge{version} = 1
+MODEL_LOAD_SECONDS = "mlplatform_model_load_seconds"  # Gauge
+PREDICTION_LOG_DROPPED = "mlplatform_prediction_log_dropped_rows"  # Counter
+BACKUP_PREDICTIONS = "mlplatform_backup_predictions"  # Counter
+
+# reporter (pushed to the Pushgateway)
+DRIFT_SHARE = "mlplatform_drift_share"
+DRIFTED_COLUMNS = "mlplatform_drifted_columns"
+FEATURE_DRIFT_SCORE = "mlplatform_feature_drift_score"  # {feature, space}
+MODEL_F1 = "mlplatform_model_f1"
+MODEL_PRECISION = "mlplatform_model_precision"
+MODEL_RECALL = "mlplatform_model_recall"
+MODEL_ACCURACY = "mlplatform_model_accuracy"
+MODEL_BALANCED_ACCURACY = "mlplatform_model_balanced_accuracy"
+REPORT_ROWS = "mlplatform_report_rows"  # {dataset}
+REPORT_LAST_SUCCESS = "mlplatform_report_last_success_timestamp_seconds"
+
+# retrainer (pushed to the Pushgateway)
+RETRAIN_RUNS = "mlplatform_retrain_runs"  # Counter{outcome} -> _total
+RETRAIN_LAST_SUCCESS = "mlplatform_retrain_last_success_timestamp_seconds"
+MODEL_VERSION_NUMBER = "mlplatform_model_version_number"
+
+# Pushgateway job names (the grouping key is {job, instance="mlplatform"})
+REPORTER_JOB = "mlplatform-reporter"
+RETRAINER_JOB = "mlplatform-retrainer"
