@@ -33,7 +33,8 @@ sync: $(UV) ## Create .venv with every package, pinned by uv.lock
 .PHONY: dev
 dev: sync ## Run the platform locally: train v1 if needed, then start every service (Ctrl-C stops all)
 	@MLPLATFORM_DEV_MODE=true $(RUN) python -m mlplatform_retrainer train --if-missing
-	@echo "services start here as they land (see Procfile.dev)"
+	@echo "serving: http://127.0.0.1:8080/docs  (store: $${MLPLATFORM_STORE_URL:-file://.mlplatform/store})"
+	@MLPLATFORM_DEV_MODE=true $(RUN) honcho -f Procfile.dev start
 
 .PHONY: train
 train: sync ## Train and publish a model: make train [DATA=path.csv] [TARGET=column]

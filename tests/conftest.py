@@ -6,6 +6,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlplatform_common.registry import ModelRegistry
@@ -116,3 +117,66 @@ def publish_trained(registry: ModelRegistry, trained, dataset, promote: bool = T
     if promote:
         registry.promote(version)
     return version
+
+
+class ServingProcess:
+    """A real ``python -m mlplatform_serving`` (uvicorn) on a free port."""
+
+    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+        import os
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "MLPLATFORM_PORT": str(self.port),
+            "MLPLATFORM_HOST": "127.0.0.1",
+            **env,
+        }
+        self.proc: Any = None
+
+    def start(self, wait_ready: bool = True, timeout: float = 60) -> ServingProcess:
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlplatform_serving"],
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + timeout
+        path = "/ready" if wait_ready else "/health"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serving exited early:\n{self.proc.stdout.read()}")
+            try:
+                if httpx.get(self.url + path, timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"serving not up on {self.url}:\n{self.proc.stdout.read()}")
+
+    def stop(self) -> str:
+        """Stop with SIGTERM (graceful shutdown flushes the log); return its output."""
+        import subprocess
+
+        if self.proc is None:
+            return ""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        out: str = self.proc.stdout.read() if self.proc.stdout else ""
+        self.proc = None
+        return out

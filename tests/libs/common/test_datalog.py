@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import time
 
+import pandas as pd
 from mlplatform_common import datalog
 from mlplatform_common.storage import Store
 
@@ -69,3 +70,41 @@ def test_label_of_maps_strings_back_to_classes() -> None:
     assert datalog.label_of("1", [0, 1]) == 1
     assert datalog.label_of("benign", ["benign", "malignant"]) == "benign"
     assert datalog.label_of("7", [0, 1]) == "7"
+
+
+def test_feedback_counter_counts_each_row_once_including_late_writes(store: Store) -> None:
+    def write(ts: float) -> None:
+        datalog.write_feedback(store, {"target": "1", "features": {}}, ts=ts)
+
+    base = time.time() - 2 * 86_400  # the counter walks day partitions up to now
+    counter = datalog.FeedbackCounter(store, since=base, margin=60)
+    write(base - 5)  # before training: never counted
+    assert counter.count() == 0
+    write(base + 10)
+    write(base + 20)
+    assert counter.count() == 2
+    assert counter.count() == 2  # listing again counts nothing twice
+    write(base + 15)  # finished late, sorts before the newest key seen
+    write(base + 30)
+    assert counter.count() == 4
+    write(base + 86_400)  # the next day's partition
+    assert counter.count() == 5
+    assert counter.count() == datalog.count_feedback(store, since=base)
+
+
+def test_list_keys_start_after(store: Store) -> None:
+    for k in ("p/a", "p/b", "p/c"):
+        store.put(k, b"")
+    assert store.list_keys("p/", start_after="p/a") == ["p/b", "p/c"]
+    assert store.list_keys("p/", start_after="p/") == ["p/a", "p/b", "p/c"]
+
+
+def test_feedback_counter_notes_own_writes_without_listing(store: Store) -> None:
+    base = time.time() - 60
+    counter = datalog.FeedbackCounter(store, since=base)
+    assert counter.count() == 0
+    own = datalog.write_feedback(store, {"target": "1"}, ts=base + 1)
+    counter.note(own)
+    datalog.write_feedback(store, {"target": "0"}, ts=base + 2)  # another replica's row
+    assert counter.count(max_age=3600) == 1  # no listing: only its own write so far
+    assert counter.count() == 2  # a listing finds the other one, and not its own twice

@@ -12,6 +12,7 @@ logs from every version line up; ``label_of`` maps them back to a version's clas
 from __future__ import annotations
 
 import io
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -118,6 +119,62 @@ def count_feedback(store: Store, since: float | None = None) -> int:
     return len(feedback_keys(store, since))
 
 
+class FeedbackCounter:
+    """Counts labelled rows written after ``since`` without listing them all each time.
+
+    Feedback object names start with their time, so each call lists only the tail of each day
+    partition (S3 StartAfter), from a floor ``margin`` seconds below the newest key seen: a
+    row whose write finished late (another replica, a slow request) is still counted, and the
+    keys seen inside the margin are remembered so nothing is counted twice. A writer ``note``s
+    its own keys, so with ``max_age`` it can answer without listing at all: other writers'
+    rows then show up at most ``max_age`` seconds late.
+    """
+
+    def __init__(self, store: Store, since: float, margin: float = 120.0) -> None:
+        self.store = store
+        self.since = since
+        self.margin = margin
+        self._count = 0
+        self._floor: dict[str, float] = {}
+        self._seen: dict[str, float] = {}
+        self._listed_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def note(self, key: str) -> None:
+        """Count a row this process just wrote, without listing."""
+        ts = _ts_of(key)
+        with self._lock:
+            if ts > self.since and key not in self._seen:
+                self._seen[key] = ts
+                self._count += 1
+
+    def count(self, max_age: float = 0.0) -> int:
+        """Labelled rows written after ``since``; lists the store only if the last listing is
+        older than ``max_age`` seconds (exact once writes have settled)."""
+        with self._lock:
+            if time.monotonic() - self._listed_at < max_age:
+                return self._count
+            self._listed_at = time.monotonic()
+            day = self.since - self.since % 86_400
+            while day <= time.time():
+                prefix = f"{keys.FEEDBACK}dt={_day(day)}/"
+                floor = self._floor.get(prefix)
+                start = prefix + _object_name(floor, "") if floor is not None else None
+                newest = floor
+                for key in self.store.list_keys(prefix, start_after=start):
+                    ts = _ts_of(key)
+                    newest = ts if newest is None else max(newest, ts)
+                    if ts > self.since and key not in self._seen:
+                        self._seen[key] = ts
+                        self._count += 1
+                if newest is not None:
+                    self._floor[prefix] = max(newest - self.margin, floor or 0.0)
+                day += 86_400
+            lowest = min(self._floor.values(), default=0.0)
+            self._seen = {k: ts for k, ts in self._seen.items() if ts >= lowest}
+            return self._count
+
+
 def read_feedback(
     store: Store, since: float | None = None, until: float | None = None
 ) -> pd.DataFrame:
@@ -141,3 +198,22 @@ def label_of(value: Any, classes: Iterable[Any]) -> Any:
         if str(cls) == str(value):
             return cls
     return value
+
+
+def find_prediction(
+    store: Store, prediction_id: str, days: int = 7, now: float | None = None
+) -> dict[str, Any] | None:
+    """Search the last ``days`` days of the prediction log for one id, newest batch first."""
+    now = time.time() if now is None else now
+    for d in range(days):
+        day = _day(now - d * 86_400)
+        for key in reversed(store.list_keys(f"{keys.PREDICTIONS}dt={day}/")):
+            try:
+                frame = pd.read_parquet(io.BytesIO(store.get(key)), engine="fastparquet")
+            except ObjectNotFound:
+                continue
+            hit = frame[frame["prediction_id"] == prediction_id]
+            if not hit.empty:
+                row: dict[str, Any] = hit.iloc[0].to_dict()
+                return row
+    return None

@@ -72,9 +72,9 @@ class IntegrityError(MLPlatformError):
 
 
 class ConfigurationError(MLPlatformError):
-    """A required setting is missing or invalid."""
+    """A required setting is missing or invalid (the service cannot do this until fixed)."""
 
-    status_code = 500
+    status_code = 503
 
 
 class DatasetError(InvalidInput):

@@ -66,8 +66,9 @@ class Store(ABC):
         """Whether an object has that key."""
 
     @abstractmethod
-    def list_keys(self, prefix: str = "") -> list[str]:
-        """Every key that starts with ``prefix``, recursively, sorted."""
+    def list_keys(self, prefix: str = "", start_after: str | None = None) -> list[str]:
+        """Every key that starts with ``prefix``, recursively, sorted; only keys sorting after
+        ``start_after`` when it is given (S3's StartAfter)."""
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -155,7 +156,7 @@ class LocalStore(Store):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def list_keys(self, prefix: str = "") -> list[str]:
+    def list_keys(self, prefix: str = "", start_after: str | None = None) -> list[str]:
         # Walk only the deepest directory the prefix names, not the whole store.
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         if not base.is_dir():
@@ -164,7 +165,7 @@ class LocalStore(Store):
         for path in base.rglob("*"):
             if path.is_file() and not (path.name.startswith(".") and _TMP_MARK in path.name):
                 key = path.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
+                if key.startswith(prefix) and (start_after is None or key > start_after):
                     keys.append(key)
         return sorted(keys)
 
@@ -312,9 +313,11 @@ class S3Store(Store):
                 raise self._missing(exc, key) from None
             raise StorageUnavailable(f"checking {key!r} in {self.url} failed: {exc}") from None
 
-    def list_keys(self, prefix: str = "") -> list[str]:
+    def list_keys(self, prefix: str = "", start_after: str | None = None) -> list[str]:
         def collect() -> list[str]:
-            objects = self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+            objects = self.client.list_objects(
+                self.bucket, prefix=prefix, recursive=True, start_after=start_after
+            )
             return sorted(o.object_name for o in objects if o.object_name and not o.is_dir)
 
         try:

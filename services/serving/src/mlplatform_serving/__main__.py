@@ -1,3 +1,36 @@
-"""``python -m mlplatform_serving``."""
+"""``python -m mlplatform_serving``: run the API with uvicorn."""
 
-raise SystemExit("mlplatform_serving: not built yet")
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+
+def main() -> int:
+    from mlplatform_serving.settings import get_settings
+
+    settings = get_settings()
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Must be set before prometheus_client is imported by the app, in every worker.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlplatform-metrics-")
+
+    import uvicorn
+    from mlplatform_common.log import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(
+        "mlplatform_serving.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=None,
+        proxy_headers=True,
+        forwarded_allow_ips="*",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The serving API: ``create_app`` builds the FastAPI app; the lifespan loads the model."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from mlplatform_common.errors import MLPlatformError
+from mlplatform_common.storage import Store, open_store
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mlplatform_serving import observability as obs
+from mlplatform_serving.routes import admin, feedback, health, metrics, models, predict, v2
+from mlplatform_serving.service import Service
+from mlplatform_serving.settings import ServingSettings, get_settings
+
+logger = logging.getLogger("mlplatform.serving")
+
+
+def error_body(message: str, type_: str) -> dict[str, str]:
+    return {"error": message, "type": type_}
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class ObservabilityMiddleware:
+    """Counts and times every request by route template, and enforces the body size limit.
+
+    A plain ASGI middleware (not ``BaseHTTPMiddleware``) to stay cheap on the hot path.
+    """
+
+    def __init__(self, app: ASGIApp, stats: obs.RollingStats, max_body_bytes: int) -> None:
+        self.app = app
+        self.stats = stats
+        self.max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+            await send(message)
+
+        received = 0
+
+        async def receive_wrapper() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_body:
+                raise _BodyTooLarge
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except _BodyTooLarge:
+            if not response_started:
+                status = 413
+                response = JSONResponse(
+                    error_body(f"body: over the limit of {self.max_body} bytes", "PayloadTooLarge"),
+                    status_code=413,
+                )
+                await response(scope, receive, send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            duration = time.perf_counter() - started
+            method = scope.get("method", "GET")
+            obs.HTTP_REQUESTS.labels(template, method, str(status)).inc()
+            obs.HTTP_DURATION.labels(template, method).observe(duration)
+            self.stats.request(duration, status)
+
+
+def create_app(settings: ServingSettings | None = None, store: Store | None = None) -> FastAPI:
+    """Build the app; the model is loaded when the lifespan starts.
+
+    Args:
+        settings: defaults to the environment (``get_settings()``).
+        store: defaults to the store named by ``settings.store_url``.
+    """
+    settings = settings or get_settings()
+    service = Service(settings, store or open_store(settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        yield
+        service.stop()
+
+    app = FastAPI(
+        title="mlplatform serving API",
+        version="0.1.0",
+        description=(
+            "Predictions, feedback with the true label, model versions, reports and metrics. "
+            'Errors are `{"error": ..., "type": ...}` and name the field.'
+        ),
+        lifespan=lifespan,
+        root_path=settings.root_path,
+    )
+    app.state.service = service
+
+    @app.exception_handler(MLPlatformError)
+    async def platform_error(_: Request, exc: MLPlatformError) -> JSONResponse:
+        return JSONResponse(error_body(exc.message, exc.type), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        err: dict[str, Any] = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ())) or "request"
+        return JSONResponse(
+            error_body(f"{where}: {err.get('msg')}", "InvalidInput"), status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            error_body(str(exc.detail), "HTTPException"),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(
+            error_body("internal error; see the server log", "InternalError"), status_code=500
+        )
+
+    for module in (predict, feedback, models, health, metrics, admin, v2):
+        app.include_router(module.router)
+    app.add_middleware(
+        ObservabilityMiddleware, stats=service.stats, max_body_bytes=settings.max_body_bytes
+    )
+    return app

@@ -1,0 +1,42 @@
+"""Typed dependencies: the runtime and friends live on ``app.state``."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from mlplatform_common.errors import Unauthorized
+
+from mlplatform_serving.runtime import ModelRuntime
+from mlplatform_serving.service import Service
+from mlplatform_serving.settings import ServingSettings
+
+
+def get_service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def get_runtime(request: Request) -> ModelRuntime:
+    runtime: ModelRuntime = request.app.state.service.runtime
+    return runtime
+
+
+def get_settings_dep(request: Request) -> ServingSettings:
+    settings: ServingSettings = request.app.state.service.settings
+    return settings
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
+SettingsDep = Annotated[ServingSettings, Depends(get_settings_dep)]
+
+
+def require_admin(request: Request, settings: SettingsDep) -> None:
+    """Bearer-token check of ``/admin/*``."""
+    token = settings.require_admin_token()
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <admin token>)")

@@ -1,0 +1,154 @@
+"""Prometheus metrics and the rolling in-process statistics behind the JSON summaries.
+
+With several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` is set before this module is
+imported (see ``__main__``), and ``/metrics`` aggregates every worker's files.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter as CountOf
+from collections import deque
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlplatform_common import metric_names as names
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+HTTP_REQUESTS = Counter(
+    names.HTTP_REQUESTS,
+    "HTTP requests by route template, method and status",
+    ["route", "method", "status"],
+)
+HTTP_DURATION = Histogram(
+    names.HTTP_REQUEST_DURATION,
+    "HTTP request duration",
+    ["route", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+PREDICTIONS = Counter(
+    names.PREDICTIONS, "Predicted rows by model version and label", ["model_version", "label"]
+)
+PROBABILITY = Histogram(
+    names.PREDICTION_PROBABILITY,
+    "Probability of the predicted class",
+    buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+)
+FEEDBACK = Counter(names.FEEDBACK, "Labelled rows stored")
+BACKUP = Counter(names.BACKUP_PREDICTIONS, "Rows answered by the backup estimator")
+LOG_DROPPED = Counter(
+    names.PREDICTION_LOG_DROPPED, "Prediction log rows dropped while the store was down"
+)
+MODEL_INFO = Gauge(
+    names.MODEL_INFO, "The model version being served (1)", ["version"], multiprocess_mode="liveall"
+)
+MODEL_LOAD = Gauge(
+    names.MODEL_LOAD_SECONDS, "Seconds the last model load took", multiprocess_mode="liveall"
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The Prometheus text format, across workers when running multi-process."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def set_model(version: str, load_seconds: float) -> None:
+    MODEL_INFO.clear()
+    MODEL_INFO.labels(version=version).set(1)
+    MODEL_LOAD.set(load_seconds)
+
+
+class RollingStats:
+    """Recent requests and predictions of this process, for ``/metrics/system|kpis|...``."""
+
+    def __init__(self, max_requests: int = 20_000, max_feature_rows: int = 5_000) -> None:
+        self._requests: deque[tuple[float, float, int]] = deque(maxlen=max_requests)
+        self._features: deque[pd.DataFrame] = deque()
+        self._feature_rows = 0
+        self.max_feature_rows = max_feature_rows
+        self.labels: CountOf[str] = CountOf()
+        self.rows = 0
+        self.backup_rows = 0
+        self.low_confidence = 0
+        self.confidence_sum = 0.0
+        self.started = time.time()
+        self._lock = threading.Lock()
+
+    def request(self, duration: float, status: int) -> None:
+        self._requests.append((time.time(), duration, status))
+
+    def predictions(
+        self,
+        labels: list[str],
+        top_proba: np.ndarray,
+        backup: bool,
+        features: pd.DataFrame,
+        threshold: float,
+    ) -> None:
+        with self._lock:
+            self.labels.update(labels)
+            self.rows += len(labels)
+            self.backup_rows += len(labels) if backup else 0
+            self.low_confidence += int((top_proba < threshold).sum())
+            self.confidence_sum += float(top_proba.sum())
+            self._features.append(features)
+            self._feature_rows += len(features)
+            while self._feature_rows - len(self._features[0]) >= self.max_feature_rows:
+                self._feature_rows -= len(self._features.popleft())
+
+    def system(self, window_seconds: float = 300.0) -> dict[str, Any]:
+        now = time.time()
+        recent = [r for r in list(self._requests) if now - r[0] <= window_seconds]
+        durations = np.array([r[1] for r in recent]) if recent else np.array([0.0])
+        errors = sum(1 for r in recent if r[2] >= 500)
+        span = min(window_seconds, max(now - self.started, 1e-9))
+        return {
+            "window_seconds": window_seconds,
+            "requests": len(recent),
+            "throughput_rps": round(len(recent) / span, 3),
+            "error_rate": round(errors / len(recent), 6) if recent else 0.0,
+            "client_error_rate": round(sum(1 for r in recent if 400 <= r[2] < 500) / len(recent), 6)
+            if recent
+            else 0.0,
+            "latency_seconds": {
+                f"p{q}": round(float(np.percentile(durations, q)), 6) for q in (50, 95, 99)
+            },
+            "uptime_seconds": round(now - self.started, 1),
+        }
+
+    def kpis(self) -> dict[str, Any]:
+        with self._lock:
+            rows = self.rows
+            return {
+                "predictions": rows,
+                "class_distribution": {k: v / rows for k, v in sorted(self.labels.items())}
+                if rows
+                else {},
+                "mean_confidence": round(self.confidence_sum / rows, 6) if rows else None,
+                "low_confidence_share": round(self.low_confidence / rows, 6) if rows else None,
+                "backup_share": round(self.backup_rows / rows, 6) if rows else None,
+            }
+
+    def recent_features(self) -> pd.DataFrame:
+        with self._lock:
+            frames = list(self._features)
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,0 +1,40 @@
+"""POST /admin/reload and /admin/retrain (bearer token)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from mlplatform_common.errors import ConfigurationError
+
+from mlplatform_serving.deps import ServiceDep, require_admin
+from mlplatform_serving.routes.predict import parse_model, read_json
+from mlplatform_serving.schemas import ERRORS, ReloadRequest, ReloadResponse
+
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    responses={401: ERRORS[401]},
+)
+
+
+@router.post(
+    "/reload", response_model=ReloadResponse, responses={404: ERRORS[404], 503: ERRORS[503]}
+)
+async def reload(request: Request, service: ServiceDep) -> dict[str, Any]:
+    """Load a version (default: MODEL_VERSION or the production alias) and swap it in
+    between requests. A version that fails to verify leaves the current one serving."""
+    body = await request.body()
+    req = parse_model(ReloadRequest, await read_json(request)) if body.strip() else ReloadRequest()
+    version, previous = service.reload(req.version)
+    return {"model_version": version, "previous_version": previous}
+
+
+@router.post("/retrain", status_code=202, responses={503: ERRORS[503]})
+def retrain(service: ServiceDep) -> dict[str, Any]:
+    """Start one retrain now (the retrainer decides, with --force, and holds the lock)."""
+    if service.retrain_launcher is None:
+        raise ConfigurationError("no retrain launcher is configured in this deployment")
+    started = service.retrain_launcher("requested through /admin/retrain")
+    return {"retrain_started": started}

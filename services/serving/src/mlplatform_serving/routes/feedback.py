@@ -1,0 +1,36 @@
+"""POST /feedback: the true label of a prediction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from mlplatform_serving.deps import ServiceDep
+from mlplatform_serving.routes.predict import parse_model, read_json
+from mlplatform_serving.schemas import ERRORS, FeedbackRequest, FeedbackResponse
+
+router = APIRouter(tags=["feedback"])
+
+
+@router.post(
+    "/feedback",
+    status_code=201,
+    response_model=FeedbackResponse,
+    responses={k: v for k, v in ERRORS.items() if k in (404, 413, 422, 503)},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/FeedbackRequest"}}
+            },
+        }
+    },
+    summary="Give the true label of a prediction",
+)
+async def feedback(request: Request, service: ServiceDep) -> dict[str, Any]:
+    """Send `{"prediction_id", "target"}` for an earlier prediction, or
+    `{"features", "prediction", "target"}` for a row given in full. Answers 201 once the
+    labelled row is durably in the store."""
+    req: FeedbackRequest = parse_model(FeedbackRequest, await read_json(request))
+    return service.feedback(req.target, req.prediction_id, req.features, req.prediction)

@@ -1,0 +1,26 @@
+"""GET /health (liveness) and /ready (readiness)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from mlplatform_serving.deps import RuntimeDep
+from mlplatform_serving.schemas import ERRORS, HealthResponse, ReadyResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_model=HealthResponse, summary="Liveness")
+def health(runtime: RuntimeDep) -> dict[str, Any]:
+    """Always 200 while the process runs; says whether a model is loaded."""
+    return {"status": "ok", "model_loaded": runtime.ready, "model_version": runtime.version}
+
+
+@router.get(
+    "/ready", response_model=ReadyResponse, responses={503: ERRORS[503]}, summary="Readiness"
+)
+def ready(runtime: RuntimeDep) -> dict[str, Any]:
+    """200 once a verified model is loaded; 503 with the reason before that."""
+    return {"ready": True, "model_version": runtime.model.version}

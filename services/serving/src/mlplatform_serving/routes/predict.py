@@ -1,0 +1,90 @@
+"""POST /predict: JSON (one row or many) or text/csv."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from mlplatform_common.errors import InvalidInput
+from pydantic import ValidationError
+
+from mlplatform_serving.deps import RuntimeDep, ServiceDep
+from mlplatform_serving.schemas import ERRORS, PredictRequest, PredictResponse
+
+router = APIRouter(tags=["predict"])
+
+OPENAPI_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
+            "text/csv": {
+                "schema": {"type": "string"},
+                "example": "mean_radius,mean_texture,...\n14.1,19.3,...\n",
+            },
+        },
+    }
+}
+
+
+async def read_json(request: Request) -> Any:
+    """Parse a JSON body with errors a client can act on."""
+    body = await request.body()
+    if not body.strip():
+        raise InvalidInput("body: empty; send a JSON object")
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise InvalidInput("body: JSON nested too deeply") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"body: not valid JSON ({exc})") from None
+
+
+def parse_model(model: type[Any], data: Any) -> Any:
+    """Validate with pydantic, naming the first bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise InvalidInput(f"{where}: {err['msg']}") from None
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses={k: v for k, v in ERRORS.items() if k in (413, 422, 503)},
+    openapi_extra=OPENAPI_BODY,
+    summary="Predict one row, many rows, or CSV rows",
+)
+async def predict(request: Request, service: ServiceDep, runtime: RuntimeDep) -> dict[str, Any]:
+    """Run the whole pipeline (embedding + classifier) on each row.
+
+    Send `{"features": {...}}`, `{"instances": [{...}, ...]}`, or `text/csv` rows (with or
+    without a header line). Every row gets a `prediction_id` to use with `/feedback`.
+    """
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if content_type == "text/csv":
+        runtime.model  # noqa: B018 - raises ModelNotReady before parsing
+        X = runtime.parse_csv(await request.body())
+        service.check_batch(len(X), "csv")
+    elif content_type in ("application/json", ""):
+        req = parse_model(PredictRequest, await read_json(request))
+        if (req.features is None) == (req.instances is None):
+            raise InvalidInput("body: give exactly one of 'features' (one row) or 'instances'")
+        if req.features is not None:
+            X = runtime.validate_rows([req.features], field="features")
+        else:
+            service.check_batch(len(req.instances))
+            X = runtime.validate_rows(req.instances)
+    else:
+        raise InvalidInput(
+            f"content-type: {content_type!r:.60} is not supported; use application/json or text/csv"
+        )
+    result, ids = service.predict(X)
+    return {
+        "model_version": result.model.version,
+        "backup": result.backup,
+        "predictions": service.rows(result, ids),
+    }

@@ -1,0 +1,206 @@
+"""Open Inference Protocol v2 (KServe, Triton and MLServer clients work unchanged).
+
+The model takes one FP32/FP64 tensor shaped ``[n, n_features]`` (features in the order of
+``GET /model``) and answers ``label``, ``probabilities`` and ``prediction_id`` tensors. Both the
+JSON form and the binary tensor extension (``Inference-Header-Content-Length``) are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from mlplatform_common.errors import InvalidInput, ModelNotFound
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlplatform_serving.deps import RuntimeDep, ServiceDep, SettingsDep
+from mlplatform_serving.routes.predict import parse_model
+from mlplatform_serving.schemas import ERRORS
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+
+OUTPUTS = ("label", "probabilities", "prediction_id")
+
+
+class V2Tensor(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(max_length=256)
+    shape: list[int]
+    datatype: str = Field(max_length=16)
+    parameters: dict[str, Any] | None = None
+    data: Any = None
+
+
+class V2Output(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(max_length=256)
+    parameters: dict[str, Any] | None = None
+
+
+class V2Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str | None = Field(default=None, max_length=256)
+    parameters: dict[str, Any] | None = None
+    inputs: list[V2Tensor]
+    outputs: list[V2Output] | None = None
+
+
+def _check_name(name: str, settings: SettingsDep) -> None:
+    if name != settings.model_name:
+        raise ModelNotFound(
+            f"model {name!r:.80} does not exist; this server has {settings.model_name!r}"
+        )
+
+
+@router.get("/health/live", summary="Server live")
+def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", responses={503: ERRORS[503]}, summary="Server ready")
+def ready(runtime: RuntimeDep) -> dict[str, bool]:
+    runtime.model  # noqa: B018 - raises ModelNotReady (503) with the reason
+    return {"ready": True}
+
+
+@router.get("", summary="Server metadata")
+def server_metadata() -> dict[str, Any]:
+    return {"name": "mlplatform", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+
+
+@router.get(
+    "/models/{name}", responses={404: ERRORS[404], 503: ERRORS[503]}, summary="Model metadata"
+)
+@router.get("/models/{name}/versions/{version}", include_in_schema=False)
+def model_metadata(name: str, runtime: RuntimeDep, settings: SettingsDep) -> dict[str, Any]:
+    _check_name(name, settings)
+    model = runtime.model
+    n = len(model.features)
+    strings = any(isinstance(c, str) for c in model.classes)
+    return {
+        "name": name,
+        "versions": [model.version],
+        "platform": "sklearn",
+        "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, n]}],
+        "outputs": [
+            {"name": "label", "datatype": "BYTES" if strings else "INT64", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(model.classes)]},
+            {"name": "prediction_id", "datatype": "BYTES", "shape": [-1]},
+        ],
+        "parameters": {"features": model.features, "classes": model.classes},
+    }
+
+
+@router.get(
+    "/models/{name}/ready", responses={404: ERRORS[404], 503: ERRORS[503]}, summary="Model ready"
+)
+@router.get("/models/{name}/versions/{version}/ready", include_in_schema=False)
+def model_ready(name: str, runtime: RuntimeDep, settings: SettingsDep) -> dict[str, Any]:
+    _check_name(name, settings)
+    return {"name": name, "ready": True, "version": runtime.model.version}
+
+
+def _split_binary(request_headers: Any, body: bytes) -> tuple[Any, bytes]:
+    header_len = request_headers.get("inference-header-content-length")
+    if header_len is None:
+        try:
+            return json.loads(body), b""
+        except RecursionError:
+            raise InvalidInput("body: JSON nested too deeply") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"body: not valid JSON ({exc})") from None
+    try:
+        n = int(header_len)
+        if not 0 < n <= len(body):
+            raise ValueError
+        return json.loads(body[:n]), body[n:]
+    except (ValueError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise InvalidInput(
+            "inference-header-content-length: does not frame a JSON header"
+        ) from None
+
+
+@router.post(
+    "/models/{name}/infer",
+    responses={k: v for k, v in ERRORS.items() if k in (404, 413, 422, 503)},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/V2Request"}}},
+        }
+    },
+    summary="Inference",
+)
+@router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
+async def infer(
+    name: str, request: Request, service: ServiceDep, runtime: RuntimeDep, settings: SettingsDep
+) -> JSONResponse:
+    """Predict an ``[n, n_features]`` FP32/FP64 tensor."""
+    _check_name(name, settings)
+    payload, binary = _split_binary(request.headers, await request.body())
+    req: V2Request = parse_model(V2Request, payload)
+    if len(req.inputs) != 1:
+        raise InvalidInput(f"inputs: expected one tensor [n, n_features], got {len(req.inputs)}")
+    tensor = req.inputs[0]
+    data = tensor.data
+    size = (tensor.parameters or {}).get("binary_data_size")
+    if size is not None:
+        dtype = {"FP32": "<f4", "FP64": "<f8"}.get(tensor.datatype)
+        if dtype is None:
+            raise InvalidInput(
+                f"inputs[{tensor.name}].datatype: {tensor.datatype!r} is not supported; "
+                "use FP32 or FP64"
+            )
+        if not isinstance(size, int) or size != len(binary):
+            raise InvalidInput(
+                f"inputs[{tensor.name}].parameters.binary_data_size: does not match the body"
+            )
+        if size % np.dtype(dtype).itemsize:
+            raise InvalidInput(
+                f"inputs[{tensor.name}]: binary data is not a whole number of {tensor.datatype}"
+            )
+        data = np.frombuffer(binary, dtype=dtype).astype(float).tolist()
+    elif data is None:
+        raise InvalidInput(f"inputs[{tensor.name}].data: missing")
+    X = runtime.tensor_rows(data, tensor.shape, tensor.datatype, tensor.name)
+    service.check_batch(len(X), f"inputs[{tensor.name}]")
+    wanted = [o.name for o in req.outputs] if req.outputs else list(OUTPUTS)
+    unknown = [o for o in wanted if o not in OUTPUTS]
+    if unknown:
+        raise InvalidInput(
+            f"outputs: unknown output {unknown[0]!r:.60}; choose from {list(OUTPUTS)}"
+        )
+    result, ids = service.predict(X)
+    strings = any(isinstance(c, str) for c in result.model.classes)
+    tensors = {
+        "label": {
+            "name": "label",
+            "datatype": "BYTES" if strings else "INT64",
+            "shape": [len(ids)],
+            "data": [str(x) if strings else int(x) for x in result.labels],
+        },
+        "probabilities": {
+            "name": "probabilities",
+            "datatype": "FP64",
+            "shape": list(result.proba.shape),
+            "data": result.proba.ravel().tolist(),
+        },
+        "prediction_id": {
+            "name": "prediction_id",
+            "datatype": "BYTES",
+            "shape": [len(ids)],
+            "data": ids,
+        },
+    }
+    return JSONResponse(
+        {
+            "model_name": name,
+            "model_version": result.model.version,
+            "id": req.id,
+            "parameters": {"backup": result.backup},
+            "outputs": [tensors[o] for o in wanted],
+        }
+    )

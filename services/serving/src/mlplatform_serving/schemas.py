@@ -1,0 +1,116 @@
+"""Request and response models of the serving API (they also make the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_EXAMPLE_ROW = {"mean_radius": 14.1, "mean_texture": 19.3, "...": "every feature of GET /model"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PredictRequest(Strict):
+    """One row (``features``) or many (``instances``); ``text/csv`` is accepted too."""
+
+    features: dict[str, Any] | None = Field(
+        default=None, description="One row: feature name -> number", examples=[_EXAMPLE_ROW]
+    )
+    instances: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Many rows, each feature name -> number",
+        examples=[[_EXAMPLE_ROW]],
+    )
+
+
+class RowPrediction(BaseModel):
+    prediction_id: str = Field(description="Id to send back with the true label to /feedback")
+    label: Any = Field(description="Predicted class", examples=[1])
+    label_name: str = Field(description="Readable class name", examples=["benign"])
+    probability: float = Field(description="Probability of the predicted class", examples=[0.97])
+    probabilities: dict[str, float] = Field(
+        description="Probability of every class", examples=[{"0": 0.03, "1": 0.97}]
+    )
+    model_version: str = Field(examples=["v3"])
+    backup: bool = Field(description="True if the backup estimator answered this row")
+
+
+class PredictResponse(BaseModel):
+    model_version: str
+    backup: bool = Field(description="True if the backup estimator answered")
+    predictions: list[RowPrediction]
+
+
+class FeedbackRequest(Strict):
+    """The true label of an earlier prediction (by id), or of a row given in full."""
+
+    prediction_id: str | None = Field(default=None, max_length=64, examples=["3f2c…"])
+    features: dict[str, Any] | None = Field(default=None, examples=[_EXAMPLE_ROW])
+    prediction: Any | None = Field(default=None, description="The label that was predicted")
+    target: Any = Field(description="The true label", examples=[0])
+
+
+class FeedbackResponse(BaseModel):
+    feedback_id: str
+    prediction_id: str | None
+    stored: bool = Field(description="The row is durably in the store")
+    model_version: str
+    labelled_since_training: int = Field(
+        description="Labelled rows received since the serving model was trained"
+    )
+    retrain_every: int = Field(description="A retrain starts every this many labelled rows")
+    retrain_started: bool
+
+
+class HealthResponse(BaseModel):
+    status: str
+    model_loaded: bool
+    model_version: str | None
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    model_version: str
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="What is wrong, naming the field")
+    type: str = Field(description="Error class, e.g. InvalidInput")
+
+
+class ReloadRequest(Strict):
+    version: str | None = Field(
+        default=None, description="Version to load; default: MODEL_VERSION or the production alias"
+    )
+
+
+class ReloadResponse(BaseModel):
+    model_version: str
+    previous_version: str | None
+
+
+class ReportEntry(BaseModel):
+    id: str
+    summary: dict[str, Any]
+
+
+class Page(BaseModel):
+    page: int
+    page_size: int
+    total: int
+    items: list[dict[str, Any]]
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        401: "Missing or wrong bearer token",
+        404: "Not found",
+        413: "Body over the size limit",
+        422: "Invalid input; the message names the field",
+        503: "No model loaded, or the store is unavailable",
+    }.items()
+}

@@ -1,0 +1,281 @@
+"""The serving service: the runtime, the prediction log, feedback and statistics together.
+
+Routes call these methods and only translate HTTP; everything here is plain Python.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from mlplatform_common import datalog, keys
+from mlplatform_common.errors import InvalidInput, MLPlatformError, NotFound, ObjectNotFound
+from mlplatform_common.registry import ModelRegistry
+from mlplatform_common.storage import Store
+
+from mlplatform_serving import observability as obs
+from mlplatform_serving.predlog import PredictionLog
+from mlplatform_serving.runtime import BatchResult, ModelRuntime
+from mlplatform_serving.settings import ServingSettings
+
+logger = logging.getLogger("mlplatform.serving")
+
+
+class Service:
+    """Everything a serving process holds."""
+
+    def __init__(self, settings: ServingSettings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = ModelRegistry(store, settings.require_signing_key())
+        self.runtime = ModelRuntime(self.registry, settings.model_version)
+        self.stats = obs.RollingStats()
+        self.log = PredictionLog(
+            store,
+            flush_rows=settings.log_flush_rows,
+            flush_seconds=settings.log_flush_seconds,
+            max_rows=settings.log_buffer_max_rows,
+            cache_rows=settings.recent_cache_rows,
+            on_drop=lambda n: obs.LOG_DROPPED.inc(n),
+        )
+        # Set by the retrainer integration: starts one retrain, returns whether it did.
+        self.retrain_launcher: Callable[[str], bool] | None = None
+        self._stop = threading.Event()
+        self._loader: threading.Thread | None = None
+        self._counter: tuple[str, datalog.FeedbackCounter] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the model (retrying in the background until it works) and start the log."""
+        self.log.start()
+        if not self._try_load():
+            self._loader = threading.Thread(
+                target=self._keep_loading, name="model-loader", daemon=True
+            )
+            self._loader.start()
+
+    def _try_load(self, version: str | None = None) -> bool:
+        try:
+            model = self.runtime.load(version)
+        except MLPlatformError:
+            return False
+        obs.set_model(model.version, self.runtime.load_seconds)
+        return True
+
+    def _keep_loading(self) -> None:
+        while not self._stop.wait(self.settings.load_retry_seconds):
+            if self.runtime.ready or self._try_load():
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.log.stop()
+
+    def reload(self, version: str | None = None) -> tuple[str, str | None]:
+        """Swap in another version (default: pinned or alias); errors leave the old one."""
+        previous = self.runtime.version
+        model = self.runtime.load(version)
+        obs.set_model(model.version, self.runtime.load_seconds)
+        return model.version, previous
+
+    # -- predictions ----------------------------------------------------------------------
+
+    def check_batch(self, n: int, field: str = "instances") -> None:
+        if n == 0:
+            raise InvalidInput(f"{field}: empty batch; send at least one row")
+        if n > self.settings.max_batch_rows:
+            raise InvalidInput(
+                f"{field}: {n} rows is over the limit of {self.settings.max_batch_rows} per request"
+            )
+
+    def predict(self, X: pd.DataFrame) -> tuple[BatchResult, list[str]]:
+        """Predict a validated frame, count it, and queue it for the prediction log."""
+        result = self.runtime.predict(X)
+        ids = [datalog.new_id() for _ in range(len(X))]
+        self.log.add(self.runtime.log_frame(result, ids, time.time()))
+        labels = [str(label) for label in result.labels]
+        top = result.proba.max(axis=1)
+        for label in set(labels):
+            obs.PREDICTIONS.labels(result.model.version, label).inc(labels.count(label))
+        for p in top:
+            obs.PROBABILITY.observe(float(p))
+        if result.backup:
+            obs.BACKUP.inc(len(labels))
+        self.stats.predictions(
+            labels, top, result.backup, X, self.settings.low_confidence_threshold
+        )
+        return result, ids
+
+    def rows(self, result: BatchResult, ids: list[str]) -> list[dict[str, Any]]:
+        """Per-row answers."""
+        model = result.model
+        names = model.manifest.get("class_names") or [str(c) for c in model.classes]
+        keys_ = [str(c) for c in model.classes]
+        index = {str(c): i for i, c in enumerate(model.classes)}
+        out = []
+        for pid, label, proba in zip(ids, result.labels, result.proba, strict=True):
+            out.append(
+                {
+                    "prediction_id": pid,
+                    "label": label,
+                    "label_name": names[index[str(label)]],
+                    "probability": round(float(proba.max()), 6),
+                    "probabilities": {
+                        k: round(float(p), 6) for k, p in zip(keys_, proba, strict=True)
+                    },
+                    "model_version": model.version,
+                    "backup": result.backup,
+                }
+            )
+        return out
+
+    # -- feedback -------------------------------------------------------------------------
+
+    def _class_of(self, value: Any, field: str) -> Any:
+        model = self.runtime.model
+        names = model.manifest.get("class_names") or []
+        for i, cls in enumerate(model.classes):
+            if str(cls) == str(value) or (i < len(names) and names[i] == value):
+                return cls
+        raise InvalidInput(
+            f"{field}: {value!r:.40} is not one of the model's classes {model.classes}"
+            + (f" (names {names})" if names else "")
+        )
+
+    def feedback(
+        self,
+        target: Any,
+        prediction_id: str | None,
+        features: dict[str, Any] | None,
+        prediction: Any | None,
+    ) -> dict[str, Any]:
+        """Store one labelled row durably and say how many arrived since training."""
+        model = self.runtime.model
+        target = self._class_of(target, "target")
+        if prediction_id is not None and features is not None:
+            raise InvalidInput("prediction_id: give either prediction_id or features, not both")
+        if prediction_id is not None:
+            logged = self.log.lookup(prediction_id) or datalog.find_prediction(
+                self.store, prediction_id, self.settings.feedback_lookup_days
+            )
+            if logged is None:
+                raise NotFound(
+                    f"prediction_id {prediction_id!r:.70} is unknown (not among recent predictions "
+                    f"nor in the last {self.settings.feedback_lookup_days} days of the log)"
+                )
+            row_features = {f: float(logged[f]) for f in model.features if f in logged}
+            predicted = str(logged["prediction"])
+            version = str(logged["model_version"])
+        elif features is not None:
+            frame = self.runtime.validate_rows([features], field="features")
+            row_features = {k: float(v) for k, v in frame.iloc[0].items()}
+            if prediction is None:
+                predicted = str(self.runtime.predict(frame).labels[0])
+            else:
+                predicted = str(self._class_of(prediction, "prediction"))
+            version = model.version
+        else:
+            raise InvalidInput("prediction_id: give prediction_id, or features with the target")
+        key = datalog.write_feedback(
+            self.store,
+            {
+                "prediction_id": prediction_id,
+                "model_version": version,
+                "prediction": predicted,
+                "target": str(target),
+                "features": row_features,
+            },
+        )
+        obs.FEEDBACK.inc()
+        counter = self._feedback_counter()
+        counter.note(key)
+        count = counter.count(max_age=self.settings.feedback_count_max_age)
+        started = self._maybe_retrain(count, model.version)
+        return {
+            "feedback_id": key.rsplit("/", 1)[-1].split("-", 1)[1].removesuffix(".json"),
+            "prediction_id": prediction_id,
+            "stored": True,
+            "model_version": version,
+            "labelled_since_training": count,
+            "retrain_every": self.settings.retrain_every,
+            "retrain_started": started,
+        }
+
+    def _feedback_counter(self) -> datalog.FeedbackCounter:
+        model = self.runtime.model
+        if self._counter is None or self._counter[0] != model.version:
+            since = datetime.fromisoformat(model.manifest["created_at"]).timestamp()
+            self._counter = (model.version, datalog.FeedbackCounter(self.store, since))
+        return self._counter[1]
+
+    def labelled_since_training(self) -> int:
+        """Labelled rows stored since the serving model was trained, by every replica."""
+        return self._feedback_counter().count(max_age=self.settings.feedback_count_max_age)
+
+    def _maybe_retrain(self, count: int, version: str) -> bool:
+        """Start one retrain per multiple of k per model version, across replicas: the
+        replica that creates the marker object starts it."""
+        k = self.settings.retrain_every
+        if k <= 0 or count < k or self.retrain_launcher is None:
+            return False
+        marker = f"state/triggers/{version}-{count // k * k}.json"
+        if not self.store.put_if_absent(marker, json.dumps({"count": count}).encode()):
+            return False
+        try:
+            return self.retrain_launcher(f"{count} labelled rows since {version} (k={k})")
+        except MLPlatformError as exc:
+            logger.error("could not start a retrain: %s", exc.message)
+            return False
+
+    # -- reports and summaries ------------------------------------------------------------
+
+    def reports(self, limit: int = 50) -> list[dict[str, Any]]:
+        out = []
+        for report_id in reversed(self.store.list_dirs(keys.REPORTS)):
+            try:
+                summary = self.store.get_json(keys.report_file(report_id, "summary.json"))
+            except (ObjectNotFound, json.JSONDecodeError):
+                continue  # a report still being written, or not a report
+            out.append({"id": report_id, "summary": summary})
+            if len(out) >= limit:
+                break
+        return out
+
+    def report_file(self, report_id: str, filename: str) -> bytes:
+        try:
+            return self.store.get(keys.report_file(report_id, filename))
+        except (ObjectNotFound, InvalidInput):
+            raise NotFound(f"report {report_id!r:.80} does not exist") from None
+
+    def feature_distribution(self, page: int, page_size: int) -> dict[str, Any]:
+        schema = self.runtime.model.manifest["feature_schema"]
+        recent = self.stats.recent_features()
+        items = []
+        for f in schema[(page - 1) * page_size : page * page_size]:
+            name = f["name"]
+            col = recent[name] if name in recent else pd.Series(dtype=float)
+            items.append(
+                {
+                    "feature": name,
+                    "reference": {
+                        k: f[k] for k in ("mean", "std", "min", "q01", "median", "q99", "max")
+                    },
+                    "recent": {
+                        "rows": len(col),
+                        "mean": float(col.mean()) if len(col) else None,
+                        "std": float(col.std(ddof=0)) if len(col) else None,
+                        "median": float(col.median()) if len(col) else None,
+                        "out_of_range_share": float(((col < f["min"]) | (col > f["max"])).mean())
+                        if len(col)
+                        else None,
+                    },
+                }
+            )
+        return {"page": page, "page_size": page_size, "total": len(schema), "items": items}

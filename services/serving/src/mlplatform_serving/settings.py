@@ -1,0 +1,85 @@
+"""Serving settings (env prefix ``MLPLATFORM_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from mlplatform_common.errors import Unauthorized
+from mlplatform_common.settings import DEV_ADMIN_TOKEN, CommonSettings
+from pydantic import AliasChoices, Field, SecretStr
+
+
+class ServingSettings(CommonSettings):
+    """The serving API."""
+
+    host: str = "127.0.0.1"
+    """Interface uvicorn binds to (``0.0.0.0`` in a container)."""
+
+    port: int = 8080
+    """Port uvicorn listens on."""
+
+    root_path: str = ""
+    """Path prefix the API is reached under behind a proxy (``/api`` behind the ingress)."""
+
+    workers: int = 1
+    """uvicorn worker processes; metrics are aggregated across them."""
+
+    model_version: str | None = Field(
+        default=None, validation_alias=AliasChoices("MLPLATFORM_MODEL_VERSION", "MODEL_VERSION")
+    )
+    """Version to serve (``MODEL_VERSION``, set in the pod template by the retrainer); unset:
+    the production alias."""
+
+    model_name: str = "mlplatform"
+    """Model name in the Open Inference Protocol (``/v2/models/<name>``)."""
+
+    admin_token: SecretStr | None = None
+    """Bearer token of ``/admin/*``; required outside dev mode."""
+
+    max_batch_rows: int = 10_000
+    """Most rows one ``/predict`` call may carry."""
+
+    max_body_bytes: int = 16 * 1024 * 1024
+    """Largest request body accepted; larger ones get 413."""
+
+    load_retry_seconds: float = 5.0
+    """While no model is loaded, how often loading is tried again."""
+
+    log_flush_rows: int = 1_000
+    """The prediction log is written when this many rows are buffered ..."""
+
+    log_flush_seconds: float = 2.0
+    """... or when the oldest buffered row is this old."""
+
+    log_buffer_max_rows: int = 200_000
+    """Rows kept while the store is down; beyond this the oldest are dropped and counted."""
+
+    recent_cache_rows: int = 100_000
+    """Recent predictions kept in memory for ``/feedback`` by ``prediction_id``."""
+
+    feedback_lookup_days: int = 7
+    """How many days of the prediction log ``/feedback`` searches for an unknown id."""
+
+    feedback_count_max_age: float = 1.0
+    """Rows labelled through other replicas show up in the count at most this many seconds
+    late (the store is listed at most this often per process)."""
+
+    low_confidence_threshold: float = 0.6
+    """A prediction whose top probability is below this counts as low-confidence (KPIs)."""
+
+    retrain_every: int = 50
+    """Start a retrain every this many labelled rows (the course's k); 0 disables it."""
+
+    def require_admin_token(self) -> str:
+        """The admin token; dev mode falls back to a well-known token."""
+        if self.admin_token is not None and self.admin_token.get_secret_value():
+            return self.admin_token.get_secret_value()
+        if self.dev_mode:
+            return DEV_ADMIN_TOKEN
+        raise Unauthorized("admin endpoints are disabled: MLPLATFORM_ADMIN_TOKEN is not set")
+
+
+@lru_cache
+def get_settings() -> ServingSettings:
+    """Cached settings; tests pass their own to ``create_app``."""
+    return ServingSettings()

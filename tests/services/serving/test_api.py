@@ -1,0 +1,492 @@
+"""Every endpoint through the ASGI app (the lifespan runs, so the model really loads)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from mlplatform_common import datalog, keys
+from mlplatform_common.registry import ModelRegistry
+from mlplatform_common.storage import Store
+from mlplatform_serving.app import create_app
+
+from tests.conftest import SIGNING_KEY, publish_trained
+from tests.services.serving.conftest import ADMIN, serving_settings
+
+
+def assert_error(response, status: int, *fragments: str) -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "type"}, body
+    for fragment in fragments:
+        assert fragment in body["error"], body
+    assert "Traceback" not in response.text
+
+
+# -- health ----------------------------------------------------------------------------
+
+
+def test_health_and_ready_report_the_loaded_version(client: TestClient) -> None:
+    assert client.get("/health").json() == {
+        "status": "ok",
+        "model_loaded": True,
+        "model_version": "v1",
+    }
+    assert client.get("/ready").json() == {"ready": True, "model_version": "v1"}
+
+
+def test_not_ready_without_a_model_and_says_why(local_store: Store) -> None:
+    with TestClient(create_app(serving_settings(), local_store)) as c:
+        assert c.get("/health").json()["model_loaded"] is False
+        assert_error(c.get("/ready"), 503, "no model is in production yet")
+        assert_error(c.post("/predict", json={"features": {}}), 503)
+
+
+def test_a_tampered_model_stays_not_ready_naming_the_file(model_store: Store) -> None:
+    key = keys.model_file("v1", "model.joblib")
+    data = bytearray(model_store.get(key))
+    data[200] ^= 1
+    model_store.put(key, bytes(data))
+    with TestClient(create_app(serving_settings(), model_store)) as c:
+        assert_error(c.get("/ready"), 503, "IntegrityError", "models/v1/model.joblib")
+
+
+def test_becomes_ready_when_the_first_model_is_published_later(
+    local_store: Store, trained, shipped_dataset
+) -> None:
+    with TestClient(create_app(serving_settings(), local_store)) as c:
+        assert c.get("/ready").status_code == 503
+        publish_trained(ModelRegistry(local_store, SIGNING_KEY), trained, shipped_dataset)
+        deadline = time.monotonic() + 10
+        while c.get("/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert c.get("/ready").json()["model_version"] == "v1"
+
+
+def test_model_version_env_pins_a_version(model_store: Store, trained, shipped_dataset) -> None:
+    publish_trained(ModelRegistry(model_store, SIGNING_KEY), trained, shipped_dataset)  # v2 in prod
+    with TestClient(create_app(serving_settings(model_version="v1"), model_store)) as c:
+        assert c.get("/ready").json()["model_version"] == "v1"
+        assert c.get("/model").json()["pinned"] is True
+
+
+# -- predict ---------------------------------------------------------------------------
+
+
+def test_predict_one_row(client: TestClient, rows, trained) -> None:
+    body = client.post("/predict", json={"features": rows[0]}).json()
+    (pred,) = body["predictions"]
+    expected = trained.pipeline.predict_proba(pd.DataFrame([rows[0]]))[0]
+    assert pred["label"] == int(np.argmax(expected))
+    assert pred["label_name"] == ["malignant", "benign"][pred["label"]]
+    assert pred["probabilities"] == pytest.approx({"0": expected[0], "1": expected[1]}, abs=1e-6)
+    assert pred["probability"] == pytest.approx(expected.max(), abs=1e-6)
+    assert pred["model_version"] == "v1" and pred["backup"] is False
+    assert len(pred["prediction_id"]) == 32
+
+
+def test_predict_many_rows_matches_the_pipeline(client: TestClient, rows, trained) -> None:
+    body = client.post("/predict", json={"instances": rows[:50]}).json()
+    labels = [p["label"] for p in body["predictions"]]
+    assert labels == trained.pipeline.predict(pd.DataFrame(rows[:50])).tolist()
+    assert len({p["prediction_id"] for p in body["predictions"]}) == 50
+
+
+def test_predict_csv_with_and_without_header(client: TestClient, rows, trained) -> None:
+    frame = pd.DataFrame(rows[:5])
+    expected = trained.pipeline.predict(frame).tolist()
+    with_header = frame[list(reversed(frame.columns))].to_csv(index=False)  # any column order
+    without = frame.to_csv(index=False, header=False)
+    for body in (with_header, without):
+        r = client.post("/predict", content=body, headers={"content-type": "text/csv"})
+        assert r.status_code == 200, r.text
+        assert [p["label"] for p in r.json()["predictions"]] == expected
+
+
+def test_backup_answers_when_the_primary_raises(client: TestClient, rows, trained) -> None:
+    runtime = client.app.state.service.runtime  # type: ignore[attr-defined]
+
+    class Broken:
+        def predict_proba(self, X):  # type: ignore[no-untyped-def]
+            raise RuntimeError("primary is broken")
+
+    runtime.model.pipeline = Broken()
+    body = client.post("/predict", json={"instances": rows[:3]}).json()
+    assert body["backup"] is True
+    assert all(p["backup"] for p in body["predictions"])
+    assert [p["label"] for p in body["predictions"]] == trained.backup.predict(
+        pd.DataFrame(rows[:3])
+    ).tolist()
+    assert "mlplatform_backup_predictions_total" in client.get("/metrics").text
+
+
+# -- bad input: 4xx naming the field, never 500 -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make_body", "fragments"),
+    [
+        (lambda r: {"features": {**r, "colour": 1}}, ["features: unknown feature 'colour'"]),
+        (
+            lambda r: {"features": {k: v for k, v in r.items() if k != "mean_radius"}},
+            ["missing feature 'mean_radius'"],
+        ),
+        (
+            lambda r: {"features": {**r, "mean_radius": "big"}},
+            ["features.mean_radius: must be a number"],
+        ),
+        (
+            lambda r: {"features": {**r, "mean_radius": True}},
+            ["features.mean_radius: must be a number"],
+        ),
+        (
+            lambda r: {"features": {**r, "mean_radius": None}},
+            ["features.mean_radius: must be a number"],
+        ),
+        (lambda r: {"instances": [r, {**r, "mean_area": [1]}]}, ["instances[1].mean_area"]),
+        (lambda r: {"instances": []}, ["instances: empty batch"]),
+        (lambda r: {"instances": [r] * 11}, ["11 rows is over the limit of 10"]),
+        (lambda r: {"instances": [1, 2]}, ["instances.0"]),
+        (lambda r: {"features": r, "instances": [r]}, ["exactly one of"]),
+        (lambda r: {}, ["exactly one of"]),
+        (lambda r: {"rows": [r]}, ["rows: Extra inputs are not permitted"]),
+        (lambda r: [r], ["body"]),
+    ],
+)
+def test_bad_json_input_is_a_422_naming_the_field(
+    model_store: Store, rows, make_body, fragments
+) -> None:
+    with TestClient(create_app(serving_settings(max_batch_rows=10), model_store)) as c:
+        assert_error(c.post("/predict", json=make_body(rows[0])), 422, *fragments)
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b'{"features": {"mean_radius": NaN}}', "features.mean_radius: must be a finite number"),
+        (b'{"features": {"mean_radius": Infinity}}', "must be a finite number"),
+        (b'{"features": {"mean_radius": 1e999}}', "must be a finite number"),
+        (b'{"features": {"mean_radius": ' + b"9" * 400 + b"}}", "too large"),
+        (b'{"features": ', "not valid JSON"),
+        (b"", "body: empty"),
+        (b"[" * 100_000 + b"]" * 100_000, "body"),
+        (
+            '{"features": {"r\u00e9sum\u00e9 \U0001f600": 1}}'.encode(),
+            "unknown feature 'r\u00e9sum\u00e9 \U0001f600'",
+        ),
+        (b"\xff\xfe", "not valid JSON"),
+    ],
+)
+def test_hostile_json_bodies(client: TestClient, raw: bytes, fragment: str) -> None:
+    response = client.post("/predict", content=raw, headers={"content-type": "application/json"})
+    assert_error(response, 422, fragment)
+
+
+@pytest.mark.parametrize(
+    ("csv", "fragment"),
+    [
+        ("1,2,3\n", "csv line 1: expected 30 values, got 3"),
+        ("", "csv: no data rows"),
+        ("\n\n", "csv: no data rows"),
+        ('"unterminated,1\n', "csv"),
+        ("abc," * 29 + "abc\n", "csv line 1, column 'mean_radius': 'abc' is not a number"),
+        ("nan," * 29 + "nan\n", "must be a finite number"),
+        ("mean_radius,mean_texture\n1,2\n", "csv header: missing feature"),
+    ],
+)
+def test_malformed_csv_is_a_422(client: TestClient, csv: str, fragment: str) -> None:
+    response = client.post("/predict", content=csv.encode(), headers={"content-type": "text/csv"})
+    assert_error(response, 422, fragment)
+
+
+def test_csv_rows_with_embedded_quotes_and_wrong_counts(client: TestClient, rows) -> None:
+    good = ",".join(str(v) for v in rows[0].values())
+    body = f'{good}\n"1,5",{good}\n'
+    assert_error(
+        client.post("/predict", content=body.encode(), headers={"content-type": "text/csv"}),
+        422,
+        "csv line 2: expected 30 values, got 31",
+    )
+
+
+def test_unsupported_content_type(client: TestClient) -> None:
+    r = client.post("/predict", content=b"x", headers={"content-type": "application/xml"})
+    assert_error(r, 422, "content-type: 'application/xml' is not supported")
+
+
+def test_body_over_the_limit_is_413(model_store: Store, rows) -> None:
+    with TestClient(create_app(serving_settings(max_body_bytes=2000), model_store)) as c:
+        assert_error(
+            c.post("/predict", json={"instances": rows[:20]}), 413, "over the limit of 2000 bytes"
+        )
+        # Without a content-length header (chunked), the streamed size is counted.
+        chunks = (
+            json.dumps({"instances": rows[:20]}).encode()[i : i + 500]
+            for i in range(0, 20_000, 500)
+        )
+        assert_error(c.post("/predict", content=chunks), 413, "over the limit")
+        assert c.post("/predict", json={"features": rows[0]}).status_code == 200
+
+
+def test_unknown_routes_and_methods_use_the_error_body(client: TestClient) -> None:
+    assert_error(client.get("/nothing-here"), 404, "Not Found")
+    assert_error(client.get("/predict"), 405, "Method Not Allowed")
+    assert_error(client.get("/reports?limit=0"), 422, "query.limit")
+
+
+# -- feedback --------------------------------------------------------------------------
+
+
+def test_feedback_by_prediction_id_is_stored_with_its_features(
+    client: TestClient, model_store: Store, rows
+) -> None:
+    pid = client.post("/predict", json={"features": rows[3]}).json()["predictions"][0][
+        "prediction_id"
+    ]
+    r = client.post("/feedback", json={"prediction_id": pid, "target": 1})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["stored"] is True and body["labelled_since_training"] == 1
+    stored = datalog.read_feedback(model_store)
+    assert list(stored["prediction_id"]) == [pid]
+    assert list(stored["target"]) == ["1"]
+    assert stored.iloc[0]["mean_radius"] == rows[3]["mean_radius"]
+    assert list(stored["feedback_id"]) == [body["feedback_id"]]
+
+
+def test_feedback_for_an_id_only_in_the_stored_log(model_store: Store, rows) -> None:
+    with TestClient(create_app(serving_settings(), model_store)) as c:
+        pid = c.post("/predict", json={"features": rows[0]}).json()["predictions"][0][
+            "prediction_id"
+        ]
+    # A new process: empty memory, the id is found in the Parquet log flushed at shutdown.
+    with TestClient(create_app(serving_settings(), model_store)) as c:
+        r = c.post("/feedback", json={"prediction_id": pid, "target": "malignant"})
+        assert r.status_code == 201, r.text
+    assert list(datalog.read_feedback(model_store)["target"]) == ["0"]
+
+
+def test_feedback_with_full_features_and_counting(client: TestClient, rows) -> None:
+    for i in range(3):
+        r = client.post("/feedback", json={"features": rows[i], "prediction": 1, "target": 0})
+        assert r.status_code == 201
+        assert r.json()["labelled_since_training"] == i + 1
+    r = client.post("/feedback", json={"features": rows[4], "target": 1})  # prediction computed
+    assert r.json()["labelled_since_training"] == 4
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"prediction_id": "f" * 32, "target": 1}, 404, "prediction_id 'ffff"),
+        (
+            {"prediction_id": "x", "target": 7},
+            422,
+            "target: 7 is not one of the model's classes [0, 1]",
+        ),
+        ({"target": 1}, 422, "give prediction_id, or features"),
+        ({"prediction_id": "x"}, 422, "target: Field required"),
+        ({"prediction_id": "x", "features": {}, "target": 1}, 422, "not both"),
+        ({"features": {"mean_radius": 1}, "target": 1}, 422, "features: missing feature"),
+        (
+            {"prediction_id": "x" * 65, "target": 1},
+            422,
+            "prediction_id: String should have at most 64",
+        ),
+        ({"prediction_id": "x", "target": 1, "extra": 1}, 422, "extra: Extra inputs"),
+    ],
+)
+def test_bad_feedback(
+    client: TestClient, model_store: Store, body, status: int, fragment: str
+) -> None:
+    assert_error(client.post("/feedback", json=body), status, fragment)
+    assert datalog.read_feedback(model_store).empty  # nothing half-stored
+
+
+def test_retrain_starts_once_per_multiple_of_k(model_store: Store, rows) -> None:
+    started: list[str] = []
+    app = create_app(serving_settings(retrain_every=3), model_store)
+    app.state.service.retrain_launcher = lambda reason: started.append(reason) or True
+    with TestClient(app) as c:
+        flags = [
+            c.post("/feedback", json={"features": rows[i], "target": 1}).json()["retrain_started"]
+            for i in range(7)
+        ]
+    assert flags == [False, False, True, False, False, True, False]
+    assert started[0] == "3 labelled rows since v1 (k=3)"
+
+
+# -- models, reports, metrics ----------------------------------------------------------
+
+
+def test_model_card_and_history(
+    client: TestClient, model_store: Store, trained, shipped_dataset
+) -> None:
+    card = client.get("/model").json()
+    assert card["version"] == "v1" and card["production_version"] == "v1"
+    assert [f["name"] for f in card["feature_schema"]][:2] == ["mean_radius", "mean_texture"]
+    assert "signature" not in card and "files" not in card
+    publish_trained(ModelRegistry(model_store, SIGNING_KEY), trained, shipped_dataset)
+    history = client.get("/models").json()
+    assert [v["version"] for v in history["versions"]] == ["v1", "v2"]
+    assert history["production"]["version"] == "v2" and history["serving"] == "v1"
+    assert history["versions"][1]["metrics"]["test"]["f1"] > 0.9
+
+
+def test_reports_list_and_html(client: TestClient, model_store: Store) -> None:
+    assert client.get("/reports").json() == []
+    for rid in ("2026-11-01T00-00-00Z", "2026-11-02T00-00-00Z"):
+        model_store.put_json(keys.report_file(rid, "summary.json"), {"drift_share": 0.1, "id": rid})
+        model_store.put(keys.report_file(rid, "report.html"), f"<html>{rid}</html>".encode())
+    listed = client.get("/reports").json()
+    assert [r["id"] for r in listed] == ["2026-11-02T00-00-00Z", "2026-11-01T00-00-00Z"]
+    page = client.get("/reports/2026-11-01T00-00-00Z")
+    assert page.headers["content-type"].startswith("text/html") and "2026-11-01" in page.text
+    assert client.get("/reports/2026-11-01T00-00-00Z/summary").json()["drift_share"] == 0.1
+    assert_error(client.get("/reports/nope"), 404, "report 'nope' does not exist")
+    assert_error(client.get("/reports/.."), 404)
+    assert client.get("/metrics/model").json()["latest_report"]["id"] == "2026-11-02T00-00-00Z"
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """One sample's value from a Prometheus exposition (0 if absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return 0.0
+
+
+def test_prometheus_metrics_have_the_design_names(client: TestClient, rows) -> None:
+    before = client.get("/metrics").text
+    client.post("/predict", json={"instances": rows[:4]})
+    client.post("/feedback", json={"features": rows[0], "target": 0})
+    text = client.get("/metrics").text
+    route = {"route": "/predict", "method": "POST", "status": "200"}
+    assert (
+        sample(text, "mlplatform_http_requests_total", **route)
+        - sample(before, "mlplatform_http_requests_total", **route)
+        == 1
+    )
+    predicted = sum(
+        sample(text, "mlplatform_predictions_total", model_version="v1", label=lbl)
+        - sample(before, "mlplatform_predictions_total", model_version="v1", label=lbl)
+        for lbl in ("0", "1")
+    )
+    assert predicted == 4  # the label /feedback computes for itself is not a served prediction
+    assert (
+        sample(text, "mlplatform_feedback_total") - sample(before, "mlplatform_feedback_total") == 1
+    )
+    assert sample(text, "mlplatform_model_info", version="v1") == 1
+    assert sample(text, "mlplatform_model_load_seconds") > 0
+    for name in (
+        "mlplatform_http_request_duration_seconds_bucket",
+        "mlplatform_prediction_probability_bucket",
+    ):
+        assert name in text, name
+    assert "prediction_id" not in text  # no unbounded labels
+
+
+def test_json_summaries(client: TestClient, rows) -> None:
+    client.post("/predict", json={"instances": rows[:20]})
+    client.post("/predict", json={"features": {"bad": 1}})
+    system = client.get("/metrics/system").json()
+    assert (
+        system["requests"] >= 2
+        and 0 < system["latency_seconds"]["p50"] <= system["latency_seconds"]["p99"]
+    )
+    assert system["client_error_rate"] > 0 and system["error_rate"] == 0
+    kpis = client.get("/metrics/kpis").json()
+    assert kpis["predictions"] == 20
+    assert sum(kpis["class_distribution"].values()) == pytest.approx(1.0)
+    assert 0.5 <= kpis["mean_confidence"] <= 1
+    page1 = client.get("/metrics/feature-distribution?page=1&page_size=7").json()
+    page5 = client.get("/metrics/feature-distribution?page=5&page_size=7").json()
+    assert page1["total"] == 30 and len(page1["items"]) == 7 and len(page5["items"]) == 2
+    item = page1["items"][0]
+    assert item["feature"] == "mean_radius" and item["recent"]["rows"] == 20
+    assert item["recent"]["mean"] == pytest.approx(pd.DataFrame(rows[:20])["mean_radius"].mean())
+    assert_error(client.get("/metrics/feature-distribution?page=0"), 422, "query.page")
+
+
+# -- admin -----------------------------------------------------------------------------
+
+
+def test_admin_needs_the_token(client: TestClient) -> None:
+    assert_error(client.post("/admin/reload"), 401, "bearer token")
+    assert_error(client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}), 401)
+    assert client.post("/admin/reload", headers=ADMIN).status_code == 200
+
+
+def test_admin_disabled_without_a_token_outside_dev_mode(model_store: Store) -> None:
+    with TestClient(create_app(serving_settings(admin_token=None), model_store)) as c:
+        assert_error(
+            c.post("/admin/reload", headers=ADMIN), 401, "MLPLATFORM_ADMIN_TOKEN is not set"
+        )
+
+
+def test_reload_swaps_versions_and_refuses_a_bad_one(
+    client: TestClient, model_store: Store, trained, shipped_dataset
+) -> None:
+    registry = ModelRegistry(model_store, SIGNING_KEY)
+    publish_trained(registry, trained, shipped_dataset)
+    r = client.post("/admin/reload", headers=ADMIN)
+    assert r.json() == {"model_version": "v2", "previous_version": "v1"}
+    assert client.get("/health").json()["model_version"] == "v2"
+    assert_error(
+        client.post("/admin/reload", headers=ADMIN, json={"version": "v9"}),
+        404,
+        "v9 does not exist",
+    )
+    assert_error(client.post("/admin/reload", headers=ADMIN, json={"version": 3}), 422, "version")
+    assert client.get("/health").json()["model_version"] == "v2"  # a failed reload keeps serving
+    assert 'mlplatform_model_info{version="v2"} 1.0' in client.get("/metrics").text
+
+
+def test_admin_retrain_without_a_launcher_is_503(client: TestClient) -> None:
+    assert_error(client.post("/admin/retrain", headers=ADMIN), 503, "no retrain launcher")
+
+
+# -- Open Inference Protocol v2 ---------------------------------------------------------
+
+
+def test_v2_endpoints(client: TestClient, rows) -> None:
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    meta = client.get("/v2/models/mlplatform").json()
+    assert meta["inputs"][0]["shape"] == [-1, 30] and meta["versions"] == ["v1"]
+    assert client.get("/v2/models/mlplatform/ready").json()["ready"] is True
+    assert_error(client.get("/v2/models/other"), 404, "model 'other' does not exist")
+    data = [list(r.values()) for r in rows[:3]]
+    body = {"inputs": [{"name": "input-0", "shape": [3, 30], "datatype": "FP32", "data": data}]}
+    out = client.post("/v2/models/mlplatform/infer", json=body).json()
+    expected = [
+        p["label"]
+        for p in client.post("/predict", json={"instances": rows[:3]}).json()["predictions"]
+    ]
+    assert out["outputs"][0]["data"] == expected
+
+
+@pytest.mark.parametrize(
+    ("tensor", "fragment"),
+    [
+        ({"shape": [1, 29], "datatype": "FP64", "data": [0.0] * 29}, "shape: must be [n, 30]"),
+        (
+            {"shape": [2, 30], "datatype": "FP64", "data": [0.0] * 30},
+            "30 values do not fill shape [2, 30]",
+        ),
+        ({"shape": [1, 30], "datatype": "INT8", "data": [0] * 30}, "'INT8' is not supported"),
+        ({"shape": [1, 30], "datatype": "FP64", "data": ["a"] * 30}, "data[0]: must be a number"),
+        ({"shape": [1, 30], "datatype": "FP64"}, "data: missing"),
+        ({"shape": "1,30", "datatype": "FP64", "data": []}, "shape"),
+    ],
+)
+def test_v2_bad_tensors(client: TestClient, tensor, fragment: str) -> None:
+    r = client.post("/v2/models/mlplatform/infer", json={"inputs": [{"name": "x", **tensor}]})
+    assert_error(r, 422, fragment)

@@ -1,0 +1,220 @@
+"""Real uvicorn processes on a real S3 server: durability, hot swap, V2 client, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from mlplatform_common import datalog
+from mlplatform_common.registry import ModelRegistry
+from mlplatform_common.storage import S3Store
+
+from tests.conftest import S3_KEYS, SIGNING_KEY, S3Server, ServingProcess, publish_trained
+from tests.services.serving.test_api import sample
+
+ADMIN = {"Authorization": "Bearer proc-admin"}
+
+
+def serving_env(server: S3Server, bucket: str, **extra: str) -> dict[str, str]:
+    return {
+        "MLPLATFORM_STORE_URL": f"s3://{bucket}",
+        "MLPLATFORM_S3_ENDPOINT": server.endpoint,
+        "MLPLATFORM_S3_ACCESS_KEY": S3_KEYS["access_key"],
+        "MLPLATFORM_S3_SECRET_KEY": S3_KEYS["secret_key"],
+        "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
+        "MLPLATFORM_ADMIN_TOKEN": "proc-admin",
+        "MLPLATFORM_LOG_FLUSH_SECONDS": "0.5",
+        "MLPLATFORM_RETRAIN_EVERY": "0",
+        **extra,
+    }
+
+
+@pytest.fixture
+def s3_model(s3_server: S3Server, trained, shipped_dataset) -> S3Store:
+    store = s3_server.store()
+    publish_trained(ModelRegistry(store, SIGNING_KEY), trained, shipped_dataset)
+    return store
+
+
+@pytest.fixture
+def serving(s3_server: S3Server, s3_model: S3Store) -> Iterator[ServingProcess]:
+    proc = ServingProcess(serving_env(s3_server, s3_model.bucket)).start()
+    yield proc
+    proc.stop()
+
+
+def test_predict_log_and_feedback_through_a_real_process(
+    serving: ServingProcess, s3_model: S3Store, rows
+) -> None:
+    assert httpx.get(serving.url + "/ready").json() == {"ready": True, "model_version": "v1"}
+    r = httpx.post(serving.url + "/predict", json={"instances": rows[:10]})
+    assert r.status_code == 200
+    ids = [p["prediction_id"] for p in r.json()["predictions"]]
+    fb = httpx.post(serving.url + "/feedback", json={"prediction_id": ids[0], "target": 0})
+    assert fb.status_code == 201
+    assert list(datalog.read_feedback(s3_model)["prediction_id"]) == [ids[0]]
+    serving.stop()  # graceful shutdown flushes the rest of the log
+    logged = datalog.read_predictions(s3_model)
+    assert sorted(logged["prediction_id"]) == sorted(ids)
+    assert {"mean_radius", "PCA_1", "PCA_10", "proba_json", "model_version"} <= set(logged.columns)
+    assert set(logged["model_version"]) == {"v1"}
+
+
+def test_1000_concurrent_feedback_posts_over_two_processes(
+    s3_server: S3Server, s3_model: S3Store, rows
+) -> None:
+    procs = [ServingProcess(serving_env(s3_server, s3_model.bucket)).start() for _ in range(2)]
+    try:
+
+        async def post_all() -> list[int]:
+            limits = httpx.Limits(max_connections=64)
+            async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+                sem = asyncio.Semaphore(64)
+
+                async def one(i: int) -> int:
+                    body = {"features": rows[i % len(rows)], "prediction": 1, "target": i % 2}
+                    async with sem:
+                        r = await client.post(procs[i % 2].url + "/feedback", json=body)
+                    return r.status_code
+
+                return await asyncio.gather(*(one(i) for i in range(1000)))
+
+        statuses = asyncio.run(post_all())
+    finally:
+        for p in procs:
+            p.stop()
+    assert statuses.count(201) == 1000
+    stored = datalog.read_feedback(s3_model)
+    assert len(stored) == 1000
+    assert stored["feedback_id"].is_unique
+    assert sorted(stored["target"].astype(int).tolist()) == [0] * 500 + [1] * 500
+
+
+def test_20_reloads_under_continuous_requests_fail_nothing(
+    serving: ServingProcess, s3_model: S3Store, trained, shipped_dataset, rows
+) -> None:
+    registry = ModelRegistry(s3_model, SIGNING_KEY)
+    failures: list[str] = []
+    versions_seen: set[str] = set()
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                r = client.post(serving.url + "/predict", json={"instances": rows[:5]})
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text}")
+                    continue
+                body = r.json()
+                versions_seen.update(p["model_version"] for p in body["predictions"])
+                if len({p["model_version"] for p in body["predictions"]}) != 1:
+                    failures.append("a batch answered by two versions")
+
+    threads = [threading.Thread(target=traffic) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(20):
+            publish_trained(registry, trained, shipped_dataset)
+            r = httpx.post(serving.url + "/admin/reload", headers=ADMIN, timeout=30)
+            assert r.status_code == 200, r.text
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert versions_seen <= set(registry.versions())
+    assert len(versions_seen) > 1
+    assert httpx.get(serving.url + "/health").json()["model_version"] == "v21"
+
+
+def test_a_real_v2_client_gets_the_same_predictions(serving: ServingProcess, rows) -> None:
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(url=serving.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("mlplatform")
+    meta = client.get_model_metadata("mlplatform")
+    assert meta["inputs"][0]["shape"] == [-1, 30]
+    X = np.array([list(r.values()) for r in rows[:25]], dtype=np.float64)
+    expected = httpx.post(serving.url + "/predict", json={"instances": rows[:25]}).json()
+    expected_labels = [p["label"] for p in expected["predictions"]]
+    expected_proba = [
+        [p["probabilities"]["0"], p["probabilities"]["1"]] for p in expected["predictions"]
+    ]
+    for binary in (False, True):
+        for dtype, datatype in ((np.float64, "FP64"), (np.float32, "FP32")):
+            tensor = triton.InferInput("input-0", list(X.shape), datatype)
+            tensor.set_data_from_numpy(X.astype(dtype), binary_data=binary)
+            result = client.infer(
+                "mlplatform",
+                [tensor],
+                outputs=[
+                    triton.InferRequestedOutput("label", binary_data=False),
+                    triton.InferRequestedOutput("probabilities", binary_data=False),
+                ],
+            )
+            assert result.as_numpy("label").tolist() == expected_labels
+            if dtype == np.float64:
+                np.testing.assert_allclose(
+                    result.as_numpy("probabilities"), expected_proba, atol=1e-6
+                )
+    client.close()
+
+
+def test_predictions_keep_answering_while_the_store_is_down(trained, shipped_dataset, rows) -> None:
+    server = S3Server().start()
+    store = server.store()
+    publish_trained(ModelRegistry(store, SIGNING_KEY), trained, shipped_dataset)
+    env = serving_env(
+        server,
+        store.bucket,
+        MLPLATFORM_LOG_BUFFER_MAX_ROWS="30",
+        MLPLATFORM_S3_TIMEOUT_SECONDS="0.5",
+        MLPLATFORM_S3_RETRIES="0",
+    )
+    proc = ServingProcess(env).start()
+    try:
+        server.stop()
+        for _ in range(10):
+            r = httpx.post(proc.url + "/predict", json={"instances": rows[:10]}, timeout=30)
+            assert r.status_code == 200
+        deadline = time.monotonic() + 15
+        dropped = 0.0
+        while time.monotonic() < deadline and dropped < 70:
+            dropped = sample(
+                httpx.get(proc.url + "/metrics").text,
+                "mlplatform_prediction_log_dropped_rows_total",
+            )
+            time.sleep(0.2)
+        assert dropped == 70  # 100 rows, at most 30 kept
+        system = httpx.get(proc.url + "/metrics/system").json()["prediction_log"]
+        assert system["pending_rows"] <= 30 and system["dropped_rows"] == 70
+        fb = httpx.post(proc.url + "/feedback", json={"features": rows[0], "target": 1}, timeout=30)
+        assert fb.status_code == 503 and fb.json()["type"] == "StorageUnavailable"
+    finally:
+        proc.stop()
+
+
+def test_metrics_add_up_across_uvicorn_workers(
+    s3_server: S3Server, s3_model: S3Store, rows
+) -> None:
+    proc = ServingProcess(serving_env(s3_server, s3_model.bucket, MLPLATFORM_WORKERS="2")).start()
+    try:
+        with httpx.Client() as client:
+            for _ in range(40):  # new connections spread over both workers
+                client.post(
+                    proc.url + "/predict",
+                    json={"features": rows[0]},
+                    headers={"Connection": "close"},
+                )
+            text = client.get(proc.url + "/metrics").text
+    finally:
+        proc.stop()
+    route = {"route": "/predict", "method": "POST", "status": "200"}
+    assert sample(text, "mlplatform_http_requests_total", **route) == 40
