@@ -33,12 +33,42 @@ sync: $(UV) ## Create .venv with every package, pinned by uv.lock
 .PHONY: dev
 dev: sync ## Run the platform locally: train v1 if needed, then start every service (Ctrl-C stops all)
 	@MLPLATFORM_DEV_MODE=true $(RUN) python -m mlplatform_retrainer train --if-missing
-	@echo "serving: http://127.0.0.1:8080/docs  (store: $${MLPLATFORM_STORE_URL:-file://.mlplatform/store})"
-	@MLPLATFORM_DEV_MODE=true $(RUN) honcho -f Procfile.dev start
+	@mkdir -p .mlplatform && cp Procfile.dev .mlplatform/Procfile; \
+	push=""; \
+	if command -v prometheus-pushgateway >/dev/null && command -v prometheus >/dev/null; then \
+	  push=127.0.0.1:9091; \
+	  echo 'pushgateway: prometheus-pushgateway --web.listen-address=127.0.0.1:9091 --persistence.file=.mlplatform/pushgateway.db' >> .mlplatform/Procfile; \
+	  echo 'prometheus: prometheus --config.file=dev/prometheus.yml --storage.tsdb.path=.mlplatform/prometheus --web.listen-address=127.0.0.1:9090' >> .mlplatform/Procfile; \
+	else echo "prometheus/pushgateway not installed: reports are archived, metrics not pushed"; fi; \
+	echo "web app  http://127.0.0.1:8501"; \
+	echo "API      http://127.0.0.1:8080/docs"; \
+	if [ -n "$$push" ]; then echo "metrics  http://127.0.0.1:9090 (Prometheus), http://127.0.0.1:9091 (Pushgateway)"; fi; \
+	echo "store    $${MLPLATFORM_STORE_URL:-file://.mlplatform/store}"; \
+	MLPLATFORM_DEV_MODE=true MLPLATFORM_PUSHGATEWAY_URL=$$push $(RUN) honcho -f .mlplatform/Procfile -d . start
 
 .PHONY: train
 train: sync ## Train and publish a model: make train [DATA=path.csv] [TARGET=column]
 	@MLPLATFORM_DEV_MODE=true $(RUN) python -m mlplatform_retrainer train --data $(DATA) $(if $(TARGET),--target $(TARGET))
+
+PUSHGATEWAY ?= $(if $(shell command -v prometheus-pushgateway 2>/dev/null),127.0.0.1:9091,)
+API_URL ?= http://127.0.0.1:8080
+SIM_ARGS ?=
+
+.PHONY: report
+report: sync ## Build one drift + quality report now (archived in the store; metrics pushed if a Pushgateway runs)
+	@MLPLATFORM_DEV_MODE=true MLPLATFORM_PUSHGATEWAY_URL=$(PUSHGATEWAY) $(RUN) python -m mlplatform_reporter run
+
+.PHONY: simulate
+simulate: sync ## Replay held-out rows against the API: make simulate [SIM_ARGS="--shift 1 --feedback-fraction 0.3"]
+	@$(RUN) python -m mlplatform_reporter simulate --url $(API_URL) $(SIM_ARGS)
+
+.PHONY: retrain
+retrain: sync ## Retrain now if a trigger fires (FORCE=1: retrain anyway); serving on :8080 reloads
+	@MLPLATFORM_DEV_MODE=true $(RUN) python -m mlplatform_retrainer run $(if $(FORCE),--force)
+
+.PHONY: rollback
+rollback: sync ## Move production back to the previous model version; serving on :8080 reloads
+	@MLPLATFORM_DEV_MODE=true $(RUN) python -m mlplatform_retrainer rollback
 
 ##@ Quality
 

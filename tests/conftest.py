@@ -138,15 +138,18 @@ class ServingProcess:
     def start(self, wait_ready: bool = True, timeout: float = 60) -> ServingProcess:
         import subprocess
         import sys
+        import tempfile
         import time
 
         import httpx
 
+        # A file, not a pipe: a pipe nobody reads fills up and blocks the server's logging.
+        self.output = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlplatform_serving"],
             cwd=REPO,
             env=self.env,
-            stdout=subprocess.PIPE,
+            stdout=self.output,
             stderr=subprocess.STDOUT,
             text=True,
         )
@@ -154,15 +157,14 @@ class ServingProcess:
         path = "/ready" if wait_ready else "/health"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"serving exited early:\n{self.proc.stdout.read()}")
+                raise RuntimeError(f"serving exited early:\n{self.stop()}")
             try:
                 if httpx.get(self.url + path, timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"serving not up on {self.url}:\n{self.proc.stdout.read()}")
+        raise RuntimeError(f"serving not up on {self.url}:\n{self.stop()}")
 
     def stop(self) -> str:
         """Stop with SIGTERM (graceful shutdown flushes the log); return its output."""
@@ -177,6 +179,8 @@ class ServingProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        out: str = self.proc.stdout.read() if self.proc.stdout else ""
+        self.output.seek(0)
+        out: str = self.output.read()
+        self.output.close()
         self.proc = None
         return out

@@ -310,7 +310,7 @@ def test_bad_feedback(
 def test_retrain_starts_once_per_multiple_of_k(model_store: Store, rows) -> None:
     started: list[str] = []
     app = create_app(serving_settings(retrain_every=3), model_store)
-    app.state.service.retrain_launcher = lambda reason: started.append(reason) or True
+    app.state.service.retrain_launcher = lambda reason, force: started.append(reason) or True
     with TestClient(app) as c:
         flags = [
             c.post("/feedback", json={"features": rows[i], "target": 1}).json()["retrain_started"]

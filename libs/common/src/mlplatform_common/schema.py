@@ -165,3 +165,13 @@ def feature_schema(X: pd.DataFrame) -> list[dict[str, Any]]:
 def embedding_columns(n: int) -> list[str]:
     """The course's embedding column names: ``PCA_1 .. PCA_n``."""
     return [f"PCA_{i}" for i in range(1, n + 1)]
+
+
+def embed(pipeline: Any, X: pd.DataFrame) -> pd.DataFrame:
+    """Apply a fitted pipeline's embedding step: raw features -> ``PCA_1..PCA_n``.
+
+    Every version carries its own embedding, so reference and production rows are always
+    embedded by the same version (DESIGN.md section 5).
+    """
+    Z = pipeline.named_steps["embedding"].transform(X)
+    return pd.DataFrame(Z, columns=embedding_columns(Z.shape[1]), index=X.index)

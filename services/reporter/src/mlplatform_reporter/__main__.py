@@ -1,3 +1,153 @@
-"""``python -m mlplatform_reporter``."""
+"""``python -m mlplatform_reporter run|schedule|simulate``.
 
-raise SystemExit("mlplatform_reporter: not built yet")
+- ``run``: one report (the CronJob's command); exits non-zero on failure.
+- ``schedule``: a report now and then every ``MLPLATFORM_SCHEDULE_MINUTES`` (``make dev``).
+- ``simulate``: replay held-out rows against the serving API, with optional drift and feedback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pandas as pd
+from mlplatform_common.errors import MLPlatformError
+from mlplatform_common.log import configure_logging, set_model_version
+
+from mlplatform_reporter import job
+from mlplatform_reporter.settings import ReporterSettings, get_settings
+from mlplatform_reporter.simulate import holdout, parse_shares, rebalance, replay, shift_scale
+
+logger = logging.getLogger("mlplatform.reporter")
+
+DEFAULT_DATA = Path("data/breast_cancer.csv")
+
+
+def run_once(settings: ReporterSettings) -> int:
+    """One report; log and return 1 on failure, so a Kubernetes Job is marked failed."""
+    try:
+        outcome = job.run(settings)
+    except MLPlatformError as exc:
+        logger.error("report failed: %s: %s", exc.type, exc.message)
+        return 1
+    except Exception:
+        logger.exception("report failed")
+        return 1
+    set_model_version(outcome.result.model_version)
+    print(job.describe(outcome))
+    return 0
+
+
+def schedule(settings: ReporterSettings) -> int:
+    """Run a report now and then on an interval until interrupted."""
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    scheduler = BlockingScheduler(timezone="UTC")
+    scheduler.add_job(
+        run_once,
+        "interval",
+        args=[settings],
+        minutes=settings.schedule_minutes,
+        next_run_time=datetime.now(UTC),
+        max_instances=1,
+        coalesce=True,
+        id="report",
+    )
+    logger.info("reporting every %g minutes (Ctrl-C stops)", settings.schedule_minutes)
+    # Kubernetes and process managers stop with SIGTERM: leave as cleanly as on Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with contextlib.suppress(KeyboardInterrupt, SystemExit):
+        scheduler.start()
+    if scheduler.running:
+        scheduler.shutdown(wait=False)
+    logger.info("scheduler stopped")
+    return 0
+
+
+def simulate(args: argparse.Namespace) -> int:
+    """Replay rows of a CSV against the serving API."""
+    frame = pd.read_csv(args.data)
+    target = args.target if args.target in frame.columns else None
+    if args.target and target is None:
+        logger.error("target column %r is not in %s", args.target, args.data)
+        return 2
+    features = [c for c in frame.columns if c != target]
+    if not args.all_rows and target is not None:
+        frame = holdout(frame, target)
+    stats = frame
+    if args.class_balance:
+        if target is None:
+            logger.error("--class-balance needs the target column")
+            return 2
+        frame = rebalance(
+            frame, target, parse_shares(args.class_balance), args.rows or len(frame), args.seed
+        )
+    elif args.rows:
+        frame = frame.sample(args.rows, replace=args.rows > len(frame), random_state=args.seed)
+    else:
+        frame = frame.sample(frac=1.0, random_state=args.seed)
+    if args.shift or args.scale != 1.0:
+        drifted = args.drift_features.split(",") if args.drift_features else features
+        frame = shift_scale(frame, drifted, args.shift, args.scale, stats=stats)
+    logger.info("replaying %d rows from %s to %s", len(frame), args.data, args.url)
+    with httpx.Client(base_url=args.url, timeout=args.timeout) as client:
+        summary = replay(
+            client,
+            frame,
+            features,
+            target,
+            rate=args.rate,
+            batch_size=args.batch_size,
+            feedback_fraction=args.feedback_fraction if target else 0.0,
+            feedback_delay=args.feedback_delay,
+            seed=args.seed,
+            progress=sys.stderr.isatty(),
+        )
+    print(summary.render())
+    return 0 if summary.predicted else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlplatform_reporter")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="build one report, archive it and push its metrics")
+    sub.add_parser("schedule", help="report now, then every MLPLATFORM_SCHEDULE_MINUTES")
+    p = sub.add_parser("simulate", help="replay held-out rows against the serving API")
+    p.add_argument("--url", default="http://localhost:8080", help="serving API base URL")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CSV of rows to replay")
+    p.add_argument("--target", default="target", help="label column (for feedback)")
+    p.add_argument("--all-rows", action="store_true", help="replay every row, not the holdout")
+    p.add_argument("--rows", type=int, default=0, help="rows to send (default: all chosen)")
+    p.add_argument("--rate", type=float, default=10.0, help="rows per second (0: no limit)")
+    p.add_argument("--batch-size", type=int, default=1, help="rows per /predict request")
+    p.add_argument("--shift", type=float, default=0.0, help="move features by N std devs")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply features' spread")
+    p.add_argument("--drift-features", default="", help="comma-separated (default: all)")
+    p.add_argument("--class-balance", default="", help="label shares, e.g. 1=0.9,0=0.1")
+    p.add_argument("--feedback-fraction", type=float, default=0.0, help="share of rows labelled")
+    p.add_argument("--feedback-delay", type=float, default=0.0, help="seconds before feedback")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--timeout", type=float, default=10.0, help="HTTP timeout in seconds")
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    if args.command == "run":
+        return run_once(settings)
+    if args.command == "schedule":
+        return schedule(settings)
+    try:
+        return simulate(args)
+    except (ValueError, OSError, httpx.HTTPError) as exc:
+        logger.error("simulation failed: %s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

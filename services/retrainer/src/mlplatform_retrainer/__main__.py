@@ -1,8 +1,9 @@
-"""``python -m mlplatform_retrainer``: train the first model (``train``) and, later, retrain."""
+"""``python -m mlplatform_retrainer``: train, run (retrain if triggered), rollback, schedule."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -13,48 +14,85 @@ from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import open_store
 
 from mlplatform_retrainer.job import describe, train_from_file
-from mlplatform_retrainer.settings import get_settings
+from mlplatform_retrainer.retrain import rollback, run
+from mlplatform_retrainer.settings import RetrainerSettings, get_settings
 
 logger = logging.getLogger("mlplatform.retrainer")
 
 DEFAULT_DATA = Path("data/breast_cancer.csv")
 
 
+def _train(settings: RetrainerSettings, args: argparse.Namespace) -> int:
+    if args.if_missing:
+        registry = ModelRegistry(open_store(settings, ensure=True), settings.require_signing_key())
+        alias = registry.production()
+        if alias:
+            print(f"model {alias['version']} is already in production at {registry.store.url}")
+            return 0
+    published = train_from_file(settings, args.data, args.target, promote=not args.no_promote)
+    print(describe(published, open_store(settings).url))
+    return 0
+
+
+def _run(settings: RetrainerSettings, args: argparse.Namespace) -> int:
+    result = run(settings, force=args.force or settings.force)
+    print(result.describe())
+    return 0
+
+
+def _rollback(settings: RetrainerSettings, args: argparse.Namespace) -> int:
+    alias = rollback(settings)
+    was, rollout = alias["rolled_back_from"], alias["rollout"]
+    print(f"production is {alias['version']} again (was {was}); rollout: {rollout}")
+    return 0
+
+
+def _schedule(settings: RetrainerSettings, args: argparse.Namespace) -> int:
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    def check() -> None:
+        try:
+            logger.info(run(settings).describe())
+        except MLPlatformError as exc:
+            logger.error("retrain check failed: %s: %s", exc.type, exc.message)
+
+    scheduler = BlockingScheduler()
+    scheduler.add_job(
+        check, "interval", seconds=settings.schedule_seconds, max_instances=1, coalesce=True
+    )
+    logger.info("checking the retrain triggers every %.0fs", settings.schedule_seconds)
+    with contextlib.suppress(KeyboardInterrupt, SystemExit):
+        scheduler.start()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlplatform_retrainer")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_train = sub.add_parser("train", help="train a model from a CSV and publish it")
-    p_train.add_argument("--data", type=Path, default=DEFAULT_DATA, help="training CSV")
-    p_train.add_argument(
-        "--target", help="target column (default: from <csv>.meta.json, else 'target')"
-    )
-    p_train.add_argument(
+    p = sub.add_parser("train", help="train a model from a CSV and publish it")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="training CSV")
+    p.add_argument("--target", help="target column (default: from <csv>.meta.json, else 'target')")
+    p.add_argument(
         "--no-promote", action="store_true", help="publish without moving the production alias"
     )
-    p_train.add_argument(
+    p.add_argument(
         "--if-missing", action="store_true", help="do nothing if a model is already in production"
     )
+    p.set_defaults(handler=_train)
+    p = sub.add_parser("run", help="retrain if a trigger fires (k labelled rows, drift, quality)")
+    p.add_argument("--force", action="store_true", help="retrain even if no trigger fires")
+    p.set_defaults(handler=_run)
+    p = sub.add_parser("rollback", help="move production back to the previous version")
+    p.set_defaults(handler=_rollback)
+    p = sub.add_parser("schedule", help="run the trigger check every MLPLATFORM_SCHEDULE_SECONDS")
+    p.set_defaults(handler=_schedule)
     args = parser.parse_args(argv)
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     try:
-        if args.command == "train":
-            if args.if_missing:
-                registry = ModelRegistry(
-                    open_store(settings, ensure=True), settings.require_signing_key()
-                )
-                alias = registry.production()
-                if alias:
-                    print(
-                        f"model {alias['version']} is already in production at {registry.store.url}"
-                    )
-                    return 0
-            published = train_from_file(
-                settings, args.data, args.target, promote=not args.no_promote
-            )
-            print(describe(published, open_store(settings).url))
-        return 0
+        code: int = args.handler(settings, args)
+        return code
     except MLPlatformError as exc:
         logger.error("%s: %s", exc.type, exc.message)
         return 1

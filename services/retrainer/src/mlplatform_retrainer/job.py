@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import pandas as pd
 import sklearn
 from mlplatform_common import keys
 from mlplatform_common.registry import BACKUP, MODEL, REF_DATA, ModelRegistry
@@ -35,7 +36,11 @@ def _dump(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-def train_with_progress(dataset: Dataset, config: TrainConfig) -> TrainingResult:
+def train_with_progress(
+    dataset: Dataset,
+    config: TrainConfig,
+    test: tuple[pd.DataFrame, pd.Series] | None = None,
+) -> TrainingResult:
     """Train, showing a progress bar in a terminal and logging each step (for pods)."""
     with Progress(
         TextColumn("[bold]training[/bold] {task.description}"),
@@ -50,7 +55,7 @@ def train_with_progress(dataset: Dataset, config: TrainConfig) -> TrainingResult
             progress.update(task, advance=1, description=f"{dataset.name}: {name}")
             logger.info("training %s: %s done", dataset.name, name)
 
-        return train(dataset.X, dataset.y, config, on_step=step)
+        return train(dataset.X, dataset.y, config, on_step=step, test=test)
 
 
 def upload_dataset(store: Store, dataset: Dataset) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from mlplatform_common.quality import classification_metrics, to_builtin
-from mlplatform_common.schema import embedding_columns, feature_schema
+from mlplatform_common.schema import embed, feature_schema
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -71,11 +71,23 @@ class TrainingResult:
     split_sizes: dict[str, int] = field(default_factory=dict)
 
 
-def split(X: pd.DataFrame, y: pd.Series, config: TrainConfig) -> Splits:
-    """Stratified split; the test part is the fixed holdout the quality gate reuses."""
-    X_rest, X_test, y_rest, y_test = train_test_split(
-        X, y, test_size=config.test_size, stratify=y, random_state=config.seed
-    )
+def split(
+    X: pd.DataFrame,
+    y: pd.Series,
+    config: TrainConfig,
+    test: tuple[pd.DataFrame, pd.Series] | None = None,
+) -> Splits:
+    """Stratified split; the test part is the fixed holdout the quality gate reuses.
+
+    With ``test`` given (retraining: the gate's holdout), all of ``X`` is split into train
+    and validation only, in the same train:validation proportion as a first training.
+    """
+    if test is None:
+        X_rest, X_test, y_rest, y_test = train_test_split(
+            X, y, test_size=config.test_size, stratify=y, random_state=config.seed
+        )
+    else:
+        X_rest, y_rest, (X_test, y_test) = X, y, test
     val_share = config.validation_size / (1 - config.test_size)
     X_train, X_val, y_train, y_val = train_test_split(
         X_rest, y_rest, test_size=val_share, stratify=y_rest, random_state=config.seed
@@ -105,12 +117,6 @@ def build_backup() -> Pipeline:
     return Pipeline([("scaler", StandardScaler()), ("classifier", GaussianNB())])
 
 
-def embed(pipeline: Pipeline, X: pd.DataFrame) -> pd.DataFrame:
-    """Apply a fitted pipeline's embedding: raw features -> ``PCA_1..PCA_n``."""
-    Z = pipeline.named_steps["embedding"].transform(X)
-    return pd.DataFrame(Z, columns=embedding_columns(Z.shape[1]), index=X.index)
-
-
 def evaluate(model: Any, X: pd.DataFrame, y: pd.Series) -> dict[str, float]:
     """Score a fitted classifier on a labelled set."""
     proba = model.predict_proba(X) if hasattr(model, "predict_proba") else None
@@ -123,6 +129,7 @@ def train(
     y: pd.Series,
     config: TrainConfig | None = None,
     on_step: Callable[[str], None] | None = None,
+    test: tuple[pd.DataFrame, pd.Series] | None = None,
 ) -> TrainingResult:
     """Split, fit the primary and backup models, score them, and embed the training split.
 
@@ -131,10 +138,11 @@ def train(
         y: target labels.
         config: training settings.
         on_step: called with each finished step's name (for progress displays).
+        test: a fixed test set (retraining); default: a stratified share of ``X``.
     """
     config = config or TrainConfig()
     done = on_step or (lambda _step: None)
-    parts = split(X, y, config)
+    parts = split(X, y, config, test)
     done("split")
     n_components = min(config.n_components, X.shape[1], len(parts.X_train))
     if n_components < config.n_components:

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlplatform_serving import observability as obs
+from mlplatform_serving.launcher import make_launcher
 from mlplatform_serving.routes import admin, feedback, health, metrics, models, predict, v2
 from mlplatform_serving.service import Service
 from mlplatform_serving.settings import ServingSettings, get_settings
@@ -101,6 +102,7 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
     """
     settings = settings or get_settings()
     service = Service(settings, store or open_store(settings))
+    service.retrain_launcher = make_launcher(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

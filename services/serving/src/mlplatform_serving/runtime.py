@@ -22,7 +22,7 @@ import pandas as pd
 from mlplatform_common.errors import InvalidInput, MLPlatformError, ModelNotReady
 from mlplatform_common.log import set_model_version
 from mlplatform_common.registry import LoadedModel, ModelRegistry
-from mlplatform_common.schema import embedding_columns
+from mlplatform_common.schema import embed
 
 logger = logging.getLogger("mlplatform.serving")
 
@@ -220,8 +220,7 @@ class ModelRuntime:
         embedding = None
         try:
             proba = model.pipeline.predict_proba(X)
-            Z = model.pipeline.named_steps["embedding"].transform(X)
-            embedding = pd.DataFrame(Z, columns=embedding_columns(Z.shape[1]))
+            embedding = embed(model.pipeline, X)
         except Exception:
             if model.backup is None:
                 raise

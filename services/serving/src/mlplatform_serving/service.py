@@ -44,8 +44,8 @@ class Service:
             cache_rows=settings.recent_cache_rows,
             on_drop=lambda n: obs.LOG_DROPPED.inc(n),
         )
-        # Set by the retrainer integration: starts one retrain, returns whether it did.
-        self.retrain_launcher: Callable[[str], bool] | None = None
+        # Starts one retrain without waiting: (reason, force) -> started.
+        self.retrain_launcher: Callable[[str, bool], bool] | None = None
         self._stop = threading.Event()
         self._loader: threading.Thread | None = None
         self._counter: tuple[str, datalog.FeedbackCounter] | None = None
@@ -229,7 +229,7 @@ class Service:
         if not self.store.put_if_absent(marker, json.dumps({"count": count}).encode()):
             return False
         try:
-            return self.retrain_launcher(f"{count} labelled rows since {version} (k={k})")
+            return self.retrain_launcher(f"{count} labelled rows since {version} (k={k})", False)
         except MLPlatformError as exc:
             logger.error("could not start a retrain: %s", exc.message)
             return False

@@ -70,6 +70,16 @@ class ServingSettings(CommonSettings):
     retrain_every: int = 50
     """Start a retrain every this many labelled rows (the course's k); 0 disables it."""
 
+    retrain_launcher: str = "none"
+    """How serving starts a retrain: ``local`` (a process), ``kubernetes`` (a Job from the
+    retrainer CronJob) or ``none``."""
+
+    namespace: str = "default"
+    """Kubernetes namespace of the retrainer CronJob."""
+
+    retrainer_cronjob: str = "mlplatform-retrainer"
+    """CronJob a retrain Job is created from."""
+
     def require_admin_token(self) -> str:
         """The admin token; dev mode falls back to a well-known token."""
         if self.admin_token is not None and self.admin_token.get_secret_value():

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from mlplatform_common.errors import ConfigurationError
+from starlette.concurrency import run_in_threadpool
 
 from mlplatform_serving.deps import ServiceDep, require_admin
 from mlplatform_serving.routes.predict import parse_model, read_json
@@ -27,7 +28,7 @@ async def reload(request: Request, service: ServiceDep) -> dict[str, Any]:
     between requests. A version that fails to verify leaves the current one serving."""
     body = await request.body()
     req = parse_model(ReloadRequest, await read_json(request)) if body.strip() else ReloadRequest()
-    version, previous = service.reload(req.version)
+    version, previous = await run_in_threadpool(service.reload, req.version)
     return {"model_version": version, "previous_version": previous}
 
 
@@ -36,5 +37,5 @@ def retrain(service: ServiceDep) -> dict[str, Any]:
     """Start one retrain now (the retrainer decides, with --force, and holds the lock)."""
     if service.retrain_launcher is None:
         raise ConfigurationError("no retrain launcher is configured in this deployment")
-    started = service.retrain_launcher("requested through /admin/retrain")
+    started = service.retrain_launcher("requested through /admin/retrain", True)
     return {"retrain_started": started}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from mlplatform_serving.deps import ServiceDep
 from mlplatform_serving.routes.predict import parse_model, read_json
@@ -33,4 +34,7 @@ async def feedback(request: Request, service: ServiceDep) -> dict[str, Any]:
     `{"features", "prediction", "target"}` for a row given in full. Answers 201 once the
     labelled row is durably in the store."""
     req: FeedbackRequest = parse_model(FeedbackRequest, await read_json(request))
-    return service.feedback(req.target, req.prediction_id, req.features, req.prediction)
+    # Store I/O: in the threadpool, so a slow store never stalls the event loop.
+    return await run_in_threadpool(
+        service.feedback, req.target, req.prediction_id, req.features, req.prediction
+    )

@@ -1,0 +1,281 @@
+"""The reporter's I/O: read the store, run the report, archive it, push its numbers.
+
+One run:
+
+1. load the production model version (verified) and its reference data;
+2. read the window's prediction log and labelled rows;
+3. build the report (``report.py``);
+4. write ``reports/<id>/report.html``, then ``summary.json`` last (a report without a summary
+   is incomplete), and ``production/prod_data.csv`` in the course format;
+5. push the numbers to the Pushgateway under ``{job="mlplatform-reporter",
+   instance="mlplatform"}``, replacing the previous run's; ``last_success`` is part of that push,
+   so it only ever moves when a run got this far.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from mlplatform_common import datalog, keys
+from mlplatform_common import metric_names as m
+from mlplatform_common.errors import ModelNotFound, ObjectNotFound, StorageUnavailable
+from mlplatform_common.registry import ModelRegistry
+from mlplatform_common.storage import Store, open_store
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+from mlplatform_reporter.report import (
+    DriftConfig,
+    ReportInput,
+    ReportResult,
+    attach_probabilities,
+    build_report,
+    empty_report,
+    prod_data,
+)
+from mlplatform_reporter.settings import ReporterSettings
+
+logger = logging.getLogger("mlplatform.reporter")
+
+GROUPING_KEY = {"instance": "mlplatform"}
+
+
+@dataclass
+class RunOutcome:
+    """What one run wrote."""
+
+    report_id: str
+    result: ReportResult
+    prod_data_rows: int
+    pushed: bool
+
+
+def report_id(ts: float) -> str:
+    """A sortable report id from a time: ``20260604T101500123Z`` (UTC, milliseconds)."""
+    moment = datetime.fromtimestamp(ts, UTC)
+    return moment.strftime("%Y%m%dT%H%M%S") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
+
+
+def latest_summary(store: Store) -> dict[str, Any] | None:
+    """The summary of the most recent complete report, or None."""
+    for rid in reversed(store.list_dirs(keys.REPORTS)):
+        try:
+            summary: dict[str, Any] = store.get_json(keys.report_file(rid, "summary.json"))
+            return summary
+        except (ObjectNotFound, ValueError):
+            continue  # incomplete or unreadable: look further back
+    return None
+
+
+def window(settings: ReporterSettings, store: Store, now: float) -> dict[str, Any]:
+    """The window of this run: the last N hours, or since the previous report."""
+    if settings.window_hours > 0:
+        since: float | None = now - settings.window_hours * 3600
+        mode = f"last {settings.window_hours:g} hours"
+    else:
+        previous = latest_summary(store)
+        since = (previous or {}).get("window", {}).get("until")
+        mode = "since the previous report" if since else "everything (first report)"
+    return {
+        "since": since,
+        "until": now,
+        "since_iso": _iso(since),
+        "until_iso": _iso(now),
+        "mode": mode,
+    }
+
+
+def _reference_raw(store: Store, manifest: dict[str, Any], features: list[str]) -> pd.DataFrame:
+    """The version's training data (raw features), if it is still in the store."""
+    name = (manifest.get("training_data") or {}).get("dataset")
+    if not name:
+        return pd.DataFrame()
+    try:
+        frame = pd.read_csv(io.BytesIO(store.get(keys.dataset(name))))
+    except ObjectNotFound:
+        logger.warning("training data %s of the production model is not in the store", name)
+        return pd.DataFrame()
+    if any(f not in frame.columns for f in features):
+        logger.warning("training data %s lacks some of the model's features", name)
+        return pd.DataFrame()
+    return frame[features]
+
+
+def build(settings: ReporterSettings, store: Store, now: float) -> tuple[ReportResult, int]:
+    """Read everything, run the report, write ``prod_data.csv``; return the report and the
+    number of rows in ``prod_data.csv``."""
+    win = window(settings, store, now)
+    registry = ModelRegistry(store, settings.require_signing_key())
+    try:
+        version = registry.production_version()
+    except ModelNotFound as exc:
+        logger.warning("%s", exc.message)
+        return empty_report("no model is in production yet", win), 0
+    model = registry.load(version)
+    logger.info("report for model %s, window %s .. %s", version, win["since_iso"], win["until_iso"])
+
+    since, until = win["since"], win["until"]
+    lookback = since - settings.feedback_lookback_hours * 3600 if since else None
+    predictions = datalog.read_predictions(store, lookback, until)
+    in_window = predictions if since is None else predictions[predictions["ts"] > since]
+    feedback = datalog.read_feedback(store, since, until)
+    labelled = attach_probabilities(feedback, predictions)
+    logger.info("read %d predictions and %d labelled rows", len(in_window), len(labelled))
+
+    data = ReportInput(
+        model_version=version,
+        classes=model.classes,
+        features=model.features,
+        reference_embedding=model.ref_data,
+        reference_raw=_reference_raw(store, model.manifest, model.features),
+        production=in_window,
+        labelled=labelled,
+        window=win,
+    )
+    config = DriftConfig(
+        method=settings.drift_method,
+        threshold=settings.drift_threshold,
+        share_threshold=settings.drift_share_threshold,
+        min_rows=settings.min_drift_rows,
+    )
+    result = build_report(data, config, model.pipeline)
+
+    # The course's prod_data.csv: every labelled row so far, in this version's embedding.
+    export = prod_data(model.pipeline, datalog.read_feedback(store), model.features)
+    store.put(keys.PROD_DATA, export.to_csv(index=False).encode(), "text/csv")
+    logger.info("wrote %s (%d rows)", keys.PROD_DATA, len(export))
+    return result, len(export)
+
+
+def archive(store: Store, result: ReportResult, rid: str) -> None:
+    """Write ``report.html``, then ``summary.json`` (the marker of a complete report)."""
+    store.put(keys.report_file(rid, "report.html"), result.html.encode(), "text/html")
+    summary = {"id": rid, **result.summary()}
+    store.put_json(keys.report_file(rid, "summary.json"), summary)
+    logger.info("wrote %s", keys.report_file(rid, "report.html"))
+
+
+def metrics_registry(result: ReportResult, success_ts: float) -> CollectorRegistry:
+    """The report's numbers as Prometheus gauges (DESIGN.md section 7)."""
+    reg = CollectorRegistry()
+    rows = Gauge(m.REPORT_ROWS, "Rows in the last report, by data set.", ["dataset"], registry=reg)
+    for dataset, n in result.rows.items():
+        rows.labels(dataset=dataset).set(n)
+    if result.drift:
+        share = Gauge(
+            m.DRIFT_SHARE, "Share of drifted columns in the last report.", ["space"], registry=reg
+        )
+        count = Gauge(
+            m.DRIFTED_COLUMNS, "Drifted columns in the last report.", ["space"], registry=reg
+        )
+        score = Gauge(
+            m.FEATURE_DRIFT_SCORE,
+            "Per-column drift score of the fixed stat test (ks: p-value, lower is more drift).",
+            ["feature", "space"],
+            registry=reg,
+        )
+        for space, drift in result.drift.items():
+            share.labels(space=space).set(drift.share)
+            count.labels(space=space).set(drift.drifted_columns)
+            for feature, value in drift.scores.items():
+                score.labels(feature=feature, space=space).set(value)
+    if result.quality is not None:
+        q = result.quality
+        for name, value, what in (
+            (m.MODEL_F1, q.f1, "F1"),
+            (m.MODEL_PRECISION, q.precision, "Precision"),
+            (m.MODEL_RECALL, q.recall, "Recall"),
+            (m.MODEL_ACCURACY, q.accuracy, "Accuracy"),
+            (m.MODEL_BALANCED_ACCURACY, q.balanced_accuracy, "Balanced accuracy"),
+        ):
+            Gauge(name, f"{what} on the labelled rows of the last report.", registry=reg).set(value)
+    Gauge(m.REPORT_LAST_SUCCESS, "When the last report succeeded (Unix time).", registry=reg).set(
+        success_ts
+    )
+    return reg
+
+
+def push(settings: ReporterSettings, reg: CollectorRegistry) -> bool:
+    """Replace this job's group on the Pushgateway; False when pushing is switched off."""
+    if not settings.pushgateway_url:
+        logger.info("no Pushgateway configured: metrics not pushed")
+        return False
+    try:
+        push_to_gateway(
+            settings.pushgateway_url,
+            job=m.REPORTER_JOB,
+            grouping_key=GROUPING_KEY,
+            registry=reg,
+            timeout=settings.push_timeout_seconds,
+        )
+    except OSError as exc:
+        raise StorageUnavailable(
+            f"Pushgateway {settings.pushgateway_url} did not take the metrics: {exc}"
+        ) from None
+    logger.info("pushed metrics to %s", settings.pushgateway_url)
+    return True
+
+
+def send_to_evidently_ui(settings: ReporterSettings, result: ReportResult) -> None:
+    """Add the snapshots to a project of an Evidently UI, as the course's ``evidently ui``."""
+    if not settings.evidently_ui_url or not result.snapshots:
+        return
+    from evidently.ui.workspace import RemoteWorkspace
+
+    workspace = RemoteWorkspace(settings.evidently_ui_url)
+    projects = workspace.search_project(settings.evidently_project)
+    project = projects[0] if projects else workspace.create_project(settings.evidently_project)
+    for part, snapshot in result.snapshots.items():
+        workspace.add_run(project.id, snapshot, name=f"{result.model_version} {part}")
+    logger.info("added %d snapshots to Evidently UI", len(result.snapshots))
+
+
+def run(
+    settings: ReporterSettings, *, store: Store | None = None, now: float | None = None
+) -> RunOutcome:
+    """One report: build, archive, push. Raises on any failure (nothing is pushed then)."""
+    now = time.time() if now is None else now
+    store = store or open_store(settings, ensure=True)
+    result, exported = build(settings, store, now)
+    rid = report_id(now)
+    archive(store, result, rid)
+    try:
+        send_to_evidently_ui(settings, result)
+    except Exception as exc:  # an optional dashboard must not fail the report
+        logger.warning("Evidently UI at %s: %s", settings.evidently_ui_url, exc)
+    pushed = push(settings, metrics_registry(result, time.time()))
+    return RunOutcome(rid, result, exported, pushed)
+
+
+def describe(outcome: RunOutcome) -> str:
+    """A short summary for the terminal."""
+    r = outcome.result
+    lines = [
+        f"report {outcome.report_id} (model {r.model_version or '-'}): "
+        f"{r.rows['production']} predictions, {r.rows['labelled']} labelled"
+    ]
+    for space, d in r.drift.items():
+        flag = "DRIFT" if d.detected else "no drift"
+        lines.append(
+            f"  drift {space}: {d.drifted_columns} columns, share {d.share:.2f} ({flag}; "
+            f"{d.method}, column threshold {d.threshold}, share threshold {d.share_threshold})"
+        )
+    if r.quality:
+        q = r.quality
+        lines.append(
+            f"  quality: f1={q.f1:.3f} precision={q.precision:.3f} recall={q.recall:.3f} "
+            f"accuracy={q.accuracy:.3f} balanced_accuracy={q.balanced_accuracy:.3f}"
+            + (f" roc_auc={q.roc_auc:.3f}" if q.roc_auc is not None else "")
+        )
+    lines += [f"  note: {n}" for n in r.notes]
+    lines.append(f"  prod_data.csv: {outcome.prod_data_rows} rows; pushed: {outcome.pushed}")
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""Reporter settings (env prefix ``MLPLATFORM_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from mlplatform_common.settings import CommonSettings
+
+
+class ReporterSettings(CommonSettings):
+    """The scheduled Evidently report: window, drift test, where the numbers go."""
+
+    pushgateway_url: str = "localhost:9091"
+    """Prometheus Pushgateway (``host:port`` or URL) that receives the report's metrics;
+    empty disables pushing."""
+
+    push_timeout_seconds: float = 10.0
+    """Timeout of the push to the Pushgateway."""
+
+    window_hours: float = 24.0
+    """The production window: rows logged in the last N hours. ``0`` means every row since the
+    previous report (every row at all before the first report)."""
+
+    feedback_lookback_hours: float = 168.0
+    """How far back before the window start a labelled row's prediction is looked up, to recover
+    the probabilities the model gave it (for ROC AUC)."""
+
+    drift_method: str = "ks"
+    """Evidently stat test for every numerical column, fixed so scores mean the same thing from
+    run to run (``ks``: two-sample Kolmogorov-Smirnov; the score is its p-value)."""
+
+    drift_threshold: float = 0.05
+    """Per-column threshold of the stat test (for ``ks``: a column drifts when p < threshold)."""
+
+    drift_share_threshold: float = 0.5
+    """The data set drifts when at least this share of its columns drift (per space)."""
+
+    min_drift_rows: int = 5
+    """Below this many production rows in the window, drift is not computed (too few to test)."""
+
+    schedule_minutes: float = 60.0
+    """Interval of ``python -m mlplatform_reporter schedule`` (the CronJob has its own schedule)."""
+
+    evidently_ui_url: str | None = None
+    """Optional Evidently UI (``evidently ui``) URL; when set, each snapshot is added there."""
+
+    evidently_project: str = "mlplatform"
+    """Evidently UI project that receives the snapshots."""
+
+
+@lru_cache
+def get_settings() -> ReporterSettings:
+    """Cached settings; tests call ``get_settings.cache_clear()`` after changing the env."""
+    return ReporterSettings()

@@ -1,0 +1,73 @@
+"""The quality gate: pure functions, no store, no network.
+
+Both models are scored on the same holdout: the fixed test split of the reference data plus
+the newest labelled rows. The candidate must not be worse by more than the tolerance on the
+whole holdout *and* on its reference part alone. The second check matters when labels are
+corrupted: the newest slice is then corrupted too and drags both scores down alike, while the
+reference part still shows what the bad labels did to the candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """Both models' scores on the same holdout and the decision."""
+
+    promote: bool
+    metric: str
+    candidate: float
+    current: float
+    reference_candidate: float
+    reference_current: float
+    tolerance: float
+    holdout_rows: int
+
+    @property
+    def reason(self) -> str:
+        verb = "promoted" if self.promote else "rejected"
+        return (
+            f"{verb}: candidate {self.metric}={self.candidate:.4f} vs production "
+            f"{self.current:.4f} on {self.holdout_rows} holdout rows, "
+            f"{self.reference_candidate:.4f} vs {self.reference_current:.4f} on its reference "
+            f"part (tolerance {self.tolerance})"
+        )
+
+
+def decide(
+    candidate: dict[str, dict[str, float]],
+    current: dict[str, dict[str, float]],
+    metric: str,
+    tolerance: float,
+    holdout_rows: int,
+) -> GateResult:
+    """Promote unless the candidate is worse than production by more than ``tolerance`` on
+    the ``holdout`` or on its ``reference`` part (scores keyed by part, then metric)."""
+    ok = all(
+        candidate[part][metric] >= current[part][metric] - tolerance
+        for part in ("holdout", "reference")
+    )
+    return GateResult(
+        promote=ok,
+        metric=metric,
+        candidate=candidate["holdout"][metric],
+        current=current["holdout"][metric],
+        reference_candidate=candidate["reference"][metric],
+        reference_current=current["reference"][metric],
+        tolerance=tolerance,
+        holdout_rows=holdout_rows,
+    )
+
+
+def recent_split(
+    X: pd.DataFrame, y: pd.Series, ts: pd.Series, share: float
+) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.Series]:
+    """Split labelled rows by time: the newest ``share`` is held out, the rest trains."""
+    order = ts.sort_values(kind="stable").index
+    n_holdout = round(len(order) * share)
+    old, new = order[: len(order) - n_holdout], order[len(order) - n_holdout :]
+    return X.loc[old], y.loc[old], X.loc[new], y.loc[new]

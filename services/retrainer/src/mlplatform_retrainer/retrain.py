@@ -1,0 +1,336 @@
+"""One retrain run: triggers, lock, candidate training, the gate, publishing and rollout.
+
+``run`` is what the CronJob (and serving, every k labelled rows) starts. It holds the store
+lock for its whole duration, so at most one retrain runs at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from mlplatform_common import datalog, keys
+from mlplatform_common import metric_names as names
+from mlplatform_common.errors import ModelNotFound, ObjectNotFound
+from mlplatform_common.lock import LockHeld, StoreLock
+from mlplatform_common.registry import ModelRegistry, utcnow, version_number
+from mlplatform_common.schema import Dataset, parse_dataset
+from mlplatform_common.storage import Store, open_store
+from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
+
+from mlplatform_retrainer.gate import GateResult, decide, recent_split
+from mlplatform_retrainer.job import publish, train_with_progress
+from mlplatform_retrainer.rollout import roll_out
+from mlplatform_retrainer.settings import RetrainerSettings
+from mlplatform_retrainer.train import TrainConfig, evaluate, split
+
+logger = logging.getLogger("mlplatform.retrainer")
+
+RUNS = "state/retrain-runs/"
+STATS = "state/retrain-stats.json"
+
+
+@dataclass
+class RunResult:
+    """What one run did."""
+
+    outcome: str  # promoted | rejected | skipped | locked
+    reasons: list[str] = field(default_factory=list)
+    version: str | None = None
+    production: str | None = None
+    gate: GateResult | None = None
+    rollout: str | None = None
+    new_rows: int = 0
+
+    def describe(self) -> str:
+        parts = [f"retrain {self.outcome}"]
+        if self.reasons:
+            parts.append("trigger: " + "; ".join(self.reasons))
+        if self.gate:
+            parts.append(self.gate.reason)
+        if self.version:
+            parts.append(
+                f"published {self.version}"
+                + (f", rolled out ({self.rollout})" if self.rollout else "")
+            )
+        return " | ".join(parts)
+
+
+def _since(store: Store, registry: ModelRegistry) -> float:
+    """Labelled rows after this time are new: the watermark, else the production training."""
+    try:
+        return float(store.get_json(keys.WATERMARK)["feedback_until"])
+    except (ObjectNotFound, KeyError, TypeError, ValueError):
+        pass
+    try:
+        manifest = registry.manifest(registry.production_version())
+        return datetime.fromisoformat(manifest["created_at"]).timestamp()
+    except ModelNotFound:
+        return 0.0
+
+
+def latest_report(store: Store) -> dict[str, Any] | None:
+    """The newest complete report summary."""
+    for rid in reversed(store.list_dirs(keys.REPORTS)):
+        try:
+            summary: dict[str, Any] = store.get_json(keys.report_file(rid, "summary.json"))
+            return summary
+        except (ObjectNotFound, ValueError):
+            continue
+    return None
+
+
+def triggers(
+    settings: RetrainerSettings, store: Store, registry: ModelRegistry, force: bool
+) -> tuple[list[str], int]:
+    """Every reason to retrain now, and how many labelled rows are new."""
+    reasons = ["forced"] if force else []
+    new_rows = datalog.count_feedback(store, _since(store, registry))
+    k = settings.retrain_every
+    if k > 0 and new_rows >= k:
+        reasons.append(f"{new_rows} new labelled rows (k={k})")
+    report = latest_report(store)
+    if report:
+        drift = report.get("drift") or {}
+        space = drift.get("embedding") or next(iter(drift.values()), None)
+        share = space.get("share") if isinstance(space, dict) else None
+        if share is not None and share > settings.drift_threshold:
+            reasons.append(
+                f"drift share {share:.2f} > {settings.drift_threshold} in report {report.get('id')}"
+            )
+        quality = report.get("quality") or {}
+        value = quality.get(settings.quality_metric)
+        if value is not None and value < settings.quality_threshold:
+            reasons.append(
+                f"{settings.quality_metric} {value:.3f} < {settings.quality_threshold} "
+                f"in report {report.get('id')}"
+            )
+    return reasons, new_rows
+
+
+def _reference(store: Store, dataset_name: str) -> Any:
+    try:
+        meta = store.get_json(keys.dataset(dataset_name, "meta.json"))
+        raw = store.get(keys.dataset(dataset_name))
+    except ObjectNotFound:
+        raise ModelNotFound(
+            f"reference data set {dataset_name!r} is not in the store "
+            "(train a first model: make train)"
+        ) from None
+    return parse_dataset(
+        raw, meta["target"], name=dataset_name, class_names=meta.get("class_names")
+    )
+
+
+def _push(settings: RetrainerSettings, store: Store, result: RunResult, success: bool) -> None:
+    """Push the run's metrics; counts accumulate in the store (the lock makes this safe)."""
+    try:
+        stats: dict[str, Any] = store.get_json(STATS)
+    except ObjectNotFound:
+        stats = {}
+    stats[result.outcome] = int(stats.get(result.outcome, 0)) + 1
+    store.put_json(STATS, stats)
+    if not settings.pushgateway_url:
+        return
+    registry = CollectorRegistry()
+    runs = Counter(names.RETRAIN_RUNS, "Retrain runs by outcome", ["outcome"], registry=registry)
+    for outcome in ("promoted", "rejected", "skipped", "locked", "failed"):
+        runs.labels(outcome).inc(int(stats.get(outcome, 0)))
+    if result.production:
+        Gauge(names.MODEL_VERSION_NUMBER, "Production model version number", registry=registry).set(
+            version_number(result.production)
+        )
+    if success:
+        Gauge(names.RETRAIN_LAST_SUCCESS, "Last successful retrain run", registry=registry).set(
+            time.time()
+        )
+    try:
+        push_to_gateway(
+            settings.pushgateway_url,
+            job=names.RETRAINER_JOB,
+            grouping_key={"instance": "mlplatform"},
+            registry=registry,
+            timeout=10,
+        )
+    except OSError as exc:
+        logger.warning("could not push metrics to %s: %s", settings.pushgateway_url, exc)
+
+
+def _record(store: Store, result: RunResult) -> None:
+    record = {
+        "at": utcnow(),
+        "outcome": result.outcome,
+        "reasons": result.reasons,
+        "version": result.version,
+        "production": result.production,
+        "new_rows": result.new_rows,
+        "gate": asdict(result.gate) if result.gate else None,
+        "rollout": result.rollout,
+    }
+    store.put_json(f"{RUNS}{datetime.now().strftime('%Y%m%dT%H%M%S%f')}.json", record)
+
+
+def retrain(
+    settings: RetrainerSettings,
+    store: Store,
+    registry: ModelRegistry,
+    reasons: list[str],
+    new_rows: int,
+) -> RunResult:
+    """Train a candidate on reference + labelled rows, gate it, publish and roll out."""
+    production = registry.production_version()
+    current = registry.load(production)
+    reference = _reference(store, settings.dataset_name)
+    features = current.features
+    config = TrainConfig(
+        n_components=settings.n_components, estimator=settings.estimator, seed=settings.seed
+    )
+    ref_parts = split(reference.X, reference.y, config)
+    ref_pool_X = pd.concat([ref_parts.X_train, ref_parts.X_val])
+    ref_pool_y = pd.concat([ref_parts.y_train, ref_parts.y_val])
+
+    feedback = datalog.read_feedback(store)
+    # Rows labelled for another feature set (a data set change) cannot be used.
+    if all(f in feedback.columns for f in features):
+        usable = feedback.dropna(subset=features)
+    else:
+        usable = feedback.iloc[0:0].reindex(columns=[*feedback.columns, *features])
+    fb_X = usable[features].astype(float).reset_index(drop=True)
+    fb_y = pd.Series(
+        [datalog.label_of(t, current.classes) for t in usable["target"]], dtype=reference.y.dtype
+    )
+    fb_ts = usable["ts"].astype(float).reset_index(drop=True)
+    train_fb_X, train_fb_y, hold_fb_X, hold_fb_y = recent_split(
+        fb_X, fb_y, fb_ts, settings.holdout_feedback_share
+    )
+
+    train_X = pd.concat([ref_pool_X, train_fb_X], ignore_index=True)
+    train_y = pd.concat([ref_pool_y, train_fb_y], ignore_index=True)
+    hold_X = pd.concat([ref_parts.X_test, hold_fb_X], ignore_index=True)
+    hold_y = pd.concat([ref_parts.y_test, hold_fb_y], ignore_index=True)
+    logger.info(
+        "candidate: %d reference + %d labelled rows for training; holdout %d + %d rows",
+        len(ref_pool_X),
+        len(train_fb_X),
+        len(ref_parts.X_test),
+        len(hold_fb_X),
+    )
+
+    combined = Dataset(
+        name=reference.name,
+        X=train_X,
+        y=train_y,
+        target=reference.target,
+        class_names=reference.class_names,
+        sha256=reference.sha256,
+        raw=b"",
+    )
+    candidate = train_with_progress(combined, config, test=(hold_X, hold_y))
+
+    def scores(model: Any) -> dict[str, dict[str, float]]:
+        return {
+            "holdout": evaluate(model, hold_X, hold_y),
+            "reference": evaluate(model, ref_parts.X_test, ref_parts.y_test),
+        }
+
+    gate = decide(
+        scores(candidate.pipeline),
+        scores(current.pipeline),
+        settings.quality_metric,
+        settings.gate_tolerance,
+        len(hold_X),
+    )
+    logger.info("gate %s", gate.reason)
+    result = RunResult(
+        "promoted" if gate.promote else "rejected",
+        reasons,
+        production=production,
+        gate=gate,
+        new_rows=new_rows,
+    )
+    if gate.promote:
+        version = publish(
+            registry,
+            candidate,
+            combined,
+            config,
+            parent=production,
+            extra={
+                "trigger": reasons,
+                "gate": asdict(gate),
+                "training_data": {
+                    "dataset": reference.name,
+                    "sha256": reference.sha256,
+                    "rows": len(train_X),
+                    "reference_rows": len(ref_pool_X),
+                    "feedback_rows": len(train_fb_X),
+                },
+            },
+        )
+        registry.promote(version)
+        result.version = version
+        result.production = version
+        result.rollout = roll_out(settings, version)
+    newest = float(feedback["ts"].max()) if not feedback.empty else time.time()
+    store.put_json(
+        keys.WATERMARK,
+        {
+            "feedback_until": newest,
+            "rows": len(feedback),
+            "at": utcnow(),
+            "outcome": result.outcome,
+        },
+    )
+    return result
+
+
+def run(settings: RetrainerSettings, force: bool = False, store: Store | None = None) -> RunResult:
+    """Check the triggers and, if any fires, retrain under the store lock."""
+    store = store or open_store(settings)
+    registry = ModelRegistry(store, settings.require_signing_key())
+    lock = StoreLock(store, keys.RETRAIN_LOCK, settings.lock_ttl_seconds)
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        logger.info("another retrain is running: %s; exiting", exc.message)
+        return RunResult("locked", [exc.message])
+    result = RunResult("failed")
+    try:
+        reasons, new_rows = triggers(settings, store, registry, force)
+        if not reasons:
+            result = RunResult(
+                "skipped",
+                ["no trigger"],
+                production=registry.production_version(),
+                new_rows=new_rows,
+            )
+            logger.info("no trigger: %d new labelled rows (k=%d)", new_rows, settings.retrain_every)
+        else:
+            logger.info("retrain triggered: %s", "; ".join(reasons))
+            result = retrain(settings, store, registry, reasons, new_rows)
+        _record(store, result)
+        _push(settings, store, result, success=True)
+        return result
+    except BaseException:
+        _push(settings, store, result, success=False)
+        raise
+    finally:
+        lock.release()
+
+
+def rollback(settings: RetrainerSettings, store: Store | None = None) -> dict[str, Any]:
+    """Move production back to the previous version and roll it out the same way."""
+    store = store or open_store(settings)
+    registry = ModelRegistry(store, settings.require_signing_key())
+    with StoreLock(store, keys.RETRAIN_LOCK, settings.lock_ttl_seconds):
+        alias = registry.rollback()
+        how = roll_out(settings, alias["version"])
+    logger.info("rolled back to %s (%s)", alias["version"], how)
+    return {**alias, "rollout": how}
+
+
+__all__ = ["RunResult", "rollback", "run"]

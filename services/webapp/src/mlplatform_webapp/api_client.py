@@ -1,0 +1,171 @@
+"""A small httpx client for the serving API, with one-line errors a page can show.
+
+Every failure becomes an :class:`ApiError`: :class:`ApiUnavailable` when the API cannot answer
+(down, timing out, 5xx, not ready) and :class:`ApiRejected` when it refused the request (4xx,
+with the API's own message that names the field). No exception of httpx or json escapes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+
+class ApiError(Exception):
+    """A request to the serving API failed; ``message`` is one line fit for a page."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = " ".join(message.split())
+        self.status = status
+
+
+class ApiUnavailable(ApiError):
+    """The API is down, not ready, or failed on its side (connection error, timeout, 5xx)."""
+
+
+class ApiRejected(ApiError):
+    """The API refused the request (4xx); the message is the API's reason."""
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    text = response.text.strip().splitlines()
+    return text[0][:200] if text else response.reason_phrase or f"HTTP {response.status_code}"
+
+
+class ApiClient:
+    """The serving API's endpoints that the web app uses."""
+
+    def __init__(self, base_url: str, timeout: float = 10.0, transport: Any = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        if kw.get("json") is not None:
+            # Python's encoder writes NaN/Infinity, so the API (not httpx) names the bad value.
+            kw["content"] = json.dumps(kw.pop("json")).encode()
+            kw["headers"] = {**kw.get("headers", {}), "Content-Type": "application/json"}
+        kw.pop("json", None)
+        try:
+            response = self._http.request(method, path, **kw)
+        except httpx.TimeoutException:
+            raise ApiUnavailable(
+                f"The serving API at {self.base_url} did not answer in time."
+            ) from None
+        except httpx.HTTPError as exc:
+            raise ApiUnavailable(
+                f"The serving API at {self.base_url} cannot be reached ({type(exc).__name__})."
+            ) from None
+        if response.status_code == 503:
+            raise ApiUnavailable(
+                f"The serving API is unavailable: {_reason(response)}", response.status_code
+            )
+        if response.status_code >= 500:
+            raise ApiUnavailable(
+                f"The serving API failed (HTTP {response.status_code}): {_reason(response)}",
+                response.status_code,
+            )
+        if response.status_code >= 400:
+            raise ApiRejected(_reason(response), response.status_code)
+        return response
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        response = self._request(method, path, **kw)
+        try:
+            return response.json()
+        except (ValueError, json.JSONDecodeError):
+            raise ApiUnavailable(
+                f"The serving API answered {path} with something that is not JSON."
+            ) from None
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """``GET /health``."""
+        return dict(self._json("GET", "/health"))
+
+    def ready(self) -> dict[str, Any]:
+        """``GET /ready``; raises :class:`ApiUnavailable` with the reason while not ready."""
+        return dict(self._json("GET", "/ready"))
+
+    def model(self) -> dict[str, Any]:
+        """``GET /model``: the served version's card."""
+        return dict(self._json("GET", "/model"))
+
+    def models(self) -> dict[str, Any]:
+        """``GET /models``: every version and the production alias."""
+        return dict(self._json("GET", "/models"))
+
+    def model_metrics(self) -> dict[str, Any]:
+        """``GET /metrics/model``."""
+        return dict(self._json("GET", "/metrics/model"))
+
+    def kpis(self) -> dict[str, Any]:
+        """``GET /metrics/kpis``."""
+        return dict(self._json("GET", "/metrics/kpis"))
+
+    def reports(self, limit: int = 50) -> list[dict[str, Any]]:
+        """``GET /reports``: newest first, each ``{"id", "summary"}``."""
+        data = self._json("GET", "/reports", params={"limit": limit})
+        return (
+            [r for r in data if isinstance(r, dict) and "id" in r] if isinstance(data, list) else []
+        )
+
+    def report_html(self, report_id: str) -> str:
+        """``GET /reports/{id}``: the Evidently HTML."""
+        return self._request("GET", f"/reports/{report_id}").text
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def predict(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """``POST /predict`` with ``instances``; raises :class:`ApiRejected` for bad rows."""
+        return dict(self._json("POST", "/predict", json={"instances": rows}))
+
+    def predict_one(self, features: dict[str, Any]) -> dict[str, Any]:
+        """``POST /predict`` with one row; returns that row's prediction."""
+        body = self._json("POST", "/predict", json={"features": features})
+        return dict(body["predictions"][0])
+
+    def feedback(
+        self,
+        target: Any,
+        prediction_id: str | None = None,
+        features: dict[str, Any] | None = None,
+        prediction: Any = None,
+    ) -> dict[str, Any]:
+        """``POST /feedback``: by prediction id, or with the row in full."""
+        body: dict[str, Any] = {"target": target}
+        if prediction_id is not None:
+            body["prediction_id"] = prediction_id
+        if features is not None:
+            body["features"] = features
+            body["prediction"] = prediction
+        return dict(self._json("POST", "/feedback", json=body))
+
+    def reload(self, token: str, version: str | None = None) -> dict[str, Any]:
+        """``POST /admin/reload`` (bearer token)."""
+        return dict(
+            self._json(
+                "POST",
+                "/admin/reload",
+                json={"version": version} if version else None,
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        )
+
+    def retrain(self, token: str) -> dict[str, Any]:
+        """``POST /admin/retrain`` (bearer token)."""
+        return dict(
+            self._json("POST", "/admin/retrain", headers={"Authorization": f"Bearer {token}"})
+        )

@@ -1,0 +1,100 @@
+"""Model: the served version's card, every version with its metrics, and which is in production."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from mlplatform_webapp import ui
+
+METRICS = ["f1", "accuracy", "balanced_accuracy", "precision", "recall", "roc_auc"]
+
+st.title("Model")
+history = ui.fetch_or_stop(ui.models)
+card = ui.fetch_or_stop(ui.model_card)
+alias = history.get("production") or {}
+production = alias.get("version") if isinstance(alias, dict) else None
+serving = history.get("serving") or card.get("version")
+
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Serving", str(serving))
+c2.metric("In production", str(production or "none"))
+c3.metric("Versions", len(history.get("versions") or []))
+test = (card.get("metrics") or {}).get("test") or {}
+c4.metric("Test F1", f"{test['f1']:.3f}" if isinstance(test.get("f1"), int | float) else "–")
+if production and serving and production != serving:
+    st.warning(f"This replica serves {serving} while the production alias names {production}.")
+
+
+def row(manifest: dict[str, Any]) -> dict[str, Any]:
+    metrics = manifest.get("metrics") or {}
+    version = manifest.get("version")
+    out: dict[str, Any] = {
+        "version": version,
+        "status": ", ".join(
+            s
+            for s, on in (("production", version == production), ("serving", version == serving))
+            if on
+        ),
+        "created_at": manifest.get("created_at"),
+        "estimator": manifest.get("estimator"),
+        "parent": manifest.get("parent"),
+        "training rows": (manifest.get("training_data") or {}).get("rows"),
+    }
+    for split in ("test", "validation"):
+        for m in METRICS:
+            value = (metrics.get(split) or {}).get(m)
+            if value is not None:
+                out[f"{split} {m}"] = value
+    return out
+
+
+def _split(split: Any) -> str | None:
+    if not isinstance(split, dict):
+        return None
+    parts = [f"{split[k]} {k}" for k in ("train", "validation", "test") if k in split]
+    seed = f" (seed {split['seed']})" if "seed" in split else ""
+    return " / ".join(parts) + seed
+
+
+versions = [row(m) for m in history.get("versions") or [] if isinstance(m, dict)]
+st.subheader("Versions")
+if not versions:
+    st.info("No version is published yet.")
+else:
+    table = pd.DataFrame(versions)
+    st.dataframe(table, hide_index=True)
+    plotted = [c for c in (f"test {m}" for m in METRICS) if c in table.columns]
+    if plotted:
+        st.subheader("Test metrics by version")
+        long = table.melt(id_vars="version", value_vars=plotted, var_name="metric")
+        long["metric"] = long["metric"].str.removeprefix("test ")
+        st.bar_chart(long, x="version", y="value", color="metric", stack=False, height=320)
+
+st.subheader(f"Card of {card.get('version', '?')} (serving)")
+left, right = st.columns(2)
+with left:
+    st.markdown(
+        "\n".join(
+            f"- **{label}:** {value}"
+            for label, value in (
+                ("created", card.get("created_at")),
+                ("estimator", card.get("estimator")),
+                ("backup estimator", card.get("backup_estimator")),
+                ("parent", card.get("parent") or "none"),
+                ("embedding", f"{card.get('n_components', '?')} PCA components"),
+                ("classes", ", ".join(ui.class_labels(card))),
+                ("training data", (card.get("training_data") or {}).get("dataset")),
+                ("split", _split(card.get("split"))),
+            )
+            if value is not None
+        )
+    )
+with right:
+    metrics = card.get("metrics") or {}
+    if metrics:
+        st.dataframe(pd.DataFrame(metrics).T)
+with st.expander("Feature schema (reference statistics)"):
+    st.dataframe(pd.DataFrame(card.get("feature_schema") or []), hide_index=True)

@@ -1,0 +1,22 @@
+"""The web app: ``streamlit run`` this file (``python -m mlplatform_webapp`` does)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from mlplatform_webapp.settings import get_settings
+
+st.set_page_config(page_title="mlplatform", page_icon=":material/biotech:", layout="wide")
+
+PAGES = [
+    st.Page("app_pages/predict.py", title="Predict", icon=":material/online_prediction:"),
+    st.Page("app_pages/batch.py", title="Batch", icon=":material/table_view:"),
+    st.Page("app_pages/label.py", title="Label", icon=":material/label:"),
+    st.Page("app_pages/model.py", title="Model", icon=":material/model_training:"),
+    st.Page("app_pages/monitoring.py", title="Monitoring", icon=":material/monitoring:"),
+    st.Page("app_pages/admin.py", title="Admin", icon=":material/admin_panel_settings:"),
+]
+
+page = st.navigation(PAGES)
+st.sidebar.caption(f"Serving API: {get_settings().api_url}")
+page.run()

@@ -1,0 +1,107 @@
+"""What every page shares: the cached API client, cached reads, and the API-down line."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import streamlit as st
+
+from mlplatform_webapp.api_client import ApiClient, ApiError
+from mlplatform_webapp.settings import get_settings
+
+TTL = get_settings().cache_ttl_seconds
+
+
+@st.cache_resource(show_spinner=False)
+def _client(api_url: str, timeout: float) -> ApiClient:
+    return ApiClient(api_url, timeout)
+
+
+def client() -> ApiClient:
+    """The API client of the configured URL, shared by every session."""
+    settings = get_settings()
+    return _client(settings.api_url, settings.request_timeout_seconds)
+
+
+# Each cached read takes the API URL so that a changed URL never answers from another's cache.
+@st.cache_data(ttl=TTL, show_spinner=False)
+def _model(api_url: str) -> dict[str, Any]:
+    return client().model()
+
+
+@st.cache_data(ttl=TTL, show_spinner=False)
+def _models(api_url: str) -> dict[str, Any]:
+    return client().models()
+
+
+@st.cache_data(ttl=TTL, show_spinner=False)
+def _reports(api_url: str) -> list[dict[str, Any]]:
+    return client().reports()
+
+
+@st.cache_data(ttl=600, show_spinner=False, max_entries=8)
+def _report_html(api_url: str, report_id: str) -> str:
+    return client().report_html(report_id)  # a report never changes once written
+
+
+def model_card() -> dict[str, Any]:
+    """``GET /model`` (cached)."""
+    return _model(get_settings().api_url)
+
+
+def models() -> dict[str, Any]:
+    """``GET /models`` (cached)."""
+    return _models(get_settings().api_url)
+
+
+def reports() -> list[dict[str, Any]]:
+    """``GET /reports`` (cached)."""
+    return _reports(get_settings().api_url)
+
+
+def report_html(report_id: str) -> str:
+    """``GET /reports/{id}`` (cached)."""
+    return _report_html(get_settings().api_url, report_id)
+
+
+def class_labels(card: dict[str, Any]) -> dict[str, Any]:
+    """Readable name -> class value, in the model's class order."""
+    classes = list(card.get("classes") or [])
+    names = list(card.get("class_names") or [])
+    return {(str(names[i]) if i < len(names) else str(c)): c for i, c in enumerate(classes)}
+
+
+def class_name(card: dict[str, Any], value: Any) -> str:
+    """The readable name of a class value (as the API spells it, e.g. ``"1"``)."""
+    for name, cls in class_labels(card).items():
+        if str(cls) == str(value):
+            return name
+    return str(value)
+
+
+def _watch_api() -> None:
+    @st.fragment(run_every=get_settings().retry_seconds)
+    def watch() -> None:
+        try:
+            client().ready()
+        except ApiError:
+            st.caption("Checking again every few seconds; this page comes back by itself.")
+            return
+        st.rerun()
+
+    watch()
+
+
+def stop_unavailable(exc: ApiError) -> NoReturn:
+    """Say in one line that the API cannot answer, poll until it can, and stop the page."""
+    st.error(exc.message, icon=":material/cloud_off:")
+    _watch_api()
+    st.stop()
+
+
+def fetch_or_stop(fetch: Any, *args: Any) -> Any:
+    """Call a read; if the API cannot answer, show the one line and stop the page."""
+    try:
+        return fetch(*args)
+    except ApiError as exc:
+        stop_unavailable(exc)

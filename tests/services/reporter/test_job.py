@@ -1,0 +1,401 @@
+"""job.py end to end: store in, report and prod_data.csv out, numbers in a real Prometheus."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from mlplatform_common import keys
+from mlplatform_common.errors import IntegrityError
+from mlplatform_common.registry import LoadedModel
+from mlplatform_common.storage import LocalStore, Store
+from mlplatform_reporter import job
+from mlplatform_reporter.__main__ import main
+from mlplatform_common.schema import embed
+from mlplatform_reporter.simulate import replay, shift_scale
+from sklearn import metrics as skm
+
+from tests.conftest import REPO, SIGNING_KEY
+from tests.services.reporter.conftest import (
+    PromStack,
+    StubServing,
+    log_traffic,
+    reporter_settings,
+)
+
+R = '{job="mlplatform-reporter",instance="mlplatform"'
+
+
+def _q(name: str, **labels: str) -> str:
+    extra = "".join(f',{k}="{v}"' for k, v in labels.items())
+    return f"{name}{R}{extra}}}"
+
+
+def test_report_numbers_reach_prometheus(
+    store: Store, model: LoadedModel, heldout: pd.DataFrame, prom_stack: PromStack
+) -> None:
+    prom_stack.clear()
+    sent = log_traffic(store, model, heldout, labelled=0.6, flip=0.2, seed=1)
+    settings = reporter_settings(pushgateway_url=prom_stack.pushgateway_url)
+    before = time.time()
+    outcome = job.run(settings, store=store)
+    assert outcome.pushed
+
+    # archived: the HTML, then the summary
+    summary = store.get_json(keys.report_file(outcome.report_id, "summary.json"))
+    html = store.get(keys.report_file(outcome.report_id, "report.html")).decode()
+    assert summary["model_version"] == model.version
+    assert "<html" in html.lower()
+    assert summary["rows"] == {
+        "production": len(heldout),
+        "labelled": len(sent),
+        "reference": len(model.ref_data),
+    }
+
+    # quality matches scikit-learn on the same labelled rows
+    q = summary["quality"]
+    t, p = sent["target"], sent["prediction"]
+    assert q["f1"] == pytest.approx(skm.f1_score(t, p, pos_label="1"), abs=1e-12)
+    assert q["precision"] == pytest.approx(skm.precision_score(t, p, pos_label="1"), abs=1e-12)
+    assert q["recall"] == pytest.approx(skm.recall_score(t, p, pos_label="1"), abs=1e-12)
+    assert q["accuracy"] == pytest.approx(skm.accuracy_score(t, p), abs=1e-12)
+    assert q["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(t, p), abs=1e-12)
+    proba = np.vstack(sent["proba"].to_list())
+    assert q["roc_auc"] == pytest.approx(skm.roc_auc_score(t == "1", proba[:, 1]), abs=1e-12)
+
+    # every pushed number is in Prometheus with the right value
+    stack = prom_stack
+    for dataset, n in summary["rows"].items():
+        stack.wait_for(_q("mlplatform_report_rows", dataset=dataset), n)
+    for name, key in [
+        ("mlplatform_model_f1", "f1"),
+        ("mlplatform_model_precision", "precision"),
+        ("mlplatform_model_recall", "recall"),
+        ("mlplatform_model_accuracy", "accuracy"),
+        ("mlplatform_model_balanced_accuracy", "balanced_accuracy"),
+    ]:
+        stack.wait_for(_q(name), q[key])
+    assert set(summary["drift"]) == {"embedding", "raw"}
+    for space, drift in summary["drift"].items():
+        stack.wait_for(_q("mlplatform_drift_share", space=space), drift["share"])
+        stack.wait_for(_q("mlplatform_drifted_columns", space=space), drift["drifted_columns"])
+        for feature, score in drift["scores"].items():
+            stack.wait_for(
+                _q("mlplatform_feature_drift_score", feature=feature, space=space), score
+            )
+    assert len(stack.query(_q("mlplatform_feature_drift_score", space="raw"))) == 30
+    assert len(stack.query(_q("mlplatform_feature_drift_score", space="embedding"))) == 10
+    last = stack.query(_q("mlplatform_report_last_success_timestamp_seconds"))
+    assert len(last) == 1
+    assert before <= float(last[0]["value"][1]) <= time.time()
+
+    # prod_data.csv in the course format, in the production version's embedding
+    export = pd.read_csv(io.BytesIO(store.get(keys.PROD_DATA)))
+    n = len(model.ref_data.columns) - 1
+    assert list(export.columns) == [*[f"PCA_{i}" for i in range(1, n + 1)], "target", "prediction"]
+    assert len(export) == len(sent)
+    assert sorted(export["target"].astype(str)) == sorted(sent["target"])
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_no_production_data_reports_zero_rows_and_succeeds(
+    store: Store, model: LoadedModel, prom_stack: PromStack
+) -> None:
+    prom_stack.clear()
+    settings = reporter_settings(pushgateway_url=prom_stack.pushgateway_url)
+    outcome = job.run(settings, store=store)
+    summary = store.get_json(keys.report_file(outcome.report_id, "summary.json"))
+    assert summary["rows"]["production"] == 0
+    assert summary["quality"] is None
+    assert "no production data in the window yet" in summary["notes"]
+    prom_stack.wait_for(_q("mlplatform_report_rows", dataset="production"), 0)
+    prom_stack.wait_for(_q("mlplatform_report_rows", dataset="labelled"), 0)
+    assert len(prom_stack.query(_q("mlplatform_report_last_success_timestamp_seconds"))) == 1
+    prom_stack.wait_absent("mlplatform_drift_share")
+    prom_stack.wait_absent("mlplatform_model_f1")
+    export = pd.read_csv(io.BytesIO(store.get(keys.PROD_DATA)))
+    assert export.empty
+    assert list(export.columns)[-2:] == ["target", "prediction"]
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_no_model_yet_is_an_empty_report_not_a_failure(store: Store) -> None:
+    outcome = job.run(reporter_settings(), store=store)
+    assert outcome.result.rows["production"] == 0
+    assert "no model is in production yet" in outcome.result.notes
+    assert not outcome.pushed  # pushing switched off in these settings
+    assert store.exists(keys.report_file(outcome.report_id, "summary.json"))
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_a_failed_run_pushes_nothing(
+    store: Store, model: LoadedModel, heldout: pd.DataFrame, prom_stack: PromStack
+) -> None:
+    prom_stack.clear()
+    log_traffic(store, model, heldout.iloc[:20])
+    prom_stack.wait_absent(_q("mlplatform_report_last_success_timestamp_seconds"))
+    wrong_key = reporter_settings(
+        pushgateway_url=prom_stack.pushgateway_url, signing_key="not-the-key"
+    )
+    with pytest.raises(IntegrityError):
+        job.run(wrong_key, store=store)
+    time.sleep(2.5)  # more than two scrapes
+    assert prom_stack.query(_q("mlplatform_report_last_success_timestamp_seconds")) == []
+    assert store.list_keys(keys.REPORTS) == []
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_unreachable_pushgateway_fails_the_run(store: Store, model: LoadedModel) -> None:
+    from mlplatform_common.errors import StorageUnavailable
+
+    from tests.conftest import free_port
+
+    settings = reporter_settings(pushgateway_url=f"127.0.0.1:{free_port()}")
+    with pytest.raises(StorageUnavailable, match="Pushgateway"):
+        job.run(settings, store=store)
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_window_since_the_previous_report(
+    store: Store, model: LoadedModel, heldout: pd.DataFrame
+) -> None:
+    settings = reporter_settings(window_hours=0)
+    log_traffic(store, model, heldout.iloc[:30], ts=time.time() - 10)
+    first = job.run(settings, store=store)
+    assert first.result.rows["production"] == 30
+    assert first.result.window["mode"] == "everything (first report)"
+    log_traffic(store, model, heldout.iloc[30:50], ts=time.time())
+    second = job.run(settings, store=store, now=time.time() + 1)
+    assert second.result.rows["production"] == 20
+    assert second.result.window["since"] == pytest.approx(first.result.window["until"])
+    # a rolling window sees both batches
+    rolling = job.run(reporter_settings(window_hours=1), store=store, now=time.time() + 2)
+    assert rolling.result.rows["production"] == 50
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_simulated_traffic_drift_end_to_end(
+    store: Store, model: LoadedModel, heldout: pd.DataFrame, prom_stack: PromStack
+) -> None:
+    """Simulator -> HTTP -> prediction log -> report -> Prometheus: no drift, then drift."""
+    prom_stack.clear()
+    settings = reporter_settings(window_hours=0, pushgateway_url=prom_stack.pushgateway_url)
+    X = heldout
+    with StubServing(store, model) as serving, httpx.Client(base_url=serving.url) as client:
+        summary = replay(client, X, model.features, "target", rate=0, batch_size=10, progress=False)
+        assert summary.predicted == len(X)
+        calm = job.run(settings, store=store)
+        drifted = shift_scale(X, model.features, shift=1.0, scale=1.2)
+        summary = replay(
+            client, drifted, model.features, "target", rate=0, batch_size=10, progress=False
+        )
+        assert summary.predicted == len(X)
+        stormy = job.run(settings, store=store, now=time.time() + 1)
+    threshold = settings.drift_share_threshold
+    for space in ("embedding", "raw"):
+        assert calm.result.drift[space].share < threshold
+        assert not calm.result.drift[space].detected
+        assert stormy.result.drift[space].share > threshold
+        assert stormy.result.drift[space].detected
+        prom_stack.wait_for(
+            _q("mlplatform_drift_share", space=space), stormy.result.drift[space].share
+        )
+    # and the alert rule loaded into this Prometheus sees it
+    deadline = time.monotonic() + 20
+    alerts: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{prom_stack.prometheus_url}/api/v1/alerts", timeout=5).json()
+        alerts = [
+            a for a in r["data"]["alerts"] if a["labels"]["alertname"] == "MLPlatformDataDrift"
+        ]
+        if len(alerts) == 2:
+            break
+        time.sleep(0.5)
+    assert sorted(a["labels"]["space"] for a in alerts) == ["embedding", "raw"]  # type: ignore[index]
+
+
+def test_cli_run_succeeds_and_fails_with_exit_codes(tmp_path, trained, shipped_dataset) -> None:  # type: ignore[no-untyped-def]
+    from mlplatform_common.registry import ModelRegistry
+
+    from tests.conftest import publish_trained
+
+    store = LocalStore(tmp_path / "store")
+    store.ensure()
+    publish_trained(ModelRegistry(store, SIGNING_KEY), trained, shipped_dataset)
+    env = {
+        **os.environ,
+        "MLPLATFORM_STORE_URL": f"file://{tmp_path / 'store'}",
+        "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
+        "MLPLATFORM_PUSHGATEWAY_URL": "",
+    }
+    ok = subprocess.run(
+        [sys.executable, "-m", "mlplatform_reporter", "run"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "(model v1): 0 predictions, 0 labelled" in ok.stdout
+    env.pop("MLPLATFORM_SIGNING_KEY")
+    env["MLPLATFORM_DEV_MODE"] = "false"
+    bad = subprocess.run(
+        [sys.executable, "-m", "mlplatform_reporter", "run"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 1
+    assert "MLPLATFORM_SIGNING_KEY is not set" in bad.stderr
+
+
+def test_cli_simulate_replays_with_drift_against_the_api(
+    tmp_path, trained, shipped_dataset, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    from mlplatform_common import datalog
+    from mlplatform_common.registry import ModelRegistry
+
+    from tests.conftest import DATA, publish_trained
+
+    store = LocalStore(tmp_path / "store")
+    store.ensure()
+    registry = ModelRegistry(store, SIGNING_KEY)
+    loaded = registry.load(publish_trained(registry, trained, shipped_dataset))
+    with StubServing(store, loaded) as serving:
+        code = main(
+            [
+                "simulate",
+                "--url",
+                serving.url,
+                "--data",
+                str(DATA),
+                "--rows",
+                "30",
+                "--rate",
+                "0",
+                "--shift",
+                "2",
+                "--drift-features",
+                "mean_radius",
+                "--feedback-fraction",
+                "1",
+            ]
+        )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "30 predicted, 0 failed" in out
+    assert "feedback: 30 sent, 0 failed" in out
+    logged = datalog.read_predictions(store)
+    assert len(logged) == 30
+    base = pd.read_csv(DATA)
+    held = base.loc[~base.index.isin([])]  # the replayed rows are drifted on mean_radius only
+    assert logged["mean_radius"].mean() > held["mean_radius"].mean() + base["mean_radius"].std()
+    np.testing.assert_allclose(
+        logged[[f"PCA_{i}" for i in range(1, 11)]].to_numpy(),
+        embed(loaded.pipeline, logged[loaded.features]).to_numpy(),
+    )
+
+
+def test_cli_schedule_reports_on_an_interval(tmp_path, trained, shipped_dataset) -> None:  # type: ignore[no-untyped-def]
+    from mlplatform_common.registry import ModelRegistry
+
+    from tests.conftest import publish_trained
+
+    store = LocalStore(tmp_path / "store")
+    store.ensure()
+    publish_trained(ModelRegistry(store, SIGNING_KEY), trained, shipped_dataset)
+    env = {
+        **os.environ,
+        "MLPLATFORM_STORE_URL": f"file://{tmp_path / 'store'}",
+        "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
+        "MLPLATFORM_PUSHGATEWAY_URL": "",
+        "MLPLATFORM_SCHEDULE_MINUTES": "0.05",  # every 3 seconds
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlplatform_reporter", "schedule"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(store.list_dirs(keys.REPORTS)) < 2:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.5)
+        reports = store.list_dirs(keys.REPORTS)
+        assert len(reports) >= 2
+        for rid in reports[:2]:
+            assert store.exists(keys.report_file(rid, "summary.json"))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 0, proc.communicate()
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_snapshots_go_to_a_real_evidently_ui(
+    store: Store, model: LoadedModel, heldout: pd.DataFrame, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import free_port
+
+    port = free_port()
+    workspace = tmp_path / "evidently"
+    log = tmp_path / "evidently.log"
+    ui = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "evidently"),
+            "ui",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workspace",
+            str(workspace),
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert ui.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}/api/version", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+        log_traffic(store, model, heldout, labelled=0.5)
+        settings = reporter_settings(evidently_ui_url=url, evidently_project="course")
+        job.run(settings, store=store)
+        job.run(settings, store=store, now=time.time() + 1)  # the project is found, not re-made
+    finally:
+        ui.terminate()
+        try:
+            ui.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            ui.kill()
+            ui.wait(timeout=10)
+    projects = [p for p in workspace.iterdir() if p.is_dir()]
+    assert len(projects) == 1
+    # two runs, three snapshots each: embedding drift, raw drift, quality
+    assert len(list((projects[0] / "snapshots").glob("*.json"))) == 6

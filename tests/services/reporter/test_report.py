@@ -1,0 +1,244 @@
+"""report.py: Evidently numbers against scikit-learn, drift against simulated drift, pure HTML."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlplatform_reporter.report import (
+    DriftConfig,
+    ReportInput,
+    build_report,
+    drift_report,
+    embed,
+    metric_results,
+    metric_value,
+    prod_data,
+    quality_report,
+)
+from mlplatform_reporter.simulate import rebalance, shift_scale
+from sklearn import metrics as skm
+
+
+def _input(trained, shipped_dataset, production, labelled=None):  # type: ignore[no-untyped-def]
+    return ReportInput(
+        model_version="v1",
+        classes=trained.classes,
+        features=shipped_dataset.features,
+        reference_embedding=trained.ref_data,
+        reference_raw=shipped_dataset.X,
+        production=production,
+        labelled=labelled if labelled is not None else pd.DataFrame(),
+        window={"mode": "test"},
+    )
+
+
+def _labelled(trained, X: pd.DataFrame, y: pd.Series, flip: float, seed: int = 0):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    truth = y.astype(str).to_numpy().copy()
+    flipped = rng.random(len(truth)) < flip
+    truth[flipped] = np.where(truth[flipped] == "1", "0", "1")
+    proba = trained.pipeline.predict_proba(X)
+    return pd.DataFrame(
+        {
+            "prediction_id": [f"p{i}" for i in range(len(X))],
+            "target": truth,
+            "prediction": trained.pipeline.predict(X).astype(str),
+            "proba_json": [json.dumps(list(p)) for p in proba],
+        }
+    ), proba
+
+
+def test_binary_quality_matches_scikit_learn(trained, heldout) -> None:  # type: ignore[no-untyped-def]
+    X, y = heldout.drop(columns="target"), heldout["target"]
+    labelled, proba = _labelled(trained, X, y, flip=0.25)
+    quality, _ = quality_report(labelled, trained.classes)
+    t, p = labelled["target"], labelled["prediction"]
+    assert quality.rows == len(X)
+    assert quality.accuracy == pytest.approx(skm.accuracy_score(t, p), abs=1e-12)
+    assert quality.precision == pytest.approx(skm.precision_score(t, p, pos_label="1"), abs=1e-12)
+    assert quality.recall == pytest.approx(skm.recall_score(t, p, pos_label="1"), abs=1e-12)
+    assert quality.f1 == pytest.approx(skm.f1_score(t, p, pos_label="1"), abs=1e-12)
+    assert quality.balanced_accuracy == pytest.approx(skm.balanced_accuracy_score(t, p), abs=1e-12)
+    assert quality.roc_auc == pytest.approx(skm.roc_auc_score(t == "1", proba[:, 1]), abs=1e-12)
+    # flipping a quarter of the labels must show: this is not a perfect-score coincidence
+    assert quality.f1 < 0.9
+
+
+def test_multiclass_quality_matches_scikit_learn() -> None:
+    rng = np.random.default_rng(3)
+    classes = ["a", "b", "c"]
+    n = 300
+    truth = rng.choice(classes, n)
+    pred = np.where(rng.random(n) < 0.7, truth, rng.choice(classes, n))
+    raw = rng.random((n, 3)) + np.eye(3)[[classes.index(p) for p in pred]]
+    proba = raw / raw.sum(axis=1, keepdims=True)
+    labelled = pd.DataFrame(
+        {"target": truth, "prediction": pred, "proba_json": [json.dumps(list(r)) for r in proba]}
+    )
+    quality, _ = quality_report(labelled, classes)
+    assert quality.accuracy == pytest.approx(skm.accuracy_score(truth, pred), abs=1e-12)
+    assert quality.precision == pytest.approx(
+        skm.precision_score(truth, pred, average="macro"), abs=1e-12
+    )
+    assert quality.recall == pytest.approx(
+        skm.recall_score(truth, pred, average="macro"), abs=1e-12
+    )
+    assert quality.f1 == pytest.approx(skm.f1_score(truth, pred, average="macro"), abs=1e-12)
+    assert quality.balanced_accuracy == pytest.approx(
+        skm.balanced_accuracy_score(truth, pred), abs=1e-12
+    )
+    assert quality.roc_auc is not None
+
+
+def test_quality_without_probabilities_has_no_roc_auc(trained, heldout) -> None:  # type: ignore[no-untyped-def]
+    X, y = heldout.drop(columns="target"), heldout["target"]
+    labelled, _ = _labelled(trained, X, y, flip=0.1)
+    labelled.loc[3, "proba_json"] = None  # its prediction fell out of the log
+    quality, _ = quality_report(labelled, trained.classes)
+    assert quality.roc_auc is None
+    assert quality.f1 == pytest.approx(
+        skm.f1_score(labelled["target"], labelled["prediction"], pos_label="1"), abs=1e-12
+    )
+
+
+def test_quality_of_one_class_only_still_reports(trained, heldout) -> None:  # type: ignore[no-untyped-def]
+    rows = heldout[heldout["target"] == 1]
+    labelled, _ = _labelled(trained, rows.drop(columns="target"), rows["target"], flip=0.0)
+    quality, _ = quality_report(labelled, trained.classes)
+    assert quality.roc_auc is None  # undefined with one class
+    assert quality.balanced_accuracy == pytest.approx(
+        skm.balanced_accuracy_score(labelled["target"], labelled["prediction"]), abs=1e-12
+    )
+    assert quality.recall == pytest.approx(
+        skm.recall_score(labelled["target"], labelled["prediction"], pos_label="1"), abs=1e-12
+    )
+
+
+def test_numbers_are_read_by_metric_name_not_position(trained, heldout) -> None:  # type: ignore[no-untyped-def]
+    current = embed(trained.pipeline, heldout.drop(columns="target"))
+    cols = list(current.columns)
+    result, snapshot = drift_report(trained.ref_data, current, cols, "embedding", DriftConfig())
+    results = metric_results(snapshot)
+    shuffled = results[:]
+    random.Random(1).shuffle(shuffled)
+    assert shuffled != results
+    for col in cols:
+        assert metric_value(shuffled, "ValueDrift", column=col) == result.scores[col]
+    assert metric_value(shuffled, "DriftedColumnsCount")["count"] == result.drifted_columns
+    with pytest.raises(KeyError):
+        metric_value(results, "ValueDrift", column="no_such_column")
+
+
+def test_the_drift_test_is_the_configured_one(trained, heldout) -> None:  # type: ignore[no-untyped-def]
+    current = embed(trained.pipeline, heldout.drop(columns="target"))
+    cols = list(current.columns)
+    ks, _ = drift_report(trained.ref_data, current, cols, "embedding", DriftConfig())
+    wass, _ = drift_report(
+        trained.ref_data,
+        current,
+        cols,
+        "embedding",
+        DriftConfig(method="wasserstein", threshold=0.1),
+    )
+    assert ks.method == "ks"
+    assert wass.method == "wasserstein"
+    # a K-S p-value and a Wasserstein distance are different numbers for the same column
+    assert ks.scores != wass.scores
+    assert all(0.0 <= v <= 1.0 for v in ks.scores.values())
+
+
+def test_undrifted_traffic_is_not_drift(trained, shipped_dataset, heldout) -> None:  # type: ignore[no-untyped-def]
+    result = build_report(
+        _input(trained, shipped_dataset, heldout.drop(columns="target")),
+        DriftConfig(),
+        trained.pipeline,
+    )
+    for space in ("embedding", "raw"):
+        assert not result.drift[space].detected, result.drift[space]
+        assert result.drift[space].share < DriftConfig().share_threshold
+
+
+@pytest.mark.parametrize(
+    ("shift", "scale"),
+    [(1.0, 1.0), (0.0, 1.8), (-0.8, 1.3)],
+    ids=["shift", "scale", "shift-and-scale"],
+)
+def test_simulated_covariate_drift_is_drift(
+    trained, shipped_dataset, heldout, shift, scale
+) -> None:  # type: ignore[no-untyped-def]
+    X = heldout.drop(columns="target")
+    drifted = shift_scale(X, list(X.columns), shift=shift, scale=scale)
+    result = build_report(
+        _input(trained, shipped_dataset, drifted), DriftConfig(), trained.pipeline
+    )
+    for space in ("embedding", "raw"):
+        assert result.drift[space].detected, result.drift[space]
+        assert result.drift[space].share > DriftConfig().share_threshold
+
+
+def test_class_balance_change_is_drift(trained, shipped_dataset, heldout) -> None:  # type: ignore[no-untyped-def]
+    skewed = rebalance(heldout, "target", {"0": 0.95}, n=200, seed=1)
+    result = build_report(
+        _input(trained, shipped_dataset, skewed.drop(columns="target")),
+        DriftConfig(),
+        trained.pipeline,
+    )
+    assert result.drift["embedding"].detected
+    assert result.drift["raw"].detected
+
+
+def test_embedding_drift_uses_the_versions_embedding_from_raw_features(
+    trained, shipped_dataset, heldout
+) -> None:  # type: ignore[no-untyped-def]
+    X = heldout.drop(columns="target")
+    wrong = X.copy()
+    # logged PCA_* columns that disagree with the raw features must be ignored
+    for i in range(1, 11):
+        wrong[f"PCA_{i}"] = 100.0
+    result = build_report(_input(trained, shipped_dataset, wrong), DriftConfig(), trained.pipeline)
+    assert not result.drift["embedding"].detected
+
+
+def test_no_production_data_says_so(trained, shipped_dataset) -> None:  # type: ignore[no-untyped-def]
+    result = build_report(
+        _input(trained, shipped_dataset, pd.DataFrame(columns=shipped_dataset.features)),
+        DriftConfig(),
+        trained.pipeline,
+    )
+    assert result.drift == {}
+    assert result.quality is None
+    assert result.rows["production"] == 0
+    assert result.rows["labelled"] == 0
+    assert "no production data in the window yet" in result.notes
+    assert "no production data in the window yet" in result.html
+    assert result.summary()["drift"] == {}
+
+
+def test_raw_drift_skipped_without_training_data(trained, shipped_dataset, heldout) -> None:  # type: ignore[no-untyped-def]
+    data = _input(trained, shipped_dataset, heldout.drop(columns="target"))
+    data.reference_raw = None
+    result = build_report(data, DriftConfig(), trained.pipeline)
+    assert set(result.drift) == {"embedding"}
+    assert any("no raw-feature drift" in n for n in result.notes)
+
+
+def test_prod_data_is_the_course_format(trained, shipped_dataset, heldout) -> None:  # type: ignore[no-untyped-def]
+    X = heldout.drop(columns="target")
+    feedback = X.copy()
+    feedback["target"] = heldout["target"].astype(str)
+    feedback["prediction"] = trained.pipeline.predict(X).astype(str)
+    out = prod_data(trained.pipeline, feedback, shipped_dataset.features)
+    n = trained.n_components
+    assert list(out.columns) == [*[f"PCA_{i}" for i in range(1, n + 1)], "target", "prediction"]
+    np.testing.assert_allclose(
+        out[[f"PCA_{i}" for i in range(1, n + 1)]].to_numpy(),
+        embed(trained.pipeline, X).to_numpy(),
+    )
+    assert list(out["target"]) == list(feedback["target"])
+    empty = prod_data(trained.pipeline, feedback.iloc[0:0], shipped_dataset.features)
+    assert list(empty.columns) == list(out.columns)
+    assert empty.empty

@@ -1,0 +1,52 @@
+"""Retrainer fixtures: a store with v1 in production and its reference data uploaded."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import pytest
+from mlplatform_common import datalog
+from mlplatform_common.registry import ModelRegistry
+from mlplatform_common.storage import Store
+from mlplatform_retrainer.job import upload_dataset
+from mlplatform_retrainer.settings import RetrainerSettings
+
+from tests.conftest import DATA, SIGNING_KEY, publish_trained
+
+
+def retrainer_settings(**kw: object) -> RetrainerSettings:
+    defaults: dict[str, object] = {
+        "signing_key": SIGNING_KEY.decode(),
+        "rollout": "none",
+        "retrain_every": 20,
+    }
+    return RetrainerSettings(**{**defaults, **kw})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def v1_store(local_store: Store, trained, shipped_dataset) -> Store:
+    upload_dataset(local_store, shipped_dataset)
+    publish_trained(ModelRegistry(local_store, SIGNING_KEY), trained, shipped_dataset)
+    return local_store
+
+
+def add_feedback(
+    store: Store, n: int, *, corrupt: bool = False, seed: int = 0, start: int = 0
+) -> None:
+    """``n`` labelled rows from the shipped data (true labels, or flipped ones if corrupt)."""
+    frame = pd.read_csv(DATA).sample(n=n, random_state=seed, replace=n > 569).reset_index(drop=True)
+    now = time.time()
+    for i, row in frame.iterrows():
+        features = row.drop("target").to_dict()
+        target = 1 - int(row["target"]) if corrupt else int(row["target"])
+        datalog.write_feedback(
+            store,
+            {
+                "model_version": "v1",
+                "prediction": str(int(row["target"])),
+                "target": str(target),
+                "features": features,
+            },
+            ts=now + (start + int(i)) * 0.001,
+        )

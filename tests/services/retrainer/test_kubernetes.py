@@ -1,0 +1,186 @@
+"""The Kubernetes path, checked at the HTTP boundary.
+
+No Kubernetes API server can run on these machines, so a small recording HTTP server stands in
+for one: the official ``kubernetes`` client sends its real requests to it, the tests check
+method, path, content type and body, and validate what would be applied against the
+Kubernetes schemas (kubernetes-validate). What the API server then does with it (rolling the
+pods, running the Job) is Kubernetes' part and is not exercised here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes import client
+from mlplatform_retrainer.rollout import VERSION_ANNOTATION, rollout_kubernetes
+from mlplatform_serving.launcher import kubernetes_launcher
+
+from tests.conftest import REPO
+from tests.services.retrainer.conftest import retrainer_settings
+from tests.services.serving.conftest import serving_settings
+
+K8S_VERSION = "1.33"
+DEPLOYMENT = yaml.safe_load((REPO / "tests/testdata/serving-deployment.yaml").read_text())
+CRONJOB = json.loads((REPO / "tests/testdata/retrainer-cronjob.json").read_text())
+
+
+class FakeApiServer:
+    """Records every request; answers the few the platform makes."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("content-length", 0))
+                body = json.loads(self.rfile.read(length)) if length else None
+                outer.requests.append(
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "headers": dict(self.headers),
+                        "body": body,
+                    }
+                )
+                if self.command == "GET" and self.path.endswith("/cronjobs/mlplatform-retrainer"):
+                    status, answer = 200, CRONJOB
+                elif self.command == "PATCH" and self.path.endswith(
+                    "/deployments/mlplatform-serving"
+                ):
+                    status, answer = 200, DEPLOYMENT
+                elif self.command == "POST" and self.path.endswith("/jobs"):
+                    status, answer = 201, body
+                else:
+                    status, answer = 404, {"kind": "Status", "code": 404, "reason": "NotFound"}
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PATCH = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def api_client(self) -> client.ApiClient:
+        config = client.Configuration()
+        config.host = self.url
+        return client.ApiClient(config)
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    server = FakeApiServer()
+    server.thread.start()
+    yield server
+    server.server.shutdown()
+
+
+def strategic_merge(deployment: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Apply the rollout patch as the API server's strategic merge does for these fields:
+    annotations merge by key, containers by name, env entries by name."""
+    out = copy.deepcopy(deployment)
+    template = out["spec"]["template"]
+    ptemplate = patch["spec"]["template"]
+    template["metadata"].setdefault("annotations", {}).update(ptemplate["metadata"]["annotations"])
+    for pc in ptemplate["spec"]["containers"]:
+        container = next(c for c in template["spec"]["containers"] if c["name"] == pc["name"])
+        env = {e["name"]: e for e in container.get("env", [])}
+        env.update({e["name"]: e for e in pc["env"]})
+        container["env"] = list(env.values())
+    return out
+
+
+def test_rollout_patches_the_serving_deployment_pod_template(api: FakeApiServer) -> None:
+    settings = retrainer_settings(namespace="ml", serving_deployment="mlplatform-serving")
+    rollout_kubernetes(settings, "v7", api_client=api.api_client())
+    (request,) = api.requests
+    assert request["method"] == "PATCH"
+    assert request["path"] == "/apis/apps/v1/namespaces/ml/deployments/mlplatform-serving"
+    assert request["headers"]["Content-Type"] == "application/strategic-merge-patch+json"
+    patch = request["body"]
+    assert patch == {
+        "spec": {
+            "template": {
+                "metadata": {"annotations": {VERSION_ANNOTATION: "v7"}},
+                "spec": {
+                    "containers": [
+                        {"name": "serving", "env": [{"name": "MODEL_VERSION", "value": "v7"}]}
+                    ]
+                },
+            }
+        }
+    }
+    patched = strategic_merge(DEPLOYMENT, patch)
+    kubernetes_validate.validate(patched, K8S_VERSION, strict=True)
+    env = patched["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "MODEL_VERSION", "value": "v7"} in env
+    assert {"name": "MODEL_VERSION", "value": "v1"} not in env
+    # A changed pod template is what makes Kubernetes roll the pods (and `rollout undo` revert).
+    assert patched["spec"]["template"] != DEPLOYMENT["spec"]["template"]
+
+
+def test_a_refused_patch_is_a_clear_error(api: FakeApiServer) -> None:
+    from mlplatform_retrainer.rollout import RolloutFailed
+
+    settings = retrainer_settings(namespace="ml", serving_deployment="missing")
+    with pytest.raises(RolloutFailed, match="patching deployment/missing in ml failed: 404"):
+        rollout_kubernetes(settings, "v7", api_client=api.api_client())
+    assert api.requests[0]["path"] == "/apis/apps/v1/namespaces/ml/deployments/missing"
+
+
+def test_serving_creates_a_job_from_the_retrainer_cronjob(api: FakeApiServer) -> None:
+    settings = serving_settings(namespace="ml", retrainer_cronjob="mlplatform-retrainer")
+    launch = kubernetes_launcher(settings, api_client=api.api_client())
+    assert launch("50 labelled rows since v1 (k=50)", False) is True
+    get, post = api.requests
+    assert (get["method"], get["path"]) == (
+        "GET",
+        "/apis/batch/v1/namespaces/ml/cronjobs/mlplatform-retrainer",
+    )
+    assert (post["method"], post["path"]) == ("POST", "/apis/batch/v1/namespaces/ml/jobs")
+    job = post["body"]
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    meta = job["metadata"]
+    assert meta["name"].startswith("mlplatform-retrainer-auto-")
+    assert meta["annotations"]["cronjob.kubernetes.io/instantiate"] == "manual"
+    assert meta["ownerReferences"][0]["kind"] == "CronJob"
+    assert meta["ownerReferences"][0]["uid"] == CRONJOB["metadata"]["uid"]
+    assert (
+        job["spec"]["template"]["spec"]
+        == CRONJOB["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    )
+
+
+def test_admin_retrain_in_a_cluster_forces_the_job(api: FakeApiServer) -> None:
+    launch = kubernetes_launcher(serving_settings(namespace="ml"), api_client=api.api_client())
+    launch("requested through /admin/retrain", True)
+    job = api.requests[-1]["body"]
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "MLPLATFORM_FORCE", "value": "true"} in env
+
+
+def test_a_missing_cronjob_is_a_clear_error(api: FakeApiServer) -> None:
+    from mlplatform_serving.launcher import LaunchFailed
+
+    launch = kubernetes_launcher(
+        serving_settings(namespace="ml", retrainer_cronjob="nope"), api_client=api.api_client()
+    )
+    with pytest.raises(LaunchFailed, match="creating a Job from cronjob/nope failed: 404"):
+        launch("k rows", False)

@@ -1,0 +1,143 @@
+"""Retrain runs: triggers, the gate, publishing, the lock, rollback."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from mlplatform_common import keys
+from mlplatform_common.lock import LockHeld, StoreLock
+from mlplatform_common.registry import ModelRegistry
+from mlplatform_common.storage import Store
+from mlplatform_retrainer import retrain as retrain_module
+from mlplatform_retrainer.gate import decide
+from mlplatform_retrainer.retrain import rollback, run
+
+from tests.conftest import SIGNING_KEY
+from tests.services.retrainer.conftest import add_feedback, retrainer_settings
+
+
+def _scores(holdout: float, reference: float) -> dict[str, dict[str, float]]:
+    return {"holdout": {"f1": holdout}, "reference": {"f1": reference}}
+
+
+def test_gate_promotes_within_tolerance_only() -> None:
+    assert decide(_scores(0.95, 0.95), _scores(0.955, 0.955), "f1", 0.01, 100).promote
+    assert decide(_scores(0.97, 0.96), _scores(0.95, 0.96), "f1", 0.0, 100).promote
+    rejected = decide(_scores(0.90, 0.95), _scores(0.95, 0.95), "f1", 0.01, 100)
+    assert not rejected.promote
+    assert rejected.reason.startswith("rejected: candidate f1=0.9000 vs production 0.9500")
+
+
+def test_gate_rejects_a_candidate_worse_on_the_reference_part_even_if_better_overall() -> None:
+    # Corrupted labels: the recent slice favours the candidate, the reference part does not.
+    result = decide(_scores(0.80, 0.70), _scores(0.60, 0.97), "f1", 0.01, 100)
+    assert not result.promote
+    assert "0.7000 vs 0.9700 on its reference part" in result.reason
+
+
+def test_no_trigger_is_a_recorded_skip(v1_store: Store) -> None:
+    add_feedback(v1_store, 5)
+    result = run(retrainer_settings(), store=v1_store)
+    assert result.outcome == "skipped"
+    assert result.new_rows == 5
+    assert ModelRegistry(v1_store, SIGNING_KEY).versions() == ["v1"]
+    (record,) = v1_store.list_keys("state/retrain-runs/")
+    assert v1_store.get_json(record)["outcome"] == "skipped"
+    assert not v1_store.exists(keys.RETRAIN_LOCK)
+
+
+def test_k_labelled_rows_train_and_promote_v2(v1_store: Store) -> None:
+    add_feedback(v1_store, 40)
+    result = run(retrainer_settings(), store=v1_store)
+    assert result.outcome == "promoted", result.describe()
+    assert result.reasons == ["40 new labelled rows (k=20)"]
+    registry = ModelRegistry(v1_store, SIGNING_KEY)
+    assert registry.production_version() == "v2"
+    manifest = registry.manifest("v2")
+    assert manifest["parent"] == "v1"
+    assert manifest["training_data"]["feedback_rows"] == 32  # 20% newest held out
+    assert manifest["gate"]["promote"] is True
+    assert manifest["gate"]["holdout_rows"] == 114 + 8
+    assert len(registry.load("v2").ref_data) == manifest["split"]["train"]
+    # The watermark moved: the same rows do not trigger again.
+    assert run(retrainer_settings(), store=v1_store).outcome == "skipped"
+
+
+def test_a_candidate_trained_on_corrupted_labels_is_rejected(v1_store: Store) -> None:
+    add_feedback(v1_store, 600, corrupt=True)  # every label flipped
+    result = run(retrainer_settings(), store=v1_store)
+    assert result.outcome == "rejected", result.describe()
+    gate = result.gate
+    assert gate is not None
+    # The flipped newest slice hides the damage on the whole holdout; the reference part shows it.
+    assert gate.reference_candidate < gate.reference_current - 0.2
+    registry = ModelRegistry(v1_store, SIGNING_KEY)
+    assert registry.production_version() == "v1"
+    assert registry.versions() == ["v1"]
+
+
+def test_drift_and_quality_in_the_latest_report_trigger(v1_store: Store) -> None:
+    v1_store.put_json(
+        keys.report_file("2026-11-20T00-00-00Z", "summary.json"),
+        {"id": "r1", "drift": {"embedding": {"share": 0.8}}, "quality": {"f1": 0.5}},
+    )
+    result = run(retrainer_settings(), store=v1_store)
+    assert result.reasons == ["drift share 0.80 > 0.5 in report r1", "f1 0.500 < 0.8 in report r1"]
+    assert result.outcome == "promoted"
+
+
+def test_two_retrains_started_at_once_one_runs_one_says_the_lock_is_held(
+    v1_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = retrain_module.train_with_progress
+    in_training = threading.Event()
+
+    def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
+        in_training.set()
+        time.sleep(1.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(retrain_module, "train_with_progress", slow)
+    results = []
+    first = threading.Thread(
+        target=lambda: results.append(run(retrainer_settings(), force=True, store=v1_store))
+    )
+    first.start()
+    assert in_training.wait(30)
+    results.append(run(retrainer_settings(), force=True, store=v1_store))
+    first.join()
+    outcomes = sorted(r.outcome for r in results)
+    assert outcomes == ["locked", "promoted"]
+    locked = next(r for r in results if r.outcome == "locked")
+    assert "state/retrain.lock is held by" in locked.reasons[0]
+    assert ModelRegistry(v1_store, SIGNING_KEY).versions() == ["v1", "v2"]
+
+
+def test_an_expired_lock_is_broken(v1_store: Store) -> None:
+    stale = StoreLock(v1_store, keys.RETRAIN_LOCK, ttl_seconds=0.01, owner="dead-pod")
+    stale.acquire()
+    time.sleep(0.05)
+    assert run(retrainer_settings(), force=True, store=v1_store).outcome == "promoted"
+    live = StoreLock(v1_store, keys.RETRAIN_LOCK, ttl_seconds=600, owner="other")
+    live.acquire()
+    with pytest.raises(LockHeld, match="held by other"):
+        StoreLock(v1_store, keys.RETRAIN_LOCK, ttl_seconds=600).acquire()
+    live.release()
+    assert not v1_store.exists(keys.RETRAIN_LOCK)
+
+
+def test_rollback_moves_production_back(v1_store: Store) -> None:
+    run(retrainer_settings(), force=True, store=v1_store)
+    alias = rollback(retrainer_settings(), store=v1_store)
+    assert (alias["version"], alias["rolled_back_from"], alias["rollout"]) == ("v1", "v2", "none")
+    assert ModelRegistry(v1_store, SIGNING_KEY).production_version() == "v1"
+
+
+def test_a_run_without_a_model_fails_with_a_clear_error(local_store: Store) -> None:
+    from mlplatform_common.errors import ModelNotFound
+
+    with pytest.raises(ModelNotFound, match="no model is in production"):
+        run(retrainer_settings(), force=True, store=local_store)
+    assert not local_store.exists(keys.RETRAIN_LOCK)

@@ -1,0 +1,205 @@
+"""Each page's logic with Streamlit's AppTest against a real serving process."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from mlplatform_common import datalog
+from mlplatform_common.registry import ModelRegistry
+from mlplatform_common.storage import LocalStore
+from mlplatform_webapp import samples
+
+from tests.conftest import SIGNING_KEY, ServingProcess, free_port, publish_trained
+from tests.services.webapp.conftest import ADMIN_TOKEN, page, serving_env, texts
+
+PAGES = ["predict", "batch", "label", "model", "monitoring", "admin"]
+
+
+def down_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_page_says_in_one_line_that_the_api_is_down(name: str, webapp_env) -> None:
+    at = page(name, down_url(), webapp_env).run()
+    assert not at.exception
+    assert len(at.error) == 1
+    message = at.error[0].value
+    assert "cannot be reached" in message and "\n" not in message
+    assert "Traceback" not in texts(at)
+
+
+def test_a_page_recovers_when_the_api_becomes_ready(
+    webapp_env, tmp_path, trained, shipped_dataset
+) -> None:
+    port = free_port()
+    at = page("predict", f"http://127.0.0.1:{port}", webapp_env).run()
+    assert "cannot be reached" in at.error[0].value
+
+    store = LocalStore(tmp_path / "store")
+    store.ensure()
+    proc = ServingProcess(serving_env(store.root), port=port).start(wait_ready=False)
+    try:
+        at.run()  # up, but no model yet: the API's own reason, still one line
+        assert not at.exception
+        assert len(at.error) == 1 and "unavailable" in at.error[0].value
+        assert not at.number_input
+
+        publish_trained(ModelRegistry(store, SIGNING_KEY), trained, shipped_dataset)
+        for _ in range(50):
+            if httpx.get(proc.url + "/ready").status_code == 200:
+                break
+            __import__("time").sleep(0.2)
+        at.run()
+        assert not at.exception and not at.error
+        assert len(at.number_input) == 30
+    finally:
+        proc.stop()
+
+
+def test_predict_form_prefills_medians_predicts_and_stores_feedback(
+    serving, model_store, webapp_env
+) -> None:
+    at = page("predict", serving.url, webapp_env).run()
+    assert not at.exception
+    radius = at.number_input(key="predict_f_mean_radius")
+    assert radius.value == pytest.approx(13.37)  # the reference median
+
+    at.button(key="predict_random").click().run()
+    values = {n.key.removeprefix("predict_f_"): n.value for n in at.number_input}
+    held = samples.held_out()
+    matches = held[(held[list(values)] - list(values.values())).abs().max(axis=1) < 1e-9]
+    assert len(matches) == 1  # the form holds one held-out row exactly
+    true_target = int(matches["target"].iloc[0])
+    assert "held-out row" in texts(at)
+
+    at.button(key="FormSubmitter:predict_form-Predict").click().run()
+    assert not at.exception and not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Label"] in ("malignant", "benign")
+    assert metrics["Model version"] == "v1"
+    assert metrics["Probability"].endswith("%")
+    prediction_id = at.session_state["predict_result"]["answer"]["prediction_id"]
+    expected = {0: "malignant", 1: "benign"}[true_target]
+    assert at.selectbox(key="predict_true_label").value == expected  # preset to the row's truth
+
+    at.selectbox(key="predict_true_label").select("malignant")
+    at.button(key="FormSubmitter:predict_feedback_form-Send feedback").click().run()
+    assert not at.exception
+    assert "Feedback stored" in at.success[0].value
+    stored = datalog.read_feedback(model_store)
+    row = stored[stored["prediction_id"] == prediction_id]
+    assert len(row) == 1 and int(row["target"].iloc[0]) == 0
+
+
+def test_label_stores_a_true_label_by_id_and_names_an_unknown_id(
+    serving, model_store, webapp_env
+) -> None:
+    row = samples.held_out().drop(columns="target").iloc[0].to_dict()
+    prediction_id = httpx.post(serving.url + "/predict", json={"features": row}).json()[
+        "predictions"
+    ][0]["prediction_id"]
+
+    at = page("label", serving.url, webapp_env).run()
+    at.text_input(key="label_prediction_id").input(prediction_id)
+    at.selectbox(key="label_true").select("benign")
+    at.button(key="FormSubmitter:label_form-Send label").click().run()
+    assert not at.exception and not at.error
+    assert f"prediction {prediction_id} is benign" in at.success[0].value
+    stored = datalog.read_feedback(model_store)
+    assert int(stored.loc[stored["prediction_id"] == prediction_id, "target"].iloc[0]) == 1
+
+    at.text_input(key="label_prediction_id").input("no-such-id")
+    at.button(key="FormSubmitter:label_form-Send label").click().run()
+    assert len(at.error) == 1 and "no-such-id" in at.error[0].value
+    assert "unknown" in at.error[0].value
+
+
+def test_model_page_shows_versions_metrics_and_production(serving, webapp_env) -> None:
+    at = page("model", serving.url, webapp_env).run()
+    assert not at.exception and not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Serving"] == "v1" and metrics["In production"] == "v1"
+    table = at.dataframe[0].value
+    assert table["version"].tolist() == ["v1"]
+    assert table["status"].tolist() == ["production, serving"]
+    assert 0.5 < table["test f1"].iloc[0] <= 1
+
+
+def test_batch_page_predicts_an_upload_and_lists_failed_rows(serving, webapp_env) -> None:
+    held = samples.held_out().head(5)
+    csv = held.to_csv(index=False).replace(f"\n{held.iloc[2, 0]},", "\nabc,", 1)
+    at = page("batch", serving.url, webapp_env).run()
+    at.file_uploader(key="batch_file").upload("rows.csv", csv.encode(), "text/csv")
+    at.run()
+    at.button(key="batch_run").click().run()
+    assert not at.exception
+    assert "Predicted 4 of 5 rows; 1 failed" in at.success[0].value
+    failed = at.dataframe[1].value
+    assert failed["row"].tolist() == [3]
+    assert "mean_radius" in failed["error"].iloc[0] and "number" in failed["error"].iloc[0]
+    table = at.dataframe[0].value
+    assert table["label"].notna().sum() == 4 and "target" in table.columns
+
+
+def test_batch_page_says_what_is_wrong_with_an_embedding_space_file(serving, webapp_env) -> None:
+    at = page("batch", serving.url, webapp_env).run()
+    at.file_uploader(key="batch_file").upload(
+        "ref_data.csv", b"PCA_1,PCA_2,target\n0.1,0.2,1\n", "text/csv"
+    )
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and "embedding space" in at.error[0].value
+
+
+def test_monitoring_shows_the_latest_report_and_earlier_ones(serving, webapp_env) -> None:
+    webapp_env.setenv("MLPLATFORM_GRAFANA_URL", "http://grafana.test/d/mlplatform")
+    at = page("monitoring", serving.url, webapp_env).run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="monitoring_report").value == "20260102T000000Z"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Drift share"] == "0.300"
+    assert metrics["Drifted features"] == "3"
+    assert metrics["F1"] == "0.915"
+    assert metrics["Balanced accuracy"] == "0.880"
+    assert metrics["Labelled rows"] == "40"
+    assert at.get("link_button")[0].proto.url == "http://grafana.test/d/mlplatform"
+    iframe = [e for e in at.get("iframe")]
+    assert iframe and "Evidently report 20260102T000000Z" in iframe[0].proto.srcdoc
+
+    at.selectbox(key="monitoring_report").select("20260101T000000Z").run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Drift share"] == "0.500" and metrics["Drifted features"] == "2"
+    assert "Precision" not in metrics  # only what the summary has
+
+
+def test_monitoring_hides_grafana_when_unset(serving, webapp_env) -> None:
+    at = page("monitoring", serving.url, webapp_env).run()
+    assert not at.exception
+    assert not at.get("link_button")
+
+
+def test_admin_reload_with_the_token_and_refusals(serving, webapp_env) -> None:
+    at = page("admin", serving.url, webapp_env).run()
+    assert not at.exception and "Serving v1" in texts(at)
+
+    at.button[1].click().run()  # no token configured, none typed
+    assert "Enter the admin token" in at.error[0].value
+
+    at.text_input(key="admin_token").input("wrong")
+    at.button[1].click().run()
+    assert len(at.error) == 1 and "Refused" in at.error[0].value
+
+    at.text_input(key="admin_token").input(ADMIN_TOKEN)
+    at.button[1].click().run()
+    assert not at.error and "Serving v1 (was v1)" in at.success[0].value
+
+    at.button[0].click().run()  # retrain: this serving has no launcher, and says so
+    assert len(at.error) == 1 and "no retrain launcher" in at.error[0].value
+
+
+def test_admin_uses_the_configured_token(serving, webapp_env) -> None:
+    webapp_env.setenv("MLPLATFORM_ADMIN_TOKEN", ADMIN_TOKEN)
+    at = page("admin", serving.url, webapp_env).run()
+    at.button[1].click().run()
+    assert not at.error and "Serving v1" in at.success[0].value
