@@ -16,10 +16,10 @@ import pytest
 from mlplatform_common import keys
 from mlplatform_common.errors import IntegrityError
 from mlplatform_common.registry import LoadedModel
+from mlplatform_common.schema import embed
 from mlplatform_common.storage import LocalStore, Store
 from mlplatform_reporter import job
 from mlplatform_reporter.__main__ import main
-from mlplatform_common.schema import embed
 from mlplatform_reporter.simulate import replay, shift_scale
 from sklearn import metrics as skm
 
