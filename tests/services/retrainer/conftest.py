@@ -6,12 +6,12 @@ import time
 
 import pandas as pd
 import pytest
+
 from mlplatform_common import datalog
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import Store
 from mlplatform_retrainer.job import upload_dataset
 from mlplatform_retrainer.settings import RetrainerSettings
-
 from tests.conftest import DATA, SIGNING_KEY, publish_trained
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
+
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import LocalStore
 from mlplatform_reporter.simulate import replay
 from mlplatform_retrainer.job import upload_dataset
-
 from tests.conftest import DATA, REPO, SIGNING_KEY, ServingProcess, publish_trained
 
 

@@ -20,9 +20,9 @@ import kubernetes_validate
 import pytest
 import yaml
 from kubernetes import client
+
 from mlplatform_retrainer.rollout import VERSION_ANNOTATION, rollout_kubernetes
 from mlplatform_serving.launcher import kubernetes_launcher
-
 from tests.conftest import REPO
 from tests.services.retrainer.conftest import retrainer_settings
 from tests.services.serving.conftest import serving_settings

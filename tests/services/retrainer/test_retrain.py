@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+
 from mlplatform_common import keys
 from mlplatform_common.lock import LockHeld, StoreLock
 from mlplatform_common.registry import ModelRegistry
@@ -13,7 +14,6 @@ from mlplatform_common.storage import Store
 from mlplatform_retrainer import retrain as retrain_module
 from mlplatform_retrainer.gate import decide
 from mlplatform_retrainer.retrain import rollback, run
-
 from tests.conftest import SIGNING_KEY
 from tests.services.retrainer.conftest import add_feedback, retrainer_settings
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from sklearn.datasets import load_iris
+
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.schema import embed
 from mlplatform_common.settings import DEV_SIGNING_KEY
 from mlplatform_common.storage import LocalStore
 from mlplatform_retrainer.train import TrainConfig, split, train
-from sklearn.datasets import load_iris
-
 from tests.conftest import REPO
 
 

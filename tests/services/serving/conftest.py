@@ -7,11 +7,11 @@ from collections.abc import Iterator
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import Store
 from mlplatform_serving.app import create_app
 from mlplatform_serving.settings import ServingSettings
-
 from tests.conftest import DATA, SIGNING_KEY, publish_trained
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}

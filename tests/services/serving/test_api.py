@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+
 from mlplatform_common import datalog, keys
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import Store
 from mlplatform_serving.app import create_app
-
 from tests.conftest import SIGNING_KEY, publish_trained
 from tests.services.serving.conftest import ADMIN, serving_settings
 
@@ -111,10 +111,12 @@ def test_backup_answers_when_the_primary_raises(client: TestClient, rows, traine
     runtime = client.app.state.service.runtime  # type: ignore[attr-defined]
 
     class Broken:
+        name = "onnxruntime"
+
         def predict_proba(self, X):  # type: ignore[no-untyped-def]
             raise RuntimeError("primary is broken")
 
-    runtime.model.pipeline = Broken()
+    runtime.served.engine = Broken()
     body = client.post("/predict", json={"instances": rows[:3]}).json()
     assert body["backup"] is True
     assert all(p["backup"] for p in body["predictions"])
@@ -490,3 +492,48 @@ def test_v2_endpoints(client: TestClient, rows) -> None:
 def test_v2_bad_tensors(client: TestClient, tensor, fragment: str) -> None:
     r = client.post("/v2/models/mlplatform/infer", json={"inputs": [{"name": "x", **tensor}]})
     assert_error(r, 422, fragment)
+
+
+# -- the fast path: ONNX Runtime when the version has a checked ONNX file -----------------
+
+
+def test_a_version_with_a_checked_onnx_file_is_served_by_onnxruntime(
+    client: TestClient, model_store: Store, rows, trained
+) -> None:
+    manifest = ModelRegistry(model_store, SIGNING_KEY).manifest("v1")
+    assert manifest["onnx"]["max_abs_diff"] <= 1e-12  # a linear pipeline: exact to rounding
+    assert "model.onnx" in manifest["files"]  # its sha256 is in the signed manifest
+    body = client.post("/predict", json={"instances": rows[:40]}).json()
+    assert body["engine"] == "onnxruntime"
+    assert client.get("/model").json()["engine"] == "onnxruntime"
+    expected = trained.pipeline.predict_proba(pd.DataFrame(rows[:40]))
+    got = np.array(
+        [[p["probabilities"]["0"], p["probabilities"]["1"]] for p in body["predictions"]]
+    )
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_a_version_without_onnx_is_served_by_sklearn(
+    local_store: Store, trained, shipped_dataset, rows, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pipeline the converter cannot handle is published without model.onnx.
+    monkeypatch.setattr(
+        "mlplatform_retrainer.onnx_export.convert",
+        lambda p, X: (None, {"error": "not convertible"}),
+    )
+    publish_trained(ModelRegistry(local_store, SIGNING_KEY), trained, shipped_dataset)
+    with TestClient(create_app(serving_settings(), local_store)) as c:
+        body = c.post("/predict", json={"features": rows[0]}).json()
+        assert body["engine"] == "sklearn"
+        assert (
+            body["predictions"][0]["label"] == trained.pipeline.predict(pd.DataFrame(rows[:1]))[0]
+        )
+
+
+def test_a_changed_onnx_file_is_refused_like_any_model_file(model_store: Store) -> None:
+    key = keys.model_file("v1", "model.onnx")
+    data = bytearray(model_store.get(key))
+    data[-10] ^= 1
+    model_store.put(key, bytes(data))
+    with TestClient(create_app(serving_settings(), model_store)) as c:
+        assert_error(c.get("/ready"), 503, "models/v1/model.onnx does not match")

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
+
 from mlplatform_common import datalog
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import S3Store
-
 from tests.conftest import S3_KEYS, SIGNING_KEY, S3Server, ServingProcess, publish_trained
 from tests.services.serving.test_api import sample
 

@@ -33,6 +33,7 @@ MANIFEST = "manifest.json"
 MODEL = "model.joblib"
 BACKUP = "backup.joblib"
 REF_DATA = "ref_data.csv"
+ONNX = "model.onnx"
 _CLAIM = "claim.json"
 _VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
 
@@ -69,6 +70,8 @@ class LoadedModel:
     pipeline: Any
     backup: Any | None
     ref_data: pd.DataFrame
+    onnx: bytes | None = None
+    """The checked ONNX conversion of ``pipeline``, if the version has one."""
 
     @property
     def features(self) -> list[str]:
@@ -168,7 +171,7 @@ class ModelRegistry:
         backup = joblib.load(io.BytesIO(blobs[BACKUP])) if BACKUP in blobs else None
         ref_data = pd.read_csv(io.BytesIO(blobs[REF_DATA])) if REF_DATA in blobs else pd.DataFrame()
         logger.info("loaded and verified model %s", version)
-        return LoadedModel(version, manifest, pipeline, backup, ref_data)
+        return LoadedModel(version, manifest, pipeline, backup, ref_data, blobs.get(ONNX))
 
     # -- publishing -----------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ from mlplatform_common.errors import MLPlatformError
 from mlplatform_common.log import configure_logging
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import open_store
-
 from mlplatform_retrainer.job import describe, train_from_file
 from mlplatform_retrainer.retrain import rollback, run
 from mlplatform_retrainer.settings import RetrainerSettings, get_settings

@@ -11,12 +11,13 @@ from typing import Any
 import joblib
 import pandas as pd
 import sklearn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
 from mlplatform_common import keys
 from mlplatform_common.registry import BACKUP, MODEL, REF_DATA, ModelRegistry
 from mlplatform_common.schema import Dataset, load_dataset
 from mlplatform_common.storage import Store, open_store
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
+from mlplatform_retrainer import onnx_export
 from mlplatform_retrainer.settings import RetrainerSettings
 from mlplatform_retrainer.train import STEPS, TrainConfig, TrainingResult, train
 
@@ -80,6 +81,10 @@ def publish(
         BACKUP: _dump(result.backup),
         REF_DATA: result.ref_data.to_csv(index=False).encode(),
     }
+    # Checked against scikit-learn on every row of the data set before it is published.
+    onnx_bytes, onnx_info = onnx_export.convert(result.pipeline, dataset.X)
+    if onnx_bytes is not None:
+        files[onnx_info["file"]] = onnx_bytes
     class_names = [dataset.class_names.get(str(c), str(c)) for c in result.classes]
     manifest = {
         "parent": parent,
@@ -98,6 +103,7 @@ def publish(
             "rows": len(dataset.X),
         },
         "sklearn_version": sklearn.__version__,
+        "onnx": onnx_info,
         **(extra or {}),
     }
     return registry.publish(files, manifest)

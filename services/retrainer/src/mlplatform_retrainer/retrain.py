@@ -13,6 +13,8 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
+from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
+
 from mlplatform_common import datalog, keys
 from mlplatform_common import metric_names as names
 from mlplatform_common.errors import ModelNotFound, ObjectNotFound
@@ -20,8 +22,6 @@ from mlplatform_common.lock import LockHeld, StoreLock
 from mlplatform_common.registry import ModelRegistry, utcnow, version_number
 from mlplatform_common.schema import Dataset, parse_dataset
 from mlplatform_common.storage import Store, open_store
-from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
-
 from mlplatform_retrainer.gate import GateResult, decide, recent_split
 from mlplatform_retrainer.job import publish, train_with_progress
 from mlplatform_retrainer.rollout import roll_out

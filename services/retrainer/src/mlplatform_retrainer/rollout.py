@@ -11,8 +11,8 @@ import logging
 from typing import Any
 
 import httpx
-from mlplatform_common.errors import ConfigurationError, MLPlatformError
 
+from mlplatform_common.errors import ConfigurationError, MLPlatformError
 from mlplatform_retrainer.settings import RetrainerSettings
 
 logger = logging.getLogger("mlplatform.retrainer")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
+from pydantic import SecretStr
+
 from mlplatform_common.errors import ConfigurationError
 from mlplatform_common.settings import DEV_ADMIN_TOKEN, CommonSettings
-from pydantic import SecretStr
 
 
 class RetrainerSettings(CommonSettings):

@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from mlplatform_common.quality import classification_metrics, to_builtin
-from mlplatform_common.schema import embed, feature_schema
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -23,6 +21,9 @@ from sklearn.model_selection import train_test_split
 from sklearn.naive_bayes import GaussianNB
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+
+from mlplatform_common.quality import classification_metrics, to_builtin
+from mlplatform_common.schema import embed, feature_schema
 
 logger = logging.getLogger("mlplatform.retrainer")
 

@@ -16,6 +16,7 @@ def main() -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlplatform-metrics-")
 
     import uvicorn
+
     from mlplatform_common.log import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
@@ -26,6 +27,7 @@ def main() -> int:
         port=settings.port,
         workers=settings.workers,
         log_config=None,
+        timeout_keep_alive=settings.keep_alive_seconds,
         proxy_headers=True,
         forwarded_allow_ips="*",
     )

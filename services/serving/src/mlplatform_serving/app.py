@@ -11,11 +11,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from mlplatform_common.errors import MLPlatformError
-from mlplatform_common.storage import Store, open_store
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mlplatform_common.errors import MLPlatformError
+from mlplatform_common.storage import Store, open_store
 from mlplatform_serving import observability as obs
 from mlplatform_serving.launcher import make_launcher
 from mlplatform_serving.routes import admin, feedback, health, metrics, models, predict, v2

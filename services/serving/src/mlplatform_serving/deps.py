@@ -6,8 +6,8 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
-from mlplatform_common.errors import Unauthorized
 
+from mlplatform_common.errors import Unauthorized
 from mlplatform_serving.runtime import ModelRuntime
 from mlplatform_serving.service import Service
 from mlplatform_serving.settings import ServingSettings

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 from mlplatform_common.errors import ConfigurationError, MLPlatformError
-
 from mlplatform_serving.settings import ServingSettings
 
 logger = logging.getLogger("mlplatform.serving")

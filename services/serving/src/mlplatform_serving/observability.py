@@ -14,8 +14,6 @@ from collections import deque
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from mlplatform_common import metric_names as names
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -25,6 +23,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from mlplatform_common import metric_names as names
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -82,7 +82,7 @@ class RollingStats:
 
     def __init__(self, max_requests: int = 20_000, max_feature_rows: int = 5_000) -> None:
         self._requests: deque[tuple[float, float, int]] = deque(maxlen=max_requests)
-        self._features: deque[pd.DataFrame] = deque()
+        self._features: deque[tuple[tuple[str, ...], np.ndarray]] = deque()
         self._feature_rows = 0
         self.max_feature_rows = max_feature_rows
         self.labels: CountOf[str] = CountOf()
@@ -98,22 +98,26 @@ class RollingStats:
 
     def predictions(
         self,
-        labels: list[str],
+        served: Any,
+        counts: np.ndarray,
         top_proba: np.ndarray,
         backup: bool,
-        features: pd.DataFrame,
+        X: np.ndarray,
         threshold: float,
     ) -> None:
+        n = len(X)
         with self._lock:
-            self.labels.update(labels)
-            self.rows += len(labels)
-            self.backup_rows += len(labels) if backup else 0
+            for key, count in zip(served.class_keys, counts.tolist(), strict=True):
+                if count:
+                    self.labels[key] += count
+            self.rows += n
+            self.backup_rows += n if backup else 0
             self.low_confidence += int((top_proba < threshold).sum())
             self.confidence_sum += float(top_proba.sum())
-            self._features.append(features)
-            self._feature_rows += len(features)
-            while self._feature_rows - len(self._features[0]) >= self.max_feature_rows:
-                self._feature_rows -= len(self._features.popleft())
+            self._features.append((tuple(served.features), X))
+            self._feature_rows += n
+            while self._feature_rows - len(self._features[0][1]) >= self.max_feature_rows:
+                self._feature_rows -= len(self._features.popleft()[1])
 
     def system(self, window_seconds: float = 300.0) -> dict[str, Any]:
         now = time.time()
@@ -148,7 +152,9 @@ class RollingStats:
                 "backup_share": round(self.backup_rows / rows, 6) if rows else None,
             }
 
-    def recent_features(self) -> pd.DataFrame:
+    def recent_features(self, features: list[str]) -> np.ndarray:
+        """Recent input rows with these features (rows of other feature sets are skipped)."""
+        key = tuple(features)
         with self._lock:
-            frames = list(self._features)
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+            arrays = [X for names, X in self._features if names == key]
+        return np.vstack(arrays) if arrays else np.empty((0, len(features)))

@@ -1,27 +1,73 @@
 """The prediction log: buffered in memory, written to the store in Parquet batches.
 
-Requests only append to a buffer; a background thread writes a batch when enough rows are
-waiting or the oldest is old enough, and once more at shutdown. If the store is down the rows
-stay buffered (up to a bound; beyond it the oldest are dropped and counted) and predictions keep
-answering. Recent predictions also stay in a bounded in-memory index, so ``/feedback`` by
-``prediction_id`` needs no store read in the common case.
+Requests only append their arrays to a buffer; a background thread turns them into rows
+(raw features, the version's embedding, prediction, probabilities, ids) and writes a batch when
+enough rows are waiting or the oldest is old enough, and once more at shutdown. If the store
+is down the rows stay buffered (up to a bound; beyond it the oldest are dropped and counted)
+and predictions keep answering. Recent predictions also stay in a bounded in-memory index, so
+``/feedback`` by ``prediction_id`` needs no store read in the common case.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+
 from mlplatform_common import datalog
 from mlplatform_common.errors import MLPlatformError
+from mlplatform_common.schema import embed
 from mlplatform_common.storage import Store
+from mlplatform_serving.runtime import BatchResult
 
 logger = logging.getLogger("mlplatform.serving")
+
+
+@dataclass
+class Entry:
+    """One answered batch, as the request left it."""
+
+    result: BatchResult
+    ids: list[str]
+    ts: float
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def row(self, i: int) -> dict[str, Any]:
+        served = self.result.served
+        out: dict[str, Any] = dict(zip(served.features, self.result.X[i].tolist(), strict=True))
+        out["prediction_id"] = self.ids[i]
+        out["model_version"] = served.version
+        out["prediction"] = served.class_keys[self.result.label_index[i]]
+        return out
+
+
+def to_frame(entries: list[Entry]) -> pd.DataFrame:
+    """The prediction log rows of some batches (DESIGN.md section 4)."""
+    frames = []
+    for entry in entries:
+        r, served = entry.result, entry.result.served
+        frame = pd.DataFrame(r.X, columns=served.features)
+        if not r.backup:
+            # The embedding as this version computes it (the backup does not use one).
+            frame = pd.concat([frame, embed(served.model.pipeline, frame)], axis=1)
+        frame.insert(0, "prediction_id", entry.ids)
+        frame.insert(1, "ts", entry.ts)
+        frame.insert(2, "model_version", served.version)
+        frame.insert(3, "prediction", [served.class_keys[i] for i in r.label_index])
+        frame.insert(4, "probability", r.proba.max(axis=1))
+        frame.insert(5, "proba_json", [json.dumps(p) for p in r.proba.round(6).tolist()])
+        frame.insert(6, "backup", r.backup)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
 class PredictionLog:
@@ -43,10 +89,10 @@ class PredictionLog:
         self.max_rows = max_rows
         self.cache_rows = cache_rows
         self.on_drop = on_drop
-        self._pending: deque[pd.DataFrame] = deque()
+        self._pending: deque[Entry] = deque()
         self._pending_rows = 0
         self._oldest = 0.0
-        self._recent: OrderedDict[str, tuple[pd.DataFrame, int]] = OrderedDict()
+        self._recent: OrderedDict[str, tuple[Entry, int]] = OrderedDict()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
@@ -57,18 +103,19 @@ class PredictionLog:
 
     # -- request path ---------------------------------------------------------------------
 
-    def add(self, frame: pd.DataFrame) -> None:
-        """Queue a batch of log rows (cheap: no I/O)."""
-        frame = frame.reset_index(drop=True)
+    def add(self, result: BatchResult, ids: list[str], ts: float) -> None:
+        """Queue an answered batch (cheap: no I/O, no pandas)."""
+        entry = Entry(result, ids, ts)
         with self._lock:
             if not self._pending:
                 self._oldest = time.monotonic()
-            self._pending.append(frame)
-            self._pending_rows += len(frame)
-            for i, pid in enumerate(frame["prediction_id"]):
-                self._recent[pid] = (frame, i)
-            while len(self._recent) > self.cache_rows:
-                self._recent.popitem(last=False)
+            self._pending.append(entry)
+            self._pending_rows += len(entry)
+            recent = self._recent
+            for i, pid in enumerate(ids):
+                recent[pid] = (entry, i)
+            while len(recent) > self.cache_rows:
+                recent.popitem(last=False)
             dropped = self._trim()
             due = self._pending_rows >= self.flush_rows
         if dropped:
@@ -91,8 +138,8 @@ class PredictionLog:
             hit = self._recent.get(prediction_id)
         if hit is None:
             return None
-        frame, i = hit
-        return frame.iloc[i].to_dict()
+        entry, i = hit
+        return entry.row(i)
 
     # -- background -----------------------------------------------------------------------
 
@@ -106,17 +153,16 @@ class PredictionLog:
             with self._lock:
                 if not self._pending:
                     return 0
-                frames = list(self._pending)
+                entries = list(self._pending)
                 self._pending.clear()
                 rows = self._pending_rows
                 self._pending_rows = 0
             try:
-                batch = pd.concat(frames, ignore_index=True)
-                datalog.write_predictions(self.store, batch)
+                datalog.write_predictions(self.store, to_frame(entries))
             except MLPlatformError as exc:
                 logger.warning("prediction log not written (%s); %d rows kept", exc.message, rows)
                 with self._lock:
-                    self._pending.extendleft(reversed(frames))
+                    self._pending.extendleft(reversed(entries))
                     self._pending_rows += rows
                     self._oldest = time.monotonic()
                     dropped = self._trim()

@@ -1,51 +1,130 @@
 """The model runtime: validation, prediction and hot swap. No FastAPI in here.
 
-Serving holds one ``LoadedModel`` at a time in ``self._model``; a reload builds the new one
-completely and then replaces the reference in one assignment, so every request sees either the
-old model or the new one, never a mix.
+A loaded version becomes a ``Served`` bundle (the model, its prediction engine and everything
+the hot path would otherwise recompute per request). A reload builds the new bundle completely
+and replaces the reference in one assignment, so a request sees the old version or the new
+one, never a mix.
+
+The engine is ONNX Runtime when the version carries an ONNX file that the retrainer checked
+against scikit-learn at publish time, else the scikit-learn pipeline itself.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
+import itertools
 import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from mlplatform_common.errors import InvalidInput, MLPlatformError, ModelNotReady
 from mlplatform_common.log import set_model_version
 from mlplatform_common.registry import LoadedModel, ModelRegistry
-from mlplatform_common.schema import embed
 
 logger = logging.getLogger("mlplatform.serving")
 
+_NUMBER_TYPES = {float, int}
+
+
+class SklearnEngine:
+    """``predict_proba`` of the pickled pipeline (the fallback engine)."""
+
+    name = "sklearn"
+
+    def __init__(self, pipeline: Any, features: list[str]) -> None:
+        self.pipeline = pipeline
+        self.features = features
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        # The pipeline was fitted on a DataFrame; give it one so it checks the columns.
+        proba: np.ndarray = self.pipeline.predict_proba(pd.DataFrame(X, columns=self.features))
+        return proba
+
+
+class OnnxEngine:
+    """The same pipeline as an ONNX graph, run by ONNX Runtime on one thread."""
+
+    name = "onnxruntime"
+
+    def __init__(self, data: bytes, input_name: str, output_name: str) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # Parallelism comes from uvicorn workers and replicas; one thread avoids oversubscription.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        self.input = input_name
+        self.outputs = [output_name]
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        proba: np.ndarray = self.session.run(self.outputs, {self.input: X})[0]
+        return proba
+
 
 @dataclass
-class Prediction:
-    """One row's answer."""
+class Served:
+    """A loaded version plus what the hot path needs, computed once at load."""
 
-    label: Any
-    probabilities: list[float]
-    backup: bool
+    model: LoadedModel
+    engine: SklearnEngine | OnnxEngine
+    features: list[str] = field(init=False)
+    feature_set: frozenset[str] = field(init=False)
+    classes: list[Any] = field(init=False)
+    class_keys: list[str] = field(init=False)
+    class_names: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.features = self.model.features
+        self.feature_set = frozenset(self.features)
+        self.classes = self.model.classes
+        self.class_keys = [str(c) for c in self.classes]
+        names = self.model.manifest.get("class_names") or self.class_keys
+        self.class_names = [str(n) for n in names]
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+
+def make_engine(model: LoadedModel) -> SklearnEngine | OnnxEngine:
+    """ONNX Runtime for a version with a checked ONNX file, scikit-learn otherwise."""
+    info = model.manifest.get("onnx") or {}
+    if model.onnx is not None and "error" not in info:
+        try:
+            return OnnxEngine(model.onnx, info["input"], info["output"])
+        except Exception as exc:  # a runtime that cannot load it: fall back, do not fail
+            logger.warning(
+                "ONNX model of %s not usable (%s); using scikit-learn", model.version, exc
+            )
+    return SklearnEngine(model.pipeline, model.features)
 
 
 @dataclass
 class BatchResult:
-    """A batch's answers and the frames the prediction log needs."""
+    """A batch's answers, kept as arrays."""
 
-    model: LoadedModel
-    labels: list[Any]
+    served: Served
+    X: np.ndarray
     proba: np.ndarray
+    label_index: np.ndarray
     backup: bool
-    features: pd.DataFrame
-    embedding: pd.DataFrame | None
+
+    @property
+    def model(self) -> LoadedModel:
+        return self.served.model
+
+    @property
+    def labels(self) -> list[Any]:
+        classes = self.served.classes
+        return [classes[i] for i in self.label_index]
 
 
 def _number(value: Any, where: str) -> float:
@@ -66,7 +145,7 @@ class ModelRuntime:
     def __init__(self, registry: ModelRegistry, pinned_version: str | None = None) -> None:
         self.registry = registry
         self.pinned_version = pinned_version
-        self._model: LoadedModel | None = None
+        self._served: Served | None = None
         self.not_ready_reason = "model not loaded yet"
         self.load_seconds = 0.0
         self._reload_lock = threading.Lock()
@@ -74,20 +153,29 @@ class ModelRuntime:
     # -- lifecycle ------------------------------------------------------------------------
 
     @property
-    def model(self) -> LoadedModel:
-        model = self._model
-        if model is None:
+    def served(self) -> Served:
+        served = self._served
+        if served is None:
             raise ModelNotReady(self.not_ready_reason)
-        return model
+        return served
+
+    @property
+    def model(self) -> LoadedModel:
+        return self.served.model
 
     @property
     def ready(self) -> bool:
-        return self._model is not None
+        return self._served is not None
 
     @property
     def version(self) -> str | None:
-        model = self._model
-        return model.version if model else None
+        served = self._served
+        return served.version if served else None
+
+    @property
+    def engine(self) -> str | None:
+        served = self._served
+        return served.engine.name if served else None
 
     def load(self, version: str | None = None) -> LoadedModel:
         """Load and verify ``version`` (default: the pinned version, else the production
@@ -98,41 +186,67 @@ class ModelRuntime:
                 target = version or self.pinned_version or self.registry.production_version()
                 model = self.registry.load(target)
             except MLPlatformError as exc:
-                if self._model is None:
+                if self._served is None:
                     self.not_ready_reason = f"{exc.type}: {exc.message}"
                 logger.error("model load failed: %s", exc.message)
                 raise
+            served = Served(model, make_engine(model))
+            served.engine.predict_proba(np.zeros((1, len(served.features))))  # warm up
             self.load_seconds = time.perf_counter() - started
-            self._model = model  # the atomic swap
+            self._served = served  # the atomic swap
             set_model_version(model.version)
-            logger.info("serving model %s (loaded in %.2fs)", model.version, self.load_seconds)
+            logger.info(
+                "serving model %s with %s (loaded in %.2fs)",
+                model.version,
+                served.engine.name,
+                self.load_seconds,
+            )
             return model
 
     # -- input validation -----------------------------------------------------------------
 
-    def validate_rows(self, rows: list[Any], field: str = "instances") -> pd.DataFrame:
-        """Check JSON rows against the feature schema; return them as a float frame."""
-        features = self.model.features
-        expected = set(features)
-        out = np.empty((len(rows), len(features)), dtype=float)
+    def _explain(self, rows: list[Any], field: str, served: Served) -> InvalidInput:
+        """The precise error for rows the fast path refused (slow; only on bad input)."""
+        features = served.features
         for i, row in enumerate(rows):
             where = f"{field}[{i}]" if field == "instances" else field
             if not isinstance(row, dict):
-                raise InvalidInput(f"{where}: must be an object of feature: value")
-            unknown = [k for k in row if k not in expected]
+                return InvalidInput(f"{where}: must be an object of feature: value")
+            unknown = [k for k in row if k not in served.feature_set]
             if unknown:
-                raise InvalidInput(f"{where}: unknown feature {unknown[0]!r}")
-            for j, name in enumerate(features):
+                return InvalidInput(f"{where}: unknown feature {unknown[0]!r}")
+            for name in features:
                 if name not in row:
                     missing = [f for f in features if f not in row]
                     more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-                    raise InvalidInput(f"{where}: missing feature {name!r}{more}")
-                out[i, j] = _number(row[name], f"{where}.{name}")
-        return pd.DataFrame(out, columns=features)
+                    return InvalidInput(f"{where}: missing feature {name!r}{more}")
+                try:
+                    _number(row[name], f"{where}.{name}")
+                except InvalidInput as exc:
+                    return exc
+        return InvalidInput(f"{field}: invalid rows")
 
-    def parse_csv(self, body: bytes) -> pd.DataFrame:
+    def validate_rows(self, rows: list[Any], field: str = "instances") -> np.ndarray:
+        """Check JSON rows against the feature schema; return them as a float64 matrix."""
+        served = self.served
+        features, feature_set = served.features, served.feature_set
+        try:
+            if not all(type(row) is dict and row.keys() == feature_set for row in rows):
+                raise ValueError
+            values = [[row[f] for f in features] for row in rows]
+            # One C-speed pass over every value's type: numbers only (bool is not a number).
+            if not set(map(type, itertools.chain.from_iterable(values))) <= _NUMBER_TYPES:
+                raise ValueError
+            X = np.array(values, dtype=np.float64)
+            if not np.isfinite(X).all():
+                raise ValueError
+        except (ValueError, TypeError, OverflowError):
+            raise self._explain(rows, field, served) from None
+        return X
+
+    def parse_csv(self, body: bytes) -> np.ndarray:
         """Rows as ``text/csv`` (SageMaker style), with or without a header line."""
-        features = self.model.features
+        features = self.served.features
         try:
             text = body.decode("utf-8-sig")
         except UnicodeDecodeError:
@@ -156,7 +270,7 @@ class ModelRuntime:
             header = features
         if not numbered:
             raise InvalidInput("csv: no data rows")
-        out = np.empty((len(numbered), len(features)), dtype=float)
+        out = np.empty((len(numbered), len(features)), dtype=np.float64)
         order = [header.index(f) for f in features]
         for i, (line, row) in enumerate(numbered):
             if len(row) != len(header):
@@ -176,11 +290,11 @@ class ModelRuntime:
                         f"csv line {line}, column {features[j]!r}: must be a finite number"
                     )
                 out[i, j] = value
-        return pd.DataFrame(out, columns=features)
+        return out
 
-    def tensor_rows(self, data: Any, shape: Any, datatype: str, name: str) -> pd.DataFrame:
-        """An Open Inference Protocol input tensor ``[n, n_features]`` as a frame."""
-        features = self.model.features
+    def tensor_rows(self, data: Any, shape: Any, datatype: str, name: str) -> np.ndarray:
+        """An Open Inference Protocol input tensor ``[n, n_features]`` as a float64 matrix."""
+        features = self.served.features
         where = f"inputs[{name}]"
         if datatype not in ("FP32", "FP64"):
             raise InvalidInput(f"{where}.datatype: {datatype!r} is not supported; use FP32 or FP64")
@@ -194,6 +308,18 @@ class ModelRuntime:
             raise InvalidInput(
                 f"{where}.shape: must be [n, {len(features)}] with n >= 1, got {shape!r:.60}"
             )
+        dtype = np.float32 if datatype == "FP32" else np.float64
+        try:
+            arr = np.asarray(data, dtype=dtype).reshape(-1)
+            ok = arr.size == shape[0] * shape[1] and bool(np.isfinite(arr).all())
+        except (ValueError, TypeError, OverflowError):
+            ok = False
+        if not ok:
+            raise self._explain_tensor(data, shape, where) from None
+        return arr.reshape(shape).astype(np.float64, copy=False)
+
+    @staticmethod
+    def _explain_tensor(data: Any, shape: list[int], where: str) -> InvalidInput:
         flat: list[Any] = []
         stack = [data]
         while stack:  # flatten nested lists without recursion
@@ -203,44 +329,29 @@ class ModelRuntime:
             else:
                 flat.append(item)
         if len(flat) != shape[0] * shape[1]:
-            raise InvalidInput(
+            return InvalidInput(
                 f"{where}.data: {len(flat)} values do not fill shape {shape} "
                 f"({shape[0] * shape[1]} values)"
             )
-        values = [_number(v, f"{where}.data[{i}]") for i, v in enumerate(flat)]
-        arr = np.asarray(values, dtype=np.float32 if datatype == "FP32" else np.float64)
-        return pd.DataFrame(arr.reshape(shape).astype(float), columns=features)
+        for i, v in enumerate(flat):
+            try:
+                _number(v, f"{where}.data[{i}]")
+            except InvalidInput as exc:
+                return exc
+        return InvalidInput(f"{where}.data: not a numeric tensor")
 
     # -- prediction -----------------------------------------------------------------------
 
-    def predict(self, X: pd.DataFrame) -> BatchResult:
-        """Predict a validated frame with the primary model, or the backup if it raises."""
-        model = self.model  # one reference for the whole batch: a reload cannot split it
+    def predict(self, X: np.ndarray) -> BatchResult:
+        """Predict a validated matrix with the primary model, or the backup if it raises."""
+        served = self.served  # one reference for the whole batch: a reload cannot split it
         backup = False
-        embedding = None
         try:
-            proba = model.pipeline.predict_proba(X)
-            embedding = embed(model.pipeline, X)
+            proba = served.engine.predict_proba(X)
         except Exception:
-            if model.backup is None:
+            if served.model.backup is None:
                 raise
-            logger.exception("primary model %s failed; the backup answers", model.version)
-            proba = model.backup.predict_proba(X)
+            logger.exception("primary model %s failed; the backup answers", served.version)
+            proba = served.model.backup.predict_proba(pd.DataFrame(X, columns=served.features))
             backup = True
-        classes = model.classes
-        labels = [classes[i] for i in np.argmax(proba, axis=1)]
-        return BatchResult(model, labels, proba, backup, X, embedding)
-
-    def log_frame(self, result: BatchResult, ids: list[str], ts: float) -> pd.DataFrame:
-        """The prediction log rows of a batch (DESIGN.md section 4)."""
-        frame = result.features.copy()
-        if result.embedding is not None:
-            frame = pd.concat([frame, result.embedding], axis=1)
-        frame.insert(0, "prediction_id", ids)
-        frame.insert(1, "ts", ts)
-        frame.insert(2, "model_version", result.model.version)
-        frame.insert(3, "prediction", [str(label) for label in result.labels])
-        frame.insert(4, "probability", result.proba.max(axis=1))
-        frame.insert(5, "proba_json", [json.dumps(p.round(6).tolist()) for p in result.proba])
-        frame.insert(6, "backup", result.backup)
-        return frame
+        return BatchResult(served, X, proba, np.argmax(proba, axis=1), backup)

@@ -40,6 +40,7 @@ class RowPrediction(BaseModel):
 
 class PredictResponse(BaseModel):
     model_version: str
+    engine: str = Field(description="What computed the probabilities: onnxruntime or sklearn")
     backup: bool = Field(description="True if the backup estimator answered")
     predictions: list[RowPrediction]
 

@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import pandas as pd
+import numpy as np
+
 from mlplatform_common import datalog, keys
 from mlplatform_common.errors import InvalidInput, MLPlatformError, NotFound, ObjectNotFound
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import Store
-
 from mlplatform_serving import observability as obs
 from mlplatform_serving.predlog import PredictionLog
 from mlplatform_serving.runtime import BatchResult, ModelRuntime
@@ -95,46 +96,47 @@ class Service:
                 f"{field}: {n} rows is over the limit of {self.settings.max_batch_rows} per request"
             )
 
-    def predict(self, X: pd.DataFrame) -> tuple[BatchResult, list[str]]:
-        """Predict a validated frame, count it, and queue it for the prediction log."""
+    def predict(self, X: np.ndarray) -> tuple[BatchResult, list[str]]:
+        """Predict a validated matrix, count it, and queue it for the prediction log."""
         result = self.runtime.predict(X)
-        ids = [datalog.new_id() for _ in range(len(X))]
-        self.log.add(self.runtime.log_frame(result, ids, time.time()))
-        labels = [str(label) for label in result.labels]
+        n = len(X)
+        ids = new_ids(n)
+        self.log.add(result, ids, time.time())
+        served = result.served
+        counts = np.bincount(result.label_index, minlength=len(served.classes))
+        for key, count in zip(served.class_keys, counts.tolist(), strict=True):
+            if count:
+                obs.PREDICTIONS.labels(served.version, key).inc(count)
         top = result.proba.max(axis=1)
-        for label in set(labels):
-            obs.PREDICTIONS.labels(result.model.version, label).inc(labels.count(label))
-        for p in top:
-            obs.PROBABILITY.observe(float(p))
+        for p in top.tolist():
+            obs.PROBABILITY.observe(p)
         if result.backup:
-            obs.BACKUP.inc(len(labels))
+            obs.BACKUP.inc(n)
         self.stats.predictions(
-            labels, top, result.backup, X, self.settings.low_confidence_threshold
+            served, counts, top, result.backup, X, self.settings.low_confidence_threshold
         )
         return result, ids
 
-    def rows(self, result: BatchResult, ids: list[str]) -> list[dict[str, Any]]:
+    @staticmethod
+    def rows(result: BatchResult, ids: list[str]) -> list[dict[str, Any]]:
         """Per-row answers."""
-        model = result.model
-        names = model.manifest.get("class_names") or [str(c) for c in model.classes]
-        keys_ = [str(c) for c in model.classes]
-        index = {str(c): i for i, c in enumerate(model.classes)}
-        out = []
-        for pid, label, proba in zip(ids, result.labels, result.proba, strict=True):
-            out.append(
-                {
-                    "prediction_id": pid,
-                    "label": label,
-                    "label_name": names[index[str(label)]],
-                    "probability": round(float(proba.max()), 6),
-                    "probabilities": {
-                        k: round(float(p), 6) for k, p in zip(keys_, proba, strict=True)
-                    },
-                    "model_version": model.version,
-                    "backup": result.backup,
-                }
+        served = result.served
+        classes, keys_, names = served.classes, served.class_keys, served.class_names
+        version, backup = served.version, result.backup
+        return [
+            {
+                "prediction_id": pid,
+                "label": classes[i],
+                "label_name": names[i],
+                "probability": max(p),
+                "probabilities": dict(zip(keys_, p, strict=True)),
+                "model_version": version,
+                "backup": backup,
+            }
+            for pid, i, p in zip(
+                ids, result.label_index.tolist(), result.proba.tolist(), strict=True
             )
-        return out
+        ]
 
     # -- feedback -------------------------------------------------------------------------
 
@@ -174,10 +176,10 @@ class Service:
             predicted = str(logged["prediction"])
             version = str(logged["model_version"])
         elif features is not None:
-            frame = self.runtime.validate_rows([features], field="features")
-            row_features = {k: float(v) for k, v in frame.iloc[0].items()}
+            X = self.runtime.validate_rows([features], field="features")
+            row_features = dict(zip(model.features, X[0].tolist(), strict=True))
             if prediction is None:
-                predicted = str(self.runtime.predict(frame).labels[0])
+                predicted = str(self.runtime.predict(X).labels[0])
             else:
                 predicted = str(self._class_of(prediction, "prediction"))
             version = model.version
@@ -256,26 +258,33 @@ class Service:
 
     def feature_distribution(self, page: int, page_size: int) -> dict[str, Any]:
         schema = self.runtime.model.manifest["feature_schema"]
-        recent = self.stats.recent_features()
+        recent = self.stats.recent_features(self.runtime.served.features)
         items = []
-        for f in schema[(page - 1) * page_size : page * page_size]:
-            name = f["name"]
-            col = recent[name] if name in recent else pd.Series(dtype=float)
+        start = (page - 1) * page_size
+        for j, f in enumerate(schema[start : start + page_size], start=start):
+            col = recent[:, j]
+            seen = len(col) > 0
             items.append(
                 {
-                    "feature": name,
+                    "feature": f["name"],
                     "reference": {
                         k: f[k] for k in ("mean", "std", "min", "q01", "median", "q99", "max")
                     },
                     "recent": {
                         "rows": len(col),
-                        "mean": float(col.mean()) if len(col) else None,
-                        "std": float(col.std(ddof=0)) if len(col) else None,
-                        "median": float(col.median()) if len(col) else None,
+                        "mean": float(col.mean()) if seen else None,
+                        "std": float(col.std()) if seen else None,
+                        "median": float(np.median(col)) if seen else None,
                         "out_of_range_share": float(((col < f["min"]) | (col > f["max"])).mean())
-                        if len(col)
+                        if seen
                         else None,
                     },
                 }
             )
         return {"page": page, "page_size": page_size, "total": len(schema), "items": items}
+
+
+def new_ids(n: int) -> list[str]:
+    """``n`` random 128-bit ids as 32 hex digits (one urandom call, not n uuid4s)."""
+    blob = os.urandom(16 * n).hex()
+    return [blob[i : i + 32] for i in range(0, 32 * n, 32)]

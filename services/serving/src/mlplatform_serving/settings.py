@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from pydantic import AliasChoices, Field, SecretStr
+
 from mlplatform_common.errors import Unauthorized
 from mlplatform_common.settings import DEV_ADMIN_TOKEN, CommonSettings
-from pydantic import AliasChoices, Field, SecretStr
 
 
 class ServingSettings(CommonSettings):
@@ -23,6 +24,11 @@ class ServingSettings(CommonSettings):
 
     workers: int = 1
     """uvicorn worker processes; metrics are aggregated across them."""
+
+    keep_alive_seconds: float = 75.0
+    """Idle keep-alive timeout. Longer than a proxy's or client pool's idle timeout (60 s is
+    common), so the server never closes a connection a client is about to reuse; uvicorn's
+    default of 5 s makes that race (a reset request) frequent under load."""
 
     model_version: str | None = Field(
         default=None, validation_alias=AliasChoices("MLPLATFORM_MODEL_VERSION", "MODEL_VERSION")

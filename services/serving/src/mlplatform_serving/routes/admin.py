@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from mlplatform_common.errors import ConfigurationError
 from starlette.concurrency import run_in_threadpool
 
+from mlplatform_common.errors import ConfigurationError
 from mlplatform_serving.deps import ServiceDep, require_admin
 from mlplatform_serving.routes.predict import parse_model, read_json
 from mlplatform_serving.schemas import ERRORS, ReloadRequest, ReloadResponse

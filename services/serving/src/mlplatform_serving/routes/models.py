@@ -26,6 +26,7 @@ def model(runtime: RuntimeDep, service: ServiceDep) -> dict[str, Any]:
         **card(runtime.model.manifest),
         "production_version": alias["version"] if alias else None,
         "pinned": runtime.pinned_version is not None,
+        "engine": runtime.engine,
     }
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Request
-from mlplatform_common.errors import InvalidInput
+import orjson
+from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
+from mlplatform_common.errors import InvalidInput
 from mlplatform_serving.deps import RuntimeDep, ServiceDep
 from mlplatform_serving.schemas import ERRORS, PredictRequest, PredictResponse
 
@@ -28,17 +29,32 @@ OPENAPI_BODY: dict[str, Any] = {
 }
 
 
-async def read_json(request: Request) -> Any:
-    """Parse a JSON body with errors a client can act on."""
-    body = await request.body()
-    if not body.strip():
-        raise InvalidInput("body: empty; send a JSON object")
+def loads(body: bytes) -> Any:
+    """Parse JSON fast (orjson); on failure, re-parse with the standard library only to word
+    the error (it also reads NaN and huge integers, which validation then names)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(body)
     except RecursionError:
         raise InvalidInput("body: JSON nested too deeply") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"body: not valid JSON ({exc})") from None
+
+
+async def read_json(request: Request) -> Any:
+    """Parse a JSON body with errors a client can act on."""
+    body = await request.body()
+    if not body.strip():
+        raise InvalidInput("body: empty; send a JSON object")
+    return loads(body)
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    """orjson-encoded response (FastAPI's re-validation of our own output is skipped)."""
+    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
 
 
 def parse_model(model: type[Any], data: Any) -> Any:
@@ -58,7 +74,7 @@ def parse_model(model: type[Any], data: Any) -> Any:
     openapi_extra=OPENAPI_BODY,
     summary="Predict one row, many rows, or CSV rows",
 )
-async def predict(request: Request, service: ServiceDep, runtime: RuntimeDep) -> dict[str, Any]:
+async def predict(request: Request, service: ServiceDep, runtime: RuntimeDep) -> Response:
     """Run the whole pipeline (embedding + classifier) on each row.
 
     Send `{"features": {...}}`, `{"instances": [{...}, ...]}`, or `text/csv` rows (with or
@@ -66,7 +82,7 @@ async def predict(request: Request, service: ServiceDep, runtime: RuntimeDep) ->
     """
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if content_type == "text/csv":
-        runtime.model  # noqa: B018 - raises ModelNotReady before parsing
+        runtime.served  # noqa: B018 - raises ModelNotReady before parsing
         X = runtime.parse_csv(await request.body())
         service.check_batch(len(X), "csv")
     elif content_type in ("application/json", ""):
@@ -83,8 +99,11 @@ async def predict(request: Request, service: ServiceDep, runtime: RuntimeDep) ->
             f"content-type: {content_type!r:.60} is not supported; use application/json or text/csv"
         )
     result, ids = service.predict(X)
-    return {
-        "model_version": result.model.version,
-        "backup": result.backup,
-        "predictions": service.rows(result, ids),
-    }
+    return json_response(
+        {
+            "model_version": result.served.version,
+            "engine": result.served.engine.name,
+            "backup": result.backup,
+            "predictions": service.rows(result, ids),
+        }
+    )

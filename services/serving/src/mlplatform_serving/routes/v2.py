@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
-from mlplatform_common.errors import InvalidInput, ModelNotFound
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlplatform_common.errors import InvalidInput, ModelNotFound
 from mlplatform_serving.deps import RuntimeDep, ServiceDep, SettingsDep
-from mlplatform_serving.routes.predict import parse_model
+from mlplatform_serving.routes.predict import json_response, parse_model
 from mlplatform_serving.schemas import ERRORS
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
@@ -62,7 +62,7 @@ def live() -> dict[str, bool]:
 
 @router.get("/health/ready", responses={503: ERRORS[503]}, summary="Server ready")
 def ready(runtime: RuntimeDep) -> dict[str, bool]:
-    runtime.model  # noqa: B018 - raises ModelNotReady (503) with the reason
+    runtime.served  # noqa: B018 - raises ModelNotReady (503) with the reason
     return {"ready": True}
 
 
@@ -137,7 +137,7 @@ def _split_binary(request_headers: Any, body: bytes) -> tuple[Any, bytes]:
 @router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
 async def infer(
     name: str, request: Request, service: ServiceDep, runtime: RuntimeDep, settings: SettingsDep
-) -> JSONResponse:
+) -> Response:
     """Predict an ``[n, n_features]`` FP32/FP64 tensor."""
     _check_name(name, settings)
     payload, binary = _split_binary(request.headers, await request.body())
@@ -174,13 +174,15 @@ async def infer(
             f"outputs: unknown output {unknown[0]!r:.60}; choose from {list(OUTPUTS)}"
         )
     result, ids = service.predict(X)
-    strings = any(isinstance(c, str) for c in result.model.classes)
+    classes = result.served.classes
+    strings = any(isinstance(c, str) for c in classes)
+    labels = [classes[i] for i in result.label_index.tolist()]
     tensors = {
         "label": {
             "name": "label",
             "datatype": "BYTES" if strings else "INT64",
             "shape": [len(ids)],
-            "data": [str(x) if strings else int(x) for x in result.labels],
+            "data": [str(x) for x in labels] if strings else labels,
         },
         "probabilities": {
             "name": "probabilities",
@@ -195,12 +197,12 @@ async def infer(
             "data": ids,
         },
     }
-    return JSONResponse(
+    return json_response(
         {
             "model_name": name,
-            "model_version": result.model.version,
+            "model_version": result.served.version,
             "id": req.id,
-            "parameters": {"backup": result.backup},
+            "parameters": {"backup": result.backup, "engine": result.served.engine.name},
             "outputs": [tensors[o] for o in wanted],
         }
     )
