@@ -20,13 +20,13 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+
 from mlplatform_common import datalog
 from mlplatform_common.quality import to_builtin
 from mlplatform_common.registry import LoadedModel, ModelRegistry
 from mlplatform_common.schema import embed
 from mlplatform_common.storage import Store
 from mlplatform_reporter.settings import ReporterSettings
-
 from tests.conftest import REPO, SIGNING_KEY, free_port, publish_trained
 
 PROMETHEUS = Path("/usr/bin/prometheus")

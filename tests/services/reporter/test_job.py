@@ -13,6 +13,8 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn import metrics as skm
+
 from mlplatform_common import keys
 from mlplatform_common.errors import IntegrityError
 from mlplatform_common.registry import LoadedModel
@@ -21,8 +23,6 @@ from mlplatform_common.storage import LocalStore, Store
 from mlplatform_reporter import job
 from mlplatform_reporter.__main__ import main
 from mlplatform_reporter.simulate import replay, shift_scale
-from sklearn import metrics as skm
-
 from tests.conftest import REPO, SIGNING_KEY
 from tests.services.reporter.conftest import (
     PromStack,
@@ -155,7 +155,6 @@ def test_a_failed_run_pushes_nothing(
 @pytest.mark.parametrize("store", ["local"], indirect=True)
 def test_unreachable_pushgateway_fails_the_run(store: Store, model: LoadedModel) -> None:
     from mlplatform_common.errors import StorageUnavailable
-
     from tests.conftest import free_port
 
     settings = reporter_settings(pushgateway_url=f"127.0.0.1:{free_port()}")
@@ -224,7 +223,6 @@ def test_simulated_traffic_drift_end_to_end(
 
 def test_cli_run_succeeds_and_fails_with_exit_codes(tmp_path, trained, shipped_dataset) -> None:  # type: ignore[no-untyped-def]
     from mlplatform_common.registry import ModelRegistry
-
     from tests.conftest import publish_trained
 
     store = LocalStore(tmp_path / "store")
@@ -265,7 +263,6 @@ def test_cli_simulate_replays_with_drift_against_the_api(
 ) -> None:  # type: ignore[no-untyped-def]
     from mlplatform_common import datalog
     from mlplatform_common.registry import ModelRegistry
-
     from tests.conftest import DATA, publish_trained
 
     store = LocalStore(tmp_path / "store")
@@ -309,7 +306,6 @@ def test_cli_simulate_replays_with_drift_against_the_api(
 
 def test_cli_schedule_reports_on_an_interval(tmp_path, trained, shipped_dataset) -> None:  # type: ignore[no-untyped-def]
     from mlplatform_common.registry import ModelRegistry
-
     from tests.conftest import publish_trained
 
     store = LocalStore(tmp_path / "store")

@@ -8,6 +8,8 @@ import random
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn import metrics as skm
+
 from mlplatform_reporter.report import (
     DriftConfig,
     ReportInput,
@@ -20,7 +22,6 @@ from mlplatform_reporter.report import (
     quality_report,
 )
 from mlplatform_reporter.simulate import rebalance, shift_scale
-from sklearn import metrics as skm
 
 
 def _input(trained, shipped_dataset, production, labelled=None):  # type: ignore[no-untyped-def]

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from mlplatform_common import metric_names
 
+from mlplatform_common import metric_names
 from tests.services.reporter.conftest import ALERTS, PROMTOOL, require_binary
 
 RULE_TESTS = sorted((Path(__file__).parent / "rules").glob("*.yaml"))

@@ -6,11 +6,11 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+
 from mlplatform_common import datalog
 from mlplatform_common.registry import LoadedModel
 from mlplatform_common.storage import Store
 from mlplatform_reporter.simulate import holdout, parse_shares, rebalance, replay, shift_scale
-
 from tests.conftest import DATA
 from tests.services.reporter.conftest import StubServing
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+from streamlit.testing.v1 import AppTest
+
 from mlplatform_common import keys
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import LocalStore
 from mlplatform_webapp.settings import get_settings
-from streamlit.testing.v1 import AppTest
-
 from tests.conftest import SIGNING_KEY, ServingProcess, publish_trained
 
 APP_DIR = Path(__import__("mlplatform_webapp").__file__).resolve().parent

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
 from mlplatform_common import datalog
 from mlplatform_common.storage import LocalStore
 from mlplatform_webapp import samples
-from playwright.sync_api import Browser, Page, expect, sync_playwright
-
 from tests.conftest import REPO, ServingProcess, free_port
 from tests.services.webapp.conftest import serving_env
 

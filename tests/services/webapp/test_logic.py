@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
+
 from mlplatform_webapp import batch, samples, summary
 from mlplatform_webapp.api_client import ApiClient, ApiRejected, ApiUnavailable
-
 from tests.conftest import free_port
 from tests.services.webapp.conftest import FLAT_SUMMARY, NESTED_SUMMARY
 

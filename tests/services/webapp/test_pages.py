@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
+
 from mlplatform_common import datalog
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import LocalStore
 from mlplatform_webapp import samples
-
 from tests.conftest import SIGNING_KEY, ServingProcess, free_port, publish_trained
 from tests.services.webapp.conftest import ADMIN_TOKEN, page, serving_env, texts
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
+
 from mlplatform_common.errors import MLPlatformError
 from mlplatform_common.log import configure_logging, set_model_version
-
 from mlplatform_reporter import job
 from mlplatform_reporter.settings import ReporterSettings, get_settings
 from mlplatform_reporter.simulate import holdout, parse_shares, rebalance, replay, shift_scale

@@ -22,13 +22,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
 from mlplatform_common import datalog, keys
 from mlplatform_common import metric_names as m
 from mlplatform_common.errors import ModelNotFound, ObjectNotFound, StorageUnavailable
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import Store, open_store
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
-
 from mlplatform_reporter.report import (
     DriftConfig,
     ReportInput,

@@ -34,6 +34,7 @@ from evidently.core.metric_types import render_widgets
 from evidently.core.report import Snapshot
 from evidently.legacy.renderers.html_widgets import group_widget, text_widget
 from evidently.presets import ClassificationPreset, DataDriftPreset
+
 from mlplatform_common.schema import embed, embedding_columns
 
 logger = logging.getLogger("mlplatform.reporter")

@@ -19,9 +19,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
-from mlplatform_common.quality import to_builtin
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sklearn.model_selection import train_test_split
+
+from mlplatform_common.quality import to_builtin
 
 logger = logging.getLogger("mlplatform.reporter")
 

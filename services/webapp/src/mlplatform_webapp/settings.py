@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from mlplatform_common.settings import DEV_ADMIN_TOKEN, CommonSettings
 from pydantic import SecretStr, field_validator
+
+from mlplatform_common.settings import DEV_ADMIN_TOKEN, CommonSettings
 
 
 class WebappSettings(CommonSettings):
