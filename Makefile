@@ -8,7 +8,8 @@ RUN := $(UV) run --frozen
 DATA ?= data/breast_cancer.csv
 TARGET ?=
 # Debian packages the test suite runs for real (installed by `make test-deps` when root on Debian).
-TEST_APT_PACKAGES := prometheus prometheus-pushgateway chromium
+TEST_APT_PACKAGES := prometheus prometheus-pushgateway chromium shellcheck wrk
+CHECKOV_VERSION := 3.3.30
 
 ##@ Getting started
 
@@ -70,6 +71,63 @@ retrain: sync ## Retrain now if a trigger fires (FORCE=1: retrain anyway); servi
 rollback: sync ## Move production back to the previous model version; serving on :8080 reloads
 	@MLPLATFORM_DEV_MODE=true $(RUN) python -m mlplatform_retrainer rollback
 
+##@ Cluster (kind)
+
+KIND_CLUSTER ?= mlplatform
+RELEASE ?= mlplatform
+NAMESPACE ?= default
+CHART := charts/mlplatform
+APP_VERSION = $(shell awk -F': *' '$$1=="appVersion"{gsub(/"/,"",$$2);print $$2}' $(CHART)/Chart.yaml)
+
+.PHONY: kind-up
+kind-up: ## Create the kind cluster, install Traefik (pinned), build and load the images (idempotent)
+	@KIND_CLUSTER=$(KIND_CLUSTER) scripts/kind-up.sh
+
+.PHONY: kind-down
+kind-down: ## Delete the kind cluster
+	kind delete cluster --name $(KIND_CLUSTER)
+
+.PHONY: kind-load
+kind-load: ## Load the four built images into kind
+	@for i in serving webapp reporter retrainer; do kind load docker-image --name $(KIND_CLUSTER) mlplatform-$$i:$(APP_VERSION); done
+
+.PHONY: deploy
+deploy: ## Install or upgrade the chart, wait for it, run its helm test
+	helm upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --create-namespace --wait --timeout 10m
+	helm test $(RELEASE) --namespace $(NAMESPACE)
+
+.PHONY: undeploy
+undeploy: ## Uninstall the release (Secrets and the MinIO volume are kept)
+	helm uninstall $(RELEASE) --namespace $(NAMESPACE)
+
+.PHONY: grafana
+grafana: ## Port-forward Grafana to http://127.0.0.1:3000/grafana/
+	kubectl -n $(NAMESPACE) port-forward svc/$(RELEASE)-grafana 3000
+
+.PHONY: api
+api: ## Port-forward the serving API to http://127.0.0.1:8080
+	kubectl -n $(NAMESPACE) port-forward svc/$(RELEASE)-serving 8080
+
+.PHONY: retrain-now
+retrain-now: ## Start a retrain Job from the CronJob
+	kubectl -n $(NAMESPACE) create job --from=cronjob/$(RELEASE)-retrainer retrain-now-$$(date +%s)
+
+.PHONY: report-now
+report-now: ## Start a report Job from the CronJob
+	kubectl -n $(NAMESPACE) create job --from=cronjob/$(RELEASE)-reporter report-now-$$(date +%s)
+
+.PHONY: chart-test
+chart-test: test-deps ## Render, validate, lint and scan the chart; query every dashboard panel
+	$(RUN) pytest tests/chart
+
+##@ Performance
+
+BENCH_ARGS ?=
+
+.PHONY: bench
+bench: test-deps ## Serving beside the HTTP floor and a naive server (wrk), plus job timings -> bench/BENCHMARKS.md
+	$(RUN) python -m bench.run $(BENCH_ARGS)
+
 ##@ Quality
 
 .PHONY: lint
@@ -92,6 +150,9 @@ test-deps: sync ## Install what the tests run for real (Debian packages when roo
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else echo "missing Debian packages:$$missing (install them, or run as root on Debian)" >&2; exit 1; fi; \
 	fi
+	@# checkov pins packages that clash with ours: it gets a venv of its own.
+	@test -x .tools/checkov/bin/checkov || { echo "installing checkov $(CHECKOV_VERSION) into .tools/checkov"; \
+	  python3 -m venv .tools/checkov && .tools/checkov/bin/pip install -q "checkov==$(CHECKOV_VERSION)"; }
 
 .PHONY: test
 test: test-deps lint ## Install test dependencies, lint, and run every test

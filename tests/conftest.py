@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from moto.server import ThreadedMotoServer
+
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.settings import CommonSettings
 from mlplatform_common.storage import LocalStore, S3Store, Store
-from moto.server import ThreadedMotoServer
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data" / "breast_cancer.csv"

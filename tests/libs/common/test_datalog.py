@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pandas as pd
+
 from mlplatform_common import datalog
 from mlplatform_common.storage import Store
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mlplatform_common import keys
 from mlplatform_common.errors import Conflict, IntegrityError, ModelNotFound
 from mlplatform_common.registry import MANIFEST, MODEL, ModelRegistry, sign_manifest
 from mlplatform_common.storage import LocalStore, S3Store, Store
-
 from tests.conftest import S3_KEYS, SIGNING_KEY, S3Server, publish_trained
 
 
@@ -38,7 +38,7 @@ def test_manifest_records_checksums_metrics_and_lineage(
     publish_trained(registry, trained, shipped_dataset)
     v2 = publish_trained(registry, trained, shipped_dataset)
     manifest = registry.manifest(v2)
-    assert set(manifest["files"]) == {"model.joblib", "backup.joblib", "ref_data.csv"}
+    assert set(manifest["files"]) == {"model.joblib", "backup.joblib", "ref_data.csv", "model.onnx"}
     assert all(len(h) == 64 for h in manifest["files"].values())
     assert manifest["signature"]["algorithm"] == "HMAC-SHA256"
     assert manifest["training_data"]["sha256"] == shipped_dataset.sha256

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from mlplatform_common.errors import DatasetError
 from mlplatform_common.schema import feature_schema, load_dataset, parse_dataset
-
 from tests.conftest import DATA
 
 

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+
 from mlplatform_common.errors import InvalidInput, ObjectNotFound, StorageUnavailable
 from mlplatform_common.settings import CommonSettings
 from mlplatform_common.storage import LocalStore, S3Store, Store, open_store
-
 from tests.conftest import S3Server, free_port
 
 

@@ -28,6 +28,7 @@ def main() -> int:
         workers=settings.workers,
         log_config=None,
         timeout_keep_alive=settings.keep_alive_seconds,
+        access_log=settings.access_log,
         proxy_headers=True,
         forwarded_allow_ips="*",
     )

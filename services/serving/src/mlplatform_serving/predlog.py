@@ -10,7 +10,6 @@ and predictions keep answering. Recent predictions also stay in a bounded in-mem
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -19,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import orjson
 import pandas as pd
 
 from mlplatform_common import datalog
@@ -51,22 +52,36 @@ class Entry:
 
 
 def to_frame(entries: list[Entry]) -> pd.DataFrame:
-    """The prediction log rows of some batches (DESIGN.md section 4)."""
+    """The prediction log rows of some batches (DESIGN.md section 4).
+
+    Entries are stacked per model version, so the embedding runs once per version per flush
+    however many single-row requests the buffer holds.
+    """
     frames = []
+    by_version: dict[str, list[Entry]] = {}
     for entry in entries:
-        r, served = entry.result, entry.result.served
-        frame = pd.DataFrame(r.X, columns=served.features)
-        if not r.backup:
-            # The embedding as this version computes it (the backup does not use one).
-            frame = pd.concat([frame, embed(served.model.pipeline, frame)], axis=1)
-        frame.insert(0, "prediction_id", entry.ids)
-        frame.insert(1, "ts", entry.ts)
-        frame.insert(2, "model_version", served.version)
-        frame.insert(3, "prediction", [served.class_keys[i] for i in r.label_index])
-        frame.insert(4, "probability", r.proba.max(axis=1))
-        frame.insert(5, "proba_json", [json.dumps(p) for p in r.proba.round(6).tolist()])
-        frame.insert(6, "backup", r.backup)
-        frames.append(frame)
+        by_version.setdefault(entry.result.served.version, []).append(entry)
+    for group in by_version.values():
+        served = group[-1].result.served
+        X = np.vstack([e.result.X for e in group])
+        proba = np.vstack([e.result.proba for e in group])
+        labels = np.concatenate([e.result.label_index for e in group])
+        backup = np.concatenate([np.full(len(e), e.result.backup) for e in group])
+        columns: dict[str, Any] = {
+            "prediction_id": [pid for e in group for pid in e.ids],
+            "ts": np.concatenate([np.full(len(e), e.ts) for e in group]),
+            "model_version": served.version,
+            "prediction": np.asarray(served.class_keys, dtype=object)[labels],
+            "probability": proba.max(axis=1),
+            "proba_json": [orjson.dumps(p).decode() for p in proba.round(6).tolist()],
+            "backup": backup,
+        }
+        frame = pd.DataFrame(columns)
+        raw = pd.DataFrame(X, columns=served.features)
+        # The embedding as this version computes it; rows the backup answered get none.
+        embedding = embed(served.model.pipeline, raw)
+        embedding.loc[backup] = np.nan
+        frames.append(pd.concat([frame, raw, embedding], axis=1))
     return pd.concat(frames, ignore_index=True)
 
 

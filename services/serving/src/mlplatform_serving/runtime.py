@@ -16,6 +16,7 @@ import io
 import itertools
 import logging
 import math
+import operator
 import threading
 import time
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class Served:
     engine: SklearnEngine | OnnxEngine
     features: list[str] = field(init=False)
     feature_set: frozenset[str] = field(init=False)
+    getter: Any = field(init=False)
     classes: list[Any] = field(init=False)
     class_keys: list[str] = field(init=False)
     class_names: list[str] = field(init=False)
@@ -84,6 +86,12 @@ class Served:
     def __post_init__(self) -> None:
         self.features = self.model.features
         self.feature_set = frozenset(self.features)
+        # itemgetter of one name returns a value, not a tuple; keep it a tuple for chain().
+        self.getter = (
+            operator.itemgetter(*self.features)
+            if len(self.features) > 1
+            else lambda row: (row[self.features[0]],)
+        )
         self.classes = self.model.classes
         self.class_keys = [str(c) for c in self.classes]
         names = self.model.manifest.get("class_names") or self.class_keys
@@ -229,18 +237,19 @@ class ModelRuntime:
     def validate_rows(self, rows: list[Any], field: str = "instances") -> np.ndarray:
         """Check JSON rows against the feature schema; return them as a float64 matrix."""
         served = self.served
-        features, feature_set = served.features, served.feature_set
+        n = len(served.features)
         try:
-            if not all(type(row) is dict and row.keys() == feature_set for row in rows):
+            # C-level loops only: pick the features in order (KeyError if one is missing),
+            # refuse extra keys by length, then one pass over every value's type.
+            if not all(type(row) is dict and len(row) == n for row in rows):
                 raise ValueError
-            values = [[row[f] for f in features] for row in rows]
-            # One C-speed pass over every value's type: numbers only (bool is not a number).
-            if not set(map(type, itertools.chain.from_iterable(values))) <= _NUMBER_TYPES:
+            values = list(itertools.chain.from_iterable(map(served.getter, rows)))
+            if not set(map(type, values)) <= _NUMBER_TYPES:  # bool is not a number here
                 raise ValueError
-            X = np.array(values, dtype=np.float64)
+            X = np.array(values, dtype=np.float64).reshape(len(rows), n)
             if not np.isfinite(X).all():
                 raise ValueError
-        except (ValueError, TypeError, OverflowError):
+        except (ValueError, TypeError, OverflowError, KeyError):
             raise self._explain(rows, field, served) from None
         return X
 

@@ -123,18 +123,19 @@ class Service:
         served = result.served
         classes, keys_, names = served.classes, served.class_keys, served.class_names
         version, backup = served.version, result.backup
+        tops = result.proba.max(axis=1).tolist()
         return [
             {
                 "prediction_id": pid,
                 "label": classes[i],
                 "label_name": names[i],
-                "probability": max(p),
+                "probability": top,
                 "probabilities": dict(zip(keys_, p, strict=True)),
                 "model_version": version,
                 "backup": backup,
             }
-            for pid, i, p in zip(
-                ids, result.label_index.tolist(), result.proba.tolist(), strict=True
+            for pid, i, top, p in zip(
+                ids, result.label_index.tolist(), tops, result.proba.tolist(), strict=True
             )
         ]
 

@@ -25,10 +25,14 @@ class ServingSettings(CommonSettings):
     workers: int = 1
     """uvicorn worker processes; metrics are aggregated across them."""
 
-    keep_alive_seconds: float = 75.0
-    """Idle keep-alive timeout. Longer than a proxy's or client pool's idle timeout (60 s is
-    common), so the server never closes a connection a client is about to reuse; uvicorn's
-    default of 5 s makes that race (a reset request) frequent under load."""
+    access_log: bool = False
+    """One log line per request (uvicorn's access log); off by default: metrics count every
+    request, and at thousands of requests per second the log line is a real cost."""
+
+    keep_alive_seconds: int = 120
+    """Idle keep-alive timeout. Longer than a proxy's or client pool's idle timeout (Traefik
+    keeps idle backend connections 90 s), so the server never closes a connection a client is
+    about to reuse; uvicorn's default of 5 s makes that race (a reset request) frequent."""
 
     model_version: str | None = Field(
         default=None, validation_alias=AliasChoices("MLPLATFORM_MODEL_VERSION", "MODEL_VERSION")

@@ -1,0 +1,86 @@
+"""Timing of the jobs on synthetic data grown from the shipped set (prints one JSON line).
+
+``python -m bench.jobs report``: an Evidently report, 100k reference x 20k production x 30.
+``python -m bench.jobs retrain``: training (with the ONNX conversion and its check) on 100k rows.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+from mlplatform_common.schema import load_dataset
+
+
+def grow(n: int, seed: int, shift: float = 0.0) -> tuple[pd.DataFrame, pd.Series]:
+    """``n`` rows resampled from the shipped data with 5% noise (and an optional shift)."""
+    data = load_dataset("data/breast_cancer.csv")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(data.X), n)
+    X = data.X.iloc[idx].reset_index(drop=True)
+    X = X * (1 + rng.normal(0, 0.05, X.shape)) + shift * X.std().to_numpy()
+    return X, data.y.iloc[idx].reset_index(drop=True)
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def report() -> dict[str, float]:
+    from mlplatform_reporter.report import DriftConfig, ReportInput, build_report
+    from mlplatform_retrainer.train import TrainConfig, train
+
+    X_ref, y_ref = grow(100_000, 1)
+    model = train(X_ref.iloc[:5000], y_ref.iloc[:5000], TrainConfig())
+    from mlplatform_common.schema import embed
+
+    ref_emb = embed(model.pipeline, X_ref)
+    ref_emb["target"] = y_ref.to_numpy()
+    X_prod, y_prod = grow(20_000, 2, shift=0.3)
+    production = X_prod.copy()
+    labelled = X_prod.iloc[:2000].copy()
+    labelled["target"] = y_prod.iloc[:2000].astype(str).to_numpy()
+    labelled["prediction"] = [str(p) for p in model.pipeline.predict(X_prod.iloc[:2000])]
+    labelled["proba_json"] = np.nan
+    data = ReportInput(
+        model_version="v1",
+        classes=[0, 1],
+        features=list(X_ref.columns),
+        reference_embedding=ref_emb,
+        reference_raw=X_ref,
+        production=production,
+        labelled=labelled,
+    )
+    started = time.perf_counter()
+    result = build_report(data, DriftConfig(), model.pipeline)
+    seconds = time.perf_counter() - started
+    assert result.drift, "no drift computed"
+    return {
+        "reference_rows": 100_000,
+        "production_rows": 20_000,
+        "features": 30,
+        "seconds": seconds,
+        "peak_mb": peak_mb(),
+    }
+
+
+def retrain() -> dict[str, float]:
+    from mlplatform_retrainer import onnx_export
+    from mlplatform_retrainer.train import TrainConfig, train
+
+    X, y = grow(100_000, 3)
+    started = time.perf_counter()
+    result = train(X, y, TrainConfig())
+    onnx_bytes, _info = onnx_export.convert(result.pipeline, X)
+    seconds = time.perf_counter() - started
+    assert onnx_bytes is not None
+    return {"rows": 100_000, "features": 30, "seconds": seconds, "peak_mb": peak_mb()}
+
+
+if __name__ == "__main__":
+    print(json.dumps({"report": report, "retrain": retrain}[sys.argv[1]]()))

@@ -1,0 +1,389 @@
+"""``make bench``: our serving beside two baselines in one run, plus the jobs' figures.
+
+Servers are pinned to CPU 0 and ``wrk`` to CPU 1 (``taskset``) when the machine has two
+cores. Each scenario runs the servers alternately (floor, ours, naive), so a slow moment of
+the machine hits all of them. Results go to stdout and ``bench/BENCHMARKS.md``.
+
+Usage: python -m bench.run [--seconds 5] [--only serving|jobs] [--output bench/BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data" / "breast_cancer.csv"
+KEY = "bench-signing-key"
+PIN = os.cpu_count() is not None and (os.cpu_count() or 1) >= 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(cmd: list[str], cpu: int) -> list[str]:
+    return ["taskset", "-c", str(cpu), *cmd] if PIN and shutil.which("taskset") else cmd
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass
+class Server:
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    ready_path: str
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    started_in: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Server:
+        self.port = free_port()
+        env = {
+            **os.environ,
+            **self.env,
+            "MLPLATFORM_PORT": str(self.port),
+            "BENCH_PORT": str(self.port),
+        }
+        cmd = [c.replace("{port}", str(self.port)) for c in self.cmd]
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            pinned(cmd, 0), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = t0 + 60
+        while time.perf_counter() < deadline:
+            try:
+                method = httpx.post if self.ready_path == "/predict" else httpx.get
+                kw = {"json": {}} if method is httpx.post else {}
+                if method(self.url + self.ready_path, timeout=0.5, **kw).status_code < 500:
+                    self.started_in = time.perf_counter() - t0
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None
+
+
+def wrk(
+    url: str, body: bytes, content_type: str, connections: int, seconds: float
+) -> dict[str, Any]:
+    """One wrk run (1 thread, pinned to CPU 1) posting ``body``; requests/s and latencies."""
+    with tempfile.TemporaryDirectory() as tmp:
+        body_file = Path(tmp) / "body"
+        body_file.write_bytes(body)
+        script = Path(tmp) / "post.lua"
+        script.write_text(
+            'wrk.method = "POST"\n'
+            f'wrk.headers["Content-Type"] = "{content_type}"\n'
+            f'local f = io.open("{body_file}", "rb"); wrk.body = f:read("*all"); f:close()\n'
+        )
+        duration = f"-d{max(1, round(seconds))}s"  # wrk takes whole seconds
+        cmd = ["wrk", "-t1", f"-c{connections}", duration, "--latency", "-s", str(script), url]
+        out = subprocess.run(pinned(cmd, 1), capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+
+    def pct(p: str) -> float:
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        if not m:
+            return float("nan")
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    return {
+        "rps": rps,
+        "p50_ms": pct("50"),
+        "p99_ms": pct("99"),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
+
+
+def make_store(tmp: Path) -> dict[str, str]:
+    """A local store with v1 trained and published (as `make dev` does)."""
+    env = {
+        "MLPLATFORM_STORE_URL": f"file://{tmp}/store",
+        "MLPLATFORM_SIGNING_KEY": KEY,
+        "MLPLATFORM_LOG_LEVEL": "WARNING",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "mlplatform_retrainer", "train"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+    )
+    return env
+
+
+def bodies() -> dict[str, tuple[bytes, str]]:
+    frame = pd.read_csv(DATA).drop(columns="target")
+    rows = frame.to_dict(orient="records")
+    batch = [rows[i % len(rows)] for i in range(1000)]
+    X = np.array([list(r.values()) for r in batch])
+    tensor = {
+        "inputs": [
+            {"name": "input-0", "shape": [1000, 30], "datatype": "FP64", "data": X.ravel().tolist()}
+        ]
+    }
+    return {
+        "single JSON": (json.dumps({"features": rows[0]}).encode(), "application/json"),
+        "1,000-row JSON": (json.dumps({"instances": batch}).encode(), "application/json"),
+        "single CSV": (frame.head(1).to_csv(index=False, header=False).encode(), "text/csv"),
+        "1,000-row CSV": (
+            pd.DataFrame(batch).to_csv(index=False, header=False).encode(),
+            "text/csv",
+        ),
+        "1,000-row V2 FP64 tensor": (json.dumps(tensor).encode(), "application/json"),
+    }
+
+
+def bench_serving(seconds: float) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="mlplatform-bench-"))
+    try:
+        env = make_store(tmp)
+        uvicorn = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
+        servers = {
+            "floor": Server("floor", [*uvicorn, "bench.baselines:floor_app"], {}, "/predict"),
+            "ours": Server("ours", [sys.executable, "-m", "mlplatform_serving"], env, "/ready"),
+            "naive": Server(
+                "naive",
+                [*uvicorn, "bench.baselines:naive_app"],
+                {"BENCH_MODEL": str(tmp / "store/models/v1/model.joblib")},
+                "/docs",
+            ),
+        }
+        cold = []
+        for _ in range(3):
+            cold.append(servers["ours"].start().started_in)
+            servers["ours"].stop()
+        results: list[dict[str, Any]] = []
+        memory = 0.0
+        for scenario, (body, ctype) in bodies().items():
+            for connections in (1, 32):
+                for name in ("floor", "ours", "naive"):
+                    if name == "naive" and ("CSV" in scenario or "V2" in scenario):
+                        continue
+                    server = servers[name].start()
+                    path = "/v2/models/mlplatform/infer" if "V2" in scenario else "/predict"
+                    wrk(server.url + path, body, ctype, connections, 1)  # warm-up
+                    r = wrk(server.url + path, body, ctype, connections, seconds)
+                    if name == "ours":
+                        memory = max(memory, rss_mb(server.proc.pid))  # type: ignore[union-attr]
+                    server.stop()
+                    rows = 1000 if "1,000" in scenario else 1
+                    results.append(
+                        {
+                            "scenario": scenario,
+                            "connections": connections,
+                            "server": name,
+                            **r,
+                            "rows_per_s": r["rps"] * rows,
+                        }
+                    )
+                    print(
+                        f"{scenario:26} c={connections:<3} {name:6} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  non-2xx {r['non_2xx']}",
+                        flush=True,
+                    )
+        feedback = bench_feedback(servers["ours"], seconds)
+        return {
+            "results": results,
+            "cold_start_s": sorted(cold)[1],
+            "rss_mb": memory,
+            "feedback": feedback,
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_feedback(server: Server, seconds: float) -> dict[str, Any]:
+    """Feedback ingestion into the local store: every 201 must be a stored row."""
+    from mlplatform_common import datalog
+    from mlplatform_common.storage import LocalStore
+
+    server.start()
+    row = pd.read_csv(DATA).drop(columns="target").iloc[0].to_dict()
+    body = json.dumps({"features": row, "prediction": 0, "target": 0}).encode()
+    r = wrk(server.url + "/feedback", body, "application/json", 8, seconds)
+    server.stop()
+    store = LocalStore(server.env["MLPLATFORM_STORE_URL"].removeprefix("file://"))
+    stored = datalog.count_feedback(store)
+    print(
+        f"feedback: {r['rps']:.0f} rows/s, {stored} rows stored, non-2xx {r['non_2xx']}", flush=True
+    )
+    return {**r, "stored_rows": stored}
+
+
+def bench_jobs() -> dict[str, Any]:
+    """Report (100k reference x 20k production x 30 features) and retraining on 100k rows, each
+    in a fresh process so its peak memory is its own."""
+    out = {}
+    for job in ("report", "retrain"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.jobs", job],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out[job] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{job}: {out[job]}", flush=True)
+    return out
+
+
+def machine() -> str:
+    def first(path: str, prefix: str) -> str:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(prefix):
+                return line.split(":", 1)[1].strip()
+        return "?"
+
+    mem_gib = int(first("/proc/meminfo", "MemTotal").split()[0]) // 1024 // 1024
+    cpu = first("/proc/cpuinfo", "model name")
+    return f"{os.cpu_count()} cores ({cpu}), {mem_gib} GiB, {platform.platform()}, Python {platform.python_version()}"
+
+
+def ratio(results: list[dict[str, Any]], scenario: str, c: int, base: str) -> str:
+    by = {r["server"]: r for r in results if r["scenario"] == scenario and r["connections"] == c}
+    if base not in by or "ours" not in by:
+        return "–"
+    return f"{by['ours']['rps'] / by[base]['rps']:.2f}×"
+
+
+def write_markdown(
+    path: Path,
+    serving: dict[str, Any] | None,
+    jobs: dict[str, Any] | None,
+    seconds: float,
+    command: str,
+) -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Produced by `{command}` on {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
+        f"Machine: {machine()}.",
+        "Servers pinned to CPU 0, `wrk` (1 thread) to CPU 1; each cell ran "
+        f"{seconds:g} s after a 1 s warm-up; the servers of a scenario ran one after another.",
+        "",
+    ]
+    if serving:
+        res = serving["results"]
+        lines += [
+            "## Serving: ours beside the baselines",
+            "",
+            "*floor*: FastAPI returning a constant JSON. *naive*: the course-style server (a pandas",
+            "DataFrame per request, `predict` + `predict_proba`). *ours*: `python -m mlplatform_serving` as",
+            "deployed: validation, prediction ids, prediction log, Prometheus metrics, ONNX Runtime.",
+            "",
+            "| scenario | conns | server | req/s | rows/s | p50 ms | p99 ms | non-2xx | ours ÷ floor | ours ÷ naive |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in res:
+            lines.append(
+                f"| {r['scenario']} | {r['connections']} | {r['server']} | {r['rps']:,.0f} | {r['rows_per_s']:,.0f} | "
+                f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_2xx']} | "
+                + (
+                    f"{ratio(res, r['scenario'], r['connections'], 'floor')} | {ratio(res, r['scenario'], r['connections'], 'naive')} |"
+                    if r["server"] == "ours"
+                    else " | |"
+                )
+            )
+        fb = serving["feedback"]
+        lines += [
+            "",
+            f"- Cold start, process start to `/ready` 200 (median of 3): **{serving['cold_start_s']:.2f} s**.",
+            f"- Memory of one serving process after the runs (VmRSS): **{serving['rss_mb']:.0f} MB**.",
+            f"- Feedback ingestion into the local store, 8 connections: **{fb['rps']:,.0f} rows/s** "
+            f"(p99 {fb['p99_ms']:.1f} ms; {fb['stored_rows']} rows stored, non-2xx {fb['non_2xx']}).",
+            "",
+        ]
+    if jobs:
+        rep, ret = jobs["report"], jobs["retrain"]
+        lines += [
+            "## Jobs",
+            "",
+            "| job | rows | wall time | peak memory (ru_maxrss) |",
+            "|---|---|---|---|",
+            f"| Evidently report (drift in 2 spaces + quality) | {rep['reference_rows']:,} reference × {rep['production_rows']:,} production × {rep['features']} features | {rep['seconds']:.1f} s | {rep['peak_mb']:.0f} MB |",
+            f"| retraining (split, fit, backup, evaluate, ONNX conversion + check) | {ret['rows']:,} × {ret['features']} | {ret['seconds']:.1f} s | {ret['peak_mb']:.0f} MB |",
+            "",
+            "Each job ran in its own process (`python -m bench.jobs report|retrain`).",
+            "",
+        ]
+    path.write_text("\n".join(lines))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--only", choices=["serving", "jobs"])
+    parser.add_argument("--output", type=Path, default=REPO / "bench" / "BENCHMARKS.md")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print(
+            "wrk is not installed (Debian package wrk; `make bench` installs it)", file=sys.stderr
+        )
+        return 1
+    serving = bench_serving(args.seconds) if args.only in (None, "serving") else None
+    jobs = bench_jobs() if args.only in (None, "jobs") else None
+    command = "make bench" + (
+        f" BENCH_ARGS='--seconds {args.seconds:g}'" if args.seconds != 5 else ""
+    )
+    write_markdown(args.output, serving, jobs, args.seconds, command)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

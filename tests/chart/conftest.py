@@ -1,0 +1,139 @@
+"""Chart fixtures: the chart rendered by Helm's own engine (helm-python-sdk), per values variant.
+
+Variants are the chart's defaults plus every ``charts/mlplatform/ci/*-values.yaml``. Rendering is
+offline, so ``lookup`` returns nothing (a fresh install).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+CHART = REPO / "charts" / "mlplatform"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+VARIANTS: dict[str, Path | None] = {
+    "defaults": None,
+    **{p.name.removesuffix("-values.yaml"): p for p in CI_VALUES},
+}
+RELEASE = "mlplatform"
+NAMESPACE = "ml"
+OUR_IMAGES = (
+    "mlplatform-serving",
+    "mlplatform-webapp",
+    "mlplatform-reporter",
+    "mlplatform-retrainer",
+)
+Obj = dict[str, Any]
+
+
+def variant_values(variant: str) -> dict[str, Any]:
+    path = VARIANTS[variant]
+    return {} if path is None else yaml.safe_load(path.read_text()) or {}
+
+
+def render(values: dict[str, Any] | None = None, **opts: Any) -> dict[str, str]:
+    """Template path -> rendered text (raises the Helm error on a failed render)."""
+    options: dict[str, Any] = {"name": RELEASE, "namespace": NAMESPACE, "is_install": True}
+    options.update(opts)
+    with helm.Chart.load(CHART) as chart:
+        return chart.render(values or {}, **options)
+
+
+def objects(manifests: dict[str, str]) -> list[Obj]:
+    """Every Kubernetes object of a render (NOTES.txt excluded), each tagged with its template."""
+    out: list[Obj] = []
+    for template, text in sorted(manifests.items()):
+        if template.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                doc.setdefault("metadata", {}).setdefault("annotations", {})
+                out.append({**doc, "__template": template})
+    return out
+
+
+@cache
+def rendered_variant(variant: str) -> tuple[Obj, ...]:
+    return tuple(objects(render(variant_values(variant))))
+
+
+def clean(obj: Obj) -> Obj:
+    """The object as Kubernetes sees it (without the test's template tag)."""
+    return {k: v for k, v in obj.items() if k != "__template"}
+
+
+def find(objs: tuple[Obj, ...] | list[Obj], kind: str, name: str | None = None) -> list[Obj]:
+    return [
+        o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
+
+
+def one(objs: tuple[Obj, ...] | list[Obj], kind: str, name: str) -> Obj:
+    found = find(objs, kind, name)
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def pod_spec(obj: Obj) -> Obj | None:
+    """The pod spec of a workload (Deployment, StatefulSet, Job, CronJob, Pod), else None."""
+    kind = obj["kind"]
+    if kind == "Pod":
+        return obj["spec"]  # type: ignore[no-any-return]
+    if kind in ("Deployment", "StatefulSet", "Job", "DaemonSet"):
+        return obj["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+    if kind == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+    return None
+
+
+def pod_labels(obj: Obj) -> dict[str, str]:
+    kind = obj["kind"]
+    if kind == "Pod":
+        return obj["metadata"].get("labels", {})  # type: ignore[no-any-return]
+    if kind == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]  # type: ignore[no-any-return]
+    return obj["spec"]["template"]["metadata"]["labels"]  # type: ignore[no-any-return]
+
+
+def workloads(objs: tuple[Obj, ...] | list[Obj]) -> Iterator[tuple[Obj, Obj]]:
+    """(object, pod spec) for every workload."""
+    for o in objs:
+        spec = pod_spec(o)
+        if spec is not None:
+            yield o, spec
+
+
+def containers(spec: Obj) -> list[Obj]:
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def env_names(container: Obj) -> list[str]:
+    return [e["name"] for e in container.get("env", [])]
+
+
+def env_value(container: Obj, name: str) -> Any:
+    (entry,) = [e for e in container.get("env", []) if e["name"] == name]
+    return entry.get("value", entry.get("valueFrom"))
+
+
+@pytest.fixture(params=list(VARIANTS), ids=list(VARIANTS))
+def variant(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def rendered(variant: str) -> tuple[Obj, ...]:
+    return rendered_variant(variant)
+
+
+@pytest.fixture
+def defaults() -> tuple[Obj, ...]:
+    return rendered_variant("defaults")

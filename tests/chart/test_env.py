@@ -1,0 +1,149 @@
+"""The environment the chart sets is the one the services' settings classes read, both ways."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic_settings import BaseSettings
+
+from mlplatform_reporter.settings import ReporterSettings
+from mlplatform_retrainer.settings import RetrainerSettings
+from mlplatform_serving.settings import ServingSettings
+from mlplatform_webapp.settings import WebappSettings
+from tests.chart.conftest import VARIANTS, containers, env_names, rendered_variant, workloads
+
+# container name -> the settings class its process reads
+SETTINGS: dict[str, type[BaseSettings]] = {
+    "serving": ServingSettings,
+    "webapp": WebappSettings,
+    "reporter": ReporterSettings,
+    "retrainer": RetrainerSettings,
+    "bootstrap": RetrainerSettings,
+}
+
+# Settings the chart leaves at their defaults on purpose, per container. Anything a settings
+# class reads must be set by the chart or listed here, so a new setting gets a decision.
+TUNING = {"s3_region", "s3_timeout_seconds", "s3_retries"}
+LEFT_AT_DEFAULT: dict[str, set[str]] = {
+    "serving": TUNING
+    | {
+        "dev_mode",  # never in a cluster: secrets have no defaults there
+        "model_version",  # the retrainer patches MODEL_VERSION in; unset = production alias
+        "model_name",
+        "access_log",  # metrics count every request
+        "keep_alive_seconds",
+        "max_batch_rows",
+        "max_body_bytes",
+        "load_retry_seconds",
+        "log_flush_rows",
+        "log_flush_seconds",
+        "log_buffer_max_rows",
+        "recent_cache_rows",
+        "feedback_lookup_days",
+        "feedback_count_max_age",
+        "low_confidence_threshold",
+    },
+    "webapp": {
+        "dev_mode",
+        # the web app never reads the store: it talks to the serving API only
+        "store_url",
+        "s3_endpoint",
+        "s3_access_key",
+        "s3_secret_key",
+        "s3_secure",
+        "signing_key",
+        *TUNING,
+        "base_url_path",  # served at / behind the ingress
+        "request_timeout_seconds",
+        "cache_ttl_seconds",
+        "retry_seconds",
+        "batch_chunk_rows",
+    },
+    "reporter": TUNING
+    | {
+        "dev_mode",
+        "push_timeout_seconds",
+        "feedback_lookback_hours",
+        "drift_method",
+        "drift_threshold",
+        "drift_share_threshold",
+        "min_drift_rows",
+        "schedule_minutes",  # local `schedule` command only; the CronJob has its own
+        "evidently_project",
+    },
+    "retrainer": TUNING
+    | {
+        "dev_mode",
+        "dataset_name",
+        "n_components",
+        "estimator",
+        "seed",
+        "quality_metric",
+        "holdout_feedback_share",
+        "lock_ttl_seconds",
+        "serving_url",  # local rollout only; in the cluster the Deployment is patched
+        "force",  # set on a Job by serving's /admin/retrain, never in the template
+        "schedule_seconds",  # local `schedule` command only
+    },
+}
+LEFT_AT_DEFAULT["bootstrap"] = LEFT_AT_DEFAULT["retrainer"] | {
+    # `train --if-missing` neither rolls out nor pushes metrics
+    "rollout",
+    "namespace",
+    "serving_deployment",
+    "serving_container",
+    "admin_token",
+    "pushgateway_url",
+    "retrain_every",
+    "drift_threshold",
+    "quality_threshold",
+    "gate_tolerance",
+}
+NOT_MLPLATFORM = {"HOME"}  # for libraries that cache under ~ (the root filesystem is read-only)
+
+
+def env_of(settings: type[BaseSettings]) -> dict[str, str]:
+    """Environment variable -> field name, as pydantic-settings reads them."""
+    out = {}
+    for name, field in settings.model_fields.items():
+        out[f"MLPLATFORM_{name.upper()}"] = name
+        alias: Any = field.validation_alias
+        for choice in getattr(alias, "choices", []):
+            out[str(choice)] = name
+    return out
+
+
+def set_by_chart() -> dict[str, set[str]]:
+    """Container name -> every variable set on it, over every variant."""
+    seen: dict[str, set[str]] = {}
+    for variant in VARIANTS:
+        for _, spec in workloads(rendered_variant(variant)):
+            for c in containers(spec):
+                seen.setdefault(c["name"], set()).update(env_names(c))
+    return seen
+
+
+def test_only_our_service_containers_get_mlplatform_settings() -> None:
+    for name, names in set_by_chart().items():
+        if name not in SETTINGS:
+            assert not {n for n in names if n.startswith("MLPLATFORM_")}, name
+
+
+@pytest.mark.parametrize("container", list(SETTINGS))
+def test_every_variable_set_is_read_and_every_setting_is_decided(container: str) -> None:
+    reads = env_of(SETTINGS[container])
+    names = set_by_chart()[container] - NOT_MLPLATFORM
+    unknown = names - set(reads)
+    assert not unknown, f"{container}: the chart sets variables nothing reads: {unknown}"
+    fields = {reads[n] for n in names}
+    undecided = set(SETTINGS[container].model_fields) - fields - LEFT_AT_DEFAULT[container]
+    assert not undecided, f"{container}: settings neither set by the chart nor listed: {undecided}"
+    stale = LEFT_AT_DEFAULT[container] & fields
+    assert not stale, f"{container}: listed as left at default but set: {stale}"
+    assert LEFT_AT_DEFAULT[container] <= set(SETTINGS[container].model_fields)
+
+
+def test_the_chart_never_pins_the_model_version() -> None:
+    for name, names in set_by_chart().items():
+        assert "MODEL_VERSION" not in names and "MLPLATFORM_MODEL_VERSION" not in names, name

@@ -1,0 +1,472 @@
+"""The chart renders with Helm's engine, lints clean, and every object is valid Kubernetes."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.chart.conftest import (
+    CHART,
+    NAMESPACE,
+    OUR_IMAGES,
+    VARIANTS,
+    Obj,
+    clean,
+    containers,
+    env_value,
+    find,
+    one,
+    pod_labels,
+    render,
+    rendered_variant,
+    variant_values,
+    workloads,
+)
+from tests.services.reporter.conftest import ALERTS, PROMTOOL, require_binary
+
+APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+# The oldest Kubernetes the chart supports, a current one, and the newest schema bundled.
+KUBE_VERSIONS = ["1.30", "1.31", "1.33", kubernetes_validate.utils.latest_version()]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_lint_strict_has_no_errors_or_warnings(variant: str) -> None:
+    report = helm.lint(CHART, variant_values(variant), strict=True, namespace=NAMESPACE)
+    assert report["errors"] == []
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert problems == []
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_every_object_validates_strictly(rendered: tuple[Obj, ...], version: str) -> None:
+    assert len(rendered) > 10
+    for obj in rendered:
+        # raises on an invalid object, an unknown field (strict) and an unknown kind
+        kubernetes_validate.validate(clean(obj), version, strict=True)
+
+
+def test_an_unknown_kind_fails_instead_of_warning() -> None:
+    bogus = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        kubernetes_validate.validate(bogus, "1.33", strict=True)
+    typo = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"prot": 1}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(typo, "1.33", strict=True)
+
+
+def test_defaults_render_every_component(defaults: tuple[Obj, ...]) -> None:
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in defaults}
+    expected = {
+        ("Deployment", "mlplatform-serving"),
+        ("Service", "mlplatform-serving"),
+        ("PodDisruptionBudget", "mlplatform-serving"),
+        ("Deployment", "mlplatform-webapp"),
+        ("Service", "mlplatform-webapp"),
+        ("CronJob", "mlplatform-reporter"),
+        ("CronJob", "mlplatform-retrainer"),
+        ("Job", "mlplatform-bootstrap-1"),
+        ("StatefulSet", "mlplatform-minio"),
+        ("Service", "mlplatform-minio"),
+        ("Deployment", "mlplatform-prometheus"),
+        ("ConfigMap", "mlplatform-prometheus"),
+        ("Deployment", "mlplatform-pushgateway"),
+        ("Deployment", "mlplatform-grafana"),
+        ("ConfigMap", "mlplatform-grafana"),
+        ("ConfigMap", "mlplatform-dashboard-serving"),
+        ("ConfigMap", "mlplatform-dashboard-model-quality"),
+        ("Ingress", "mlplatform"),
+        ("Secret", "mlplatform-auth"),
+        ("Secret", "mlplatform-store"),
+        ("Secret", "mlplatform-grafana"),
+        ("Pod", "mlplatform-test"),
+        ("Role", "mlplatform-serving"),
+        ("Role", "mlplatform-retrainer"),
+        ("Role", "mlplatform-prometheus"),
+    }
+    assert expected <= kinds, expected - kinds
+    assert not find(defaults, "Deployment", "mlplatform-evidently")  # optional, off by default
+
+
+def test_every_object_carries_the_standard_labels(rendered: tuple[Obj, ...]) -> None:
+    for obj in rendered:
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "mlplatform", obj["metadata"]["name"]
+        assert labels["app.kubernetes.io/name"] == "mlplatform"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["helm.sh/chart"] == "mlplatform-0.1.0"
+    for obj, _ in workloads(rendered):
+        assert pod_labels(obj)["app.kubernetes.io/component"]
+
+
+def test_serving_deployment(defaults: tuple[Obj, ...]) -> None:
+    dep = one(defaults, "Deployment", "mlplatform-serving")
+    spec = dep["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    template = spec["template"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "8080"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    # the retrainer owns the version annotation and MODEL_VERSION: the chart sets neither
+    assert "mlplatform.io/model-version" not in annotations
+    (c,) = template["spec"]["containers"]
+    assert c["name"] == "serving"  # the retrainer's patch names it
+    assert "MODEL_VERSION" not in {e["name"] for e in c["env"]}
+    assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert c["command"] == ["python", "-m", "mlplatform_serving"]
+    assert env_value(c, "MLPLATFORM_ROOT_PATH") == "/api"
+    assert env_value(c, "MLPLATFORM_RETRAIN_LAUNCHER") == "kubernetes"
+    assert env_value(c, "MLPLATFORM_RETRAINER_CRONJOB") == "mlplatform-retrainer"
+    assert env_value(c, "MLPLATFORM_NAMESPACE") == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env_value(c, "MLPLATFORM_STORE_URL") == "s3://mlplatform"
+    assert env_value(c, "MLPLATFORM_S3_ENDPOINT") == "mlplatform-minio:9000"
+    pdb = one(defaults, "PodDisruptionBudget", "mlplatform-serving")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    svc = one(defaults, "Service", "mlplatform-serving")
+    assert svc["spec"]["selector"] == spec["selector"]["matchLabels"]
+
+
+def test_jobs_and_cronjobs(defaults: tuple[Obj, ...]) -> None:
+    for name, command in [
+        ("mlplatform-reporter", ["python", "-m", "mlplatform_reporter", "run"]),
+        ("mlplatform-retrainer", ["python", "-m", "mlplatform_retrainer", "run"]),
+    ]:
+        cron = one(defaults, "CronJob", name)
+        assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+        assert cron["spec"]["successfulJobsHistoryLimit"] == 3
+        assert cron["spec"]["failedJobsHistoryLimit"] == 3
+        (c,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        assert c["command"] == command
+    retrainer = one(defaults, "CronJob", "mlplatform-retrainer")
+    (c,) = retrainer["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert env_value(c, "MLPLATFORM_SERVING_DEPLOYMENT") == "mlplatform-serving"
+    assert env_value(c, "MLPLATFORM_SERVING_CONTAINER") == "serving"
+    assert env_value(c, "MLPLATFORM_ROLLOUT") == "kubernetes"
+    assert env_value(c, "MLPLATFORM_PUSHGATEWAY_URL") == "mlplatform-pushgateway:9091"
+    boot = one(defaults, "Job", "mlplatform-bootstrap-1")
+    (c,) = boot["spec"]["template"]["spec"]["containers"]
+    assert c["command"] == [
+        "python",
+        "-m",
+        "mlplatform_retrainer",
+        "train",
+        "--if-missing",
+        "--data",
+        "/app/data/breast_cancer.csv",
+    ]
+    assert c["image"] == f"mlplatform-retrainer:{APP_VERSION}"
+    # not a hook: `helm install --wait` would otherwise wait for serving before training v1
+    assert "helm.sh/hook" not in boot["metadata"]["annotations"]
+    # a new name per revision, so an upgrade runs it again instead of patching an immutable Job
+    upgraded = objects_at_revision(3)
+    assert find(upgraded, "Job", "mlplatform-bootstrap-3")
+
+
+def objects_at_revision(revision: int) -> list[Obj]:
+    from tests.chart.conftest import objects
+
+    return objects(render(revision=revision, is_install=False, is_upgrade=True))
+
+
+def test_images_are_pinned_and_ours_use_the_app_version(rendered: tuple[Obj, ...]) -> None:
+    seen = set()
+    for _, spec in workloads(rendered):
+        for c in containers(spec):
+            image = c["image"]
+            repo, _, tag = image.rpartition(":")
+            assert repo and tag and tag != "latest", image
+            assert c["imagePullPolicy"] == "IfNotPresent", image
+            name = repo.rsplit("/", 1)[-1]
+            if name in OUR_IMAGES:
+                assert tag == APP_VERSION, image
+                seen.add(name)
+            else:
+                assert re.fullmatch(r"(v?\d+\.\d+\.\d+|RELEASE\.[0-9TZ-]+)", tag), image
+    assert "mlplatform-serving" in seen
+
+
+def test_every_container_is_hardened(rendered: tuple[Obj, ...]) -> None:
+    for obj, spec in workloads(rendered):
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, where
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert spec.get("hostNetwork") is not True and spec.get("hostPID") is not True
+        for c in containers(spec):
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True, where
+            assert sc["runAsUser"] > 0, where
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["privileged"] is False, where
+            assert sc["capabilities"] == {"drop": ["ALL"]}, where
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            if c["image"].split(":")[0].rsplit("/", 1)[-1] in OUR_IMAGES:
+                assert sc["runAsUser"] == 10001, where
+            # a read-only root needs somewhere to write: our images write only under /tmp
+            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+            if c["name"] != "test":
+                assert mounts, where
+
+
+def test_every_container_has_requests_and_limits(rendered: tuple[Obj, ...]) -> None:
+    for obj, spec in workloads(rendered):
+        for c in containers(spec):
+            res = c["resources"]
+            for part in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(res[part]), (obj["metadata"]["name"], part)
+
+
+def test_long_running_workloads_have_probes(rendered: tuple[Obj, ...]) -> None:
+    for obj, spec in workloads(rendered):
+        if obj["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        for c in spec["containers"]:
+            assert "livenessProbe" in c and "readinessProbe" in c, obj["metadata"]["name"]
+
+
+def test_ingress_routes_the_three_paths(defaults: tuple[Obj, ...]) -> None:
+    ing = one(defaults, "Ingress", "mlplatform")
+    assert ing["spec"]["ingressClassName"] == "traefik"
+    (rule,) = ing["spec"]["rules"]
+    paths = {p["path"]: p["backend"]["service"]["name"] for p in rule["http"]["paths"]}
+    assert paths == {
+        "/": "mlplatform-webapp",
+        "/api": "mlplatform-serving",
+        "/grafana": "mlplatform-grafana",
+    }
+    assert all(p["pathType"] == "Prefix" for p in rule["http"]["paths"])
+    prod = one(rendered_variant("production"), "Ingress", "mlplatform")
+    assert prod["spec"]["rules"][0]["host"] == "ml.example.com"
+    assert prod["spec"]["tls"][0]["secretName"] == "ml-example-com-tls"
+
+
+def test_grafana_is_served_under_its_sub_path_with_provisioned_dashboards(
+    defaults: tuple[Obj, ...],
+) -> None:
+    dep = one(defaults, "Deployment", "mlplatform-grafana")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert env_value(c, "GF_SERVER_ROOT_URL").endswith("/grafana/")
+    assert env_value(c, "GF_SERVER_SERVE_FROM_SUB_PATH") == "true"
+    provisioning = one(defaults, "ConfigMap", "mlplatform-grafana")["data"]
+    datasources = yaml.safe_load(provisioning["datasources.yaml"])["datasources"]
+    assert datasources[0]["url"] == "http://mlplatform-prometheus:9090"
+    dashboards = [o for o in defaults if o["metadata"].get("labels", {}).get("grafana_dashboard")]
+    assert {d["metadata"]["name"] for d in dashboards} == {
+        "mlplatform-dashboard-serving",
+        "mlplatform-dashboard-model-quality",
+    }
+    volumes = {
+        v["configMap"]["name"]
+        for v in dep["spec"]["template"]["spec"]["volumes"]
+        if "configMap" in v
+    }
+    assert {d["metadata"]["name"] for d in dashboards} <= volumes
+    for d in dashboards:
+        assert d["metadata"]["labels"]["grafana_dashboard"] == "1"
+        (text,) = d["data"].values()
+        assert yaml.safe_load(text)["uid"].startswith("mlplatform-")
+    webapp = one(defaults, "Deployment", "mlplatform-webapp")
+    (w,) = webapp["spec"]["template"]["spec"]["containers"]
+    assert env_value(w, "MLPLATFORM_GRAFANA_URL") == "/grafana/"
+    assert env_value(w, "MLPLATFORM_API_URL") == "http://mlplatform-serving:8080"
+
+
+def test_backends_switched_off_point_at_external_ones() -> None:
+    objs = rendered_variant("external-backends")
+    names = {o["metadata"]["name"] for o in objs}
+    for gone in ("minio", "prometheus", "pushgateway", "grafana", "store"):
+        assert f"mlplatform-{gone}" not in names
+    serving = one(objs, "Deployment", "mlplatform-serving")
+    (c,) = serving["spec"]["template"]["spec"]["containers"]
+    assert env_value(c, "MLPLATFORM_S3_ENDPOINT") == "minio.storage.svc.cluster.local:9000"
+    assert env_value(c, "MLPLATFORM_STORE_URL") == "s3://ml-models"
+    assert env_value(c, "MLPLATFORM_S3_ACCESS_KEY") == {
+        "secretKeyRef": {"name": "shared-minio-credentials", "key": "access-key"}
+    }
+    reporter = one(objs, "CronJob", "mlplatform-reporter")
+    (r,) = reporter["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert (
+        env_value(r, "MLPLATFORM_PUSHGATEWAY_URL") == "prometheus-pushgateway.monitoring.svc:9091"
+    )
+    webapp = one(objs, "Deployment", "mlplatform-webapp")
+    (w,) = webapp["spec"]["template"]["spec"]["containers"]
+    assert env_value(w, "MLPLATFORM_GRAFANA_URL") == "https://grafana.example.com/"
+    # dashboards still ship, for the existing Grafana's sidecar
+    assert find(objs, "ConfigMap", "mlplatform-dashboard-serving")
+    # without a Pushgateway at all, jobs push nothing
+    off = one(rendered_variant("monitoring-off"), "CronJob", "mlplatform-reporter")
+    (r,) = off["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert env_value(r, "MLPLATFORM_PUSHGATEWAY_URL") == ""
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"minio": {"enabled": False}}, "store.externalEndpoint is required"),
+        (
+            {"minio": {"enabled": False}, "store": {"externalEndpoint": "s3:9000"}},
+            "store.existingSecret",
+        ),
+        (
+            {"prometheus": {"enabled": False}},
+            "prometheus.url is required",
+        ),
+    ],
+)
+def test_an_incomplete_external_backend_fails_the_render(values: dict, message: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(helm.HelmError, match=re.escape(message)):
+        render(values)
+
+
+def test_network_policies_cover_every_pod(rendered: tuple[Obj, ...], variant: str) -> None:
+    policies = find(rendered, "NetworkPolicy")
+    if not variant_values(variant).get("networkPolicy", {}).get("enabled", True):
+        assert policies == []
+        return
+    deny = one(rendered, "NetworkPolicy", "mlplatform-default-deny")
+    assert deny["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in deny["spec"]
+    allowed = {
+        p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]: p
+        for p in policies
+        if p is not deny
+    }
+    for obj, _ in workloads(rendered):
+        labels = pod_labels(obj)
+        sel = deny["spec"]["podSelector"]["matchLabels"]
+        assert sel.items() <= labels.items(), obj["metadata"]["name"]
+    serving_from = [
+        f.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+        or f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for f in allowed["serving"]["spec"]["ingress"][0]["from"]
+    ]
+    assert serving_from == ["webapp", "prometheus", "test", "traefik"]
+    if "minio" in allowed:
+        minio_from = allowed["minio"]["spec"]["ingress"][0]["from"]
+        assert {
+            f["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for f in minio_from
+        } == {
+            "serving",
+            "reporter",
+            "retrainer",
+            "bootstrap",
+        }
+
+
+def test_secrets_are_generated_and_kept_across_upgrades(defaults: tuple[Obj, ...]) -> None:
+    source = (CHART / "templates" / "_helpers.tpl").read_text()
+    assert 'lookup "v1" "Secret" .ctx.Release.Namespace .name' in source
+    secrets_tpl = (CHART / "templates" / "secrets.yaml").read_text()
+    assert secrets_tpl.count('include "mlplatform.secretValue"') == 5
+    auth = one(defaults, "Secret", "mlplatform-auth")
+    store = one(defaults, "Secret", "mlplatform-store")
+    for s in (auth, store):
+        assert s["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert set(auth["data"]) == {"admin-token", "signing-key"}
+    assert set(store["data"]) == {"access-key", "secret-key"}
+    # offline, lookup finds nothing: every render generates fresh random values
+    again = one(objects_at_revision(2), "Secret", "mlplatform-auth")
+    assert again["data"]["signing-key"] != auth["data"]["signing-key"]
+    # no secret value is ever inlined in a pod spec
+    for obj, spec in workloads(defaults):
+        for c in containers(spec):
+            for e in c.get("env", []):
+                if re.search(r"KEY|TOKEN|PASSWORD", e["name"]):
+                    assert "secretKeyRef" in e.get("valueFrom", {}), (obj["metadata"]["name"], e)
+    minimal = rendered_variant("minimal")
+    assert not find(minimal, "Secret", "mlplatform-auth")
+    serving = one(minimal, "Deployment", "mlplatform-serving")
+    (c,) = serving["spec"]["template"]["spec"]["containers"]
+    assert (
+        env_value(c, "MLPLATFORM_SIGNING_KEY")["secretKeyRef"]["name"] == "mlplatform-credentials"
+    )
+
+
+def test_notes_name_the_urls_and_kubectl_lines() -> None:
+    notes = render()["mlplatform/templates/NOTES.txt"]
+    assert "http://localhost/api/docs" in notes
+    assert "http://localhost/grafana/" in notes
+    assert "create job --from=cronjob/mlplatform-retrainer" in notes
+    assert "rollout undo deployment/mlplatform-serving" in notes
+    assert "helm test mlplatform" in notes
+
+
+# -- Prometheus: the rendered config and rules pass promtool -------------------------------------
+
+
+def rendered_prometheus(tmp_path: Path, variant: str = "defaults") -> Path:
+    """The rendered prometheus.yml and alerts.yaml, written where promtool can read them.
+
+    Debian builds Prometheus without Kubernetes service discovery, so its promtool refuses
+    ``kubernetes_sd_configs``: that block is checked field by field in
+    test_prometheus_scrapes_serving_pods_and_the_pushgateway and swapped for a static target
+    here; everything else (relabelling, rules, intervals) goes through promtool as rendered.
+    """
+    cm = one(rendered_variant(variant), "ConfigMap", "mlplatform-prometheus")
+    config = yaml.safe_load(cm["data"]["prometheus.yml"])
+    (tmp_path / "alerts.yaml").write_text(cm["data"]["alerts.yaml"])
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yaml"]  # the ConfigMap's mount
+    config["rule_files"] = [str(tmp_path / "alerts.yaml")]
+    for job in config["scrape_configs"]:
+        if job.pop("kubernetes_sd_configs", None) is not None:
+            job["static_configs"] = [{"targets": ["10.0.0.1:8080"]}]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("variant", ["defaults", "evidently-ui", "production"])
+def test_promtool_checks_the_rendered_config_and_rules(tmp_path: Path, variant: str) -> None:
+    promtool = str(require_binary(PROMTOOL))
+    config = rendered_prometheus(tmp_path, variant)
+    out = subprocess.run(
+        [promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS: 6 rules found" in out.stdout
+    rules = subprocess.run(
+        [promtool, "check", "rules", str(tmp_path / "alerts.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+
+
+def test_prometheus_scrapes_serving_pods_and_the_pushgateway(tmp_path: Path) -> None:
+    cm = one(rendered_variant("defaults"), "ConfigMap", "mlplatform-prometheus")
+    config = yaml.safe_load(cm["data"]["prometheus.yml"])
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    assert set(jobs) == {"mlplatform-serving", "pushgateway"}
+    (sd,) = jobs["mlplatform-serving"]["kubernetes_sd_configs"]
+    # the fields of Prometheus' kubernetes_sd_config, nothing else (promtool cannot check them)
+    assert sd == {
+        "role": "pod",
+        "namespaces": {"names": [NAMESPACE]},
+        "selectors": [
+            {
+                "role": "pod",
+                "label": "app.kubernetes.io/instance=mlplatform,"
+                "app.kubernetes.io/component=serving",
+            }
+        ],
+    }
+    serving_pod = pod_labels(one(rendered_variant("defaults"), "Deployment", "mlplatform-serving"))
+    assert serving_pod["app.kubernetes.io/component"] == "serving"
+    relabel = jobs["mlplatform-serving"]["relabel_configs"]
+    keep = relabel[0]
+    assert keep["source_labels"] == ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"]
+    assert keep["action"] == "keep" and keep["regex"] == "true"
+    assert jobs["pushgateway"]["honor_labels"] is True
+    assert jobs["pushgateway"]["static_configs"][0]["targets"] == ["mlplatform-pushgateway:9091"]
+    # the rules loaded into Prometheus are the tested file, byte for byte
+    assert cm["data"]["alerts.yaml"].strip() == ALERTS.read_text().strip()

@@ -1,0 +1,81 @@
+"""What the chart assumes about serving holds: the /api root path, and the `helm test` script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mlplatform_common.registry import ModelRegistry
+from mlplatform_common.storage import Store
+from mlplatform_serving.app import create_app
+from tests.chart.conftest import env_value, one, rendered_variant
+from tests.conftest import SIGNING_KEY, ServingProcess, publish_trained
+from tests.services.serving.conftest import serving_settings
+
+
+@pytest.fixture
+def model_store(local_store: Store, trained, shipped_dataset) -> Store:  # type: ignore[no-untyped-def]
+    publish_trained(ModelRegistry(local_store, SIGNING_KEY), trained, shipped_dataset)
+    return local_store
+
+
+@pytest.fixture
+def api_client(model_store: Store) -> Iterator[TestClient]:
+    serving = one(rendered_variant("defaults"), "Deployment", "mlplatform-serving")
+    (c,) = serving["spec"]["template"]["spec"]["containers"]
+    root_path = env_value(c, "MLPLATFORM_ROOT_PATH")
+    assert root_path == "/api"
+    with TestClient(create_app(serving_settings(root_path=root_path), model_store)) as client:
+        yield client
+
+
+def test_the_ingress_prefix_reaches_the_api(api_client: TestClient) -> None:
+    # the ingress forwards /api/... unchanged; probes and Prometheus use the bare paths
+    for path in ("/api/ready", "/ready", "/api/health", "/health"):
+        r = api_client.get(path)
+        assert r.status_code == 200, (path, r.text)
+    assert api_client.get("/api/ready").json() == {"ready": True, "model_version": "v1"}
+    assert "mlplatform_http_requests_total" in api_client.get("/metrics").text
+    # the docs page loads its schema through the prefix
+    assert api_client.get("/api/docs").status_code == 200
+    assert "/api/openapi.json" in api_client.get("/api/docs").text
+    assert api_client.get("/api/openapi.json").json()["servers"] == [{"url": "/api"}]
+
+
+def test_the_helm_test_pod_script_passes_against_real_serving(model_store: Store) -> None:
+    pod = one(rendered_variant("defaults"), "Pod", "mlplatform-test")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (c,) = pod["spec"]["containers"]
+    assert env_value(c, "API") == "http://mlplatform-serving:8080"
+    python, flag, script = c["command"]
+    assert (python, flag) == ("python", "-c")
+    serving = ServingProcess(
+        {
+            "MLPLATFORM_STORE_URL": model_store.url,
+            "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
+            "MLPLATFORM_RETRAIN_EVERY": "0",
+        }
+    ).start()
+    try:
+        env = {**os.environ, "API": serving.url}
+        ok = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert "ready:" in ok.stdout and "prediction:" in ok.stdout
+    finally:
+        serving.stop()
+    # and it fails when serving is not there
+    down = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "API": serving.url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert down.returncode != 0
