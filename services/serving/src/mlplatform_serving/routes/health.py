@@ -13,7 +13,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=HealthResponse, summary="Liveness")
-def health(runtime: RuntimeDep) -> dict[str, Any]:
+async def health(runtime: RuntimeDep) -> dict[str, Any]:
     """Always 200 while the process runs; says whether a model is loaded."""
     return {"status": "ok", "model_loaded": runtime.ready, "model_version": runtime.version}
 
@@ -21,6 +21,6 @@ def health(runtime: RuntimeDep) -> dict[str, Any]:
 @router.get(
     "/ready", response_model=ReadyResponse, responses={503: ERRORS[503]}, summary="Readiness"
 )
-def ready(runtime: RuntimeDep) -> dict[str, Any]:
+async def ready(runtime: RuntimeDep) -> dict[str, Any]:
     """200 once a verified model is loaded; 503 with the reason before that."""
     return {"ready": True, "model_version": runtime.model.version}

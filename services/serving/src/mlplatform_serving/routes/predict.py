@@ -10,8 +10,8 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
 from mlplatform_common.errors import InvalidInput
-from mlplatform_serving.deps import RuntimeDep, ServiceDep
 from mlplatform_serving.schemas import ERRORS, PredictRequest, PredictResponse
+from mlplatform_serving.service import Service
 
 router = APIRouter(tags=["predict"])
 
@@ -74,12 +74,16 @@ def parse_model(model: type[Any], data: Any) -> Any:
     openapi_extra=OPENAPI_BODY,
     summary="Predict one row, many rows, or CSV rows",
 )
-async def predict(request: Request, service: ServiceDep, runtime: RuntimeDep) -> Response:
+async def predict(request: Request) -> Response:
     """Run the whole pipeline (embedding + classifier) on each row.
 
     Send `{"features": {...}}`, `{"instances": [{...}, ...]}`, or `text/csv` rows (with or
     without a header line). Every row gets a `prediction_id` to use with `/feedback`.
     """
+    # The hot path reads app.state directly: FastAPI's dependency resolution costs more per
+    # request than validating and predicting one row (see bench/BENCHMARKS.md).
+    service: Service = request.app.state.service
+    runtime = service.runtime
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if content_type == "text/csv":
         runtime.served  # noqa: B018 - raises ModelNotReady before parsing

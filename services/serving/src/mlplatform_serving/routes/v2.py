@@ -16,9 +16,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlplatform_common.errors import InvalidInput, ModelNotFound
-from mlplatform_serving.deps import RuntimeDep, ServiceDep, SettingsDep
+from mlplatform_serving.deps import RuntimeDep, SettingsDep
 from mlplatform_serving.routes.predict import json_response, parse_model
 from mlplatform_serving.schemas import ERRORS
+from mlplatform_serving.service import Service
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
@@ -56,18 +57,18 @@ def _check_name(name: str, settings: SettingsDep) -> None:
 
 
 @router.get("/health/live", summary="Server live")
-def live() -> dict[str, bool]:
+async def live() -> dict[str, bool]:
     return {"live": True}
 
 
 @router.get("/health/ready", responses={503: ERRORS[503]}, summary="Server ready")
-def ready(runtime: RuntimeDep) -> dict[str, bool]:
+async def ready(runtime: RuntimeDep) -> dict[str, bool]:
     runtime.served  # noqa: B018 - raises ModelNotReady (503) with the reason
     return {"ready": True}
 
 
 @router.get("", summary="Server metadata")
-def server_metadata() -> dict[str, Any]:
+async def server_metadata() -> dict[str, Any]:
     return {"name": "mlplatform", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 
 
@@ -75,7 +76,7 @@ def server_metadata() -> dict[str, Any]:
     "/models/{name}", responses={404: ERRORS[404], 503: ERRORS[503]}, summary="Model metadata"
 )
 @router.get("/models/{name}/versions/{version}", include_in_schema=False)
-def model_metadata(name: str, runtime: RuntimeDep, settings: SettingsDep) -> dict[str, Any]:
+async def model_metadata(name: str, runtime: RuntimeDep, settings: SettingsDep) -> dict[str, Any]:
     _check_name(name, settings)
     model = runtime.model
     n = len(model.features)
@@ -98,7 +99,7 @@ def model_metadata(name: str, runtime: RuntimeDep, settings: SettingsDep) -> dic
     "/models/{name}/ready", responses={404: ERRORS[404], 503: ERRORS[503]}, summary="Model ready"
 )
 @router.get("/models/{name}/versions/{version}/ready", include_in_schema=False)
-def model_ready(name: str, runtime: RuntimeDep, settings: SettingsDep) -> dict[str, Any]:
+async def model_ready(name: str, runtime: RuntimeDep, settings: SettingsDep) -> dict[str, Any]:
     _check_name(name, settings)
     return {"name": name, "ready": True, "version": runtime.model.version}
 
@@ -135,11 +136,11 @@ def _split_binary(request_headers: Any, body: bytes) -> tuple[Any, bytes]:
     summary="Inference",
 )
 @router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
-async def infer(
-    name: str, request: Request, service: ServiceDep, runtime: RuntimeDep, settings: SettingsDep
-) -> Response:
+async def infer(name: str, request: Request) -> Response:
     """Predict an ``[n, n_features]`` FP32/FP64 tensor."""
-    _check_name(name, settings)
+    service: Service = request.app.state.service  # hot path: no dependency resolution
+    runtime = service.runtime
+    _check_name(name, service.settings)
     payload, binary = _split_binary(request.headers, await request.body())
     req: V2Request = parse_model(V2Request, payload)
     if len(req.inputs) != 1:
