@@ -120,9 +120,30 @@ report-now: ## Start a report Job from the CronJob
 chart-test: test-deps ## Render, validate, lint and scan the chart; query every dashboard panel
 	$(RUN) pytest tests/chart
 
+##@ Images
+
+IMAGE_SERVICES := serving webapp reporter retrainer
+BASE_IMAGE ?= python:3.11-slim
+SERVING_MAX_MB ?= 400
+
+.PHONY: images
+images: ## Build the four service images, tagged with the chart's appVersion
+	@for s in $(IMAGE_SERVICES); do \
+	  echo "==> mlplatform-$$s:$(APP_VERSION)"; \
+	  docker build --build-arg BASE_IMAGE=$(BASE_IMAGE) -f services/$$s/Dockerfile -t mlplatform-$$s:$(APP_VERSION) . || exit 1; \
+	done
+
+.PHONY: test-images
+test-images: sync ## Build the images with a Docker engine (started if needed) and run them against a real S3 server
+	$(RUN) python -m tests.images.run_image_tests --serving-max-mb $(SERVING_MAX_MB)
+
 ##@ Performance
 
 BENCH_ARGS ?=
+
+.PHONY: soak
+soak: test-deps ## Long reliability run (load, 1000 inputs per operation, outage, kills): make soak [MINUTES=10]
+	$(RUN) python -m tests.reliability.soak --minutes $(or $(MINUTES),10)
 
 .PHONY: bench
 bench: test-deps ## Serving beside the HTTP floor and a naive server (wrk), plus job timings -> bench/BENCHMARKS.md

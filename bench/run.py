@@ -361,7 +361,14 @@ def write_markdown(
             "Each job ran in its own process (`python -m bench.jobs report|retrain`).",
             "",
         ]
-    path.write_text("\n".join(lines))
+    # The image sizes come from `make test-images --write-bench`: keep that section.
+    if path.exists():
+        old = path.read_text()
+        if "## Service images" in old:
+            section = old[old.index("## Service images") :]
+            nxt = section.find("\n## ", 1)
+            lines += ["", section if nxt < 0 else section[:nxt]]
+    path.write_text("\n".join(lines).rstrip() + "\n")
 
 
 def main() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pandas as pd
+import pytest
 
 from mlplatform_common import datalog
 from mlplatform_common.storage import Store
@@ -109,3 +110,30 @@ def test_feedback_counter_notes_own_writes_without_listing(store: Store) -> None
     datalog.write_feedback(store, {"target": "0"}, ts=base + 2)  # another replica's row
     assert counter.count(max_age=3600) == 1  # no listing: only its own write so far
     assert counter.count() == 2  # a listing finds the other one, and not its own twice
+
+
+def test_prediction_ids_carry_their_time_and_are_unique() -> None:
+    ids = datalog.new_prediction_ids(1000, 1_800_000_000.123)
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert datalog.prediction_time(ids[0]) == 1_800_000_000.123
+    assert datalog.prediction_time("not-an-id") is None
+
+
+def test_find_prediction_reads_only_batches_from_its_time_on(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.time()
+    old_id = datalog.new_prediction_ids(1, now - 3600)[0]
+    new_id = datalog.new_prediction_ids(1, now - 10)[0]
+    for i in range(5):  # an hour of older batches that must not be read
+        datalog.write_predictions(store, _batch([f"x{i}"], now - 3600), ts=now - 3500 + i)
+    datalog.write_predictions(store, _batch([old_id], now - 3600), ts=now - 3599)
+    datalog.write_predictions(store, _batch([new_id], now - 10), ts=now - 9)
+    reads: list[str] = []
+    real_get = store.get
+    monkeypatch.setattr(store, "get", lambda key: reads.append(key) or real_get(key))
+    assert datalog.find_prediction(store, new_id, now=now)["prediction_id"] == new_id
+    assert len(reads) == 1
+    assert datalog.find_prediction(store, old_id, now=now)["prediction_id"] == old_id
+    assert datalog.find_prediction(store, "legacy-id-without-time", now=now) is None

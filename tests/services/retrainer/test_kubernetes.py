@@ -22,7 +22,7 @@ import yaml
 from kubernetes import client
 
 from mlplatform_retrainer.rollout import VERSION_ANNOTATION, rollout_kubernetes
-from mlplatform_serving.launcher import kubernetes_launcher
+from mlplatform_serving.launcher import KubernetesApi, kubernetes_launcher
 from tests.conftest import REPO
 from tests.services.retrainer.conftest import retrainer_settings
 from tests.services.serving.conftest import serving_settings
@@ -146,7 +146,7 @@ def test_a_refused_patch_is_a_clear_error(api: FakeApiServer) -> None:
 
 def test_serving_creates_a_job_from_the_retrainer_cronjob(api: FakeApiServer) -> None:
     settings = serving_settings(namespace="ml", retrainer_cronjob="mlplatform-retrainer")
-    launch = kubernetes_launcher(settings, api_client=api.api_client())
+    launch = kubernetes_launcher(settings, api=KubernetesApi(api.url, token="sa-token"))
     assert launch("50 labelled rows since v1 (k=50)", False) is True
     get, post = api.requests
     assert (get["method"], get["path"]) == (
@@ -161,6 +161,7 @@ def test_serving_creates_a_job_from_the_retrainer_cronjob(api: FakeApiServer) ->
     assert meta["annotations"]["cronjob.kubernetes.io/instantiate"] == "manual"
     assert meta["ownerReferences"][0]["kind"] == "CronJob"
     assert meta["ownerReferences"][0]["uid"] == CRONJOB["metadata"]["uid"]
+    assert get["headers"]["Authorization"] == post["headers"]["Authorization"] == "Bearer sa-token"
     assert (
         job["spec"]["template"]["spec"]
         == CRONJOB["spec"]["jobTemplate"]["spec"]["template"]["spec"]
@@ -168,7 +169,7 @@ def test_serving_creates_a_job_from_the_retrainer_cronjob(api: FakeApiServer) ->
 
 
 def test_admin_retrain_in_a_cluster_forces_the_job(api: FakeApiServer) -> None:
-    launch = kubernetes_launcher(serving_settings(namespace="ml"), api_client=api.api_client())
+    launch = kubernetes_launcher(serving_settings(namespace="ml"), api=KubernetesApi(api.url))
     launch("requested through /admin/retrain", True)
     job = api.requests[-1]["body"]
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
@@ -180,7 +181,7 @@ def test_a_missing_cronjob_is_a_clear_error(api: FakeApiServer) -> None:
     from mlplatform_serving.launcher import LaunchFailed
 
     launch = kubernetes_launcher(
-        serving_settings(namespace="ml", retrainer_cronjob="nope"), api_client=api.api_client()
+        serving_settings(namespace="ml", retrainer_cronjob="nope"), api=KubernetesApi(api.url)
     )
-    with pytest.raises(LaunchFailed, match="creating a Job from cronjob/nope failed: 404"):
+    with pytest.raises(LaunchFailed, match="reading cronjob/nope failed: 404"):
         launch("k rows", False)

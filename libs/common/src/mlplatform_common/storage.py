@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from xml.etree.ElementTree import ParseError
 
 import urllib3
 from minio import Minio
@@ -37,6 +38,8 @@ def validate_key(key: str) -> str:
     parts = key.split("/")
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise InvalidInput(f"store key {key!r} is not a relative path of non-empty segments")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        raise InvalidInput(f"store key {key!r} contains a control character")
     if any(p.startswith(".") and _TMP_MARK in p for p in parts):
         raise InvalidInput(f"store key {key!r} uses the reserved temporary-file marker")
     return key
@@ -229,7 +232,7 @@ class S3Store(Store):
             return fn()
         except S3Error:
             raise
-        except (urllib3.exceptions.HTTPError, MinioException, OSError) as exc:
+        except (urllib3.exceptions.HTTPError, MinioException, OSError, ParseError) as exc:
             raise StorageUnavailable(
                 f"object store {self.url} at {self.endpoint} is unavailable ({what}): "
                 f"{type(exc).__name__}: {exc}"

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,6 +20,7 @@ from mlplatform_common.storage import Store, open_store
 from mlplatform_serving import observability as obs
 from mlplatform_serving.launcher import make_launcher
 from mlplatform_serving.routes import admin, feedback, health, metrics, models, predict, v2
+from mlplatform_serving.schemas import FeedbackRequest, PredictRequest, ReloadRequest
 from mlplatform_serving.service import Service
 from mlplatform_serving.settings import ServingSettings, get_settings
 
@@ -93,6 +95,17 @@ class ObservabilityMiddleware:
             self.stats.request(duration, status)
 
 
+def add_body_schemas(schema: dict[str, Any], models: tuple[type[BaseModel], ...]) -> None:
+    """Define the request bodies that routes parse themselves (JSON or CSV, binary tensors),
+    which their ``openapi_extra`` refers to, under ``components.schemas``."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in models:
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in body.pop("$defs", {}).items():
+            components.setdefault(name, sub)
+        components.setdefault(model.__name__, body)
+
+
 def create_app(settings: ServingSettings | None = None, store: Store | None = None) -> FastAPI:
     """Build the app; the model is loaded when the lifespan starts.
 
@@ -151,6 +164,15 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
 
     for module in (predict, feedback, models, health, metrics, admin, v2):
         app.include_router(module.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            add_body_schemas(
+                FastAPI.openapi(app), (PredictRequest, FeedbackRequest, ReloadRequest, v2.V2Request)
+            )
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(
         ObservabilityMiddleware, stats=service.stats, max_body_bytes=settings.max_body_bytes
     )

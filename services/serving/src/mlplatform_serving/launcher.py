@@ -6,13 +6,17 @@ In Kubernetes: a Job created from the retrainer CronJob, as ``kubectl create job
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import httpx
 
 from mlplatform_common.errors import ConfigurationError, MLPlatformError
 from mlplatform_serving.settings import ServingSettings
@@ -20,26 +24,89 @@ from mlplatform_serving.settings import ServingSettings
 logger = logging.getLogger("mlplatform.serving")
 
 Launcher = Callable[[str, bool], bool]
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 class LaunchFailed(MLPlatformError):
     status_code = 502
 
 
-def job_from_cronjob(cronjob: Any, reason: str, now: float | None = None) -> dict[str, Any]:
+class KubernetesApi:
+    """The two Kubernetes API calls serving makes, over httpx with the pod's service account.
+
+    Not the ``kubernetes`` client: it is 90 MB with its dependencies, a quarter of the serving
+    image, for two requests. Method names follow that client's, so a reader (and the chart's
+    RBAC test) sees the same verbs.
+    """
+
+    def __init__(self, base_url: str, token: str | Path | None = None, ca: str | bool = True):
+        self.base_url = base_url.rstrip("/")
+        self.token = token  # a projected token file is re-read: it rotates
+        self.client = httpx.Client(base_url=self.base_url, verify=ca, timeout=10)
+
+    @classmethod
+    def in_cluster(cls) -> KubernetesApi:
+        host, port = (
+            os.environ.get("KUBERNETES_SERVICE_HOST"),
+            os.environ.get("KUBERNETES_SERVICE_PORT"),
+        )
+        if not host or not port:
+            raise ConfigurationError(
+                "MLPLATFORM_RETRAIN_LAUNCHER=kubernetes but this is not a pod "
+                "(KUBERNETES_SERVICE_HOST is not set)"
+            )
+        host = f"[{host}]" if ":" in host else host
+        return cls(
+            f"https://{host}:{port}", SERVICE_ACCOUNT / "token", str(SERVICE_ACCOUNT / "ca.crt")
+        )
+
+    def _headers(self) -> dict[str, str]:
+        token = self.token.read_text().strip() if isinstance(self.token, Path) else self.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _call(self, method: str, path: str, what: str, body: Any = None) -> dict[str, Any]:
+        try:
+            r = self.client.request(method, path, json=body, headers=self._headers())
+        except httpx.HTTPError as exc:
+            raise LaunchFailed(f"{what} failed: the API server did not answer ({exc})") from None
+        if r.status_code >= 300:
+            reason = (
+                r.json().get("reason", r.reason_phrase)
+                if r.headers.get("content-type", "").startswith("application/json")
+                else r.reason_phrase
+            )
+            raise LaunchFailed(f"{what} failed: {r.status_code} {reason}")
+        answer: dict[str, Any] = r.json()
+        return answer
+
+    def read_namespaced_cron_job(self, name: str, namespace: str) -> dict[str, Any]:
+        return self._call(
+            "GET",
+            f"/apis/batch/v1/namespaces/{namespace}/cronjobs/{name}",
+            f"reading cronjob/{name}",
+        )
+
+    def create_namespaced_job(
+        self, namespace: str, body: dict[str, Any], what: str
+    ) -> dict[str, Any]:
+        return self._call("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", what, body)
+
+
+def job_from_cronjob(
+    cronjob: dict[str, Any], reason: str, now: float | None = None
+) -> dict[str, Any]:
     """The Job that ``kubectl create job --from=cronjob/NAME`` would create."""
-    template = cronjob.spec.job_template
-    meta = template.metadata
-    name = cronjob.metadata.name
+    meta = cronjob["spec"]["jobTemplate"].get("metadata") or {}
+    name = cronjob["metadata"]["name"]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": f"{name[:40]}-auto-{int(now or time.time())}",
-            "namespace": cronjob.metadata.namespace,
-            "labels": dict(meta.labels or {}) if meta else {},
+            "namespace": cronjob["metadata"].get("namespace"),
+            "labels": dict(meta.get("labels") or {}),
             "annotations": {
-                **(dict(meta.annotations or {}) if meta else {}),
+                **(meta.get("annotations") or {}),
                 "cronjob.kubernetes.io/instantiate": "manual",
                 "mlplatform.io/reason": reason[:250],
             },
@@ -48,43 +115,31 @@ def job_from_cronjob(cronjob: Any, reason: str, now: float | None = None) -> dic
                     "apiVersion": "batch/v1",
                     "kind": "CronJob",
                     "name": name,
-                    "uid": cronjob.metadata.uid,
+                    "uid": cronjob["metadata"]["uid"],
                     "controller": True,
                     "blockOwnerDeletion": True,
                 }
             ],
         },
-        "spec": cronjob.spec.job_template.spec,
+        "spec": copy.deepcopy(cronjob["spec"]["jobTemplate"]["spec"]),
     }
 
 
-def kubernetes_launcher(settings: ServingSettings, api_client: Any = None) -> Launcher:
-    """Create a Job from the retrainer CronJob (in-cluster config unless a client is given)."""
-    from kubernetes import client, config
-
-    if api_client is None:
-        config.load_incluster_config()
-        api_client = client.ApiClient()
-    batch = client.BatchV1Api(api_client)
+def kubernetes_launcher(settings: ServingSettings, api: KubernetesApi | None = None) -> Launcher:
+    """Create a Job from the retrainer CronJob (in-cluster credentials unless ``api`` is given)."""
+    api = api or KubernetesApi.in_cluster()
 
     def launch(reason: str, force: bool) -> bool:
-        # The retrainer itself re-checks the triggers under its lock; `force` only matters
-        # locally, where it becomes `run --force`. In a cluster /admin/retrain sets the env.
-        try:
-            cronjob = batch.read_namespaced_cron_job(
-                settings.retrainer_cronjob, settings.namespace, _request_timeout=10
-            )
-            job = job_from_cronjob(cronjob, reason)
-            if force:
-                for c in job["spec"].template.spec.containers:
-                    c.env = [*(c.env or []), client.V1EnvVar(name="MLPLATFORM_FORCE", value="true")]
-            body: Any = job  # the client serializes dicts holding its model objects
-            batch.create_namespaced_job(settings.namespace, body, _request_timeout=10)
-        except client.ApiException as exc:
-            raise LaunchFailed(
-                f"creating a Job from cronjob/{settings.retrainer_cronjob} failed: "
-                f"{exc.status} {exc.reason}"
-            ) from None
+        what = f"creating a Job from cronjob/{settings.retrainer_cronjob}"
+        cronjob = api.read_namespaced_cron_job(settings.retrainer_cronjob, settings.namespace)
+        job = job_from_cronjob(cronjob, reason)
+        if force:  # /admin/retrain: the Job retrains even without a trigger
+            for container in job["spec"]["template"]["spec"]["containers"]:
+                container["env"] = [
+                    *container.get("env", []),
+                    {"name": "MLPLATFORM_FORCE", "value": "true"},
+                ]
+        api.create_namespaced_job(settings.namespace, job, what)
         logger.info("started job/%s: %s", job["metadata"]["name"], reason)
         return True
 

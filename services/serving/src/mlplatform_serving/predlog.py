@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+import sklearn
 
 from mlplatform_common import datalog
 from mlplatform_common.errors import MLPlatformError
@@ -78,8 +79,11 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
         }
         frame = pd.DataFrame(columns)
         raw = pd.DataFrame(X, columns=served.features)
-        # The embedding as this version computes it; rows the backup answered get none.
-        embedding = embed(served.model.pipeline, raw)
+        # The embedding as this version computes it; rows the backup answered get none, and
+        # values that overflow (inputs near the float limit) are logged as missing.
+        with sklearn.config_context(assume_finite=True), np.errstate(all="ignore"):
+            embedding = embed(served.model.pipeline, raw)
+        embedding = embedding.where(np.isfinite(embedding))
         embedding.loc[backup] = np.nan
         frames.append(pd.concat([frame, raw, embedding], axis=1))
     return pd.concat(frames, ignore_index=True)
@@ -173,7 +177,14 @@ class PredictionLog:
                 rows = self._pending_rows
                 self._pending_rows = 0
             try:
-                datalog.write_predictions(self.store, to_frame(entries))
+                frame = to_frame(entries)
+            except Exception:  # a bug here must not stop logging for the process
+                logger.exception("could not build %d prediction log rows; dropped", rows)
+                self.dropped_rows += rows
+                self.on_drop(rows)
+                return 0
+            try:
+                datalog.write_predictions(self.store, frame)
             except MLPlatformError as exc:
                 logger.warning("prediction log not written (%s); %d rows kept", exc.message, rows)
                 with self._lock:
@@ -199,7 +210,10 @@ class PredictionLog:
             self._wake.wait(timeout=max(self.flush_seconds / 4, 0.05))
             self._wake.clear()
             if self._due():
-                self.flush()
+                try:
+                    self.flush()
+                except Exception:  # keep the writer alive whatever one batch did
+                    logger.exception("prediction log flush failed")
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)

@@ -319,7 +319,16 @@ class ModelRuntime:
             )
         dtype = np.float32 if datatype == "FP32" else np.float64
         try:
-            arr = np.asarray(data, dtype=dtype).reshape(-1)
+            # Flat data (or one level of rows) gets the same C-level type pass as JSON rows:
+            # numbers only, bool is not one. Deeper nesting goes to the slow, exact check.
+            flat = (
+                list(itertools.chain.from_iterable(data))
+                if isinstance(data, list) and data and isinstance(data[0], list)
+                else data
+            )
+            if not isinstance(flat, list) or not set(map(type, flat)) <= _NUMBER_TYPES:
+                raise ValueError
+            arr = np.asarray(flat, dtype=dtype).reshape(-1)
             ok = arr.size == shape[0] * shape[1] and bool(np.isfinite(arr).all())
         except (ValueError, TypeError, OverflowError):
             ok = False
@@ -363,4 +372,9 @@ class ModelRuntime:
             logger.exception("primary model %s failed; the backup answers", served.version)
             proba = served.model.backup.predict_proba(pd.DataFrame(X, columns=served.features))
             backup = True
+        if not np.isfinite(proba).all():
+            bad = int(np.flatnonzero(~np.isfinite(proba).all(axis=1))[0])
+            raise InvalidInput(
+                f"row {bad}: values too large for the model (its arithmetic overflowed)"
+            )
         return BatchResult(served, X, proba, np.argmax(proba, axis=1), backup)

@@ -59,8 +59,9 @@ class FeedbackResponse(BaseModel):
     prediction_id: str | None
     stored: bool = Field(description="The row is durably in the store")
     model_version: str
-    labelled_since_training: int = Field(
-        description="Labelled rows received since the serving model was trained"
+    labelled_since_training: int | None = Field(
+        description="Labelled rows received since the serving model was trained (null if the "
+        "store could not be listed just now; the row itself is stored)"
     )
     retrain_every: int = Field(description="A retrain starts every this many labelled rows")
     retrain_started: bool

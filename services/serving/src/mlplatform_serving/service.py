@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -100,8 +99,9 @@ class Service:
         """Predict a validated matrix, count it, and queue it for the prediction log."""
         result = self.runtime.predict(X)
         n = len(X)
-        ids = new_ids(n)
-        self.log.add(result, ids, time.time())
+        now = time.time()
+        ids = datalog.new_prediction_ids(n, now)
+        self.log.add(result, ids, now)
         served = result.served
         counts = np.bincount(result.label_index, minlength=len(served.classes))
         for key, count in zip(served.class_keys, counts.tolist(), strict=True):
@@ -197,10 +197,17 @@ class Service:
             },
         )
         obs.FEEDBACK.inc()
-        counter = self._feedback_counter()
-        counter.note(key)
-        count = counter.count(max_age=self.settings.feedback_count_max_age)
-        started = self._maybe_retrain(count, model.version)
+        # The row is stored: from here on nothing may turn the answer into an error, or a
+        # client that retries would store it twice.
+        count: int | None
+        try:
+            counter = self._feedback_counter()
+            counter.note(key)
+            count = counter.count(max_age=self.settings.feedback_count_max_age)
+            started = self._maybe_retrain(count, model.version)
+        except MLPlatformError as exc:
+            logger.warning("feedback stored; counting labelled rows failed: %s", exc.message)
+            count, started = None, False
         return {
             "feedback_id": key.rsplit("/", 1)[-1].split("-", 1)[1].removesuffix(".json"),
             "prediction_id": prediction_id,
@@ -283,9 +290,3 @@ class Service:
                 }
             )
         return {"page": page, "page_size": page_size, "total": len(schema), "items": items}
-
-
-def new_ids(n: int) -> list[str]:
-    """``n`` random 128-bit ids as 32 hex digits (one urandom call, not n uuid4s)."""
-    blob = os.urandom(16 * n).hex()
-    return [blob[i : i + 32] for i in range(0, 32 * n, 32)]

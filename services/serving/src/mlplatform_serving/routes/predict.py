@@ -42,6 +42,8 @@ def loads(body: bytes) -> Any:
         raise InvalidInput("body: JSON nested too deeply") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"body: not valid JSON ({exc})") from None
+    except ValueError:  # an integer literal past Python's 4300-digit conversion limit
+        raise InvalidInput("body: a number has too many digits") from None
 
 
 async def read_json(request: Request) -> Any:

@@ -7,17 +7,16 @@ JSON form and the binary tensor extension (``Inference-Header-Content-Length``) 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from mlplatform_common.errors import InvalidInput, ModelNotFound
 from mlplatform_serving.deps import RuntimeDep, SettingsDep
-from mlplatform_serving.routes.predict import json_response, parse_model
+from mlplatform_serving.routes.predict import json_response, loads, parse_model
 from mlplatform_serving.schemas import ERRORS
 from mlplatform_serving.service import Service
 
@@ -29,7 +28,7 @@ OUTPUTS = ("label", "probabilities", "prediction_id")
 class V2Tensor(BaseModel):
     model_config = ConfigDict(extra="ignore")
     name: str = Field(max_length=256)
-    shape: list[int]
+    shape: list[StrictInt]
     datatype: str = Field(max_length=16)
     parameters: dict[str, Any] | None = None
     data: Any = None
@@ -105,22 +104,24 @@ async def model_ready(name: str, runtime: RuntimeDep, settings: SettingsDep) -> 
 
 
 def _split_binary(request_headers: Any, body: bytes) -> tuple[Any, bytes]:
+    """The JSON header and, with the binary tensor extension, the raw bytes after it."""
     header_len = request_headers.get("inference-header-content-length")
     if header_len is None:
-        try:
-            return json.loads(body), b""
-        except RecursionError:
-            raise InvalidInput("body: JSON nested too deeply") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"body: not valid JSON ({exc})") from None
+        return loads(body), b""
     try:
         n = int(header_len)
         if not 0 < n <= len(body):
             raise ValueError
-        return json.loads(body[:n]), body[n:]
-    except (ValueError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+    except ValueError:
         raise InvalidInput(
             "inference-header-content-length: does not frame a JSON header"
+        ) from None
+    try:
+        return loads(body[:n]), body[n:]
+    except InvalidInput as exc:
+        raise InvalidInput(
+            f"inference-header-content-length: the first {n} bytes do not frame a JSON header "
+            f"({exc.message})"
         ) from None
 
 
