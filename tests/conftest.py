@@ -19,6 +19,19 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data" / "breast_cancer.csv"
 SIGNING_KEY = b"test-signing-key"
 S3_KEYS = {"access_key": "testing", "secret_key": "testing"}
+# Debian's Chromium, headless; without the background-networking flags it keeps trying hosts
+# this machine cannot reach.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port() -> int:

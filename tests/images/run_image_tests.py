@@ -42,6 +42,8 @@ from typing import Any
 
 import httpx
 
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS
+
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("serving", "webapp", "reporter", "retrainer")
 # The reporter (Evidently) takes longest to build: it starts first.
@@ -57,17 +59,6 @@ CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 SERVING_MAX_MB = 400.0
 BENCH = REPO / "bench" / "BENCHMARKS.md"
 BENCH_HEADING = "## Service images"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 STARTED = time.monotonic()
 # Set when this run had to build the local base: then the run started from a cold cache.
 BASE_BUILT = False

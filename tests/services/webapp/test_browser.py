@@ -22,20 +22,9 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from mlplatform_common import datalog
 from mlplatform_common.storage import LocalStore
 from mlplatform_webapp import samples
-from tests.conftest import REPO, ServingProcess, free_port
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, REPO, ServingProcess, free_port
 from tests.services.webapp.conftest import serving_env
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 BASE_PATH = "app"
 
 
