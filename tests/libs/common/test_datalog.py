@@ -133,6 +133,8 @@ def test_find_prediction_reads_only_batches_from_its_time_on(
     reads: list[str] = []
     real_get = store.get
     monkeypatch.setattr(store, "get", lambda key: reads.append(key) or real_get(key))
+    for i in range(5):  # batches of the seconds before it (inside the clock-skew margin)
+        datalog.write_predictions(store, _batch([f"y{i}"], now - 40), ts=now - 40 + i)
     assert datalog.find_prediction(store, new_id, now=now)["prediction_id"] == new_id
     assert len(reads) == 1
     assert datalog.find_prediction(store, old_id, now=now)["prediction_id"] == old_id
