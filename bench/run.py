@@ -216,12 +216,14 @@ def bench_serving(seconds: float) -> dict[str, Any]:
                     if name == "naive" and ("CSV" in scenario or "V2" in scenario):
                         continue
                     server = servers[name].start()
-                    path = "/v2/models/mlplatform/infer" if "V2" in scenario else "/predict"
-                    wrk(server.url + path, body, ctype, connections, 1)  # warm-up
-                    r = wrk(server.url + path, body, ctype, connections, seconds)
-                    if name == "ours":
-                        memory = max(memory, rss_mb(server.proc.pid))  # type: ignore[union-attr]
-                    server.stop()
+                    try:  # a failed measurement must not leave the server running
+                        path = "/v2/models/mlplatform/infer" if "V2" in scenario else "/predict"
+                        wrk(server.url + path, body, ctype, connections, 1)  # warm-up
+                        r = wrk(server.url + path, body, ctype, connections, seconds)
+                        if name == "ours":
+                            memory = max(memory, rss_mb(server.proc.pid))  # type: ignore[union-attr]
+                    finally:
+                        server.stop()
                     rows = 1000 if "1,000" in scenario else 1
                     results.append(
                         {
@@ -253,10 +255,12 @@ def bench_feedback(server: Server, seconds: float) -> dict[str, Any]:
     from mlplatform_common.storage import LocalStore
 
     server.start()
-    row = pd.read_csv(DATA).drop(columns="target").iloc[0].to_dict()
-    body = json.dumps({"features": row, "prediction": 0, "target": 0}).encode()
-    r = wrk(server.url + "/feedback", body, "application/json", 8, seconds)
-    server.stop()
+    try:
+        row = pd.read_csv(DATA).drop(columns="target").iloc[0].to_dict()
+        body = json.dumps({"features": row, "prediction": 0, "target": 0}).encode()
+        r = wrk(server.url + "/feedback", body, "application/json", 8, seconds)
+    finally:
+        server.stop()
     store = LocalStore(server.env["MLPLATFORM_STORE_URL"].removeprefix("file://"))
     stored = datalog.count_feedback(store)
     print(
