@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -29,15 +28,11 @@ from mlplatform_reporter import job as report_job
 from mlplatform_retrainer import retrain
 from mlplatform_retrainer.job import upload_dataset
 from tests.chart.conftest import CHART, one, rendered_variant
-from tests.conftest import DATA, SIGNING_KEY, ServingProcess, free_port, publish_trained
+from tests.conftest import DATA, SIGNING_KEY, ServingProcess, publish_trained
 from tests.services.reporter.conftest import (
-    PROMETHEUS,
-    PUSHGATEWAY,
     PromStack,
-    _stop,
-    _wait_ready,
     reporter_settings,
-    require_binary,
+    running_prom_stack,
 )
 from tests.services.retrainer.conftest import retrainer_settings
 
@@ -180,68 +175,41 @@ def live(tmp_path_factory: pytest.TempPathFactory, trained, shipped_dataset) -> 
             "MLPLATFORM_LOG_FLUSH_SECONDS": "0.3",
         }
     )
-    pushgateway, prometheus = require_binary(PUSHGATEWAY), require_binary(PROMETHEUS)
-    pg_port, prom_port = free_port(), free_port()
-    config = root / "prometheus.yml"
-    procs: list[subprocess.Popen[bytes]] = []
     serving.start()
     try:
-        config.write_text(
-            yaml.safe_dump(
-                _prometheus_config(
-                    f"127.0.0.1:{serving.port}", f"127.0.0.1:{pg_port}", root / "alerts.yaml"
-                )
-            )
-        )
-        pg_log, prom_log = root / "pushgateway.log", root / "prometheus.log"
-        procs.append(
-            subprocess.Popen(
-                [str(pushgateway), f"--web.listen-address=127.0.0.1:{pg_port}"],
-                stdout=pg_log.open("wb"),
-                stderr=subprocess.STDOUT,
-            )
-        )
-        _wait_ready(f"http://127.0.0.1:{pg_port}/-/ready", procs[-1], pg_log)
-        procs.append(
-            subprocess.Popen(
-                [
-                    str(prometheus),
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={root / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}",
-                ],
-                stdout=prom_log.open("wb"),
-                stderr=subprocess.STDOUT,
-            )
-        )
-        _wait_ready(f"http://127.0.0.1:{prom_port}/-/ready", procs[-1], prom_log)
-        stack = PromStack(f"http://127.0.0.1:{pg_port}", f"http://127.0.0.1:{prom_port}")
-        stack.wait_for('up{job="mlplatform-serving"}', 1)
-        stack.wait_for('up{job="pushgateway"}', 1)
-
-        rows = pd.read_csv(DATA)
-        _traffic(serving.url, rows, 60, seed=1)
-        time.sleep(1.5)  # the prediction log is flushed to the store
-        outcome = report_job.run(
-            reporter_settings(pushgateway_url=stack.pushgateway_url), store=store
-        )
-        assert outcome.pushed
-        result = retrain.run(
-            retrainer_settings(pushgateway_url=stack.pushgateway_url), force=True, store=store
-        )
-        assert result.outcome in ("promoted", "rejected"), result.describe()
-        # more traffic after the pushes, spread over scrapes, so every rate has two samples
-        worker = threading.Thread(target=_traffic, args=(serving.url, rows, 40, 2))
-        worker.start()
-        worker.join(timeout=120)
-        stack.wait_for('count(mlplatform_retrain_runs_total{job="mlplatform-retrainer"})', 5)
-        stack.wait_for('count(mlplatform_drift_share{job="mlplatform-reporter"})', 2)
-        time.sleep(2)
-        yield Live(stack, serving.url)
+        with running_prom_stack(
+            root,
+            lambda pushgateway: _prometheus_config(
+                f"127.0.0.1:{serving.port}", pushgateway, root / "alerts.yaml"
+            ),
+        ) as stack:
+            _feed(stack, serving, store)
+            yield Live(stack, serving.url)
     finally:
-        for proc in reversed(procs):
-            _stop(proc)
         serving.stop()
+
+
+def _feed(stack: PromStack, serving: ServingProcess, store: LocalStore) -> None:
+    """Real traffic, a real report and a real retrain, until every series has data."""
+    stack.wait_for('up{job="mlplatform-serving"}', 1)
+    stack.wait_for('up{job="pushgateway"}', 1)
+
+    rows = pd.read_csv(DATA)
+    _traffic(serving.url, rows, 60, seed=1)
+    time.sleep(1.5)  # the prediction log is flushed to the store
+    outcome = report_job.run(reporter_settings(pushgateway_url=stack.pushgateway_url), store=store)
+    assert outcome.pushed
+    result = retrain.run(
+        retrainer_settings(pushgateway_url=stack.pushgateway_url), force=True, store=store
+    )
+    assert result.outcome in ("promoted", "rejected"), result.describe()
+    # more traffic after the pushes, spread over scrapes, so every rate has two samples
+    worker = threading.Thread(target=_traffic, args=(serving.url, rows, 40, 2))
+    worker.start()
+    worker.join(timeout=120)
+    stack.wait_for('count(mlplatform_retrain_runs_total{job="mlplatform-retrainer"})', 5)
+    stack.wait_for('count(mlplatform_drift_share{job="mlplatform-reporter"})', 2)
+    time.sleep(2)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -113,28 +114,17 @@ class PromStack:
         assert r.status_code in (200, 202), r.text
 
 
-@pytest.fixture(scope="session")
-def prom_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PromStack]:
+@contextmanager
+def running_prom_stack(root: Path, config: Callable[[str], dict[str, Any]]) -> Iterator[PromStack]:
+    """A real Pushgateway and Prometheus on free ports, stopped on exit.
+
+    ``config`` gets the Pushgateway's ``host:port`` and returns Prometheus' configuration.
+    """
     pushgateway, prometheus = require_binary(PUSHGATEWAY), require_binary(PROMETHEUS)
-    root = tmp_path_factory.mktemp("prom")
     pg_port, prom_port = free_port(), free_port()
     pg_log, prom_log = root / "pushgateway.log", root / "prometheus.log"
-    config = root / "prometheus.yml"
-    config.write_text(
-        json.dumps(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(ALERTS)],
-                "scrape_configs": [
-                    {
-                        "job_name": "pushgateway",
-                        "honor_labels": True,
-                        "static_configs": [{"targets": [f"127.0.0.1:{pg_port}"]}],
-                    }
-                ],
-            }
-        )
-    )
+    config_file = root / "prometheus.yml"
+    config_file.write_text(json.dumps(config(f"127.0.0.1:{pg_port}")))  # JSON is YAML
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs.append(
@@ -149,7 +139,7 @@ def prom_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PromStack]:
             subprocess.Popen(
                 [
                     str(prometheus),
-                    f"--config.file={config}",
+                    f"--config.file={config_file}",
                     f"--storage.tsdb.path={root / 'data'}",
                     f"--web.listen-address=127.0.0.1:{prom_port}",
                 ],
@@ -162,6 +152,25 @@ def prom_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PromStack]:
     finally:
         for proc in reversed(procs):
             _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def prom_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PromStack]:
+    def config(pushgateway: str) -> dict[str, Any]:
+        return {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(ALERTS)],
+            "scrape_configs": [
+                {
+                    "job_name": "pushgateway",
+                    "honor_labels": True,
+                    "static_configs": [{"targets": [pushgateway]}],
+                }
+            ],
+        }
+
+    with running_prom_stack(tmp_path_factory.mktemp("prom"), config) as stack:
+        yield stack
 
 
 # -- a published model and its traffic ---------------------------------------------------------

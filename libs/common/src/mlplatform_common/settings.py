@@ -6,8 +6,6 @@ variables with the ``MLPLATFORM_`` prefix (``MLPLATFORM_STORE_URL`` and so on).
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -69,9 +67,3 @@ class CommonSettings(BaseSettings):
             "MLPLATFORM_SIGNING_KEY is not set: model manifests cannot be signed or verified "
             "(set it, or MLPLATFORM_DEV_MODE=true for local development)"
         )
-
-
-@lru_cache
-def get_common_settings() -> CommonSettings:
-    """Cached settings for code that needs only the common fields."""
-    return CommonSettings()

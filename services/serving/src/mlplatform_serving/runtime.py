@@ -127,13 +127,9 @@ class BatchResult:
     backup: bool
 
     @property
-    def model(self) -> LoadedModel:
-        return self.served.model
-
-    @property
     def labels(self) -> list[Any]:
         classes = self.served.classes
-        return [classes[i] for i in self.label_index]
+        return [classes[i] for i in self.label_index.tolist()]
 
 
 def _number(value: Any, where: str) -> float:

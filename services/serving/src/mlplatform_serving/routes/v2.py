@@ -176,9 +176,8 @@ async def infer(name: str, request: Request) -> Response:
             f"outputs: unknown output {unknown[0]!r:.60}; choose from {list(OUTPUTS)}"
         )
     result, ids = service.predict(X)
-    classes = result.served.classes
-    strings = any(isinstance(c, str) for c in classes)
-    labels = [classes[i] for i in result.label_index.tolist()]
+    strings = any(isinstance(c, str) for c in result.served.classes)
+    labels = result.labels
     tensors = {
         "label": {
             "name": "label",
