@@ -106,15 +106,22 @@ class Server:
 def wrk(
     url: str, body: bytes, content_type: str, connections: int, seconds: float
 ) -> dict[str, Any]:
-    """One wrk run (1 thread, pinned to CPU 1) posting ``body``; requests/s and latencies."""
+    """One wrk run (1 thread, pinned to CPU 1) posting ``body``; requests/s and latencies.
+
+    ``content_type`` may carry more headers after it, one ``Name: value`` per line."""
     with tempfile.TemporaryDirectory() as tmp:
         body_file = Path(tmp) / "body"
         body_file.write_bytes(body)
         script = Path(tmp) / "post.lua"
+        ctype, *more = content_type.split("\n")
+        extra = "".join(
+            f'wrk.headers["{k.strip()}"] = "{v.strip()}"\n' for k, v in (h.split(":") for h in more)
+        )
         script.write_text(
             'wrk.method = "POST"\n'
-            f'wrk.headers["Content-Type"] = "{content_type}"\n'
-            f'local f = io.open("{body_file}", "rb"); wrk.body = f:read("*all"); f:close()\n'
+            f'wrk.headers["Content-Type"] = "{ctype}"\n'
+            + extra
+            + f'local f = io.open("{body_file}", "rb"); wrk.body = f:read("*all"); f:close()\n'
         )
         duration = f"-d{max(1, round(seconds))}s"  # wrk takes whole seconds
         cmd = ["wrk", "-t1", f"-c{connections}", duration, "--latency", "-s", str(script), url]
@@ -166,6 +173,17 @@ def bodies() -> dict[str, tuple[bytes, str]]:
             {"name": "input-0", "shape": [1000, 30], "datatype": "FP64", "data": X.ravel().tolist()}
         ]
     }
+    binary = {
+        "inputs": [
+            {
+                "name": "input-0",
+                "shape": [1000, 30],
+                "datatype": "FP64",
+                "parameters": {"binary_data_size": X.size * 8},
+            }
+        ]
+    }
+    head = json.dumps(binary).encode()
     return {
         "single JSON": (json.dumps({"features": rows[0]}).encode(), "application/json"),
         "1,000-row JSON": (json.dumps({"instances": batch}).encode(), "application/json"),
@@ -175,6 +193,12 @@ def bodies() -> dict[str, tuple[bytes, str]]:
             "text/csv",
         ),
         "1,000-row V2 FP64 tensor": (json.dumps(tensor).encode(), "application/json"),
+        # The binary tensor extension (what tritonclient sends with binary_data=True): a JSON
+        # header, then the 240,000 bytes of the tensor.
+        "1,000-row V2 FP64 binary": (
+            head + X.astype("<f8").tobytes(),
+            f"application/octet-stream\nInference-Header-Content-Length: {len(head)}",
+        ),
     }
 
 

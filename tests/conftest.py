@@ -136,8 +136,13 @@ def publish_trained(registry: ModelRegistry, trained, dataset, promote: bool = T
 class ServingProcess:
     """A real ``python -m mlplatform_serving`` (uvicorn) on a free port."""
 
-    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], port: int | None = None, python_code: str | None = None
+    ) -> None:
+        """``python_code``: run this with ``python -c`` instead of ``-m mlplatform_serving``."""
         import os
+
+        self.python_code = python_code
 
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -160,7 +165,10 @@ class ServingProcess:
         # A file, not a pipe: a pipe nobody reads fills up and blocks the server's logging.
         self.output = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlplatform_serving"],
+            [
+                sys.executable,
+                *(["-c", self.python_code] if self.python_code else ["-m", "mlplatform_serving"]),
+            ],
             cwd=REPO,
             env=self.env,
             stdout=self.output,

@@ -8,9 +8,12 @@ Not collected by ``pytest`` (the normal suite needs no Docker). On Debian as roo
 3. makes a local base image standing in for ``python:3.11-slim`` (debootstrap of bookworm with
    Python 3.11, venv and pip; plus this machine's CA bundle and pip index settings, so a build
    reaches PyPI the way this machine does) and keeps it for the next run;
-4. builds ``mlplatform-<service>:<appVersion>`` with ``--build-arg BASE_IMAGE=<local base>``;
+4. builds ``mlplatform-<service>:<appVersion>`` with ``--build-arg BASE_IMAGE=<local base>``, and
+   ``mlplatform-serving:<appVersion>-sklearn`` (``SERVING_EXTRAS=sklearn``); checks that only the
+   latter has scikit-learn;
 5. against a real S3 server (moto) on the host: runs the retrainer's bootstrap ``train``, then
-   serving (``/ready``, ``/predict``, ``/feedback``, Docker's HEALTHCHECK), the web app (Streamlit
+   serving (``/ready``, ``/predict`` by ONNX Runtime, ``/feedback``, Docker's HEALTHCHECK, the
+   prediction log with its embedding), the web app (Streamlit
    health, and in headless Chromium the page names the serving URL and the model version), the
    reporter (``run``: a ``reports/<id>/summary.json``) and the retrainer (``run --force``: a new
    model version), each as its own container on the host network;
@@ -47,7 +50,7 @@ from tests.conftest import CHROMIUM, CHROMIUM_ARGS
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("serving", "webapp", "reporter", "retrainer")
 # The reporter (Evidently) takes longest to build: it starts first.
-BUILD_ORDER = ("reporter", "serving", "webapp", "retrainer")
+BUILD_ORDER = ("reporter", "serving-sklearn", "serving", "webapp", "retrainer")
 CHART = REPO / "charts" / "mlplatform" / "Chart.yaml"
 DEFAULT_APP_VERSION = "0.1.0"
 # Bump the tag when the recipe below changes: an image with this tag is reused as it is.
@@ -318,7 +321,12 @@ ENV LANG=C.UTF-8 \\
 # --- building the service images ------------------------------------------------------------
 
 
+# Built too, from serving's Dockerfile: the serving image with the scikit-learn fallback.
+VARIANTS = {"serving-sklearn": ("serving", ["--build-arg", "SERVING_EXTRAS=sklearn"])}
+
+
 def build_one(base: str, name: str, tag: str) -> float:
+    service, extra = VARIANTS.get(name, (name, []))
     started = time.monotonic()
     log(f"building {tag}")
     result = run(
@@ -330,8 +338,9 @@ def build_one(base: str, name: str, tag: str) -> float:
             "host",
             "--build-arg",
             f"BASE_IMAGE={base}",
+            *extra,
             "-f",
-            f"services/{name}/Dockerfile",
+            f"services/{service}/Dockerfile",
             "-t",
             tag,
             ".",
@@ -353,12 +362,29 @@ def build_images(
     """Build the images, ``jobs`` at a time (downloads overlap with installs), longest first."""
     from concurrent.futures import ThreadPoolExecutor
 
+    services = [*services, *(v for v, (of, _) in VARIANTS.items() if of in services)]
     longest_first = sorted(services, key=lambda n: BUILD_ORDER.index(n))
     tags = {name: f"mlplatform-{name}:{version}" for name in longest_first}
+    tags["serving-sklearn"] = f"mlplatform-serving:{version}-sklearn"
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {name: pool.submit(build_one, base, name, tags[name]) for name in longest_first}
         seconds = {name: future.result() for name, future in futures.items()}
     return {name: tags[name] for name in services}, seconds
+
+
+def check_variants(tags: dict[str, str]) -> None:
+    """The default serving image has no scikit-learn; the variant has it, and serving sees it."""
+    probe = "from mlplatform_serving.runtime import has_sklearn; print(has_sklearn())"
+    for name, expected in (("serving", "False"), ("serving-sklearn", "True")):
+        if name not in tags:
+            continue
+        got = run(
+            ["docker", "run", "--rm", "--entrypoint", "python", tags[name], "-c", probe],
+            capture=True,
+        ).stdout.strip()
+        if got != expected:
+            raise Failure(f"{tags[name]}: scikit-learn installed is {got}, expected {expected}")
+        log(f"{tags[name]}: scikit-learn installed: {got}")
 
 
 # --- running them ---------------------------------------------------------------------------
@@ -473,7 +499,7 @@ def check_page(url: str, api_url: str) -> None:
 
 
 def exercise(tags: dict[str, str], containers: Containers) -> None:
-    from mlplatform_common import keys
+    from mlplatform_common import datalog, keys
     from mlplatform_common.registry import ModelRegistry
     from tests.conftest import S3_KEYS, S3Server
 
@@ -528,6 +554,8 @@ def exercise(tags: dict[str, str], containers: Containers) -> None:
         answer = json.dumps(one.json())
         if "v1" not in answer or "prediction_id" not in answer:
             raise Failure(f"/predict answer lacks the model version or an id: {answer[:500]}")
+        if one.json().get("engine") != "onnxruntime":
+            raise Failure(f"serving image did not answer with ONNX Runtime: {answer[:500]}")
         batch = httpx.post(f"{api}/predict", json={"instances": features}, timeout=30)
         batch.raise_for_status()
         predictions = batch.json()["predictions"]
@@ -563,6 +591,11 @@ def exercise(tags: dict[str, str], containers: Containers) -> None:
             if time.monotonic() > deadline:
                 raise Failure("serving wrote no prediction log to the store")
             time.sleep(0.5)
+        # ...with the embedding, which the image computes without scikit-learn.
+        logged = datalog.read_predictions(store)
+        if len(logged) < 41 or logged["PCA_1"].isna().any():
+            raise Failure(f"the prediction log lacks rows or their embedding:\n{logged.head()}")
+        log(f"serving image: {len(logged)} prediction log rows in the store, with the embedding")
 
         expect_job(
             containers.job(
@@ -727,6 +760,7 @@ def main(argv: list[str] | None = None) -> int:
             base = ensure_base(Path(tmp))
             tags, build_seconds = build_images(base, version, args.services, args.jobs)
             sizes = report_sizes(tags)
+            check_variants(tags)
             try:
                 if not args.build_only:
                     exercise(tags, containers)

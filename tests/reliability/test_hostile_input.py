@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -441,6 +442,13 @@ def test_v2_binary_tensors_that_do_not_frame(served: ServingProcess) -> None:
                 eight,
             ),
             "",
+        ),
+        (  # binary data that is not finite: named by its index, like JSON data
+            binary(
+                {"inputs": [{**tensor, "parameters": {"binary_data_size": 240}}]},
+                eight[:56] + struct.pack("<d", float("nan")) + eight[64:],
+            ),
+            "inputs[x].data[7]: must be a finite number",
         ),
     ]
     for response, fragment in cases:

@@ -38,7 +38,13 @@ def test_manifest_records_checksums_metrics_and_lineage(
     publish_trained(registry, trained, shipped_dataset)
     v2 = publish_trained(registry, trained, shipped_dataset)
     manifest = registry.manifest(v2)
-    assert set(manifest["files"]) == {"model.joblib", "backup.joblib", "ref_data.csv", "model.onnx"}
+    assert set(manifest["files"]) == {
+        "model.joblib",
+        "backup.joblib",
+        "ref_data.csv",
+        "model.onnx",
+        "embedding.onnx",
+    }
     assert all(len(h) == 64 for h in manifest["files"].values())
     assert manifest["signature"]["algorithm"] == "HMAC-SHA256"
     assert manifest["training_data"]["sha256"] == shipped_dataset.sha256

@@ -5,26 +5,39 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from mlplatform_common.schema import embed
 from mlplatform_retrainer import onnx_export
 from mlplatform_retrainer.train import TrainConfig, train
 
 
 def test_the_pipeline_converts_and_matches_sklearn(trained, shipped_dataset) -> None:
-    data, info = onnx_export.convert(trained.pipeline, shipped_dataset.X)
-    assert data is not None
+    files, info = onnx_export.convert(trained.pipeline, shipped_dataset.X)
     assert info["checked_rows"] == 569 and info["max_abs_diff"] <= 1e-12
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(files["model.onnx"], providers=["CPUExecutionProvider"])
     got = session.run(["probabilities"], {"input": shipped_dataset.X.to_numpy()})[0]
     np.testing.assert_allclose(got, trained.pipeline.predict_proba(shipped_dataset.X), atol=1e-12)
 
 
+def test_the_embedding_converts_and_matches_sklearn(trained, shipped_dataset) -> None:
+    """serving writes PCA_1..PCA_n into the prediction log from this graph, without sklearn."""
+    files, info = onnx_export.convert(trained.pipeline, shipped_dataset.X)
+    check = info["embedding"]
+    assert check["file"] == "embedding.onnx" and check["max_abs_diff"] <= 1e-9, check
+    session = ort.InferenceSession(files["embedding.onnx"], providers=["CPUExecutionProvider"])
+    got = session.run([check["output"]], {"input": shipped_dataset.X.to_numpy()})[0]
+    expected = embed(trained.pipeline, shipped_dataset.X).to_numpy()
+    assert got.shape == expected.shape == (569, trained.n_components)
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+
+
 def test_random_forest_converts_too(shipped_dataset) -> None:
     result = train(shipped_dataset.X, shipped_dataset.y, TrainConfig(estimator="random_forest"))
-    data, info = onnx_export.convert(result.pipeline, shipped_dataset.X)
-    assert data is not None, info
+    files, info = onnx_export.convert(result.pipeline, shipped_dataset.X)
+    assert set(files) == {"model.onnx", "embedding.onnx"}, info
     assert info["max_abs_diff"] <= 1e-6
 
 
@@ -42,6 +55,14 @@ class Unconvertible(ClassifierMixin, BaseEstimator):
 def test_a_pipeline_that_does_not_convert_is_published_without_onnx(shipped_dataset) -> None:
     pipeline = Pipeline([("scaler", StandardScaler()), ("classifier", Unconvertible())])
     pipeline.fit(shipped_dataset.X, shipped_dataset.y)
-    data, info = onnx_export.convert(pipeline, shipped_dataset.X)
-    assert data is None
+    files, info = onnx_export.convert(pipeline, shipped_dataset.X)
+    assert files == {}
     assert "Unconvertible" in info["error"] or "converter" in info["error"].lower()
+
+
+def test_a_pipeline_without_an_embedding_step_gets_no_embedding_graph(shipped_dataset) -> None:
+    plain = Pipeline([("scaler", StandardScaler()), ("classifier", LogisticRegression())])
+    plain.fit(shipped_dataset.X, shipped_dataset.y)
+    files, info = onnx_export.convert(plain, shipped_dataset.X)
+    assert set(files) == {"model.onnx"}
+    assert info["embedding"] == {"error": "the pipeline has no 'embedding' step"}

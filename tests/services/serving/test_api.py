@@ -152,7 +152,7 @@ def test_backup_answers_when_the_primary_raises(client: TestClient, rows, traine
         (lambda r: {"instances": [r, {**r, "mean_area": [1]}]}, ["instances[1].mean_area"]),
         (lambda r: {"instances": []}, ["instances: empty batch"]),
         (lambda r: {"instances": [r] * 11}, ["11 rows is over the limit of 10"]),
-        (lambda r: {"instances": [1, 2]}, ["instances.0"]),
+        (lambda r: {"instances": [1, 2]}, ["instances[0]: must be an object"]),
         (lambda r: {"features": r, "instances": [r]}, ["exactly one of"]),
         (lambda r: {}, ["exactly one of"]),
         (lambda r: {"rows": [r]}, ["rows: Extra inputs are not permitted"]),
@@ -519,7 +519,7 @@ def test_a_version_without_onnx_is_served_by_sklearn(
     # A pipeline the converter cannot handle is published without model.onnx.
     monkeypatch.setattr(
         "mlplatform_retrainer.onnx_export.convert",
-        lambda p, X: (None, {"error": "not convertible"}),
+        lambda p, X: ({}, {"error": "not convertible"}),
     )
     publish_trained(ModelRegistry(local_store, SIGNING_KEY), trained, shipped_dataset)
     with TestClient(create_app(serving_settings(), local_store)) as c:
@@ -537,3 +537,23 @@ def test_a_changed_onnx_file_is_refused_like_any_model_file(model_store: Store) 
     model_store.put(key, bytes(data))
     with TestClient(create_app(serving_settings(), model_store)) as c:
         assert_error(c.get("/ready"), 503, "models/v1/model.onnx does not match")
+
+
+def test_feedback_by_id_finds_recent_rows_in_memory_and_older_ones_in_the_store(
+    model_store: Store, rows
+) -> None:
+    # 25 recent rows kept in memory: batches of 10 leave the cache whole, oldest first.
+    settings = serving_settings(recent_cache_rows=25, log_flush_seconds=3600)
+    with TestClient(create_app(settings, model_store)) as c:
+        ids = []
+        for i in range(5):
+            r = c.post("/predict", json={"instances": rows[10 * i : 10 * i + 10]})
+            ids.append([p["prediction_id"] for p in r.json()["predictions"]])
+        log = c.app.state.service.log
+        assert all(log.lookup(pid) is None for batch in ids[:2] for pid in batch)
+        assert all(log.lookup(pid) is not None for batch in ids[2:] for pid in batch)
+        assert log.lookup(ids[4][9])["mean_radius"] == rows[49]["mean_radius"]
+        # evicted from memory, still found once the log is written: read back from the store
+        assert log.flush() == 50
+        r = c.post("/feedback", json={"prediction_id": ids[0][3], "target": 1})
+        assert r.status_code == 201, r.text

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skm
 
 
 def to_builtin(value: Any) -> Any:
@@ -21,6 +20,8 @@ def classification_metrics(
     Binary problems score the second class as positive (scikit-learn's convention for 0/1
     labels); more classes use the macro average.
     """
+    from sklearn import metrics as skm  # here, not above: serving imports this module's neighbours
+
     binary = len(classes) == 2
     avg: dict[str, Any] = (
         {"average": "binary", "pos_label": classes[1]} if binary else {"average": "macro"}

@@ -18,6 +18,7 @@ import re
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 import joblib
@@ -34,6 +35,7 @@ MODEL = "model.joblib"
 BACKUP = "backup.joblib"
 REF_DATA = "ref_data.csv"
 ONNX = "model.onnx"
+EMBEDDING_ONNX = "embedding.onnx"
 _CLAIM = "claim.json"
 _VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
 
@@ -63,15 +65,36 @@ def utcnow() -> str:
 
 @dataclass
 class LoadedModel:
-    """A verified, unpickled model version."""
+    """A verified model version. Its pickles are unpickled on first use only, so a process
+    that serves the ONNX files never imports scikit-learn."""
 
     version: str
     manifest: dict[str, Any]
-    pipeline: Any
-    backup: Any | None
-    ref_data: pd.DataFrame
-    onnx: bytes | None = None
-    """The checked ONNX conversion of ``pipeline``, if the version has one."""
+    files: dict[str, bytes]
+    """Every file of the version, each checked against the signed manifest."""
+
+    @cached_property
+    def pipeline(self) -> Any:
+        return joblib.load(io.BytesIO(self.files[MODEL]))
+
+    @cached_property
+    def backup(self) -> Any | None:
+        return joblib.load(io.BytesIO(self.files[BACKUP])) if BACKUP in self.files else None
+
+    @cached_property
+    def ref_data(self) -> pd.DataFrame:
+        data = self.files.get(REF_DATA)
+        return pd.read_csv(io.BytesIO(data)) if data is not None else pd.DataFrame()
+
+    @property
+    def onnx(self) -> bytes | None:
+        """The checked ONNX conversion of ``pipeline``, if the version has one."""
+        return self.files.get(ONNX)
+
+    @property
+    def embedding_onnx(self) -> bytes | None:
+        """The checked ONNX conversion of the pipeline's embedding step, if any."""
+        return self.files.get(EMBEDDING_ONNX)
 
     @property
     def features(self) -> list[str]:
@@ -161,17 +184,13 @@ class ModelRegistry:
         return data
 
     def load(self, version: str) -> LoadedModel:
-        """Verify every file of a version, then unpickle it."""
+        """Verify every file of a version. Nothing is unpickled until it is used."""
         manifest = self.manifest(version)
-        blobs = {name: self.read_file(version, name, manifest) for name in manifest["files"]}
-        if MODEL not in blobs:
+        files = {name: self.read_file(version, name, manifest) for name in manifest["files"]}
+        if MODEL not in files:
             raise IntegrityError(f"model version {version} has no {MODEL}")
-        # Every byte was checked against the signed manifest above; only now is it unpickled.
-        pipeline = joblib.load(io.BytesIO(blobs[MODEL]))
-        backup = joblib.load(io.BytesIO(blobs[BACKUP])) if BACKUP in blobs else None
-        ref_data = pd.read_csv(io.BytesIO(blobs[REF_DATA])) if REF_DATA in blobs else pd.DataFrame()
         logger.info("loaded and verified model %s", version)
-        return LoadedModel(version, manifest, pipeline, backup, ref_data, blobs.get(ONNX))
+        return LoadedModel(version, manifest, files)
 
     # -- publishing -----------------------------------------------------------------------
 

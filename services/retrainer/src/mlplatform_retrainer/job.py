@@ -82,9 +82,8 @@ def publish(
         REF_DATA: result.ref_data.to_csv(index=False).encode(),
     }
     # Checked against scikit-learn on every row of the data set before it is published.
-    onnx_bytes, onnx_info = onnx_export.convert(result.pipeline, dataset.X)
-    if onnx_bytes is not None:
-        files[onnx_info["file"]] = onnx_bytes
+    onnx_files, onnx_info = onnx_export.convert(result.pipeline, dataset.X)
+    files.update(onnx_files)
     class_names = [dataset.class_names.get(str(c), str(c)) for c in result.classes]
     manifest = {
         "parent": parent,

@@ -60,6 +60,24 @@ MODEL_LOAD = Gauge(
 )
 
 
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """``histogram.observe(v)`` for every value, in a few calls instead of one per value.
+
+    prometheus_client has no bulk observe; this fills the same bucket and sum values its
+    ``observe`` does (``le`` buckets: the first bound >= the value), which a 1,000-row batch
+    would otherwise pay 1,000 Python calls for. The test compares both expositions.
+    """
+    histogram._raise_if_not_observable()
+    if not len(values):
+        return
+    bounds = np.asarray(histogram._upper_bounds)
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(values.sum()))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=False):
+        if count:
+            bucket.inc(count)
+
+
 def exposition() -> tuple[bytes, str]:
     """The Prometheus text format, across workers when running multi-process."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

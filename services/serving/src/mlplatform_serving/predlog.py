@@ -13,19 +13,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
-import sklearn
 
 from mlplatform_common import datalog
 from mlplatform_common.errors import MLPlatformError
-from mlplatform_common.schema import embed
+from mlplatform_common.schema import embedding_columns
 from mlplatform_common.storage import Store
 from mlplatform_serving.runtime import BatchResult
 
@@ -52,6 +52,14 @@ class Entry:
         return out
 
 
+def proba_json(proba: np.ndarray) -> list[str]:
+    """Each row's probabilities as a JSON list (6 decimals), in one encode instead of n."""
+    if not len(proba):
+        return []
+    text = orjson.dumps(proba.round(6), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+    return text.replace(b"],[", b"]\n[").decode().split("\n")
+
+
 def to_frame(entries: list[Entry]) -> pd.DataFrame:
     """The prediction log rows of some batches (DESIGN.md section 4).
 
@@ -74,17 +82,18 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
             "model_version": served.version,
             "prediction": np.asarray(served.class_keys, dtype=object)[labels],
             "probability": proba.max(axis=1),
-            "proba_json": [orjson.dumps(p).decode() for p in proba.round(6).tolist()],
+            "proba_json": proba_json(proba),
             "backup": backup,
         }
         frame = pd.DataFrame(columns)
         raw = pd.DataFrame(X, columns=served.features)
         # The embedding as this version computes it; rows the backup answered get none, and
         # values that overflow (inputs near the float limit) are logged as missing.
-        with sklearn.config_context(assume_finite=True), np.errstate(all="ignore"):
-            embedding = embed(served.model.pipeline, raw)
-        embedding = embedding.where(np.isfinite(embedding))
-        embedding.loc[backup] = np.nan
+        with np.errstate(all="ignore"):
+            Z = np.array(served.embedding.transform(X), dtype=np.float64)
+        Z[~np.isfinite(Z)] = np.nan
+        Z[backup] = np.nan
+        embedding = pd.DataFrame(Z, columns=embedding_columns(Z.shape[1]))
         frames.append(pd.concat([frame, raw, embedding], axis=1))
     return pd.concat(frames, ignore_index=True)
 
@@ -111,7 +120,9 @@ class PredictionLog:
         self._pending: deque[Entry] = deque()
         self._pending_rows = 0
         self._oldest = 0.0
-        self._recent: OrderedDict[str, tuple[Entry, int]] = OrderedDict()
+        # id -> (batch, row) for the last ~cache_rows rows; whole batches leave it, oldest first.
+        self._recent: dict[str, tuple[Entry, int]] = {}
+        self._recent_entries: deque[Entry] = deque()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
@@ -130,11 +141,14 @@ class PredictionLog:
                 self._oldest = time.monotonic()
             self._pending.append(entry)
             self._pending_rows += len(entry)
-            recent = self._recent
-            for i, pid in enumerate(ids):
-                recent[pid] = (entry, i)
-            while len(recent) > self.cache_rows:
-                recent.popitem(last=False)
+            # C-level loops: a 1,000-row batch adds (and may evict) 1,000 ids.
+            self._recent.update(zip(ids, zip(repeat(entry), range(len(ids))), strict=True))
+            self._recent_entries.append(entry)
+            while (
+                self._recent_entries
+                and len(self._recent) - len(self._recent_entries[0]) >= self.cache_rows
+            ):
+                deque(map(self._recent.pop, self._recent_entries.popleft().ids), maxlen=0)
             dropped = self._trim()
             due = self._pending_rows >= self.flush_rows
         if dropped:

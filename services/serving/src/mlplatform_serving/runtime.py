@@ -6,13 +6,17 @@ and replaces the reference in one assignment, so a request sees the old version 
 one, never a mix.
 
 The engine is ONNX Runtime when the version carries an ONNX file that the retrainer checked
-against scikit-learn at publish time, else the scikit-learn pipeline itself.
+against scikit-learn at publish time, else the scikit-learn pipeline itself. The same holds
+for the embedding written into the prediction log. scikit-learn (and pandas, which it is fed
+with) is imported only for a version that needs it: the serving image ships without it
+(``SERVING_EXTRAS=sklearn`` adds it).
 """
 
 from __future__ import annotations
 
 import csv
 import gc
+import importlib.util
 import io
 import itertools
 import logging
@@ -24,15 +28,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from mlplatform_common.errors import InvalidInput, MLPlatformError, ModelNotReady
 from mlplatform_common.log import set_model_version
-from mlplatform_common.registry import LoadedModel, ModelRegistry
+from mlplatform_common.registry import BACKUP, LoadedModel, ModelRegistry
 
 logger = logging.getLogger("mlplatform.serving")
 
 _NUMBER_TYPES = {float, int}
+
+
+def has_sklearn() -> bool:
+    return importlib.util.find_spec("sklearn") is not None
+
+
+def _frame(X: np.ndarray, features: list[str]) -> Any:
+    import pandas as pd  # only the scikit-learn paths need a DataFrame
+
+    return pd.DataFrame(X, columns=features)
 
 
 class SklearnEngine:
@@ -46,12 +59,26 @@ class SklearnEngine:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         # The pipeline was fitted on a DataFrame; give it one so it checks the columns.
-        proba: np.ndarray = self.pipeline.predict_proba(pd.DataFrame(X, columns=self.features))
+        proba: np.ndarray = self.pipeline.predict_proba(_frame(X, self.features))
         return proba
 
 
+class SklearnEmbedding:
+    """The pipeline's ``embedding`` step (the fallback for the prediction log)."""
+
+    def __init__(self, pipeline: Any, features: list[str]) -> None:
+        self.step = pipeline.named_steps["embedding"]
+        self.features = features
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        import sklearn
+
+        with sklearn.config_context(assume_finite=True):
+            return np.asarray(self.step.transform(_frame(X, self.features)))
+
+
 class OnnxEngine:
-    """The same pipeline as an ONNX graph, run by ONNX Runtime on one thread."""
+    """A checked ONNX graph, run by ONNX Runtime on one thread."""
 
     name = "onnxruntime"
 
@@ -70,6 +97,8 @@ class OnnxEngine:
         proba: np.ndarray = self.session.run(self.outputs, {self.input: X})[0]
         return proba
 
+    transform = predict_proba  # the embedding graph: features in, PCA_1..PCA_n out
+
 
 @dataclass
 class Served:
@@ -77,12 +106,14 @@ class Served:
 
     model: LoadedModel
     engine: SklearnEngine | OnnxEngine
+    embedding: SklearnEmbedding | OnnxEngine
     features: list[str] = field(init=False)
     feature_set: frozenset[str] = field(init=False)
     getter: Any = field(init=False)
     classes: list[Any] = field(init=False)
     class_keys: list[str] = field(init=False)
     class_names: list[str] = field(init=False)
+    has_backup: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.features = self.model.features
@@ -97,23 +128,49 @@ class Served:
         self.class_keys = [str(c) for c in self.classes]
         names = self.model.manifest.get("class_names") or self.class_keys
         self.class_names = [str(n) for n in names]
+        # The backup is a pickle: usable only where scikit-learn is installed.
+        self.has_backup = BACKUP in self.model.files and has_sklearn()
 
     @property
     def version(self) -> str:
         return self.model.version
 
 
-def make_engine(model: LoadedModel) -> SklearnEngine | OnnxEngine:
-    """ONNX Runtime for a version with a checked ONNX file, scikit-learn otherwise."""
+def _onnx(model: LoadedModel, data: bytes | None, info: dict[str, Any]) -> OnnxEngine | None:
+    if data is None or not info or "error" in info:
+        return None
+    try:
+        return OnnxEngine(data, info["input"], info["output"])
+    except Exception as exc:  # a runtime that cannot load it: fall back, do not fail
+        logger.warning("ONNX file of %s not usable (%s); using scikit-learn", model.version, exc)
+        return None
+
+
+def _needs_sklearn(model: LoadedModel, what: str) -> None:
+    if not has_sklearn():
+        info = model.manifest.get("onnx") or {}
+        why = info.get("error") or (info.get("embedding") or {}).get("error") or "none published"
+        raise ModelNotReady(
+            f"model {model.version} has no checked ONNX file for {what} ({why}) and this "
+            "serving has no scikit-learn to run its pickle: install the 'sklearn' extra "
+            "(image build argument SERVING_EXTRAS=sklearn), or publish a version that converts"
+        )
+
+
+def make_served(model: LoadedModel) -> Served:
+    """ONNX Runtime for what the version has checked ONNX files for, scikit-learn otherwise."""
     info = model.manifest.get("onnx") or {}
-    if model.onnx is not None and "error" not in info:
-        try:
-            return OnnxEngine(model.onnx, info["input"], info["output"])
-        except Exception as exc:  # a runtime that cannot load it: fall back, do not fail
-            logger.warning(
-                "ONNX model of %s not usable (%s); using scikit-learn", model.version, exc
-            )
-    return SklearnEngine(model.pipeline, model.features)
+    engine: SklearnEngine | OnnxEngine | None = _onnx(model, model.onnx, info)
+    embedding: SklearnEmbedding | OnnxEngine | None = None
+    if engine is not None:
+        embedding = _onnx(model, model.embedding_onnx, info.get("embedding") or {})
+    if engine is None:
+        _needs_sklearn(model, "its predictions")
+        engine = SklearnEngine(model.pipeline, model.features)
+    if embedding is None:
+        _needs_sklearn(model, "its embedding")
+        embedding = SklearnEmbedding(model.pipeline, model.features)
+    return Served(model, engine, embedding)
 
 
 @dataclass
@@ -195,11 +252,17 @@ class ModelRuntime:
                     self.not_ready_reason = f"{exc.type}: {exc.message}"
                 logger.error("model load failed: %s", exc.message)
                 raise
-            served = Served(model, make_engine(model))
+            try:
+                served = make_served(model)
+            except MLPlatformError as exc:
+                if self._served is None:
+                    self.not_ready_reason = f"{exc.type}: {exc.message}"
+                logger.error("model %s not servable: %s", model.version, exc.message)
+                raise
             served.engine.predict_proba(np.zeros((1, len(served.features))))  # warm up
             self.load_seconds = time.perf_counter() - started
             self._served = served  # the atomic swap
-            # Move everything alive now (the model, sklearn, pandas...) out of the cyclic
+            # Move everything alive now (the model, its runtime, the libraries...) out of the cyclic
             # collector's view: otherwise each full collection, which parsing big JSON
             # batches triggers often, walks it all. Measured: p99 of a 1,000-row request
             # 140 ms -> 25 ms (bench/BENCHMARKS.md). Refcounting still frees a replaced model.
@@ -305,7 +368,9 @@ class ModelRuntime:
         return out
 
     def tensor_rows(self, data: Any, shape: Any, datatype: str, name: str) -> np.ndarray:
-        """An Open Inference Protocol input tensor ``[n, n_features]`` as a float64 matrix."""
+        """An Open Inference Protocol input tensor ``[n, n_features]`` as a float64 matrix.
+
+        ``data``: the JSON ``data`` (flat or nested lists), or the binary data as an array."""
         features = self.served.features
         where = f"inputs[{name}]"
         if datatype not in ("FP32", "FP64"):
@@ -324,19 +389,23 @@ class ModelRuntime:
         try:
             # Flat data (or one level of rows) gets the same C-level type pass as JSON rows:
             # numbers only, bool is not one. Deeper nesting goes to the slow, exact check.
-            flat = (
-                list(itertools.chain.from_iterable(data))
-                if isinstance(data, list) and data and isinstance(data[0], list)
-                else data
-            )
-            if not isinstance(flat, list) or not set(map(type, flat)) <= _NUMBER_TYPES:
-                raise ValueError
-            arr = np.asarray(flat, dtype=dtype).reshape(-1)
+            if isinstance(data, np.ndarray):  # binary tensor data: already numbers
+                arr = data.reshape(-1)
+            else:
+                flat = (
+                    list(itertools.chain.from_iterable(data))
+                    if isinstance(data, list) and data and isinstance(data[0], list)
+                    else data
+                )
+                if not isinstance(flat, list) or not set(map(type, flat)) <= _NUMBER_TYPES:
+                    raise ValueError
+                arr = np.asarray(flat, dtype=dtype).reshape(-1)
             ok = arr.size == shape[0] * shape[1] and bool(np.isfinite(arr).all())
         except (ValueError, TypeError, OverflowError):
             ok = False
         if not ok:
-            raise self._explain_tensor(data, shape, where) from None
+            values = data.tolist() if isinstance(data, np.ndarray) else data
+            raise self._explain_tensor(values, shape, where) from None
         return arr.reshape(shape).astype(np.float64, copy=False)
 
     @staticmethod
@@ -370,10 +439,10 @@ class ModelRuntime:
         try:
             proba = served.engine.predict_proba(X)
         except Exception:
-            if served.model.backup is None:
+            if not served.has_backup:
                 raise
             logger.exception("primary model %s failed; the backup answers", served.version)
-            proba = served.model.backup.predict_proba(pd.DataFrame(X, columns=served.features))
+            proba = served.model.backup.predict_proba(_frame(X, served.features))
             backup = True
         if not np.isfinite(proba).all():
             bad = int(np.flatnonzero(~np.isfinite(proba).all(axis=1))[0])

@@ -108,8 +108,7 @@ class Service:
             if count:
                 obs.PREDICTIONS.labels(served.version, key).inc(count)
         top = result.proba.max(axis=1)
-        for p in top.tolist():
-            obs.PROBABILITY.observe(p)
+        obs.observe_many(obs.PROBABILITY, top)
         if result.backup:
             obs.BACKUP.inc(n)
         self.stats.predictions(

@@ -92,14 +92,24 @@ async def predict(request: Request) -> Response:
         X = runtime.parse_csv(await request.body())
         service.check_batch(len(X), "csv")
     elif content_type in ("application/json", ""):
-        req = parse_model(PredictRequest, await read_json(request))
-        if (req.features is None) == (req.instances is None):
-            raise InvalidInput("body: give exactly one of 'features' (one row) or 'instances'")
-        if req.features is not None:
-            X = runtime.validate_rows([req.features], field="features")
+        data = await read_json(request)
+        # The envelope's shape is checked by hand: pydantic would copy every row of a batch
+        # before validate_rows reads them again. Any other shape gets pydantic's exact error.
+        one = type(data) is dict and len(data) == 1
+        if one and type(data.get("features")) is dict:
+            features, instances = data["features"], None
+        elif one and type(data.get("instances")) is list:
+            features, instances = None, data["instances"]
         else:
-            service.check_batch(len(req.instances))
-            X = runtime.validate_rows(req.instances)
+            req = parse_model(PredictRequest, data)
+            features, instances = req.features, req.instances
+        if (features is None) == (instances is None):
+            raise InvalidInput("body: give exactly one of 'features' (one row) or 'instances'")
+        if features is not None:
+            X = runtime.validate_rows([features], field="features")
+        else:
+            service.check_batch(len(instances))
+            X = runtime.validate_rows(instances)
     else:
         raise InvalidInput(
             f"content-type: {content_type!r:.60} is not supported; use application/json or text/csv"

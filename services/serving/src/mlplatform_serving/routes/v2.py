@@ -164,7 +164,7 @@ async def infer(name: str, request: Request) -> Response:
             raise InvalidInput(
                 f"inputs[{tensor.name}]: binary data is not a whole number of {tensor.datatype}"
             )
-        data = np.frombuffer(binary, dtype=dtype).astype(float).tolist()
+        data = np.frombuffer(binary, dtype=dtype)
     elif data is None:
         raise InvalidInput(f"inputs[{tensor.name}].data: missing")
     X = runtime.tensor_rows(data, tensor.shape, tensor.datatype, tensor.name)
