@@ -10,6 +10,7 @@ and predictions keep answering. Recent predictions also stay in a bounded in-mem
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -75,10 +76,12 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
         X = np.vstack([e.result.X for e in group])
         proba = np.vstack([e.result.proba for e in group])
         labels = np.concatenate([e.result.label_index for e in group])
-        backup = np.concatenate([np.full(len(e), e.result.backup) for e in group])
+        # Per-batch values repeated per row; a buffer may hold 10,000 one-row batches.
+        lengths = [len(e) for e in group]
+        backup = np.repeat(np.array([e.result.backup for e in group], dtype=bool), lengths)
         columns: dict[str, Any] = {
-            "prediction_id": [pid for e in group for pid in e.ids],
-            "ts": np.concatenate([np.full(len(e), e.ts) for e in group]),
+            "prediction_id": list(itertools.chain.from_iterable(e.ids for e in group)),
+            "ts": np.repeat(np.array([e.ts for e in group], dtype=np.float64), lengths),
             "model_version": served.version,
             "prediction": np.asarray(served.class_keys, dtype=object)[labels],
             "probability": proba.max(axis=1),
