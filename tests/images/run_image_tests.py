@@ -9,7 +9,7 @@ Not collected by ``pytest`` (the normal suite needs no Docker). On Debian as roo
    Python 3.11, venv and pip; plus this machine's CA bundle and pip index settings, so a build
    reaches PyPI the way this machine does) and keeps it for the next run;
 4. builds ``mlplatform-<service>:<appVersion>`` with ``--build-arg BASE_IMAGE=<local base>``, and
-   ``mlplatform-serving:<appVersion>-sklearn`` (``SERVING_EXTRAS=sklearn``); checks that only the
+   ``mlplatform-serving-sklearn:<appVersion>`` (``SERVING_EXTRAS=sklearn``); checks that only the
    latter has scikit-learn;
 5. against a real S3 server (moto) on the host: runs the retrainer's bootstrap ``train``, then
    serving (``/ready``, ``/predict`` by ONNX Runtime, ``/feedback``, Docker's HEALTHCHECK, the
@@ -365,7 +365,6 @@ def build_images(
     services = [*services, *(v for v, (of, _) in VARIANTS.items() if of in services)]
     longest_first = sorted(services, key=lambda n: BUILD_ORDER.index(n))
     tags = {name: f"mlplatform-{name}:{version}" for name in longest_first}
-    tags["serving-sklearn"] = f"mlplatform-serving:{version}-sklearn"
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {name: pool.submit(build_one, base, name, tags[name]) for name in longest_first}
         seconds = {name: future.result() for name, future in futures.items()}
