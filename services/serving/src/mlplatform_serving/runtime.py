@@ -439,10 +439,11 @@ class ModelRuntime:
         try:
             proba = served.engine.predict_proba(X)
         except Exception:
-            if not served.has_backup:
+            backup_model = served.model.backup if served.has_backup else None
+            if backup_model is None:
                 raise
             logger.exception("primary model %s failed; the backup answers", served.version)
-            proba = served.model.backup.predict_proba(_frame(X, served.features))
+            proba = backup_model.predict_proba(_frame(X, served.features))
             backup = True
         if not np.isfinite(proba).all():
             bad = int(np.flatnonzero(~np.isfinite(proba).all(axis=1))[0])

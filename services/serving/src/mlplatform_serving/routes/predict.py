@@ -96,6 +96,8 @@ async def predict(request: Request) -> Response:
         # The envelope's shape is checked by hand: pydantic would copy every row of a batch
         # before validate_rows reads them again. Any other shape gets pydantic's exact error.
         one = type(data) is dict and len(data) == 1
+        features: dict[str, Any] | None
+        instances: list[Any] | None
         if one and type(data.get("features")) is dict:
             features, instances = data["features"], None
         elif one and type(data.get("instances")) is list:
@@ -107,7 +109,7 @@ async def predict(request: Request) -> Response:
             raise InvalidInput("body: give exactly one of 'features' (one row) or 'instances'")
         if features is not None:
             X = runtime.validate_rows([features], field="features")
-        else:
+        elif instances is not None:
             service.check_batch(len(instances))
             X = runtime.validate_rows(instances)
     else:
