@@ -17,7 +17,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -145,7 +144,9 @@ class PredictionLog:
             self._pending.append(entry)
             self._pending_rows += len(entry)
             # C-level loops: a 1,000-row batch adds (and may evict) 1,000 ids.
-            self._recent.update(zip(ids, zip(repeat(entry), range(len(ids))), strict=True))
+            self._recent.update(
+                zip(ids, zip(itertools.repeat(entry), range(len(ids))), strict=True)
+            )
             self._recent_entries.append(entry)
             while (
                 self._recent_entries
