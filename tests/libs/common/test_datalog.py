@@ -120,6 +120,18 @@ def test_prediction_ids_carry_their_time_and_are_unique() -> None:
     assert datalog.prediction_time("not-an-id") is None
 
 
+def test_prediction_ids_of_a_batch_share_one_key_and_number_their_rows() -> None:
+    ts = 1_800_000_000.5
+    first, second = datalog.new_prediction_ids(3, ts), datalog.new_prediction_ids(2000, ts)
+    key = first[0][:26]
+    assert [datalog.prediction_batch(i) for i in first] == [(key, 0), (key, 1), (key, 2)]
+    assert datalog.prediction_batch(second[1999]) == (second[0][:26], 1999)
+    # the same millisecond, another batch: another random key, no shared id
+    assert second[0][:26] != first[0][:26] and not set(first) & set(second)
+    assert datalog.prediction_batch("f" * 31 + "g") is None
+    assert datalog.prediction_batch("short") is None
+
+
 def test_find_prediction_reads_only_batches_from_its_time_on(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

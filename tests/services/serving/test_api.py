@@ -553,6 +553,8 @@ def test_feedback_by_id_finds_recent_rows_in_memory_and_older_ones_in_the_store(
         assert all(log.lookup(pid) is None for batch in ids[:2] for pid in batch)
         assert all(log.lookup(pid) is not None for batch in ids[2:] for pid in batch)
         assert log.lookup(ids[4][9])["mean_radius"] == rows[49]["mean_radius"]
+        # one batch's key with a row it does not have
+        assert log.lookup(ids[4][0][:26] + "00000a") is None
         # evicted from memory, still found once the log is written: read back from the store
         assert log.flush() == 50
         r = c.post("/feedback", json={"prediction_id": ids[0][3], "target": 1})

@@ -63,6 +63,10 @@ def test_predict_log_and_feedback_through_a_real_process(
     assert sorted(logged["prediction_id"]) == sorted(ids)
     assert {"mean_radius", "PCA_1", "PCA_10", "proba_json", "model_version"} <= set(logged.columns)
     assert set(logged["model_version"]) == {"v1"}
+    # written as categories, read back as plain strings like every other column
+    assert logged["model_version"].dtype == object and logged["prediction"].dtype == object
+    labels = {p["prediction_id"]: str(p["label"]) for p in r.json()["predictions"]}
+    assert dict(zip(logged["prediction_id"], logged["prediction"], strict=True)) == labels
 
 
 def test_1000_concurrent_feedback_posts_over_two_processes(

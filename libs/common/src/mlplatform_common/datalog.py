@@ -51,15 +51,35 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+_ROW_DIGITS = 6  # a batch of up to 16,777,216 rows
+_row_suffixes: list[str] = []
+_row_suffixes_lock = threading.Lock()
+
+
 def new_prediction_ids(n: int, ts: float) -> list[str]:
-    """``n`` prediction ids: 12 hex digits of the time in milliseconds, then 80 random bits.
+    """``n`` prediction ids for one batch, 32 hex digits each: the time in milliseconds (12),
+    56 random bits shared by the batch (14), then the row's index in the batch (6).
 
     The time prefix lets ``find_prediction`` read only the log batches written after the
-    prediction instead of a whole day's.
+    prediction instead of a whole day's. The shared part lets the serving keep one index entry
+    per batch, not per row (``prediction_batch``); ids of other batches stay unguessable.
     """
-    head = f"{int(ts * 1000):012x}"
-    blob = os.urandom(10 * n).hex()  # one call, not n uuid4()s
-    return [head + blob[i : i + 20] for i in range(0, 20 * n, 20)]
+    if n > 16**_ROW_DIGITS:
+        raise ValueError(f"a batch has at most {16**_ROW_DIGITS} prediction ids, not {n}")
+    head = f"{int(ts * 1000):012x}{os.urandom(7).hex()}"
+    if len(_row_suffixes) < n:  # made once, reused by every batch: ids are then one C loop
+        with _row_suffixes_lock:
+            more = range(len(_row_suffixes), n)
+            _row_suffixes.extend(f"{i:0{_ROW_DIGITS}x}" for i in more)
+    return list(map(head.__add__, _row_suffixes[:n]))
+
+
+def prediction_batch(prediction_id: str) -> tuple[str, int] | None:
+    """A ``new_prediction_ids`` id's batch (the shared part) and row, or None for another
+    id format."""
+    if prediction_time(prediction_id) is None:
+        return None
+    return prediction_id[:-_ROW_DIGITS], int(prediction_id[-_ROW_DIGITS:], 16)
 
 
 def prediction_time(prediction_id: str) -> float | None:
@@ -109,13 +129,21 @@ def write_predictions(store: Store, rows: pd.DataFrame, ts: float | None = None)
     return key
 
 
+def _read_batch(data: bytes) -> pd.DataFrame:
+    """One log batch, its dictionary-encoded columns (the serving writes model_version and
+    prediction as categories) back as plain values, like the rest."""
+    frame = pd.read_parquet(io.BytesIO(data), engine="fastparquet")
+    for column in frame.select_dtypes("category").columns:
+        frame[column] = frame[column].astype(object)
+    return frame
+
+
 def read_predictions(
     store: Store, since: float | None = None, until: float | None = None
 ) -> pd.DataFrame:
     """Every logged prediction whose batch was written in ``(since, until]``, oldest first."""
     frames = [
-        pd.read_parquet(io.BytesIO(store.get(k)), engine="fastparquet")
-        for k in _keys_between(store, keys.PREDICTIONS, since, until)
+        _read_batch(store.get(k)) for k in _keys_between(store, keys.PREDICTIONS, since, until)
     ]
     if not frames:
         return pd.DataFrame(columns=PREDICTION_COLUMNS)
@@ -260,7 +288,7 @@ def find_prediction(
         ]
     for key in candidates:
         try:
-            frame = pd.read_parquet(io.BytesIO(store.get(key)), engine="fastparquet")
+            frame = _read_batch(store.get(key))
         except ObjectNotFound:
             continue
         hit = frame[frame["prediction_id"] == prediction_id]
