@@ -7,6 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from mlplatform_serving.observability import observe_many
+from mlplatform_serving.predlog import column_major
 
 BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
@@ -22,6 +23,7 @@ def _histogram() -> tuple[CollectorRegistry, Histogram]:
         # on the bounds (le: a value equal to a bound is in that bucket), between, above
         [0.5, 0.6, 0.95, 1.0, 0.55, 0.999, 0.42, 1.5],
         np.random.default_rng(0).uniform(0.3, 1.2, 5000).tolist(),
+        [0.95, 0.42, 1.0],  # a few values take plain observe
         [],
     ],
 )
@@ -56,3 +58,11 @@ def test_proba_json_equals_one_encode_per_row(n_classes: int) -> None:
     expected = [orjson.dumps(p).decode() for p in proba.round(6).tolist()]
     assert proba_json(proba) == expected
     assert proba_json(proba[:0]) == []
+
+
+@pytest.mark.parametrize(("rows", "block"), [(10, 3), (4096, 4096), (5000, 4096), (1, 4096)])
+def test_column_major_is_the_transpose_in_c_order(rows: int, block: int) -> None:
+    X = np.random.default_rng(1).normal(size=(rows, 7))
+    out = column_major(X, block=block)
+    assert out.flags.c_contiguous and out.shape == (7, rows)
+    assert np.array_equal(out, X.T)

@@ -90,8 +90,8 @@ class ObservabilityMiddleware:
             template = getattr(route, "path", None) or "unmatched"
             duration = time.perf_counter() - started
             method = scope.get("method", "GET")
-            obs.HTTP_REQUESTS.labels(template, method, str(status)).inc()
-            obs.HTTP_DURATION.labels(template, method).observe(duration)
+            obs.child(obs.HTTP_REQUESTS, template, method, str(status)).inc()
+            obs.child(obs.HTTP_DURATION, template, method).observe(duration)
             self.stats.request(duration, status)
 
 

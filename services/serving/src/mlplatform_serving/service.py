@@ -106,7 +106,7 @@ class Service:
         counts = np.bincount(result.label_index, minlength=len(served.classes))
         for key, count in zip(served.class_keys, counts.tolist(), strict=True):
             if count:
-                obs.PREDICTIONS.labels(served.version, key).inc(count)
+                obs.child(obs.PREDICTIONS, served.version, key).inc(count)
         top = result.proba.max(axis=1)
         obs.observe_many(obs.PROBABILITY, top)
         if result.backup:
