@@ -559,3 +559,43 @@ def test_feedback_by_id_finds_recent_rows_in_memory_and_older_ones_in_the_store(
         assert log.flush() == 50
         r = c.post("/feedback", json={"prediction_id": ids[0][3], "target": 1})
         assert r.status_code == 201, r.text
+
+
+def test_the_typed_json_decoder_reads_what_the_checked_path_reads(model_store: Store, rows) -> None:
+    with TestClient(create_app(serving_settings(), model_store)) as c:
+        runtime = c.app.state.service.runtime
+        first = next(iter(rows[0]))
+        good = [
+            rows[0],
+            {k: int(v) for k, v in rows[1].items()},  # integers are numbers too
+            {**rows[2], first: 10**30},
+            dict(reversed(list(rows[3].items()))),  # any key order
+        ]
+        body = json.dumps({"instances": good}).encode()
+        X, field = runtime.decode_json(body)
+        assert field == "instances"
+        assert np.array_equal(X, runtime.validate_rows(json.loads(body)["instances"]))
+        X, field = runtime.decode_json(json.dumps({"features": rows[4]}).encode())
+        assert field == "features" and np.array_equal(X, runtime.validate_rows([rows[4]]))
+        # Anything else is left to the checked path, which names the problem (tests above).
+        no_first = {k: v for k, v in rows[0].items() if k != first}
+        refused = [
+            {"instances": []},
+            {},
+            {"features": rows[0], "instances": [rows[1]]},
+            {"instances": [rows[0], {**rows[1], "extra": 1}]},
+            {"instances": [rows[0], {**rows[1], first: True}]},
+            {"instances": [{**rows[0], first: "1.5"}]},
+            {"features": no_first},
+            {"features": None},
+            {"instances": rows[0]},
+            [rows[0]],
+        ]
+        bodies = [json.dumps(b).encode() for b in refused] + [
+            json.dumps({"features": {**rows[0], first: 1.0}}).replace("1.0", "1e400").encode(),
+            json.dumps({"features": {**rows[0], first: 1.0}}).replace("1.0", "NaN").encode(),
+            b"",
+            b"not json",
+        ]
+        for b in bodies:
+            assert runtime.decode_json(b) is None, b[:80]

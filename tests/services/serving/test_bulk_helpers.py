@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import numpy as np
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
+from mlplatform_common import datalog
 from mlplatform_serving.observability import observe_many
 from mlplatform_serving.predlog import column_major
+from mlplatform_serving.runtime import BatchResult
+from mlplatform_serving.service import Service
 
 BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
@@ -66,3 +73,42 @@ def test_column_major_is_the_transpose_in_c_order(rows: int, block: int) -> None
     out = column_major(X, block=block)
     assert out.flags.c_contiguous and out.shape == (7, rows)
     assert np.array_equal(out, X.T)
+
+
+@pytest.mark.parametrize(
+    ("classes", "names", "n", "backup"),
+    [
+        ([0, 1], ["benign", "malignant"], 1000, False),
+        (['a"b', "é"], ['quote "name"', "accent é"], 3, True),
+        ([3, 7, 9], ["x", "y", "z"], 1, False),
+    ],
+)
+def test_spliced_answers_equal_orjson_of_the_row_dicts(
+    classes: list[Any], names: list[str], n: int, backup: bool
+) -> None:
+    rng = np.random.default_rng(2)
+    proba = rng.dirichlet(np.ones(len(classes)), size=n)
+    proba[0] = [1.0] + [0.0] * (len(classes) - 1)  # ends of the range, and a tiny value
+    if n > 2:
+        proba[1] = [1e-20, 1 - 1e-20] + [0.0] * (len(classes) - 2)
+    served = SimpleNamespace(
+        classes=classes,
+        class_names=names,
+        class_keys=[str(c) for c in classes],
+        version="v12",
+    )
+    result = BatchResult(served, np.zeros((n, 2)), proba, proba.argmax(axis=1), backup)  # type: ignore[arg-type]
+    ids = datalog.new_prediction_ids(n, 1_800_000_000.0)
+    dicts = Service.answer_dicts(result, ids)
+    assert dicts[0] == {
+        "prediction_id": ids[0],
+        "label": classes[0],
+        "label_name": names[0],
+        "probability": 1.0,
+        "probabilities": {str(c): float(c == classes[0]) for c in classes},
+        "model_version": "v12",
+        "backup": backup,
+    }
+    assert orjson.dumps(Service.answers_spliced(result, ids)) == orjson.dumps(dicts)
+    assert orjson.dumps(Service.answers(result, ids)) == orjson.dumps(dicts)
+    assert orjson.dumps(Service.answers_spliced(result, [])) == b"[]"

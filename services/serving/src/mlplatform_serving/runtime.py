@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from mlplatform_common.errors import InvalidInput, MLPlatformError, ModelNotReady
@@ -110,6 +111,7 @@ class Served:
     features: list[str] = field(init=False)
     feature_set: frozenset[str] = field(init=False)
     getter: Any = field(init=False)
+    json_decoder: Any = field(init=False)
     classes: list[Any] = field(init=False)
     class_keys: list[str] = field(init=False)
     class_names: list[str] = field(init=False)
@@ -124,6 +126,7 @@ class Served:
             if len(self.features) > 1
             else lambda row: (row[self.features[0]],)
         )
+        self.json_decoder = _envelope_decoder(self.features)
         self.classes = self.model.classes
         self.class_keys = [str(c) for c in self.classes]
         names = self.model.manifest.get("class_names") or self.class_keys
@@ -134,6 +137,29 @@ class Served:
     @property
     def version(self) -> str:
         return self.model.version
+
+
+def _envelope_decoder(features: list[str]) -> msgspec.json.Decoder[Any]:
+    """A decoder of ``{"features": {...}}`` / ``{"instances": [{...}, ...]}`` whose rows are
+    typed structs of exactly these features as floats (ints accepted, bools and strings not):
+    msgspec checks every row while parsing, with no dict per row."""
+    row = msgspec.defstruct(
+        "Row",
+        [(f"f{i}", float) for i in range(len(features))],
+        rename={f"f{i}": name for i, name in enumerate(features)},  # any name, even "a (cm)"
+        forbid_unknown_fields=True,
+        gc=False,
+    )
+    envelope = msgspec.defstruct(
+        "Envelope",
+        [
+            ("features", msgspec.UnsetType | row, msgspec.UNSET),
+            ("instances", msgspec.UnsetType | list[row], msgspec.UNSET),  # type: ignore[valid-type]
+        ],
+        forbid_unknown_fields=True,
+        gc=False,
+    )
+    return msgspec.json.Decoder(envelope)
 
 
 def _onnx(model: LoadedModel, data: bytes | None, info: dict[str, Any]) -> OnnxEngine | None:
@@ -318,6 +344,26 @@ class ModelRuntime:
         except (ValueError, TypeError, OverflowError, KeyError):
             raise self._explain(rows, field, served) from None
         return X
+
+    def decode_json(self, body: bytes) -> tuple[np.ndarray, str] | None:
+        """The fast path for a well-formed JSON body: its rows as a float64 matrix and the field
+        they came in (``features`` or ``instances``). None for anything else, which the checked
+        path (``loads`` then ``validate_rows``) then parses again to name the problem."""
+        served = self.served
+        try:
+            envelope = served.json_decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        if (envelope.features is msgspec.UNSET) == (envelope.instances is msgspec.UNSET):
+            return None
+        field_ = "instances" if envelope.features is msgspec.UNSET else "features"
+        rows = envelope.instances if field_ == "instances" else [envelope.features]
+        n = len(served.features)
+        values = itertools.chain.from_iterable(map(msgspec.structs.astuple, rows))
+        X = np.fromiter(values, dtype=np.float64, count=len(rows) * n).reshape(len(rows), n)
+        if not rows or not np.isfinite(X).all():
+            return None
+        return X, field_
 
     def parse_csv(self, body: bytes) -> np.ndarray:
         """Rows as ``text/csv`` (SageMaker style), with or without a header line."""

@@ -5,6 +5,7 @@ Routes call these methods and only translate HTTP; everything here is plain Pyth
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -14,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import orjson
 
 from mlplatform_common import datalog, keys
 from mlplatform_common.errors import InvalidInput, MLPlatformError, NotFound, ObjectNotFound
@@ -117,8 +119,19 @@ class Service:
         return result, ids
 
     @staticmethod
-    def rows(result: BatchResult, ids: list[str]) -> list[dict[str, Any]]:
-        """Per-row answers."""
+    def answers(result: BatchResult, ids: list[str]) -> orjson.Fragment:
+        """The per-row answers as a JSON list (``answer_dicts``), encoded.
+
+        Up to 16 rows, from the dicts; beyond, spliced (``answers_spliced``): building 1,000
+        dicts cost more than the whole prediction (bench/BENCHMARKS.md).
+        """
+        if len(ids) <= 16:
+            return orjson.Fragment(orjson.dumps(Service.answer_dicts(result, ids)))
+        return Service.answers_spliced(result, ids)
+
+    @staticmethod
+    def answer_dicts(result: BatchResult, ids: list[str]) -> list[dict[str, Any]]:
+        """What each row's answer is."""
         served = result.served
         classes, keys_, names = served.classes, served.class_keys, served.class_names
         version, backup = served.version, result.backup
@@ -137,6 +150,39 @@ class Service:
                 ids, result.label_index.tolist(), tops, result.proba.tolist(), strict=True
             )
         ]
+
+    @staticmethod
+    def answers_spliced(result: BatchResult, ids: list[str]) -> orjson.Fragment:
+        """``orjson.dumps(answer_dicts(...))`` without the dicts: every value is still encoded
+        by orjson, but a batch's numbers in one call per column and the rest once per class,
+        then spliced row by row in C loops. The tests compare both byte for byte."""
+        if not ids:
+            return orjson.Fragment(b"[]")
+        served = result.served
+
+        def dumps(value: Any) -> str:
+            return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+        def numbers(column: np.ndarray) -> list[str]:
+            return dumps(np.ascontiguousarray(column))[1:-1].split(",")
+
+        per_class = [
+            f'","label":{dumps(c)},"label_name":{dumps(name)},"probability":'
+            for c, name in zip(served.classes, served.class_names, strict=True)
+        ]
+        parts: list[Any] = [
+            itertools.repeat('{"prediction_id":"'),
+            ids,
+            map(per_class.__getitem__, result.label_index.tolist()),
+            numbers(result.proba.max(axis=1)),
+        ]
+        for j, key in enumerate(served.class_keys):
+            parts += [itertools.repeat(("," if j else ',"probabilities":{') + dumps(key) + ":")]
+            parts += [numbers(result.proba[:, j])]
+        end = f'}},"model_version":{dumps(served.version)},"backup":{dumps(result.backup)}}},'
+        parts.append(itertools.repeat(end))
+        text = "".join(itertools.chain.from_iterable(zip(*parts, strict=False)))  # repeat()s
+        return orjson.Fragment(f"[{text[:-1]}]".encode())
 
     # -- feedback -------------------------------------------------------------------------
 

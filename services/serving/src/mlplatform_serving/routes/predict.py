@@ -91,6 +91,11 @@ async def predict(request: Request) -> Response:
         runtime.served  # noqa: B018 - raises ModelNotReady before parsing
         X = runtime.parse_csv(await request.body())
         service.check_batch(len(X), "csv")
+    elif content_type in ("application/json", "") and (
+        fast := runtime.decode_json(await request.body())
+    ):
+        X, field = fast
+        service.check_batch(len(X), field)
     elif content_type in ("application/json", ""):
         data = await read_json(request)
         # The envelope's shape is checked by hand: pydantic would copy every row of a batch
@@ -122,6 +127,6 @@ async def predict(request: Request) -> Response:
             "model_version": result.served.version,
             "engine": result.served.engine.name,
             "backup": result.backup,
-            "predictions": service.rows(result, ids),
+            "predictions": service.answers(result, ids),
         }
     )
