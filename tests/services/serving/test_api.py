@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
@@ -599,3 +600,20 @@ def test_the_typed_json_decoder_reads_what_the_checked_path_reads(model_store: S
         ]
         for b in bodies:
             assert runtime.decode_json(b) is None, b[:80]
+
+
+def test_a_backlog_is_written_in_objects_of_bounded_size(model_store: Store, rows) -> None:
+    settings = serving_settings(log_write_max_rows=25, log_flush_seconds=3600)
+    with TestClient(create_app(settings, model_store)) as c:
+        ids = []
+        for i in range(5):
+            r = c.post("/predict", json={"instances": rows[10 * i : 10 * i + 10]})
+            ids += [p["prediction_id"] for p in r.json()["predictions"]]
+        r = c.post("/predict", json={"instances": rows[:40]})  # bigger than one object: whole
+        ids += [p["prediction_id"] for p in r.json()["predictions"]]
+        assert c.app.state.service.log.flush() == 90
+    objects = model_store.list_keys(keys.PREDICTIONS)
+    sizes = sorted(len(pd.read_parquet(io.BytesIO(model_store.get(k)))) for k in objects)
+    assert sizes == [10, 20, 20, 40]  # whole requests: 10+10, 10+10, 10, then the 40 alone
+    logged = datalog.read_predictions(model_store)["prediction_id"]
+    assert len(logged) == 90 and sorted(logged) == sorted(ids)

@@ -123,6 +123,7 @@ class PredictionLog:
         flush_rows: int,
         flush_seconds: float,
         max_rows: int,
+        write_max_rows: int = 50_000,
         cache_rows: int,
         on_drop: Callable[[int], None] = lambda n: None,
     ) -> None:
@@ -130,6 +131,7 @@ class PredictionLog:
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.max_rows = max_rows
+        self.write_max_rows = write_max_rows
         self.cache_rows = cache_rows
         self.on_drop = on_drop
         self._pending: deque[Entry] = deque()
@@ -205,36 +207,49 @@ class PredictionLog:
         return self._pending_rows
 
     def flush(self) -> int:
-        """Write everything buffered as one batch; return the rows written (0 on failure)."""
+        """Write everything buffered, in objects of at most ``write_max_rows`` rows; return the
+        rows written. Stops at the first failed write (its rows stay buffered)."""
+        written = 0
         with self._flush_lock:
+            while (rows := self._write_some()) > 0:
+                written += rows
+        return written
+
+    def _write_some(self) -> int:
+        """Write the oldest buffered requests as one object: rows written, 0 if none, -1 on
+        failure."""
+        with self._lock:
+            entries: list[Entry] = []
+            rows = 0
+            while self._pending and (
+                not entries or rows + len(self._pending[0]) <= self.write_max_rows
+            ):
+                entries.append(self._pending.popleft())
+                rows += len(entries[-1])
+            self._pending_rows -= rows
+        if not entries:
+            return 0
+        try:
+            frame = to_frame(entries)
+        except Exception:  # a bug here must not stop logging for the process
+            logger.exception("could not build %d prediction log rows; dropped", rows)
+            self.dropped_rows += rows
+            self.on_drop(rows)
+            return -1
+        try:
+            datalog.write_predictions(self.store, frame)
+        except MLPlatformError as exc:
+            logger.warning("prediction log not written (%s); %d rows kept", exc.message, rows)
             with self._lock:
-                if not self._pending:
-                    return 0
-                entries = list(self._pending)
-                self._pending.clear()
-                rows = self._pending_rows
-                self._pending_rows = 0
-            try:
-                frame = to_frame(entries)
-            except Exception:  # a bug here must not stop logging for the process
-                logger.exception("could not build %d prediction log rows; dropped", rows)
-                self.dropped_rows += rows
-                self.on_drop(rows)
-                return 0
-            try:
-                datalog.write_predictions(self.store, frame)
-            except MLPlatformError as exc:
-                logger.warning("prediction log not written (%s); %d rows kept", exc.message, rows)
-                with self._lock:
-                    self._pending.extendleft(reversed(entries))
-                    self._pending_rows += rows
-                    self._oldest = time.monotonic()
-                    dropped = self._trim()
-                if dropped:
-                    self.on_drop(dropped)
-                return 0
-            self.written_rows += rows
-            return rows
+                self._pending.extendleft(reversed(entries))
+                self._pending_rows += rows
+                self._oldest = time.monotonic()
+                dropped = self._trim()
+            if dropped:
+                self.on_drop(dropped)
+            return -1
+        self.written_rows += rows
+        return rows
 
     def _due(self) -> bool:
         with self._lock:

@@ -42,6 +42,7 @@ class Service:
             store,
             flush_rows=settings.log_flush_rows,
             flush_seconds=settings.log_flush_seconds,
+            write_max_rows=settings.log_write_max_rows,
             max_rows=settings.log_buffer_max_rows,
             cache_rows=settings.recent_cache_rows,
             on_drop=lambda n: obs.LOG_DROPPED.inc(n),

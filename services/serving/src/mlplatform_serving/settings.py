@@ -62,6 +62,10 @@ class ServingSettings(CommonSettings):
     log_flush_seconds: float = 2.0
     """... or when the oldest buffered row is this old."""
 
+    log_write_max_rows: int = 50_000
+    """... in objects of at most this many rows (whole requests; a bigger request is one
+    object): it bounds the writer's memory when it catches up with a backlog."""
+
     log_buffer_max_rows: int = 200_000
     """Rows kept while the store is down; beyond this the oldest are dropped and counted."""
 
