@@ -372,9 +372,13 @@ def build_images(
 
 
 def check_variants(tags: dict[str, str]) -> None:
-    """The default serving image has no scikit-learn; the variant has it, and serving sees it."""
-    probe = "from mlplatform_serving.runtime import has_sklearn; print(has_sklearn())"
-    for name, expected in (("serving", "False"), ("serving-sklearn", "True")):
+    """The default serving image has no scikit-learn; the variant has it, and serving sees it.
+    Both have uvloop, the event loop `make bench` measured (uvicorn takes it when installed)."""
+    probe = (
+        "import importlib.util; from mlplatform_serving.runtime import has_sklearn; "
+        "print(has_sklearn(), importlib.util.find_spec('uvloop') is not None)"
+    )
+    for name, expected in (("serving", "False True"), ("serving-sklearn", "True True")):
         if name not in tags:
             continue
         got = run(
@@ -382,8 +386,8 @@ def check_variants(tags: dict[str, str]) -> None:
             capture=True,
         ).stdout.strip()
         if got != expected:
-            raise Failure(f"{tags[name]}: scikit-learn installed is {got}, expected {expected}")
-        log(f"{tags[name]}: scikit-learn installed: {got}")
+            raise Failure(f"{tags[name]}: (scikit-learn, uvloop) is {got}, expected {expected}")
+        log(f"{tags[name]}: scikit-learn, uvloop installed: {got}")
 
 
 # --- running them ---------------------------------------------------------------------------
