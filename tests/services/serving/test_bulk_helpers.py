@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from mlplatform_common import datalog
 from mlplatform_serving.observability import observe_many
-from mlplatform_serving.predlog import column_major
+from mlplatform_serving.predlog import _chunks, column_major
 from mlplatform_serving.runtime import BatchResult
 from mlplatform_serving.service import Service
 
@@ -112,3 +112,18 @@ def test_spliced_answers_equal_orjson_of_the_row_dicts(
     assert orjson.dumps(Service.answers_spliced(result, ids)) == orjson.dumps(dicts)
     assert orjson.dumps(Service.answers(result, ids)) == orjson.dumps(dicts)
     assert orjson.dumps(Service.answers_spliced(result, [])) == b"[]"
+
+
+@pytest.mark.parametrize(
+    ("lengths", "limit", "runs"),
+    [
+        ([10, 10, 10, 10, 10], 25, [(0, 2), (2, 4), (4, 5)]),
+        ([40, 1, 1], 25, [(0, 1), (1, 3)]),  # longer than the limit: a run of its own
+        ([1] * 4, 2, [(0, 2), (2, 4)]),
+        ([], 25, []),
+    ],
+)
+def test_chunks_group_whole_requests_up_to_the_limit(
+    lengths: list[int], limit: int, runs: list[tuple[int, int]]
+) -> None:
+    assert _chunks(lengths, limit) == runs

@@ -113,6 +113,21 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
+def _chunks(lengths: list[int], limit: int) -> list[tuple[int, int]]:
+    """``[start, end)`` runs of consecutive items whose lengths add up to at most ``limit``
+    (an item longer than ``limit`` is a run of its own)."""
+    runs: list[tuple[int, int]] = []
+    start, total = 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and total + n > limit:
+            runs.append((start, i))
+            start, total = i, 0
+        total += n
+    if start < len(lengths):
+        runs.append((start, len(lengths)))
+    return runs
+
+
 class PredictionLog:
     """Buffered, bounded writer of the prediction log plus a recent-id index."""
 
@@ -207,49 +222,51 @@ class PredictionLog:
         return self._pending_rows
 
     def flush(self) -> int:
-        """Write everything buffered, in objects of at most ``write_max_rows`` rows; return the
-        rows written. Stops at the first failed write (its rows stay buffered)."""
-        written = 0
+        """Write what is buffered now, in objects of at most ``write_max_rows`` rows (whole
+        requests); return the rows written. At the first failed write, it and the rest stay
+        buffered. (Rows that arrive meanwhile wait for the next flush: a loop "until empty"
+        would write an object per handful of rows under steady load.)"""
         with self._flush_lock:
-            while (rows := self._write_some()) > 0:
+            with self._lock:
+                entries = list(self._pending)
+                self._pending.clear()
+                self._pending_rows = 0
+            written = 0
+            for start, end in _chunks([len(e) for e in entries], self.write_max_rows):
+                rows = self._write(entries[start:end])
+                if rows < 0:
+                    self._keep(entries[start:])
+                    break
                 written += rows
-        return written
+            return written
 
-    def _write_some(self) -> int:
-        """Write the oldest buffered requests as one object: rows written, 0 if none, -1 on
-        failure."""
-        with self._lock:
-            entries: list[Entry] = []
-            rows = 0
-            while self._pending and (
-                not entries or rows + len(self._pending[0]) <= self.write_max_rows
-            ):
-                entries.append(self._pending.popleft())
-                rows += len(entries[-1])
-            self._pending_rows -= rows
-        if not entries:
-            return 0
+    def _write(self, entries: list[Entry]) -> int:
+        """Write some requests as one object: the rows written, or -1 on failure."""
+        rows = sum(len(e) for e in entries)
         try:
             frame = to_frame(entries)
         except Exception:  # a bug here must not stop logging for the process
             logger.exception("could not build %d prediction log rows; dropped", rows)
             self.dropped_rows += rows
             self.on_drop(rows)
-            return -1
+            return 0
         try:
             datalog.write_predictions(self.store, frame)
         except MLPlatformError as exc:
             logger.warning("prediction log not written (%s); %d rows kept", exc.message, rows)
-            with self._lock:
-                self._pending.extendleft(reversed(entries))
-                self._pending_rows += rows
-                self._oldest = time.monotonic()
-                dropped = self._trim()
-            if dropped:
-                self.on_drop(dropped)
             return -1
         self.written_rows += rows
         return rows
+
+    def _keep(self, entries: list[Entry]) -> None:
+        """Put unwritten requests back at the front of the buffer (bounded: may drop)."""
+        with self._lock:
+            self._pending.extendleft(reversed(entries))
+            self._pending_rows += sum(len(e) for e in entries)
+            self._oldest = time.monotonic()
+            dropped = self._trim()
+        if dropped:
+            self.on_drop(dropped)
 
     def _due(self) -> bool:
         with self._lock:
