@@ -394,9 +394,14 @@ def targets(serving: dict[str, Any], jobs: dict[str, Any]) -> list[str]:
             f"{serving['cold_start_s']:.2f} s",
         ),
         (
-            "one serving process < 250 MB",
+            "one serving process < 250 MB, at `/ready`",
             serving["rss_ready_mb"] < 250,
-            f"{serving['rss_ready_mb']:.0f} MB at /ready, {serving['rss_mb']:.0f} MB after the batch runs",
+            f"{serving['rss_ready_mb']:.0f} MB",
+        ),
+        (
+            "one serving process < 250 MB, after the runs above",
+            serving["rss_mb"] < 250,
+            f"{serving['rss_mb']:.0f} MB ({serving['rss_where']})",
         ),
         (
             "report 100k × 20k × 30: < 15 s, < 1.5 GB",
