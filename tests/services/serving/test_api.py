@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mlplatform_common import datalog, keys
+from mlplatform_common.errors import StorageUnavailable
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import Store
 from mlplatform_serving.app import create_app
@@ -640,3 +642,32 @@ def test_a_flush_writes_what_was_buffered_when_it_started(
         monkeypatch.setattr(model_store, "put", put)
         assert service.log.flush() == 10
         assert service.log.pending_rows == 1 and len(arrivals) == 1
+
+
+def test_requests_wait_for_a_writer_that_is_behind_but_not_for_a_store_that_is_down(
+    model_store: Store, rows, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Backpressure instead of dropping rows when the writer (not the store) is behind.
+    settings = serving_settings(log_flush_seconds=3600, log_buffer_max_rows=40)
+    with TestClient(create_app(settings, model_store)) as c:
+        log = c.app.state.service.log
+        c.post("/predict", json={"instances": rows[:30]})
+        assert log.backlogged()  # 30 of 40 waiting, the store fine
+        flusher = threading.Timer(0.3, log.flush)
+        flusher.start()
+        started = time.monotonic()
+        r = c.post("/predict", json={"instances": rows[:5]})
+        waited = time.monotonic() - started
+        flusher.join()
+        assert r.status_code == 200 and 0.25 < waited < 2.0  # held until the flush, not longer
+        assert log.dropped_rows == 0 and log.pending_rows == 5
+
+        def down(*args: object, **kwargs: object) -> None:
+            raise StorageUnavailable("store down (test)")
+
+        monkeypatch.setattr(model_store, "put", down)
+        c.post("/predict", json={"instances": rows[:30]})
+        assert log.flush() == 0 and not log.store_ok  # rows kept, and no waiting for them
+        started = time.monotonic()
+        assert c.post("/predict", json={"instances": rows[:5]}).status_code == 200
+        assert time.monotonic() - started < 0.25

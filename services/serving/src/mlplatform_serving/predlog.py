@@ -10,6 +10,7 @@ and predictions keep answering. Recent predictions also stay in a bounded in-mem
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import threading
@@ -164,6 +165,7 @@ class PredictionLog:
         self._thread: threading.Thread | None = None
         self.written_rows = 0
         self.dropped_rows = 0
+        self.store_ok = True  # the last write succeeded
 
     # -- request path ---------------------------------------------------------------------
 
@@ -203,6 +205,18 @@ class PredictionLog:
         self.dropped_rows += dropped
         return dropped
 
+    def backlogged(self) -> bool:
+        """More than half the buffer is waiting while the store accepts writes: the writer
+        is behind the requests (CPU-bound), not the store down."""
+        return self.store_ok and self._pending_rows > self.max_rows // 2
+
+    async def make_room(self, max_wait: float = 2.0) -> None:
+        """Backpressure: while backlogged, hold this request (not the event loop) so the
+        writer catches up instead of the buffer dropping rows. Bounded by ``max_wait``."""
+        deadline = time.monotonic() + max_wait
+        while self.backlogged() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
     def lookup(self, prediction_id: str) -> dict[str, Any] | None:
         """A recent prediction's log row, from memory."""
         batch = datalog.prediction_batch(prediction_id)
@@ -241,7 +255,8 @@ class PredictionLog:
             return written
 
     def _write(self, entries: list[Entry]) -> int:
-        """Write some requests as one object: the rows written, or -1 on failure."""
+        """Write some requests as one object: the rows written; 0 if their rows could not be
+        built (dropped and counted); -1 if the store refused the write."""
         rows = sum(len(e) for e in entries)
         try:
             frame = to_frame(entries)
@@ -254,8 +269,10 @@ class PredictionLog:
             datalog.write_predictions(self.store, frame)
         except MLPlatformError as exc:
             logger.warning("prediction log not written (%s); %d rows kept", exc.message, rows)
+            self.store_ok = False
             return -1
         self.written_rows += rows
+        self.store_ok = True
         return rows
 
     def _keep(self, entries: list[Entry]) -> None:

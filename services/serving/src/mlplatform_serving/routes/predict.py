@@ -121,6 +121,7 @@ async def predict(request: Request) -> Response:
         raise InvalidInput(
             f"content-type: {content_type!r:.60} is not supported; use application/json or text/csv"
         )
+    await service.log.make_room()
     result, ids = service.predict(X)
     return json_response(
         {

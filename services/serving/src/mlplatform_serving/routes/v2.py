@@ -175,6 +175,7 @@ async def infer(name: str, request: Request) -> Response:
         raise InvalidInput(
             f"outputs: unknown output {unknown[0]!r:.60}; choose from {list(OUTPUTS)}"
         )
+    await service.log.make_room()
     result, ids = service.predict(X)
     strings = any(isinstance(c, str) for c in result.served.classes)
     labels = result.labels
