@@ -15,6 +15,7 @@ with) is imported only for a version that needs it: the serving image ships with
 from __future__ import annotations
 
 import csv
+import functools
 import gc
 import importlib.util
 import io
@@ -213,6 +214,12 @@ class BatchResult:
     def labels(self) -> list[Any]:
         classes = self.served.classes
         return [classes[i] for i in self.label_index.tolist()]
+
+    @functools.cached_property
+    def top(self) -> np.ndarray:
+        """Each row's probability of its predicted class (metrics and answers both read it)."""
+        top: np.ndarray = self.proba.max(axis=1)
+        return top
 
 
 def _number(value: Any, where: str) -> float:

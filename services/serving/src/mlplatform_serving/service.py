@@ -110,7 +110,7 @@ class Service:
         for key, count in zip(served.class_keys, counts.tolist(), strict=True):
             if count:
                 obs.child(obs.PREDICTIONS, served.version, key).inc(count)
-        top = result.proba.max(axis=1)
+        top = result.top
         obs.observe_many(obs.PROBABILITY, top)
         if result.backup:
             obs.BACKUP.inc(n)
@@ -136,7 +136,7 @@ class Service:
         served = result.served
         classes, keys_, names = served.classes, served.class_keys, served.class_names
         version, backup = served.version, result.backup
-        tops = result.proba.max(axis=1).tolist()
+        tops = result.top.tolist()
         return [
             {
                 "prediction_id": pid,
@@ -175,7 +175,7 @@ class Service:
             itertools.repeat('{"prediction_id":"'),
             ids,
             map(per_class.__getitem__, result.label_index.tolist()),
-            numbers(result.proba.max(axis=1)),
+            numbers(result.top),
         ]
         for j, key in enumerate(served.class_keys):
             parts += [itertools.repeat(("," if j else ',"probabilities":{') + dumps(key) + ":")]
