@@ -18,17 +18,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mlplatform_common.errors import MLPlatformError
 from mlplatform_common.storage import Store, open_store
 from mlplatform_serving import observability as obs
+from mlplatform_serving.hotpath import HotRoutes
 from mlplatform_serving.launcher import make_launcher
 from mlplatform_serving.routes import admin, feedback, health, metrics, models, predict, v2
-from mlplatform_serving.schemas import FeedbackRequest, PredictRequest, ReloadRequest
+from mlplatform_serving.schemas import FeedbackRequest, PredictRequest, ReloadRequest, error_body
 from mlplatform_serving.service import Service
 from mlplatform_serving.settings import ServingSettings, get_settings
 
 logger = logging.getLogger("mlplatform.serving")
-
-
-def error_body(message: str, type_: str) -> dict[str, str]:
-    return {"error": message, "type": type_}
 
 
 class _BodyTooLarge(Exception):
@@ -173,6 +170,9 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
+    # Added first, so it runs inside the observability middleware (counted and timed).
+    routes = {route.path: route for m in (predict, v2) for route in m.router.routes}
+    app.add_middleware(HotRoutes, service=service, routes=routes)
     app.add_middleware(
         ObservabilityMiddleware, stats=service.stats, max_body_bytes=settings.max_body_bytes
     )

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,13 +33,17 @@ from mlplatform_serving.runtime import BatchResult
 logger = logging.getLogger("mlplatform.serving")
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
-    """One answered batch, as the request left it."""
+    """One answered batch (one request's rows, or several requests' predicted together)."""
 
     result: BatchResult
     ids: list[str]
     ts: float
+    # Each request's ids' shared part -> the index of its first row. A dict of strings and
+    # ints is not tracked by the cyclic collector: a tuple per request was, and with 100,000
+    # cached requests each full collection took 10-20 ms (bench/BENCHMARKS.md).
+    starts: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -153,10 +157,11 @@ class PredictionLog:
         self._pending: deque[Entry] = deque()
         self._pending_rows = 0
         self._oldest = 0.0
-        # The batches of the last ~cache_rows rows, by their ids' shared part (one entry per
-        # batch, whatever its size); whole batches leave it, oldest first.
+        # The requests of the last ~cache_rows rows, by their ids' shared part (one key per
+        # request, whatever its size): the entry holding its rows. Whole entries leave it,
+        # oldest first.
         self._recent: dict[str, Entry] = {}
-        self._recent_entries: deque[tuple[str, Entry]] = deque()
+        self._recent_entries: deque[Entry] = deque()
         self._recent_rows = 0
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -169,26 +174,34 @@ class PredictionLog:
 
     # -- request path ---------------------------------------------------------------------
 
-    def add(self, result: BatchResult, ids: list[str], ts: float) -> None:
-        """Queue an answered batch (cheap: no I/O, no pandas)."""
+    def add(self, result: BatchResult, id_groups: list[list[str]], ts: float) -> None:
+        """Queue an answered batch (cheap: no I/O, no pandas): ``result`` holds the rows of
+        one or more requests (``Service.predict_many``), ``id_groups`` their ids in order."""
+        ids = id_groups[0] if len(id_groups) == 1 else list(itertools.chain(*id_groups))
         entry = Entry(result, ids, ts)
+        offset = 0
+        for group in id_groups:
+            batch = datalog.prediction_batch(group[0]) if group else None
+            if batch is not None:
+                entry.starts[batch[0]] = offset
+            offset += len(group)
         with self._lock:
             if not self._pending:
                 self._oldest = time.monotonic()
             self._pending.append(entry)
             self._pending_rows += len(entry)
-            batch = datalog.prediction_batch(ids[0]) if ids else None
-            if batch is not None:
-                self._recent[batch[0]] = entry
-                self._recent_entries.append((batch[0], entry))
-                self._recent_rows += len(entry)
+            for key in entry.starts:
+                self._recent[key] = entry
+            self._recent_entries.append(entry)
+            self._recent_rows += len(entry)
             while (
                 self._recent_entries
-                and self._recent_rows - len(self._recent_entries[0][1]) >= self.cache_rows
+                and self._recent_rows - len(self._recent_entries[0]) >= self.cache_rows
             ):
-                key, old = self._recent_entries.popleft()
+                old = self._recent_entries.popleft()
                 self._recent_rows -= len(old)
-                self._recent.pop(key, None)
+                for key in old.starts:
+                    self._recent.pop(key, None)
             dropped = self._trim()
             due = self._pending_rows >= self.flush_rows
         if dropped:
@@ -224,8 +237,10 @@ class PredictionLog:
             return None
         with self._lock:
             entry = self._recent.get(batch[0])
-        i = batch[1]
-        if entry is None or i >= len(entry) or entry.ids[i] != prediction_id:
+        if entry is None:
+            return None
+        i = entry.starts[batch[0]] + batch[1]
+        if i >= len(entry) or entry.ids[i] != prediction_id:  # not a row of that request
             return None
         return entry.row(i)
 

@@ -221,6 +221,18 @@ class BatchResult:
         top: np.ndarray = self.proba.max(axis=1)
         return top
 
+    def rows(self, start: int, stop: int) -> BatchResult:
+        """The result of rows ``start:stop`` (one request of several predicted together)."""
+        part = BatchResult(
+            self.served,
+            self.X[start:stop],
+            self.proba[start:stop],
+            self.label_index[start:stop],
+            self.backup,
+        )
+        part.top = self.top[start:stop]  # cached_property: a plain attribute once set
+        return part
+
 
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):

@@ -83,6 +83,11 @@ class ErrorResponse(BaseModel):
     type: str = Field(description="Error class, e.g. InvalidInput")
 
 
+def error_body(message: str, type_: str) -> dict[str, str]:
+    """Every error's body (``ErrorResponse``)."""
+    return {"error": message, "type": type_}
+
+
 class ReloadRequest(Strict):
     version: str | None = Field(
         default=None, description="Version to load; default: MODEL_VERSION or the production alias"

@@ -5,6 +5,8 @@ Routes call these methods and only translate HTTP; everything here is plain Pyth
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import itertools
 import json
 import logging
@@ -27,6 +29,11 @@ from mlplatform_serving.runtime import BatchResult, ModelRuntime
 from mlplatform_serving.settings import ServingSettings
 
 logger = logging.getLogger("mlplatform.serving")
+
+# Requests of up to this many rows are predicted together with those that arrive in the same
+# event-loop turn (``Service.predict_batched``); a model call, the ids, metrics and a log
+# entry then cost once per turn instead of once per request (bench/BENCHMARKS.md).
+BATCH_MAX_ROWS = 64
 
 
 class Service:
@@ -52,11 +59,18 @@ class Service:
         self._stop = threading.Event()
         self._loader: threading.Thread | None = None
         self._counter: tuple[str, datalog.FeedbackCounter] | None = None
+        # Requests waiting for the next turn's shared model call (predict_batched).
+        self._waiting: list[tuple[np.ndarray, asyncio.Future[Any]]] = []
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
         """Load the model (retrying in the background until it works) and start the log."""
+        # A young generation of 10,000 objects instead of 700: each request allocates dozens,
+        # and at 10,000 requests/s the default ran a full collection (3-11 ms, every request
+        # waiting) twice a second; p99 of single rows at 32 connections 11 -> 8 ms
+        # (bench/BENCHMARKS.md). The model and libraries are frozen out of it (runtime.load).
+        gc.set_threshold(10_000, 10, 10)
         self.log.start()
         if not self._try_load():
             self._loader = threading.Thread(
@@ -98,13 +112,57 @@ class Service:
                 f"{field}: {n} rows is over the limit of {self.settings.max_batch_rows} per request"
             )
 
+    async def predict_batched(self, X: np.ndarray) -> tuple[BatchResult, list[str]]:
+        """``predict`` for a request on the event loop: requests of up to ``BATCH_MAX_ROWS``
+        rows that reach this in the same turn of the loop are predicted together, in one
+        ``predict_many`` call made at the next turn. Nothing waits for a batch to fill: under
+        load the requests read in one turn are the batch, and a lone request goes alone.
+        """
+        if len(X) > BATCH_MAX_ROWS:
+            return self.predict(X)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[BatchResult, list[str]]] = loop.create_future()
+        self._waiting.append((X, future))
+        if len(self._waiting) == 1:
+            loop.call_soon(self._predict_waiting)
+        return await future
+
+    def _predict_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        answers: list[tuple[BatchResult, list[str]] | Exception]
+        try:
+            answers = list(self.predict_many([X for X, _ in waiting]))
+        except Exception as exc:
+            if len(waiting) == 1:
+                answers = [exc]
+            else:  # some request's rows failed the shared call: each alone, its own error
+                answers = []
+                for X, _ in waiting:
+                    try:
+                        answers.append(self.predict(X))
+                    except Exception as alone:
+                        answers.append(alone)
+        for (_, future), answer in zip(waiting, answers, strict=True):
+            if future.done():  # cancelled: the client went away
+                continue
+            if isinstance(answer, Exception):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+
     def predict(self, X: np.ndarray) -> tuple[BatchResult, list[str]]:
         """Predict a validated matrix, count it, and queue it for the prediction log."""
+        return self.predict_many([X])[0]
+
+    def predict_many(self, batches: list[np.ndarray]) -> list[tuple[BatchResult, list[str]]]:
+        """Several requests' validated rows in one model call, counted and queued for the log
+        once; each request gets its own rows' result and its own prediction ids."""
+        X = batches[0] if len(batches) == 1 else np.concatenate(batches)
         result = self.runtime.predict(X)
         n = len(X)
         now = time.time()
-        ids = datalog.new_prediction_ids(n, now)
-        self.log.add(result, ids, now)
+        id_groups = [datalog.new_prediction_ids(len(rows), now) for rows in batches]
+        self.log.add(result, id_groups, now)
         served = result.served
         counts = np.bincount(result.label_index, minlength=len(served.classes))
         for key, count in zip(served.class_keys, counts.tolist(), strict=True):
@@ -117,7 +175,13 @@ class Service:
         self.stats.predictions(
             served, counts, top, result.backup, X, self.settings.low_confidence_threshold
         )
-        return result, ids
+        if len(batches) == 1:
+            return [(result, id_groups[0])]
+        ends = np.cumsum([len(rows) for rows in batches]).tolist()
+        return [
+            (result.rows(end - len(ids), end), ids)
+            for end, ids in zip(ends, id_groups, strict=True)
+        ]
 
     @staticmethod
     def answers(result: BatchResult, ids: list[str]) -> orjson.Fragment:

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 
 from mlplatform_common.errors import InvalidInput
 from mlplatform_serving.schemas import ERRORS, PredictRequest, PredictResponse
@@ -54,11 +55,6 @@ async def read_json(request: Request) -> Any:
     return loads(body)
 
 
-def json_response(content: Any, status_code: int = 200) -> Response:
-    """orjson-encoded response (FastAPI's re-validation of our own output is skipped)."""
-    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
-
-
 def parse_model(model: type[Any], data: Any) -> Any:
     """Validate with pydantic, naming the first bad field."""
     try:
@@ -69,35 +65,23 @@ def parse_model(model: type[Any], data: Any) -> Any:
         raise InvalidInput(f"{where}: {err['msg']}") from None
 
 
-@router.post(
-    "/predict",
-    response_model=PredictResponse,
-    responses={k: v for k, v in ERRORS.items() if k in (413, 422, 503)},
-    openapi_extra=OPENAPI_BODY,
-    summary="Predict one row, many rows, or CSV rows",
-)
-async def predict(request: Request) -> Response:
-    """Run the whole pipeline (embedding + classifier) on each row.
-
-    Send `{"features": {...}}`, `{"instances": [{...}, ...]}`, or `text/csv` rows (with or
-    without a header line). Every row gets a `prediction_id` to use with `/feedback`.
-    """
-    # The hot path reads app.state directly: FastAPI's dependency resolution costs more per
-    # request than validating and predicting one row (see bench/BENCHMARKS.md).
-    service: Service = request.app.state.service
+async def answer(service: Service, headers: Headers, body: bytes) -> bytes:
+    """The whole of ``POST /predict``: the request's headers and body in, the JSON answer out
+    (errors raise ``MLPlatformError``). Served by ``hotpath.HotRoutes`` ahead of FastAPI's
+    router; the route below is the same function, for the OpenAPI document."""
     runtime = service.runtime
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    content_type = headers.get("content-type", "application/json").split(";")[0].strip()
     if content_type == "text/csv":
         runtime.served  # noqa: B018 - raises ModelNotReady before parsing
-        X = runtime.parse_csv(await request.body())
+        X = runtime.parse_csv(body)
         service.check_batch(len(X), "csv")
-    elif content_type in ("application/json", "") and (
-        fast := runtime.decode_json(await request.body())
-    ):
+    elif content_type in ("application/json", "") and (fast := runtime.decode_json(body)):
         X, field = fast
         service.check_batch(len(X), field)
     elif content_type in ("application/json", ""):
-        data = await read_json(request)
+        if not body.strip():
+            raise InvalidInput("body: empty; send a JSON object")
+        data = loads(body)
         # The envelope's shape is checked by hand: pydantic would copy every row of a batch
         # before validate_rows reads them again. Any other shape gets pydantic's exact error.
         one = type(data) is dict and len(data) == 1
@@ -122,8 +106,8 @@ async def predict(request: Request) -> Response:
             f"content-type: {content_type!r:.60} is not supported; use application/json or text/csv"
         )
     await service.log.make_room()
-    result, ids = service.predict(X)
-    return json_response(
+    result, ids = await service.predict_batched(X)
+    return orjson.dumps(
         {
             "model_version": result.served.version,
             "engine": result.served.engine.name,
@@ -131,3 +115,21 @@ async def predict(request: Request) -> Response:
             "predictions": service.answers(result, ids),
         }
     )
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses={k: v for k, v in ERRORS.items() if k in (413, 422, 503)},
+    openapi_extra=OPENAPI_BODY,
+    summary="Predict one row, many rows, or CSV rows",
+)
+async def predict(request: Request) -> Response:
+    """Run the whole pipeline (embedding + classifier) on each row.
+
+    Send `{"features": {...}}`, `{"instances": [{...}, ...]}`, or `text/csv` rows (with or
+    without a header line). Every row gets a `prediction_id` to use with `/feedback`.
+    """
+    service: Service = request.app.state.service
+    content = await answer(service, request.headers, await request.body())
+    return Response(content, media_type="application/json")

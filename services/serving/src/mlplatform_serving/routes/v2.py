@@ -10,13 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from starlette.datastructures import Headers
 
 from mlplatform_common.errors import InvalidInput, ModelNotFound
 from mlplatform_serving.deps import RuntimeDep, SettingsDep
-from mlplatform_serving.routes.predict import json_response, loads, parse_model
+from mlplatform_serving.routes.predict import loads, parse_model
 from mlplatform_serving.schemas import ERRORS
 from mlplatform_serving.service import Service
 
@@ -125,24 +127,13 @@ def _split_binary(request_headers: Any, body: bytes) -> tuple[Any, bytes]:
         ) from None
 
 
-@router.post(
-    "/models/{name}/infer",
-    responses={k: v for k, v in ERRORS.items() if k in (404, 413, 422, 503)},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/V2Request"}}},
-        }
-    },
-    summary="Inference",
-)
-@router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
-async def infer(name: str, request: Request) -> Response:
-    """Predict an ``[n, n_features]`` FP32/FP64 tensor."""
-    service: Service = request.app.state.service  # hot path: no dependency resolution
+async def infer_answer(service: Service, name: str, headers: Headers, body: bytes) -> bytes:
+    """The whole of ``POST /v2/models/{name}/infer``: headers and body in, the JSON answer out
+    (errors raise ``MLPlatformError``). Served by ``hotpath.HotRoutes`` ahead of FastAPI's
+    router; the routes below are the same function, for OpenAPI and the versioned path."""
     runtime = service.runtime
     _check_name(name, service.settings)
-    payload, binary = _split_binary(request.headers, await request.body())
+    payload, binary = _split_binary(headers, body)
     req: V2Request = parse_model(V2Request, payload)
     if len(req.inputs) != 1:
         raise InvalidInput(f"inputs: expected one tensor [n, n_features], got {len(req.inputs)}")
@@ -176,7 +167,7 @@ async def infer(name: str, request: Request) -> Response:
             f"outputs: unknown output {unknown[0]!r:.60}; choose from {list(OUTPUTS)}"
         )
     await service.log.make_room()
-    result, ids = service.predict(X)
+    result, ids = await service.predict_batched(X)
     strings = any(isinstance(c, str) for c in result.served.classes)
     labels = result.labels
     tensors = {
@@ -199,7 +190,7 @@ async def infer(name: str, request: Request) -> Response:
             "data": ids,
         },
     }
-    return json_response(
+    return orjson.dumps(
         {
             "model_name": name,
             "model_version": result.served.version,
@@ -208,3 +199,22 @@ async def infer(name: str, request: Request) -> Response:
             "outputs": [tensors[o] for o in wanted],
         }
     )
+
+
+@router.post(
+    "/models/{name}/infer",
+    responses={k: v for k, v in ERRORS.items() if k in (404, 413, 422, 503)},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/V2Request"}}},
+        }
+    },
+    summary="Inference",
+)
+@router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
+async def infer(name: str, request: Request) -> Response:
+    """Predict an ``[n, n_features]`` FP32/FP64 tensor."""
+    service: Service = request.app.state.service
+    content = await infer_answer(service, name, request.headers, await request.body())
+    return Response(content, media_type="application/json")
