@@ -55,9 +55,10 @@ class ServingSettings(CommonSettings):
     load_retry_seconds: float = 5.0
     """While no model is loaded, how often loading is tried again."""
 
-    log_flush_rows: int = 10_000
+    log_flush_rows: int = 50_000
     """The prediction log is written when this many rows are buffered ... (a Parquet write
-    costs ~10 ms for 1,000 rows and ~17 ms for 10,000: fewer, larger objects)"""
+    costs ~10 ms for 1,000 rows and ~17 ms for 10,000: fewer, larger objects; 50,000 rather
+    than 10,000 gave 1,000-row JSON batches ~20% more rows/s, bench/BENCHMARKS.md)"""
 
     log_flush_seconds: float = 2.0
     """... or when the oldest buffered row is this old."""
