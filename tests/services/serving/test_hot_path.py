@@ -70,7 +70,7 @@ def test_requests_of_one_loop_turn_share_one_model_call_and_keep_their_own_answe
         big = np.repeat(requests[0], BATCH_MAX_ROWS + 1, axis=0)
         await asyncio.gather(service.predict_batched(big), service.predict_batched(requests[0]))
         assert calls[1:] == [BATCH_MAX_ROWS + 1, 1]
-        # The log holds every row once, in one entry for the batched turn.
+        # The log holds every row once.
         assert service.log.flush() == sum(sizes) + BATCH_MAX_ROWS + 2
         logged = datalog.read_predictions(service.store)["prediction_id"].tolist()
         expected = [pid for _, ids in answers for pid in ids]
