@@ -47,12 +47,15 @@ def loads(body: bytes) -> Any:
         raise InvalidInput("body: a number has too many digits") from None
 
 
-async def read_json(request: Request) -> Any:
+def parse_json(body: bytes) -> Any:
     """Parse a JSON body with errors a client can act on."""
-    body = await request.body()
     if not body.strip():
         raise InvalidInput("body: empty; send a JSON object")
     return loads(body)
+
+
+async def read_json(request: Request) -> Any:
+    return parse_json(await request.body())
 
 
 def parse_model(model: type[Any], data: Any) -> Any:
@@ -79,9 +82,7 @@ async def answer(service: Service, headers: Headers, body: bytes) -> bytes:
         X, field = fast
         service.check_batch(len(X), field)
     elif content_type in ("application/json", ""):
-        if not body.strip():
-            raise InvalidInput("body: empty; send a JSON object")
-        data = loads(body)
+        data = parse_json(body)
         # The envelope's shape is checked by hand: pydantic would copy every row of a batch
         # before validate_rows reads them again. Any other shape gets pydantic's exact error.
         one = type(data) is dict and len(data) == 1
