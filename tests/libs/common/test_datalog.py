@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+import orjson
 import pandas as pd
 import pytest
 
@@ -151,3 +153,53 @@ def test_find_prediction_reads_only_batches_from_its_time_on(
     assert len(reads) == 1
     assert datalog.find_prediction(store, old_id, now=now)["prediction_id"] == old_id
     assert datalog.find_prediction(store, "legacy-id-without-time", now=now) is None
+
+
+def test_prediction_ids_are_made_without_a_string_per_row_and_read_like_a_list() -> None:
+    ids = datalog.new_prediction_ids(1000, 1_800_000_000.0)
+    as_list = [ids.batch + f"{i:06x}" for i in range(1000)]
+    assert list(ids) == as_list and len(ids) == 1000
+    assert ids[0] == as_list[0] and ids[-1] == as_list[-1] and ids[10:13] == as_list[10:13]
+    with pytest.raises(IndexError):
+        ids[1000]
+    assert ids.json() == orjson.dumps(as_list)
+    assert datalog.new_prediction_ids(0, 1.0).json() == b"[]"
+    assert datalog.prediction_id(ids.batch, 999) == as_list[999]
+
+
+def _compact_batch(ids: datalog.PredictionIds, proba: np.ndarray) -> pd.DataFrame:
+    """A batch as the serving writes it (``predlog.to_frame``): no string per row."""
+    return pd.DataFrame(
+        {
+            "request_id": pd.Categorical.from_codes(np.zeros(len(ids), dtype=int), [ids.batch]),
+            "row": np.arange(len(ids), dtype=np.int32),
+            "ts": 1000.0,
+            "model_version": pd.Categorical.from_codes(np.zeros(len(ids), dtype=int), ["v1"]),
+            "prediction": ["1"] * len(ids),
+            "probability": proba.max(axis=1),
+            **{f"proba_{j}": proba[:, j] for j in range(proba.shape[1])},
+            "backup": False,
+            "mean_radius": np.arange(len(ids), dtype=float),
+        }
+    )
+
+
+def test_compact_batches_read_back_with_prediction_ids_and_probabilities(store: Store) -> None:
+    ids = datalog.new_prediction_ids(3, 1000.0)
+    proba = np.array([[0.1, 0.9], [0.25, 0.75], [1 / 3, 2 / 3]])
+    datalog.write_predictions(store, _batch(["legacy"], 999.0), ts=999.0)
+    datalog.write_predictions(store, _compact_batch(ids, proba), ts=1000.0)
+    logged = datalog.read_predictions(store)
+    assert list(logged["prediction_id"]) == ["legacy", *ids]
+    assert list(logged["proba_json"]) == [
+        "[0.1, 0.9]",
+        "[0.1,0.9]",
+        "[0.25,0.75]",
+        "[0.333333,0.666667]",
+    ]
+    assert not {"request_id", "row", "proba_0", "proba_1"} & set(logged.columns)
+    assert logged["model_version"].tolist() == ["v1"] * 4
+    found = datalog.find_prediction(store, ids[2], now=1001.0)
+    assert found["prediction_id"] == ids[2] and found["mean_radius"] == 2.0
+    assert found["proba_json"] == "[0.333333,0.666667]"
+    assert datalog.find_prediction(store, ids.batch + "000003", now=1001.0) is None  # no row 3

@@ -8,6 +8,7 @@ import threading
 import time
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
@@ -476,6 +477,21 @@ def test_v2_endpoints(client: TestClient, rows) -> None:
         for p in client.post("/predict", json={"instances": rows[:3]}).json()["predictions"]
     ]
     assert out["outputs"][0]["data"] == expected
+    # FP64: the same rows as /predict reads them, so the same numbers exactly
+    body["inputs"][0]["datatype"] = "FP64"
+    label, proba, ids = client.post("/v2/models/mlplatform/infer", json=body).json()["outputs"]
+    answers = client.post("/predict", json={"instances": rows[:3]}).json()["predictions"]
+    assert label == {
+        "name": "label",
+        "datatype": "INT64",
+        "shape": [3],
+        "data": [a["label"] for a in answers],
+    }
+    assert proba["shape"] == [3, 2] and proba["datatype"] == "FP64"
+    assert proba["data"] == [v for a in answers for v in a["probabilities"].values()]
+    assert ids["shape"] == [3] and ids["datatype"] == "BYTES"
+    key = ids["data"][0][:26]
+    assert [datalog.prediction_batch(i) for i in ids["data"]] == [(key, 0), (key, 1), (key, 2)]
 
 
 @pytest.mark.parametrize(
@@ -558,6 +574,8 @@ def test_feedback_by_id_finds_recent_rows_in_memory_and_older_ones_in_the_store(
         assert log.lookup(ids[4][9])["mean_radius"] == rows[49]["mean_radius"]
         # one batch's key with a row it does not have
         assert log.lookup(ids[4][0][:26] + "00000a") is None
+        # a row's id only as it was given out (int() would also read "0_9" as 9)
+        assert log.lookup(ids[4][9][:-3] + "0_9") is None
         # evicted from memory, still found once the log is written: read back from the store
         assert log.flush() == 50
         r = c.post("/feedback", json={"prediction_id": ids[0][3], "target": 1})
@@ -619,6 +637,30 @@ def test_a_backlog_is_written_in_objects_of_bounded_size(model_store: Store, row
     assert sizes == [10, 20, 20, 40]  # whole requests: 10+10, 10+10, 10, then the 40 alone
     logged = datalog.read_predictions(model_store)["prediction_id"]
     assert len(logged) == 90 and sorted(logged) == sorted(ids)
+
+
+def test_the_log_is_written_without_a_string_per_row(model_store: Store, rows) -> None:
+    # Strings per row (ids, probabilities as JSON) cost more than half of each write
+    # (bench/BENCHMARKS.md): the serving writes request_id + row and proba_0.. instead.
+    with TestClient(create_app(serving_settings(log_flush_seconds=3600), model_store)) as c:
+        answers = []
+        for start in (0, 3):
+            r = c.post("/predict", json={"instances": rows[start : start + 3]})
+            answers += r.json()["predictions"]
+        assert c.app.state.service.log.flush() == 6
+    [key] = model_store.list_keys(keys.PREDICTIONS)
+    raw = pd.read_parquet(io.BytesIO(model_store.get(key)), engine="fastparquet")
+    assert [c for c in raw.columns if raw[c].dtype == object] == []
+    assert raw["request_id"].nunique() == 2 and list(raw["row"]) == [0, 1, 2, 0, 1, 2]
+    # readers see the documented columns, the same values as the answers
+    logged = datalog.read_predictions(model_store)
+    assert set(datalog.PREDICTION_COLUMNS) <= set(logged.columns)
+    assert list(logged["prediction_id"]) == [a["prediction_id"] for a in answers]
+    expected = [
+        orjson.dumps(np.round(list(a["probabilities"].values()), 6).tolist()).decode()
+        for a in answers
+    ]
+    assert list(logged["proba_json"]) == expected
 
 
 def test_a_flush_writes_what_was_buffered_when_it_started(

@@ -58,7 +58,7 @@ def test_observe_many_equals_observe_one_by_one(values: list[float]) -> None:
 def test_proba_json_equals_one_encode_per_row(n_classes: int) -> None:
     import orjson
 
-    from mlplatform_serving.predlog import proba_json
+    from mlplatform_common.datalog import proba_json
 
     proba = np.random.default_rng(n_classes).dirichlet([1.0] * n_classes, 500)
     proba[0] = [1.0] + [0.0] * (n_classes - 1)
@@ -111,7 +111,9 @@ def test_spliced_answers_equal_orjson_of_the_row_dicts(
     }
     assert orjson.dumps(Service.answers_spliced(result, ids)) == orjson.dumps(dicts)
     assert orjson.dumps(Service.answers(result, ids)) == orjson.dumps(dicts)
-    assert orjson.dumps(Service.answers_spliced(result, [])) == b"[]"
+    assert (
+        orjson.dumps(Service.answers_spliced(result, datalog.new_prediction_ids(0, 1.0))) == b"[]"
+    )
 
 
 @pytest.mark.parametrize(

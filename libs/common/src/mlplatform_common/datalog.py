@@ -7,19 +7,29 @@ time window is a filter on names before any object is read.
 
 Labels are stored as strings (``"0"``, ``"malignant"``), whatever the model's class type, so
 logs from every version line up; ``label_of`` maps them back to a version's classes.
+
+The serving writes its log without a Python string per row, which cost it more than half of
+the write (bench/BENCHMARKS.md): each prediction id as its request's shared part
+(``request_id``, dictionary-encoded, one string per request) and its ``row`` in that request,
+and the probabilities as one float column per class (``proba_0``, ``proba_1``, ...). Readers
+get ``prediction_id`` and ``proba_json`` back (``expand_compact``), whichever way a batch was
+written.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
+import numpy as np
+import orjson
 import pandas as pd
 
 from mlplatform_common import keys
@@ -56,22 +66,71 @@ _row_suffixes: list[str] = []
 _row_suffixes_lock = threading.Lock()
 
 
-def new_prediction_ids(n: int, ts: float) -> list[str]:
+class PredictionIds(Sequence[str]):
+    """The prediction ids of one batch (``new_prediction_ids``), held as their shared part
+    ``batch`` and a count: no string per row is made unless asked for (``json``,
+    ``suffixes``). 1,000 id strings cost more than the model run of 1,000 rows
+    (bench/BENCHMARKS.md)."""
+
+    __slots__ = ("batch", "n")
+
+    def __init__(self, batch: str, n: int) -> None:
+        self.batch = batch
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self.batch + s for s in self.suffixes()[i]]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return self.batch + _row_suffixes[i % self.n]
+
+    def __iter__(self) -> Iterator[str]:
+        return map(self.batch.__add__, self.suffixes())
+
+    def __repr__(self) -> str:
+        return f"PredictionIds({self.batch!r}, {self.n})"
+
+    def suffixes(self) -> list[str]:
+        """Each row's part of its id, in order (the id is ``batch`` + suffix)."""
+        return _row_suffixes[: self.n]
+
+    def json(self) -> bytes:
+        """The ids as a JSON array, ``orjson.dumps(list(self))``, made in one join."""
+        if not self.n:
+            return b"[]"
+        between = '","' + self.batch
+        return ('["' + self.batch + between.join(self.suffixes()) + '"]').encode()
+
+
+def new_prediction_ids(n: int, ts: float) -> PredictionIds:
     """``n`` prediction ids for one batch, 32 hex digits each: the time in milliseconds (12),
     56 random bits shared by the batch (14), then the row's index in the batch (6).
 
     The time prefix lets ``find_prediction`` read only the log batches written after the
     prediction instead of a whole day's. The shared part lets the serving keep one index entry
-    per batch, not per row (``prediction_batch``); ids of other batches stay unguessable.
+    per batch, not per row (``prediction_batch``), and log a row's id as its batch and row
+    number; ids of other batches stay unguessable.
     """
     if n > 16**_ROW_DIGITS:
         raise ValueError(f"a batch has at most {16**_ROW_DIGITS} prediction ids, not {n}")
-    head = f"{int(ts * 1000):012x}{os.urandom(7).hex()}"
-    if len(_row_suffixes) < n:  # made once, reused by every batch: ids are then one C loop
+    if len(_row_suffixes) < n:  # made once, reused by every batch
         with _row_suffixes_lock:
             more = range(len(_row_suffixes), n)
             _row_suffixes.extend(f"{i:0{_ROW_DIGITS}x}" for i in more)
-    return list(map(head.__add__, _row_suffixes[:n]))
+    return PredictionIds(f"{int(ts * 1000):012x}{os.urandom(7).hex()}", n)
+
+
+def prediction_id(batch: str, row: int) -> str:
+    """The id of row ``row`` of the batch whose ids share ``batch`` (``prediction_batch``)."""
+    return f"{batch}{row:0{_ROW_DIGITS}x}"
 
 
 def prediction_batch(prediction_id: str) -> tuple[str, int] | None:
@@ -123,16 +182,61 @@ def write_predictions(store: Store, rows: pd.DataFrame, ts: float | None = None)
     key = keys.predictions_batch(_day(ts), _object_name(ts, new_id()[:12]))
     buf = io.BytesIO()
     # No column statistics and declared string columns: a third less CPU per write, measured
-    # (bench/BENCHMARKS.md); readers here filter in pandas, not by Parquet statistics.
-    rows.to_parquet(buf, engine="fastparquet", index=False, object_encoding="utf8", stats=False)
+    # (bench/BENCHMARKS.md); readers here filter in pandas, not by Parquet statistics. Only
+    # object columns may hold nulls ("infer"): numbers keep NaN as a value, as pandas does,
+    # and skip a null count and definition levels per column (half the rest of the write).
+    rows.to_parquet(
+        buf,
+        engine="fastparquet",
+        index=False,
+        object_encoding="utf8",
+        stats=False,
+        has_nulls="infer",
+    )
     store.put(key, buf.getvalue(), "application/vnd.apache.parquet")
     return key
 
 
-def _read_batch(data: bytes) -> pd.DataFrame:
-    """One log batch, its dictionary-encoded columns (the serving writes model_version and
-    prediction as categories) back as plain values, like the rest."""
+def proba_json(proba: np.ndarray) -> list[str]:
+    """Each row's probabilities as a JSON list (6 decimals), in one encode instead of n."""
+    if not len(proba):
+        return []
+    rounded = np.ascontiguousarray(proba.round(6))
+    text = orjson.dumps(rounded, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+    return text.replace(b"],[", b"]\n[").decode().split("\n")
+
+
+_PROBA_COLUMN = re.compile(r"proba_(\d+)")
+
+
+def expand_compact(frame: pd.DataFrame) -> pd.DataFrame:
+    """A batch the serving wrote compactly with ``prediction_id`` and ``proba_json`` columns
+    in place of ``request_id``, ``row`` and ``proba_0..`` (other batches are left as they
+    are)."""
+    if "request_id" in frame.columns and "row" in frame.columns:
+        requests = frame.pop("request_id").astype(str).tolist()
+        rows = frame.pop("row").tolist()
+        frame.insert(0, "prediction_id", list(map(prediction_id, requests, rows)))
+    matches = [(m, c) for c in frame.columns if (m := _PROBA_COLUMN.fullmatch(str(c)))]
+    if matches and "proba_json" not in frame.columns:
+        ordered = [c for _, c in sorted(matches, key=lambda mc: int(mc[0][1]))]
+        proba = frame[ordered].to_numpy(dtype=np.float64)
+        frame = frame.drop(columns=ordered)
+        frame["proba_json"] = proba_json(proba)
+    return frame
+
+
+def _read_batch(data: bytes, only: str | None = None) -> pd.DataFrame:
+    """One log batch (or ``only`` the rows of that prediction id), as ``PREDICTION_COLUMNS``
+    plus the features and embedding: compact columns expanded, dictionary-encoded ones
+    (model_version, prediction) as plain values."""
     frame = pd.read_parquet(io.BytesIO(data), engine="fastparquet")
+    if only is not None and "request_id" in frame.columns:  # narrowed before expanding
+        batch = prediction_batch(only) or ("", -1)
+        frame = frame[(frame["request_id"] == batch[0]) & (frame["row"] == batch[1])]
+    frame = expand_compact(frame)
+    if only is not None:
+        frame = frame[frame["prediction_id"] == only]
     for column in frame.select_dtypes("category").columns:
         frame[column] = frame[column].astype(object)
     return frame
@@ -288,10 +392,9 @@ def find_prediction(
         ]
     for key in candidates:
         try:
-            frame = _read_batch(store.get(key))
+            hit = _read_batch(store.get(key), only=prediction_id)
         except ObjectNotFound:
             continue
-        hit = frame[frame["prediction_id"] == prediction_id]
         if not hit.empty:
             row: dict[str, Any] = hit.iloc[0].to_dict()
             return row

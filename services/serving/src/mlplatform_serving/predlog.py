@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import orjson
 import pandas as pd
 
 from mlplatform_common import datalog
@@ -38,31 +37,25 @@ class Entry:
     """One answered batch (one request's rows, or several requests' predicted together)."""
 
     result: BatchResult
-    ids: list[str]
     ts: float
-    # Each request's ids' shared part -> the index of its first row. A dict of strings and
-    # ints is not tracked by the cyclic collector: a tuple per request was, and with 100,000
-    # cached requests each full collection took 10-20 ms (bench/BENCHMARKS.md).
-    starts: dict[str, int] = field(default_factory=dict)
+    # Each request's ids' shared part -> its index k; its rows are offsets[k]:offsets[k + 1].
+    # A dict of strings and ints is not tracked by the cyclic collector: a tuple per request
+    # was, and with 100,000 cached requests each full collection took 10-20 ms
+    # (bench/BENCHMARKS.md). No id strings are kept: a row's id is its request's part and
+    # its row number (``datalog.prediction_id``).
+    requests: dict[str, int] = field(default_factory=dict)
+    offsets: list[int] = field(default_factory=lambda: [0])
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.offsets[-1]
 
-    def row(self, i: int) -> dict[str, Any]:
+    def row(self, i: int, prediction_id: str) -> dict[str, Any]:
         served = self.result.served
         out: dict[str, Any] = dict(zip(served.features, self.result.X[i].tolist(), strict=True))
-        out["prediction_id"] = self.ids[i]
+        out["prediction_id"] = prediction_id
         out["model_version"] = served.version
         out["prediction"] = served.class_keys[self.result.label_index[i]]
         return out
-
-
-def proba_json(proba: np.ndarray) -> list[str]:
-    """Each row's probabilities as a JSON list (6 decimals), in one encode instead of n."""
-    if not len(proba):
-        return []
-    text = orjson.dumps(proba.round(6), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
-    return text.replace(b"],[", b"]\n[").decode().split("\n")
 
 
 def column_major(X: np.ndarray, block: int = 4096) -> np.ndarray:
@@ -75,7 +68,8 @@ def column_major(X: np.ndarray, block: int = 4096) -> np.ndarray:
 
 
 def to_frame(entries: list[Entry]) -> pd.DataFrame:
-    """The prediction log rows of some batches (DESIGN.md section 4).
+    """The prediction log rows of some batches (DESIGN.md section 4), as the serving writes
+    them: no Python object per row (``datalog``'s compact columns).
 
     Entries are stacked per model version, so the embedding runs once per version per flush
     however many single-row requests the buffer holds.
@@ -89,11 +83,18 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
         X = np.concatenate([e.result.X for e in group])
         proba = np.concatenate([e.result.proba for e in group])
         labels = np.concatenate([e.result.label_index for e in group])
-        # Per-batch values repeated per row; a buffer may hold 10,000 one-row batches.
+        # Per-batch values repeated per row; a buffer may hold 50,000 one-row batches.
         lengths = [len(e) for e in group]
         backup = np.repeat(np.array([e.result.backup for e in group], dtype=bool), lengths)
+        heads = list(itertools.chain.from_iterable(e.requests for e in group))
+        sizes = np.concatenate([np.diff(e.offsets) for e in group])
+        firsts = np.repeat(np.cumsum(sizes) - sizes, sizes)
         columns: dict[str, Any] = {
-            "prediction_id": list(itertools.chain.from_iterable(e.ids for e in group)),
+            # Categories too: one string per request, a code and a row number per row.
+            "request_id": pd.Categorical.from_codes(
+                np.repeat(np.arange(len(heads), dtype=np.int32), sizes), heads
+            ),
+            "row": (np.arange(len(labels)) - firsts).astype(np.int32),
             "ts": np.repeat(np.array([e.ts for e in group], dtype=np.float64), lengths),
             # Categories: written dictionary-encoded, 20 times cheaper than strings per row.
             "model_version": pd.Categorical.from_codes(
@@ -101,7 +102,7 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
             ),
             "prediction": pd.Categorical.from_codes(labels, served.class_keys),
             "probability": proba.max(axis=1),
-            "proba_json": proba_json(proba),
+            **{f"proba_{j}": p for j, p in enumerate(column_major(proba))},
             "backup": backup,
         }
         # The embedding as this version computes it; rows the backup answered get none, and
@@ -174,23 +175,19 @@ class PredictionLog:
 
     # -- request path ---------------------------------------------------------------------
 
-    def add(self, result: BatchResult, id_groups: list[list[str]], ts: float) -> None:
+    def add(self, result: BatchResult, id_groups: list[datalog.PredictionIds], ts: float) -> None:
         """Queue an answered batch (cheap: no I/O, no pandas): ``result`` holds the rows of
         one or more requests (``Service.predict_many``), ``id_groups`` their ids in order."""
-        ids = id_groups[0] if len(id_groups) == 1 else list(itertools.chain(*id_groups))
-        entry = Entry(result, ids, ts)
-        offset = 0
-        for group in id_groups:
-            batch = datalog.prediction_batch(group[0]) if group else None
-            if batch is not None:
-                entry.starts[batch[0]] = offset
-            offset += len(group)
+        entry = Entry(result, ts)
+        for ids in id_groups:
+            entry.requests[ids.batch] = len(entry.requests)
+            entry.offsets.append(entry.offsets[-1] + len(ids))
         with self._lock:
             if not self._pending:
                 self._oldest = time.monotonic()
             self._pending.append(entry)
             self._pending_rows += len(entry)
-            for key in entry.starts:
+            for key in entry.requests:
                 self._recent[key] = entry
             self._recent_entries.append(entry)
             self._recent_rows += len(entry)
@@ -200,7 +197,7 @@ class PredictionLog:
             ):
                 old = self._recent_entries.popleft()
                 self._recent_rows -= len(old)
-                for key in old.starts:
+                for key in old.requests:
                     self._recent.pop(key, None)
             dropped = self._trim()
             due = self._pending_rows >= self.flush_rows
@@ -239,10 +236,11 @@ class PredictionLog:
             entry = self._recent.get(batch[0])
         if entry is None:
             return None
-        i = entry.starts[batch[0]] + batch[1]
-        if i >= len(entry) or entry.ids[i] != prediction_id:  # not a row of that request
-            return None
-        return entry.row(i)
+        k = entry.requests[batch[0]]
+        i = entry.offsets[k] + batch[1]
+        if i >= entry.offsets[k + 1] or datalog.prediction_id(*batch) != prediction_id:
+            return None  # not a row of that request, or not the id as it was given out
+        return entry.row(i, prediction_id)
 
     # -- background -----------------------------------------------------------------------
 

@@ -35,6 +35,9 @@ logger = logging.getLogger("mlplatform.serving")
 # entry then cost once per turn instead of once per request (bench/BENCHMARKS.md).
 BATCH_MAX_ROWS = 64
 
+# One request's predictions: its rows' results and their ids.
+Answer = tuple[BatchResult, datalog.PredictionIds]
+
 
 class Service:
     """Everything a serving process holds."""
@@ -112,7 +115,7 @@ class Service:
                 f"{field}: {n} rows is over the limit of {self.settings.max_batch_rows} per request"
             )
 
-    async def predict_batched(self, X: np.ndarray) -> tuple[BatchResult, list[str]]:
+    async def predict_batched(self, X: np.ndarray) -> Answer:
         """``predict`` for a request on the event loop: requests of up to ``BATCH_MAX_ROWS``
         rows that reach this in the same turn of the loop are predicted together, in one
         ``predict_many`` call made at the next turn. Nothing waits for a batch to fill: under
@@ -121,7 +124,7 @@ class Service:
         if len(X) > BATCH_MAX_ROWS:
             return self.predict(X)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[BatchResult, list[str]]] = loop.create_future()
+        future: asyncio.Future[Answer] = loop.create_future()
         self._waiting.append((X, future))
         if len(self._waiting) == 1:
             loop.call_soon(self._predict_waiting)
@@ -129,7 +132,7 @@ class Service:
 
     def _predict_waiting(self) -> None:
         waiting, self._waiting = self._waiting, []
-        answers: list[tuple[BatchResult, list[str]] | Exception]
+        answers: list[Answer | Exception]
         try:
             answers = list(self.predict_many([X for X, _ in waiting]))
         except Exception as exc:
@@ -150,11 +153,11 @@ class Service:
             else:
                 future.set_result(answer)
 
-    def predict(self, X: np.ndarray) -> tuple[BatchResult, list[str]]:
+    def predict(self, X: np.ndarray) -> Answer:
         """Predict a validated matrix, count it, and queue it for the prediction log."""
         return self.predict_many([X])[0]
 
-    def predict_many(self, batches: list[np.ndarray]) -> list[tuple[BatchResult, list[str]]]:
+    def predict_many(self, batches: list[np.ndarray]) -> list[Answer]:
         """Several requests' validated rows in one model call, counted and queued for the log
         once; each request gets its own rows' result and its own prediction ids."""
         X = batches[0] if len(batches) == 1 else np.concatenate(batches)
@@ -184,7 +187,7 @@ class Service:
         ]
 
     @staticmethod
-    def answers(result: BatchResult, ids: list[str]) -> orjson.Fragment:
+    def answers(result: BatchResult, ids: datalog.PredictionIds) -> orjson.Fragment:
         """The per-row answers as a JSON list (``answer_dicts``), encoded.
 
         Up to 16 rows, from the dicts; beyond, spliced (``answers_spliced``): building 1,000
@@ -195,7 +198,7 @@ class Service:
         return Service.answers_spliced(result, ids)
 
     @staticmethod
-    def answer_dicts(result: BatchResult, ids: list[str]) -> list[dict[str, Any]]:
+    def answer_dicts(result: BatchResult, ids: datalog.PredictionIds) -> list[dict[str, Any]]:
         """What each row's answer is."""
         served = result.served
         classes, keys_, names = served.classes, served.class_keys, served.class_names
@@ -217,7 +220,7 @@ class Service:
         ]
 
     @staticmethod
-    def answers_spliced(result: BatchResult, ids: list[str]) -> orjson.Fragment:
+    def answers_spliced(result: BatchResult, ids: datalog.PredictionIds) -> orjson.Fragment:
         """``orjson.dumps(answer_dicts(...))`` without the dicts: every value is still encoded
         by orjson, but a batch's numbers in one call per column and the rest once per class,
         then spliced row by row in C loops. The tests compare both byte for byte."""
@@ -236,8 +239,8 @@ class Service:
             for c, name in zip(served.classes, served.class_names, strict=True)
         ]
         parts: list[Any] = [
-            itertools.repeat('{"prediction_id":"'),
-            ids,
+            itertools.repeat('{"prediction_id":"' + ids.batch),
+            ids.suffixes(),
             map(per_class.__getitem__, result.label_index.tolist()),
             numbers(result.top),
         ]

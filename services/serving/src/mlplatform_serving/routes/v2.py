@@ -168,26 +168,29 @@ async def infer_answer(service: Service, name: str, headers: Headers, body: byte
         )
     await service.log.make_room()
     result, ids = await service.predict_batched(X)
-    strings = any(isinstance(c, str) for c in result.served.classes)
-    labels = result.labels
+    classes = result.served.classes
+    strings = any(isinstance(c, str) for c in classes)
+    # Columns go to orjson as arrays and the ids as one JSON text: no Python object per row.
     tensors = {
         "label": {
             "name": "label",
             "datatype": "BYTES" if strings else "INT64",
             "shape": [len(ids)],
-            "data": [str(x) for x in labels] if strings else labels,
+            "data": [str(x) for x in result.labels]
+            if strings
+            else np.asarray(classes)[result.label_index],
         },
         "probabilities": {
             "name": "probabilities",
             "datatype": "FP64",
             "shape": list(result.proba.shape),
-            "data": result.proba.ravel().tolist(),
+            "data": np.asarray(result.proba, dtype=np.float64).ravel(),
         },
         "prediction_id": {
             "name": "prediction_id",
             "datatype": "BYTES",
             "shape": [len(ids)],
-            "data": ids,
+            "data": orjson.Fragment(ids.json()),
         },
     }
     return orjson.dumps(
@@ -197,7 +200,8 @@ async def infer_answer(service: Service, name: str, headers: Headers, body: byte
             "id": req.id,
             "parameters": {"backup": result.backup, "engine": result.served.engine.name},
             "outputs": [tensors[o] for o in wanted],
-        }
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
     )
 
 
