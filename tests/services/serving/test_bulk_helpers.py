@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from mlplatform_common import datalog
 from mlplatform_serving.observability import observe_many
-from mlplatform_serving.predlog import _chunks, column_major
+from mlplatform_serving.predlog import _chunks, column_major, embedded
 from mlplatform_serving.runtime import BatchResult
 from mlplatform_serving.service import Service
 
@@ -129,3 +129,20 @@ def test_chunks_group_whole_requests_up_to_the_limit(
     lengths: list[int], limit: int, runs: list[tuple[int, int]]
 ) -> None:
     assert _chunks(lengths, limit) == runs
+
+
+@pytest.mark.parametrize(("rows", "block"), [(10, 3), (4096, 4096), (5000, 4096), (1, 4096)])
+def test_embedded_is_the_transform_of_all_rows_a_block_at_a_time(rows: int, block: int) -> None:
+    # ONNX Runtime keeps the memory of its largest run: a flush embeds its rows in blocks.
+    calls: list[int] = []
+
+    class Affine:
+        def transform(self, X: np.ndarray) -> np.ndarray:
+            calls.append(len(X))
+            return (X[:, :3] * 2.0 + 1.0).astype(np.float32)  # not float64: embedded converts
+
+    X = np.random.default_rng(3).normal(size=(rows, 7))
+    Z = embedded(Affine(), X, block=block)
+    assert Z.dtype == np.float64 and Z.shape == (rows, 3)
+    assert np.array_equal(Z, (X[:, :3] * 2.0 + 1.0).astype(np.float32).astype(np.float64))
+    assert max(calls) <= block and sum(calls) == rows

@@ -67,6 +67,17 @@ def column_major(X: np.ndarray, block: int = 4096) -> np.ndarray:
     return out
 
 
+def embedded(embedding: Any, X: np.ndarray, block: int = 4096) -> np.ndarray:
+    """``embedding.transform(X)`` as float64, a block of rows at a time: ONNX Runtime keeps
+    the memory of its largest run, and one run of a 50,000-row flush kept ~40 MB (measured)."""
+    with np.errstate(all="ignore"):
+        parts = [
+            np.asarray(embedding.transform(X[start : start + block]), dtype=np.float64)
+            for start in range(0, len(X), block)
+        ]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def to_frame(entries: list[Entry]) -> pd.DataFrame:
     """The prediction log rows of some batches (DESIGN.md section 4), as the serving writes
     them: no Python object per row (``datalog``'s compact columns).
@@ -107,8 +118,7 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
         }
         # The embedding as this version computes it; rows the backup answered get none, and
         # values that overflow (inputs near the float limit) are logged as missing.
-        with np.errstate(all="ignore"):
-            Z = np.array(served.embedding.transform(X), dtype=np.float64)
+        Z = embedded(served.embedding, X)
         Z[~np.isfinite(Z)] = np.nan
         Z[backup] = np.nan
         # Column-major copies, a column per row of them: the frame and the Parquet writer use
