@@ -45,9 +45,10 @@ def pinned(cmd: list[str], cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu), *cmd] if PIN and shutil.which("taskset") else cmd
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory now (``VmRSS``) or at its peak so far (``VmHWM``)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -234,7 +235,7 @@ def bench_serving(seconds: float) -> dict[str, Any]:
             ready_rss.append(rss_mb(servers["ours"].proc.pid))  # type: ignore[union-attr]
             servers["ours"].stop()
         results: list[dict[str, Any]] = []
-        memory, memory_where, dropped = 0.0, "", 0.0
+        memory, memory_where, peak, peak_where, dropped = 0.0, "", 0.0, "", 0.0
         for scenario, (body, ctype) in bodies().items():
             for connections in (1, 32):
                 for name in ("floor", "ours", "naive"):
@@ -249,6 +250,9 @@ def bench_serving(seconds: float) -> dict[str, Any]:
                             rss = rss_mb(server.proc.pid)  # type: ignore[union-attr]
                             if rss > memory:
                                 memory, memory_where = rss, f"{scenario}, {connections} conns"
+                            hwm = rss_mb(server.proc.pid, "VmHWM")  # type: ignore[union-attr]
+                            if hwm > peak:
+                                peak, peak_where = hwm, f"{scenario}, {connections} conns"
                             dropped += log_dropped(server.url)
                     finally:
                         server.stop()
@@ -273,6 +277,8 @@ def bench_serving(seconds: float) -> dict[str, Any]:
             "rss_ready_mb": sorted(ready_rss)[1],
             "rss_mb": memory,
             "rss_where": memory_where,
+            "peak_mb": peak,
+            "peak_where": peak_where,
             "log_dropped_rows": dropped,
             "feedback": feedback,
         }
@@ -399,9 +405,9 @@ def targets(serving: dict[str, Any], jobs: dict[str, Any]) -> list[str]:
             f"{serving['rss_ready_mb']:.0f} MB",
         ),
         (
-            "one serving process < 250 MB, after the runs above",
-            serving["rss_mb"] < 250,
-            f"{serving['rss_mb']:.0f} MB ({serving['rss_where']})",
+            "one serving process < 250 MB, at its peak during the runs above",
+            serving["peak_mb"] < 250,
+            f"{serving['peak_mb']:.0f} MB ({serving['peak_where']})",
         ),
         (
             "report 100k × 20k × 30: < 15 s, < 1.5 GB",
@@ -463,8 +469,9 @@ def write_markdown(
             "",
             f"- Cold start, process start to `/ready` 200 (median of 3): **{serving['cold_start_s']:.2f} s**.",
             f"- Memory of one serving process (VmRSS): **{serving['rss_ready_mb']:.0f} MB** when `/ready` "
-            f"answers (median of 3); **{serving['rss_mb']:.0f} MB** at most after a run "
-            f"({serving['rss_where']}: bodies in flight, and the log buffer until it is written).",
+            f"answers (median of 3); **{serving['rss_mb']:.0f} MB** at most right after a run "
+            f"({serving['rss_where']}); at its peak during a run (VmHWM) **{serving['peak_mb']:.0f} MB** "
+            f"({serving['peak_where']}: bodies in flight, the log buffer, and the object being written).",
             f"- Prediction log rows dropped by ours over all these runs: "
             f"**{serving['log_dropped_rows']:.0f}** "
             + (
