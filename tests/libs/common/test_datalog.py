@@ -172,7 +172,7 @@ def _compact_batch(ids: datalog.PredictionIds, proba: np.ndarray) -> pd.DataFram
     return pd.DataFrame(
         {
             "request_id": pd.Categorical.from_codes(np.zeros(len(ids), dtype=int), [ids.batch]),
-            "row": np.arange(len(ids), dtype=np.int32),
+            "request_row": np.arange(len(ids), dtype=np.int32),
             "ts": 1000.0,
             "model_version": pd.Categorical.from_codes(np.zeros(len(ids), dtype=int), ["v1"]),
             "prediction": ["1"] * len(ids),
@@ -197,7 +197,7 @@ def test_compact_batches_read_back_with_prediction_ids_and_probabilities(store: 
         "[0.25,0.75]",
         "[0.333333,0.666667]",
     ]
-    assert not {"request_id", "row", "proba_0", "proba_1"} & set(logged.columns)
+    assert not {"request_id", "request_row", "proba_0", "proba_1"} & set(logged.columns)
     assert logged["model_version"].tolist() == ["v1"] * 4
     found = datalog.find_prediction(store, ids[2], now=1001.0)
     assert found["prediction_id"] == ids[2] and found["mean_radius"] == 2.0

@@ -52,6 +52,12 @@ def test_a_valid_csv_parses() -> None:
             r"feature column 'b' has infinite values at lines 3",
         ),
         (["y", "0", "1"], "y", r"no feature columns"),
+        # names the platform's logged rows already use: the feature would overwrite them
+        (["a,ts,y", *GOOD[1:]], "y", r"feature column 'ts' has the name of a column"),
+        (["a,request_row,y", *GOOD[1:]], "y", r"'request_row' has the name of a column"),
+        (["proba_1,b,y", *GOOD[1:]], "y", r"'proba_1' has the name of a column"),
+        (["a,PCA_2,y", *GOOD[1:]], "y", r"'PCA_2' has the name of a column"),
+        (["a,target,y", *GOOD[1:]], "y", r"'target' has the name of a column"),
     ],
 )
 def test_bad_csvs_are_refused_with_a_message_that_says_which(

@@ -651,7 +651,7 @@ def test_the_log_is_written_without_a_string_per_row(model_store: Store, rows) -
     [key] = model_store.list_keys(keys.PREDICTIONS)
     raw = pd.read_parquet(io.BytesIO(model_store.get(key)), engine="fastparquet")
     assert [c for c in raw.columns if raw[c].dtype == object] == []
-    assert raw["request_id"].nunique() == 2 and list(raw["row"]) == [0, 1, 2, 0, 1, 2]
+    assert raw["request_id"].nunique() == 2 and list(raw["request_row"]) == [0, 1, 2, 0, 1, 2]
     # readers see the documented columns, the same values as the answers
     logged = datalog.read_predictions(model_store)
     assert set(datalog.PREDICTION_COLUMNS) <= set(logged.columns)

@@ -10,7 +10,7 @@ logs from every version line up; ``label_of`` maps them back to a version's clas
 
 The serving writes its log without a Python string per row, which cost it more than half of
 the write (bench/BENCHMARKS.md): each prediction id as its request's shared part
-(``request_id``, dictionary-encoded, one string per request) and its ``row`` in that request,
+(``request_id``, dictionary-encoded, one string per request) and its ``request_row``,
 and the probabilities as one float column per class (``proba_0``, ``proba_1``, ...). Readers
 get ``prediction_id`` and ``proba_json`` back (``expand_compact``), whichever way a batch was
 written.
@@ -54,6 +54,18 @@ FEEDBACK_COLUMNS = [
     "prediction",
     "target",
 ]
+
+
+# The serving's compact form of a prediction id: its request's shared part and its row there.
+COMPACT_ID_COLUMNS = ["request_id", "request_row"]
+_OWN_COLUMN = re.compile(r"(PCA|proba)_\d+")
+
+
+def is_log_column(name: str) -> bool:
+    """Whether a column of that name is the log's own (ids, time, prediction, probabilities,
+    embedding, label): a feature of that name would collide with it in the logged rows."""
+    own = {*PREDICTION_COLUMNS, *FEEDBACK_COLUMNS, *COMPACT_ID_COLUMNS}
+    return name in own or _OWN_COLUMN.fullmatch(name) is not None
 
 
 def new_id() -> str:
@@ -211,11 +223,11 @@ _PROBA_COLUMN = re.compile(r"proba_(\d+)")
 
 def expand_compact(frame: pd.DataFrame) -> pd.DataFrame:
     """A batch the serving wrote compactly with ``prediction_id`` and ``proba_json`` columns
-    in place of ``request_id``, ``row`` and ``proba_0..`` (other batches are left as they
+    in place of ``request_id``, ``request_row`` and ``proba_0..`` (other batches are left as they
     are)."""
-    if "request_id" in frame.columns and "row" in frame.columns:
+    if "request_id" in frame.columns and "request_row" in frame.columns:
         requests = frame.pop("request_id").astype(str).tolist()
-        rows = frame.pop("row").tolist()
+        rows = frame.pop("request_row").tolist()
         frame.insert(0, "prediction_id", list(map(prediction_id, requests, rows)))
     matches = [(m, c) for c in frame.columns if (m := _PROBA_COLUMN.fullmatch(str(c)))]
     if matches and "proba_json" not in frame.columns:
@@ -233,7 +245,7 @@ def _read_batch(data: bytes, only: str | None = None) -> pd.DataFrame:
     frame = pd.read_parquet(io.BytesIO(data), engine="fastparquet")
     if only is not None and "request_id" in frame.columns:  # narrowed before expanding
         batch = prediction_batch(only) or ("", -1)
-        frame = frame[(frame["request_id"] == batch[0]) & (frame["row"] == batch[1])]
+        frame = frame[(frame["request_id"] == batch[0]) & (frame["request_row"] == batch[1])]
     frame = expand_compact(frame)
     if only is not None:
         frame = frame[frame["prediction_id"] == only]

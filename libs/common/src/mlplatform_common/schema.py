@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlplatform_common import datalog
 from mlplatform_common.errors import DatasetError
 from mlplatform_common.quality import to_builtin
 
@@ -76,6 +77,13 @@ def parse_dataset(
     features = [c for c in df.columns if c != target]
     if not features:
         raise DatasetError(f"{name}: no feature columns besides the target {target!r}")
+    clash = [c for c in features if datalog.is_log_column(str(c))]
+    if clash:
+        raise DatasetError(
+            f"{name}: feature column {clash[0]!r} has the name of a column the platform adds to "
+            "logged rows (prediction_id, ts, prediction, probability, proba_<n>, PCA_<n>, "
+            "target, ...); rename it"
+        )
     for col in features:
         if not pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
             numeric = pd.to_numeric(df[col], errors="coerce")

@@ -105,7 +105,7 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
             "request_id": pd.Categorical.from_codes(
                 np.repeat(np.arange(len(heads), dtype=np.int32), sizes), heads
             ),
-            "row": (np.arange(len(labels)) - firsts).astype(np.int32),
+            "request_row": (np.arange(len(labels)) - firsts).astype(np.int32),
             "ts": np.repeat(np.array([e.ts for e in group], dtype=np.float64), lengths),
             # Categories: written dictionary-encoded, 20 times cheaper than strings per row.
             "model_version": pd.Categorical.from_codes(
