@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from mlplatform_common import datalog
 from mlplatform_serving.observability import observe_many
-from mlplatform_serving.predlog import _chunks, column_major, embedded
+from mlplatform_serving.predlog import _chunks, columns_and_embedding, row_blocks
 from mlplatform_serving.runtime import BatchResult
 from mlplatform_serving.service import Service
 
@@ -65,14 +65,6 @@ def test_proba_json_equals_one_encode_per_row(n_classes: int) -> None:
     expected = [orjson.dumps(p).decode() for p in proba.round(6).tolist()]
     assert proba_json(proba) == expected
     assert proba_json(proba[:0]) == []
-
-
-@pytest.mark.parametrize(("rows", "block"), [(10, 3), (4096, 4096), (5000, 4096), (1, 4096)])
-def test_column_major_is_the_transpose_in_c_order(rows: int, block: int) -> None:
-    X = np.random.default_rng(1).normal(size=(rows, 7))
-    out = column_major(X, block=block)
-    assert out.flags.c_contiguous and out.shape == (7, rows)
-    assert np.array_equal(out, X.T)
 
 
 @pytest.mark.parametrize(
@@ -131,18 +123,36 @@ def test_chunks_group_whole_requests_up_to_the_limit(
     assert _chunks(lengths, limit) == runs
 
 
-@pytest.mark.parametrize(("rows", "block"), [(10, 3), (4096, 4096), (5000, 4096), (1, 4096)])
-def test_embedded_is_the_transform_of_all_rows_a_block_at_a_time(rows: int, block: int) -> None:
+# request sizes of a flush: one-row requests, batches, one bigger than a block, none left over
+SIZES = [[1] * 10, [3, 1000, 2, 5000, 1], [4096], [1]]
+
+
+@pytest.mark.parametrize("sizes", SIZES)
+@pytest.mark.parametrize("block", [8, 4096])
+def test_row_blocks_are_the_rows_in_order_in_bounded_blocks(sizes: list[int], block: int) -> None:
+    rng = np.random.default_rng(4)
+    arrays = [rng.normal(size=(n, 7)) for n in sizes]
+    blocks = list(row_blocks(arrays, block=block))
+    assert np.array_equal(np.concatenate(blocks), np.concatenate(arrays))
+    assert all(len(b) < 2 * block for b in blocks)
+    assert all(len(b) >= block for b in blocks[:-1])
+
+
+@pytest.mark.parametrize("sizes", SIZES)
+def test_columns_and_embedding_are_the_transposes_of_the_stacked_rows(sizes: list[int]) -> None:
     # ONNX Runtime keeps the memory of its largest run: a flush embeds its rows in blocks.
     calls: list[int] = []
 
     class Affine:
         def transform(self, X: np.ndarray) -> np.ndarray:
             calls.append(len(X))
-            return (X[:, :3] * 2.0 + 1.0).astype(np.float32)  # not float64: embedded converts
+            return (X[:, :3] * 2.0 + 1.0).astype(np.float32)  # not float64: converted
 
-    X = np.random.default_rng(3).normal(size=(rows, 7))
-    Z = embedded(Affine(), X, block=block)
-    assert Z.dtype == np.float64 and Z.shape == (rows, 3)
-    assert np.array_equal(Z, (X[:, :3] * 2.0 + 1.0).astype(np.float32).astype(np.float64))
-    assert max(calls) <= block and sum(calls) == rows
+    rng = np.random.default_rng(3)
+    arrays = [rng.normal(size=(n, 7)) for n in sizes]
+    X = np.concatenate(arrays)
+    XT, ZT = columns_and_embedding(Affine(), arrays, block=1000)
+    assert XT.flags.c_contiguous and ZT.flags.c_contiguous and ZT.dtype == np.float64
+    assert np.array_equal(XT, X.T)
+    assert np.array_equal(ZT, (X[:, :3] * 2.0 + 1.0).astype(np.float32).astype(np.float64).T)
+    assert max(calls) < 2 * 1000 and sum(calls) == len(X)

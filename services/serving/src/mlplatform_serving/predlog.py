@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,24 +58,47 @@ class Entry:
         return out
 
 
-def column_major(X: np.ndarray, block: int = 4096) -> np.ndarray:
-    """``X.T`` as a C-contiguous array, transposed a block of rows at a time: a whole-matrix
-    transpose of a 200,000-row flush misses the cache on every value (~7x slower, measured)."""
-    out = np.empty((X.shape[1], X.shape[0]), dtype=X.dtype)
-    for start in range(0, X.shape[0], block):
-        out[:, start : start + block] = X[start : start + block].T
-    return out
+def row_blocks(arrays: list[np.ndarray], block: int = 4096) -> Iterator[np.ndarray]:
+    """The rows of ``arrays``, in order, in blocks of ``block`` to ``2 * block`` rows (the last
+    may be smaller): small arrays are stacked, large ones cut."""
+    waiting: list[np.ndarray] = []
+    rows = 0
+    for array in arrays:
+        for start in range(0, len(array), block):
+            part = array[start : start + block]
+            waiting.append(part)
+            rows += len(part)
+            if rows >= block:
+                yield waiting[0] if len(waiting) == 1 else np.concatenate(waiting)
+                waiting, rows = [], 0
+    if waiting:
+        yield waiting[0] if len(waiting) == 1 else np.concatenate(waiting)
 
 
-def embedded(embedding: Any, X: np.ndarray, block: int = 4096) -> np.ndarray:
-    """``embedding.transform(X)`` as float64, a block of rows at a time: ONNX Runtime keeps
-    the memory of its largest run, and one run of a 50,000-row flush kept ~40 MB (measured)."""
-    with np.errstate(all="ignore"):
-        parts = [
-            np.asarray(embedding.transform(X[start : start + block]), dtype=np.float64)
-            for start in range(0, len(X), block)
-        ]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+def columns_and_embedding(
+    embedding: Any, arrays: list[np.ndarray], block: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``arrays`` and their embedding (float64), both column-major (``X.T``,
+    ``Z.T``, C-contiguous), made a block of rows at a time:
+    - the flush is never stacked whole: a block is stacked, embedded and transposed while it
+      is in the cache (a whole-matrix transpose of a 200,000-row flush missed the cache on
+      every value, ~7x slower, measured);
+    - ONNX Runtime keeps the memory of its largest run: one 50,000-row run kept ~40 MB.
+    """
+    n = sum(len(a) for a in arrays)
+    XT = np.empty((arrays[0].shape[1], n))
+    ZT: np.ndarray | None = None
+    at = 0
+    for rows in row_blocks(arrays, block):
+        with np.errstate(all="ignore"):
+            Z = np.asarray(embedding.transform(rows), dtype=np.float64)
+        if ZT is None:
+            ZT = np.empty((Z.shape[1], n))
+        XT[:, at : at + len(rows)] = rows.T
+        ZT[:, at : at + len(rows)] = Z.T
+        at += len(rows)
+    assert ZT is not None  # arrays hold at least one row
+    return XT, ZT
 
 
 def to_frame(entries: list[Entry]) -> pd.DataFrame:
@@ -91,7 +114,6 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
         by_version.setdefault(entry.result.served.version, []).append(entry)
     for group in by_version.values():
         served = group[-1].result.served
-        X = np.concatenate([e.result.X for e in group])
         proba = np.concatenate([e.result.proba for e in group])
         labels = np.concatenate([e.result.label_index for e in group])
         # Per-batch values repeated per row; a buffer may hold 50,000 one-row batches.
@@ -113,18 +135,18 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
             ),
             "prediction": pd.Categorical.from_codes(labels, served.class_keys),
             "probability": proba.max(axis=1),
-            **{f"proba_{j}": p for j, p in enumerate(column_major(proba))},
+            **{f"proba_{j}": np.ascontiguousarray(proba[:, j]) for j in range(proba.shape[1])},
             "backup": backup,
         }
-        # The embedding as this version computes it; rows the backup answered get none, and
-        # values that overflow (inputs near the float limit) are logged as missing.
-        Z = embedded(served.embedding, X)
-        Z[~np.isfinite(Z)] = np.nan
-        Z[backup] = np.nan
-        # Column-major copies, a column per row of them: the frame and the Parquet writer use
-        # them as they are (no per-column strided copies).
-        columns.update(zip(served.features, column_major(X), strict=True))
-        columns.update(zip(embedding_columns(Z.shape[1]), column_major(Z), strict=True))
+        # Column-major, a column per row of them: the frame and the Parquet writer use them
+        # as they are (no per-column strided copies). The embedding as this version computes
+        # it; rows the backup answered get none, and values that overflow (inputs near the
+        # float limit) are logged as missing.
+        XT, ZT = columns_and_embedding(served.embedding, [e.result.X for e in group])
+        ZT[~np.isfinite(ZT)] = np.nan
+        ZT[:, backup] = np.nan
+        columns.update(zip(served.features, XT, strict=True))
+        columns.update(zip(embedding_columns(len(ZT)), ZT, strict=True))
         frames.append(pd.DataFrame(columns, copy=False))
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
