@@ -41,6 +41,7 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "log_buffer_max_rows",
         "log_write_max_rows",
         "recent_cache_rows",
+        "recent_cache_mb",
         "feedback_lookup_days",
         "feedback_count_max_age",
         "low_confidence_threshold",

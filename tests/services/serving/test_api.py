@@ -582,6 +582,24 @@ def test_feedback_by_id_finds_recent_rows_in_memory_and_older_ones_in_the_store(
         assert r.status_code == 201, r.text
 
 
+def test_the_recent_cache_is_bounded_by_memory_too(model_store: Store, rows) -> None:
+    # A one-row request costs ~2.5 kB in the cache: 100,000 of them took 250 MB.
+    from mlplatform_serving.predlog import ENTRY_OVERHEAD_BYTES
+
+    one_row = ENTRY_OVERHEAD_BYTES + 30 * 8 + 2 * 8 + 8
+    settings = serving_settings(recent_cache_mb=3.5 * one_row / 2**20, log_flush_seconds=3600)
+    with TestClient(create_app(settings, model_store)) as c:
+        ids = [
+            c.post("/predict", json={"features": row}).json()["predictions"][0]["prediction_id"]
+            for row in rows[:10]
+        ]
+        log = c.app.state.service.log
+        assert [log.lookup(i) is not None for i in ids] == [False] * 6 + [True] * 4
+        assert log.flush() == 10  # the others are found in the stored log
+        r = c.post("/feedback", json={"prediction_id": ids[0], "target": 1})
+        assert r.status_code == 201, r.text
+
+
 def test_the_typed_json_decoder_reads_what_the_checked_path_reads(model_store: Store, rows) -> None:
     with TestClient(create_app(serving_settings(), model_store)) as c:
         runtime = c.app.state.service.runtime

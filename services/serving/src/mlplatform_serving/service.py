@@ -55,6 +55,7 @@ class Service:
             write_max_rows=settings.log_write_max_rows,
             max_rows=settings.log_buffer_max_rows,
             cache_rows=settings.recent_cache_rows,
+            cache_bytes=int(settings.recent_cache_mb * 2**20),
             on_drop=lambda n: obs.LOG_DROPPED.inc(n),
         )
         # Starts one retrain without waiting: (reason, force) -> started.

@@ -71,7 +71,12 @@ class ServingSettings(CommonSettings):
     """Rows kept while the store is down; beyond this the oldest are dropped and counted."""
 
     recent_cache_rows: int = 100_000
-    """Recent predictions kept in memory for ``/feedback`` by ``prediction_id``."""
+    """Recent predictions kept in memory for ``/feedback`` by ``prediction_id`` (older ones
+    are found in the stored log)..."""
+
+    recent_cache_mb: float = 32.0
+    """... and at most about this much memory for them: one-row requests cost ~2.5 kB each,
+    so 100,000 of them took 250 MB (bench/BENCHMARKS.md)."""
 
     feedback_lookup_days: int = 7
     """How many days of the prediction log ``/feedback`` searches for an unknown id."""
