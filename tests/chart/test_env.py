@@ -39,6 +39,7 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "log_flush_rows",
         "log_flush_seconds",
         "log_buffer_max_rows",
+        "log_buffer_max_mb",
         "log_write_max_rows",
         "recent_cache_rows",
         "recent_cache_mb",

@@ -50,16 +50,17 @@ class Entry:
     # its row number (``datalog.prediction_id``).
     requests: dict[str, int] = field(default_factory=dict)
     offsets: list[int] = field(default_factory=lambda: [0])
+    nbytes: int = 0
 
     def __len__(self) -> int:
         return self.offsets[-1]
 
-    @property
-    def nbytes(self) -> int:
-        """About what holding this entry costs."""
+    def measure(self) -> int:
+        """About what holding this entry costs (kept in ``nbytes``)."""
         result = self.result
         arrays = result.X.nbytes + result.proba.nbytes + result.label_index.nbytes
-        return arrays + ENTRY_OVERHEAD_BYTES * len(self.requests)
+        self.nbytes = arrays + ENTRY_OVERHEAD_BYTES * len(self.requests)
+        return self.nbytes
 
     def row(self, i: int, prediction_id: str) -> dict[str, Any]:
         served = self.result.served
@@ -188,6 +189,7 @@ class PredictionLog:
         flush_rows: int,
         flush_seconds: float,
         max_rows: int,
+        max_bytes: int = 2**62,
         write_max_rows: int = 50_000,
         cache_rows: int,
         cache_bytes: int = 2**62,
@@ -197,12 +199,14 @@ class PredictionLog:
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.max_rows = max_rows
+        self.max_bytes = max_bytes
         self.write_max_rows = write_max_rows
         self.cache_rows = cache_rows
         self.cache_bytes = cache_bytes
         self.on_drop = on_drop
         self._pending: deque[Entry] = deque()
         self._pending_rows = 0
+        self._pending_bytes = 0
         self._oldest = 0.0
         # The requests of the last ~cache_rows rows, by their ids' shared part (one key per
         # request, whatever its size): the entry holding its rows. Whole entries leave it,
@@ -229,11 +233,13 @@ class PredictionLog:
         for ids in id_groups:
             entry.requests[ids.batch] = len(entry.requests)
             entry.offsets.append(entry.offsets[-1] + len(ids))
+        entry.measure()
         with self._lock:
             if not self._pending:
                 self._oldest = time.monotonic()
             self._pending.append(entry)
             self._pending_rows += len(entry)
+            self._pending_bytes += entry.nbytes
             for key in entry.requests:
                 self._recent[key] = entry
             self._recent_entries.append(entry)
@@ -257,9 +263,12 @@ class PredictionLog:
 
     def _trim(self) -> int:
         dropped = 0
-        while self._pending_rows > self.max_rows and self._pending:
+        while self._pending and (
+            self._pending_rows > self.max_rows or self._pending_bytes > self.max_bytes
+        ):
             old = self._pending.popleft()
             self._pending_rows -= len(old)
+            self._pending_bytes -= old.nbytes
             dropped += len(old)
         self.dropped_rows += dropped
         return dropped
@@ -267,7 +276,9 @@ class PredictionLog:
     def backlogged(self) -> bool:
         """More than half the buffer is waiting while the store accepts writes: the writer
         is behind the requests (CPU-bound), not the store down."""
-        return self.store_ok and self._pending_rows > self.max_rows // 2
+        return self.store_ok and (
+            self._pending_rows > self.max_rows // 2 or self._pending_bytes > self.max_bytes // 2
+        )
 
     async def make_room(self, max_wait: float = 2.0) -> None:
         """Backpressure: while backlogged, hold this request (not the event loop) so the
@@ -307,6 +318,7 @@ class PredictionLog:
                 entries = list(self._pending)
                 self._pending.clear()
                 self._pending_rows = 0
+                self._pending_bytes = 0
             written = 0
             for start, end in _chunks([len(e) for e in entries], self.write_max_rows):
                 rows = self._write(entries[start:end])
@@ -342,6 +354,7 @@ class PredictionLog:
         with self._lock:
             self._pending.extendleft(reversed(entries))
             self._pending_rows += sum(len(e) for e in entries)
+            self._pending_bytes += sum(e.nbytes for e in entries)
             self._oldest = time.monotonic()
             dropped = self._trim()
         if dropped:

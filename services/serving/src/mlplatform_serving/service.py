@@ -54,6 +54,7 @@ class Service:
             flush_seconds=settings.log_flush_seconds,
             write_max_rows=settings.log_write_max_rows,
             max_rows=settings.log_buffer_max_rows,
+            max_bytes=int(settings.log_buffer_max_mb * 2**20),
             cache_rows=settings.recent_cache_rows,
             cache_bytes=int(settings.recent_cache_mb * 2**20),
             on_drop=lambda n: obs.LOG_DROPPED.inc(n),

@@ -68,7 +68,11 @@ class ServingSettings(CommonSettings):
     object): it bounds the writer's memory when it catches up with a backlog."""
 
     log_buffer_max_rows: int = 200_000
-    """Rows kept while the store is down; beyond this the oldest are dropped and counted."""
+    """Rows kept while the store is down; beyond this the oldest are dropped and counted..."""
+
+    log_buffer_max_mb: float = 128.0
+    """... and beyond about this much memory (one-row requests cost ~2.5 kB each). Requests
+    wait for a writer that is behind past half of either bound."""
 
     recent_cache_rows: int = 100_000
     """Recent predictions kept in memory for ``/feedback`` by ``prediction_id`` (older ones
