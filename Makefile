@@ -147,9 +147,17 @@ BENCH_ARGS ?=
 soak: test-deps ## Long reliability run (load, 1000 inputs per operation, outage, kills): make soak [MINUTES=10]
 	$(RUN) python -m tests.reliability.soak --minutes $(or $(MINUTES),10)
 
+# The serving as its image installs it (uv sync --no-dev --package mlplatform-serving: no
+# scikit-learn, no pyarrow): the bench measures ours in it, not in the all-packages .venv.
+SERVING_ENV := $(CURDIR)/.venv-serving
+
+.PHONY: serving-env
+serving-env: $(UV) ## Create .venv-serving: the serving package alone, as in its image
+	@UV_PROJECT_ENVIRONMENT=$(SERVING_ENV) $(UV) sync --frozen --no-dev --package mlplatform-serving --quiet
+
 .PHONY: bench
-bench: test-deps ## Serving beside the HTTP floor and a naive server (wrk), plus job timings -> bench/BENCHMARKS.md
-	$(RUN) python -m bench.run $(BENCH_ARGS)
+bench: test-deps serving-env ## Serving beside the HTTP floor and a naive server (wrk), plus job timings -> bench/BENCHMARKS.md
+	$(RUN) python -m bench.run --serving-python $(SERVING_ENV)/bin/python $(BENCH_ARGS)
 
 ##@ Quality
 

@@ -203,7 +203,7 @@ def bodies() -> dict[str, tuple[bytes, str]]:
     }
 
 
-def bench_serving(seconds: float) -> dict[str, Any]:
+def bench_serving(seconds: float, serving_python: str) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="mlplatform-bench-"))
     try:
         env = make_store(tmp)
@@ -221,7 +221,7 @@ def bench_serving(seconds: float) -> dict[str, Any]:
         ]
         servers = {
             "floor": Server("floor", [*uvicorn, "bench.baselines:floor_app"], {}, "/predict"),
-            "ours": Server("ours", [sys.executable, "-m", "mlplatform_serving"], env, "/ready"),
+            "ours": Server("ours", [serving_python, "-m", "mlplatform_serving"], env, "/ready"),
             "naive": Server(
                 "naive",
                 [*uvicorn, "bench.baselines:naive_app"],
@@ -280,6 +280,13 @@ def bench_serving(seconds: float) -> dict[str, Any]:
             "peak_mb": peak,
             "peak_where": peak_where,
             "log_dropped_rows": dropped,
+            "serving_env": (
+                "its own environment, the serving package alone as its image installs it "
+                "(`make serving-env`: no scikit-learn, no pyarrow)"
+                if Path(serving_python).resolve() != Path(sys.executable).resolve()
+                else "the all-packages `.venv` (scikit-learn, pyarrow and the jobs' libraries "
+                "loaded too; its image has less)"
+            ),
             "feedback": feedback,
         }
     finally:
@@ -449,7 +456,8 @@ def write_markdown(
             "",
             "*floor*: FastAPI returning a constant JSON. *naive*: the course-style server (a pandas",
             "DataFrame per request, `predict` + `predict_proba`). *ours*: `python -m mlplatform_serving` as",
-            "deployed: validation, prediction ids, prediction log, Prometheus metrics, ONNX Runtime.",
+            "deployed: validation, prediction ids, prediction log, Prometheus metrics, ONNX Runtime;",
+            f"run in {serving['serving_env']}.",
             "",
             "| scenario | conns | server | req/s | rows/s | p50 ms | p99 ms | non-2xx | ours ÷ floor | ours ÷ naive |",
             "|---|---|---|---|---|---|---|---|---|---|",
@@ -515,13 +523,21 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--only", choices=["serving", "jobs"])
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "BENCHMARKS.md")
+    parser.add_argument(
+        "--serving-python",
+        default=sys.executable,
+        help="the Python of the serving's own environment (make bench: .venv-serving, the "
+        "serving package alone, as its image installs it)",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print(
             "wrk is not installed (Debian package wrk; `make bench` installs it)", file=sys.stderr
         )
         return 1
-    serving = bench_serving(args.seconds) if args.only in (None, "serving") else None
+    serving = (
+        bench_serving(args.seconds, args.serving_python) if args.only in (None, "serving") else None
+    )
     jobs = bench_jobs() if args.only in (None, "jobs") else None
     command = "make bench" + (
         f" BENCH_ARGS='--seconds {args.seconds:g}'" if args.seconds != 5 else ""

@@ -584,9 +584,9 @@ def test_feedback_by_id_finds_recent_rows_in_memory_and_older_ones_in_the_store(
 
 def test_the_recent_cache_is_bounded_by_memory_too(model_store: Store, rows) -> None:
     # A one-row request costs ~2.5 kB in the cache: 100,000 of them took 250 MB.
-    from mlplatform_serving.predlog import ENTRY_OVERHEAD_BYTES
+    from mlplatform_serving.predlog import ENTRY_BYTES, REQUEST_BYTES
 
-    one_row = ENTRY_OVERHEAD_BYTES + 30 * 8 + 2 * 8 + 8
+    one_row = ENTRY_BYTES + REQUEST_BYTES + 30 * 8 + 2 * 8 + 8
     settings = serving_settings(recent_cache_mb=3.5 * one_row / 2**20, log_flush_seconds=3600)
     with TestClient(create_app(settings, model_store)) as c:
         ids = [
@@ -708,9 +708,9 @@ def test_the_buffer_of_a_store_that_is_down_is_bounded_by_memory_too(
     model_store: Store, rows, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 200,000 buffered one-row requests would hold ~500 MB: the oldest go first past the bound.
-    from mlplatform_serving.predlog import ENTRY_OVERHEAD_BYTES
+    from mlplatform_serving.predlog import ENTRY_BYTES, REQUEST_BYTES
 
-    one_row = ENTRY_OVERHEAD_BYTES + 30 * 8 + 2 * 8 + 8
+    one_row = ENTRY_BYTES + REQUEST_BYTES + 30 * 8 + 2 * 8 + 8
     settings = serving_settings(log_flush_seconds=3600, log_buffer_max_mb=4.5 * one_row / 2**20)
 
     def down(*args: object, **kwargs: object) -> None:

@@ -32,9 +32,11 @@ from mlplatform_serving.runtime import BatchResult
 logger = logging.getLogger("mlplatform.serving")
 
 
-# What an entry of the recent cache costs besides its arrays: its result and index objects,
-# ~2 kB (100,000 one-row requests took 250 MB, measured).
-ENTRY_OVERHEAD_BYTES = 2048
+# What an entry costs besides its arrays: its result and index objects, ~2 kB for a one-row
+# request (100,000 of them took 250 MB, measured), of which a request's key and offset are
+# ~256 bytes (the rest is shared by the requests of one event-loop turn).
+ENTRY_BYTES = 1792
+REQUEST_BYTES = 256
 
 
 @dataclass(slots=True)
@@ -59,7 +61,7 @@ class Entry:
         """About what holding this entry costs (kept in ``nbytes``)."""
         result = self.result
         arrays = result.X.nbytes + result.proba.nbytes + result.label_index.nbytes
-        self.nbytes = arrays + ENTRY_OVERHEAD_BYTES * len(self.requests)
+        self.nbytes = arrays + ENTRY_BYTES + REQUEST_BYTES * len(self.requests)
         return self.nbytes
 
     def row(self, i: int, prediction_id: str) -> dict[str, Any]:
