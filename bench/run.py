@@ -283,7 +283,7 @@ def bench_serving(seconds: float, serving_python: str) -> dict[str, Any]:
             "serving_env": (
                 "its own environment, the serving package alone as its image installs it "
                 "(`make serving-env`: no scikit-learn, no pyarrow)"
-                if Path(serving_python).resolve() != Path(sys.executable).resolve()
+                if Path(serving_python).absolute() != Path(sys.executable).absolute()
                 else "the all-packages `.venv` (scikit-learn, pyarrow and the jobs' libraries "
                 "loaded too; its image has less)"
             ),
