@@ -395,3 +395,36 @@ def test_snapshots_go_to_a_real_evidently_ui(
     assert len(projects) == 1
     # two runs, three snapshots each: embedding drift, raw drift, quality
     assert len(list((projects[0] / "snapshots").glob("*.json"))) == 6
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_the_report_reads_the_log_the_real_serving_writes(
+    store: Store, model: LoadedModel, heldout: pd.DataFrame
+) -> None:
+    """Serving (its compact log: ids as request + row, one probability column per class)
+    -> reporter: every labelled row finds its probabilities, so ROC AUC is reported."""
+    from fastapi.testclient import TestClient
+
+    from mlplatform_serving.app import create_app
+    from tests.services.serving.conftest import serving_settings
+
+    rows = heldout[model.features].to_dict("records")
+    truth = heldout["target"].tolist()
+    answers: list[dict[str, object]] = []
+    with TestClient(create_app(serving_settings(log_flush_seconds=3600), store)) as c:
+        for start in range(0, len(rows), 25):
+            r = c.post("/predict", json={"instances": rows[start : start + 25]})
+            answers += r.json()["predictions"]
+        for answer, target in zip(answers, truth, strict=True):
+            fb = c.post(
+                "/feedback", json={"prediction_id": answer["prediction_id"], "target": target}
+            )
+            assert fb.status_code == 201, fb.text
+    # leaving the client stopped the serving, which wrote the rest of its log
+    outcome = job.run(reporter_settings(), store=store, now=time.time() + 1)
+    quality = outcome.result.quality
+    assert quality is not None and quality.rows == len(rows)
+    positive = str(model.classes[1])
+    scores = [a["probabilities"][positive] for a in answers]  # type: ignore[index]
+    expected = skm.roc_auc_score([str(t) == positive for t in truth], scores)
+    assert quality.roc_auc == pytest.approx(expected, abs=1e-6)
