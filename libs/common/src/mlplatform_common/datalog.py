@@ -225,6 +225,7 @@ def expand_compact(frame: pd.DataFrame) -> pd.DataFrame:
     """A batch the serving wrote compactly with ``prediction_id`` and ``proba_json`` columns
     in place of ``request_id``, ``request_row`` and ``proba_0..`` (other batches are left as they
     are)."""
+    frame = frame.copy(deep=False)  # columns change below; the caller's frame does not
     if "request_id" in frame.columns and "request_row" in frame.columns:
         requests = frame.pop("request_id").astype(str).tolist()
         rows = frame.pop("request_row").tolist()
@@ -234,7 +235,14 @@ def expand_compact(frame: pd.DataFrame) -> pd.DataFrame:
         ordered = [c for _, c in sorted(matches, key=lambda mc: int(mc[0][1]))]
         proba = frame[ordered].to_numpy(dtype=np.float64)
         frame = frame.drop(columns=ordered)
-        frame["proba_json"] = proba_json(proba)
+        # Rows of a version with fewer classes (batches of two versions read together) have
+        # NaN in the columns past theirs: each row gets its own classes' list.
+        width = (~np.isnan(proba)).sum(axis=1)
+        texts = np.empty(len(proba), dtype=object)
+        for k in np.unique(width):
+            rows = width == k
+            texts[rows] = proba_json(proba[rows, :k])
+        frame["proba_json"] = texts
     return frame
 
 

@@ -61,6 +61,7 @@ class Entry:
         """About what holding this entry costs (kept in ``nbytes``)."""
         result = self.result
         arrays = result.X.nbytes + result.proba.nbytes + result.label_index.nbytes
+        arrays += 8 * len(result.X)  # result.top, once the metrics have read it
         self.nbytes = arrays + ENTRY_BYTES + REQUEST_BYTES * len(self.requests)
         return self.nbytes
 
@@ -128,6 +129,8 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
     for entry in entries:
         by_version.setdefault(entry.result.served.version, []).append(entry)
     for group in by_version.values():
+        if not sum(len(e) for e in group):
+            continue
         served = group[-1].result.served
         proba = np.concatenate([e.result.proba for e in group])
         labels = np.concatenate([e.result.label_index for e in group])
@@ -163,16 +166,21 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
         columns.update(zip(served.features, XT, strict=True))
         columns.update(zip(embedding_columns(len(ZT)), ZT, strict=True))
         frames.append(pd.DataFrame(columns, copy=False))
-    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    if len(frames) == 1:
+        return frames[0]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _chunks(lengths: list[int], limit: int) -> list[tuple[int, int]]:
+def _chunks(
+    lengths: list[int], limit: int, kinds: list[str] | None = None
+) -> list[tuple[int, int]]:
     """``[start, end)`` runs of consecutive items whose lengths add up to at most ``limit``
-    (an item longer than ``limit`` is a run of its own)."""
+    (an item longer than ``limit`` is a run of its own), and of one kind each (``kinds``:
+    the model version, so an object holds one version's columns and classes)."""
     runs: list[tuple[int, int]] = []
     start, total = 0, 0
     for i, n in enumerate(lengths):
-        if i > start and total + n > limit:
+        if i > start and (total + n > limit or (kinds is not None and kinds[i] != kinds[start])):
             runs.append((start, i))
             start, total = i, 0
         total += n
@@ -257,15 +265,21 @@ class PredictionLog:
                 for key in old.requests:
                     self._recent.pop(key, None)
             dropped = self._trim()
-            due = self._pending_rows >= self.flush_rows
+            due = self._full()
         if dropped:
             self.on_drop(dropped)
         if due:
             self._wake.set()
 
+    def _full(self) -> bool:
+        """Enough is waiting to write now: ``flush_rows`` rows, or a quarter of the memory
+        bound (wide rows reach it first)."""
+        return self._pending_rows >= self.flush_rows or self._pending_bytes >= self.max_bytes // 4
+
     def _trim(self) -> int:
+        """Drop the oldest requests past the bounds (never the newest one)."""
         dropped = 0
-        while self._pending and (
+        while len(self._pending) > 1 and (
             self._pending_rows > self.max_rows or self._pending_bytes > self.max_bytes
         ):
             old = self._pending.popleft()
@@ -322,7 +336,8 @@ class PredictionLog:
                 self._pending_rows = 0
                 self._pending_bytes = 0
             written = 0
-            for start, end in _chunks([len(e) for e in entries], self.write_max_rows):
+            versions = [e.result.served.version for e in entries]
+            for start, end in _chunks([len(e) for e in entries], self.write_max_rows, versions):
                 rows = self._write(entries[start:end])
                 if rows < 0:
                     self._keep(entries[start:])
@@ -334,6 +349,8 @@ class PredictionLog:
         """Write some requests as one object: the rows written; 0 if their rows could not be
         built (dropped and counted); -1 if the store refused the write."""
         rows = sum(len(e) for e in entries)
+        if not rows:
+            return 0
         try:
             frame = to_frame(entries)
         except Exception:  # a bug here must not stop logging for the process
@@ -365,8 +382,7 @@ class PredictionLog:
     def _due(self) -> bool:
         with self._lock:
             return bool(self._pending) and (
-                self._pending_rows >= self.flush_rows
-                or time.monotonic() - self._oldest >= self.flush_seconds
+                self._full() or time.monotonic() - self._oldest >= self.flush_seconds
             )
 
     def _run(self) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from mlplatform_common import datalog
 from mlplatform_common.errors import InvalidInput, MLPlatformError, ModelNotReady
 from mlplatform_common.log import set_model_version
 from mlplatform_common.registry import BACKUP, LoadedModel, ModelRegistry
@@ -186,6 +187,12 @@ def _needs_sklearn(model: LoadedModel, what: str) -> None:
 
 def make_served(model: LoadedModel) -> Served:
     """ONNX Runtime for what the version has checked ONNX files for, scikit-learn otherwise."""
+    clash = [f for f in model.features if datalog.is_log_column(f)]
+    if clash:  # training refuses these names now; a version published before may have one
+        raise ModelNotReady(
+            f"model {model.version}: feature {clash[0]!r} has the name of a column the "
+            "prediction log adds, and would overwrite it; retrain with the column renamed"
+        )
     info = model.manifest.get("onnx") or {}
     engine: SklearnEngine | OnnxEngine | None = _onnx(model, model.onnx, info)
     embedding: SklearnEmbedding | OnnxEngine | None = None

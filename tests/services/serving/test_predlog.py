@@ -1,0 +1,113 @@
+"""The prediction log writer on its own: objects per model version, its memory bounds."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlplatform_common import datalog, keys
+from mlplatform_common.errors import ModelNotReady
+from mlplatform_common.storage import Store
+from mlplatform_serving.predlog import ENTRY_BYTES, REQUEST_BYTES, PredictionLog
+from mlplatform_serving.runtime import BatchResult, make_served
+
+
+class Doubling:
+    """An embedding: the first feature, doubled."""
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return X[:, :1] * 2.0
+
+
+def _served(version: str, classes: list[Any]) -> Any:
+    return SimpleNamespace(
+        version=version,
+        classes=classes,
+        class_keys=[str(c) for c in classes],
+        features=["a", "b"],
+        embedding=Doubling(),
+    )
+
+
+def _result(served: Any, n: int, seed: int = 0) -> BatchResult:
+    rng = np.random.default_rng(seed)
+    proba = rng.dirichlet(np.ones(len(served.classes)), size=n)
+    return BatchResult(served, rng.normal(size=(n, 2)), proba, proba.argmax(axis=1), False)
+
+
+def _log(store: Store, **kw: Any) -> PredictionLog:
+    settings: dict[str, Any] = {
+        "flush_rows": 10_000,
+        "flush_seconds": 3600.0,
+        "max_rows": 10_000,
+        "cache_rows": 10_000,
+    }
+    return PredictionLog(store, **{**settings, **kw})
+
+
+def test_a_flush_across_a_model_swap_writes_one_object_per_version(local_store: Store) -> None:
+    # A retrain may change the classes: each object holds one version's classes, so a row's
+    # probabilities read back with its own version's length.
+    log = _log(local_store)
+    v1, v2 = _served("v1", [0, 1]), _served("v2", ["a", "b", "c"])
+    sent = [(v1, 3), (v1, 2), (v2, 4), (v1, 1)]
+    ids = []
+    for i, (served, n) in enumerate(sent):
+        ids.append(datalog.new_prediction_ids(n, 1000.0 + i))
+        log.add(_result(served, n, seed=i), [ids[-1]], 1000.0 + i)
+    assert log.flush() == 10
+    objects = local_store.list_keys(keys.PREDICTIONS)
+    assert len(objects) == 3  # v1, then v2, then v1 again: runs of one version each
+    for key in objects:
+        raw = pd.read_parquet(io.BytesIO(local_store.get(key)), engine="fastparquet")
+        assert [c for c in raw.columns if raw[c].dtype == object] == []
+    logged = datalog.read_predictions(local_store)
+    widths = {
+        v: {len(json.loads(p)) for p in group["proba_json"]}
+        for v, group in logged.groupby("model_version")
+    }
+    assert widths == {"v1": {2}, "v2": {3}}
+    assert sorted(logged["prediction_id"]) == sorted(i for batch in ids for i in batch)
+
+
+def test_compact_batches_of_two_versions_read_together_keep_each_rows_classes() -> None:
+    # Objects written before the one-version runs could hold two versions: NaN-padded.
+    frame = pd.DataFrame({"proba_0": [0.25, 0.2], "proba_1": [0.75, 0.3], "proba_2": [np.nan, 0.5]})
+    assert list(datalog.expand_compact(frame)["proba_json"]) == ["[0.25,0.75]", "[0.2,0.3,0.5]"]
+    assert "proba_json" not in frame.columns  # the caller's frame is left as it was
+
+
+def test_wide_rows_wake_the_writer_before_the_row_count_does(local_store: Store) -> None:
+    one = ENTRY_BYTES + REQUEST_BYTES + 100 * (2 * 8 + 2 * 8 + 8 + 8)
+    log = _log(local_store, max_bytes=8 * one)
+    served = _served("v1", [0, 1])
+    log.add(_result(served, 100), [datalog.new_prediction_ids(100, time.time())], time.time())
+    assert not log._due()  # 100 rows, a quarter of nothing yet
+    log.add(_result(served, 100), [datalog.new_prediction_ids(100, time.time())], time.time())
+    assert log._due() and log._wake.is_set()  # 2 of 8: a quarter of the memory bound
+    assert log.dropped_rows == 0
+
+
+def test_the_newest_request_is_kept_even_past_the_memory_bound(local_store: Store) -> None:
+    log = _log(local_store, max_bytes=1000)
+    served = _served("v1", [0, 1])
+    for _ in range(3):
+        log.add(_result(served, 50), [datalog.new_prediction_ids(50, time.time())], time.time())
+    assert log.pending_rows == 50 and log.dropped_rows == 100
+    assert log.flush() == 50
+
+
+@pytest.mark.parametrize("name", ["ts", "request_row", "proba_0", "PCA_1", "prediction_id"])
+def test_a_version_whose_feature_has_a_log_column_name_is_not_served(name: str) -> None:
+    # Training refuses such names; a version published before the check must not corrupt
+    # the log (its feature would overwrite the log's column).
+    model = SimpleNamespace(version="v9", features=["x", name], manifest={})
+    with pytest.raises(ModelNotReady, match=f"feature '{name}' has the name of a column"):
+        make_served(model)  # type: ignore[arg-type]
