@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from mlplatform_common import datalog, keys
-from mlplatform_common.errors import ModelNotReady
+from mlplatform_common.errors import ModelNotReady, StorageUnavailable
 from mlplatform_common.storage import Store
 from mlplatform_serving.predlog import ENTRY_BYTES, REQUEST_BYTES, PredictionLog
 from mlplatform_serving.runtime import BatchResult, make_served
@@ -93,6 +93,49 @@ def test_wide_rows_wake_the_writer_before_the_row_count_does(local_store: Store)
     log.add(_result(served, 100), [datalog.new_prediction_ids(100, time.time())], time.time())
     assert log._due() and log._wake.is_set()  # 2 of 8: a quarter of the memory bound
     assert log.dropped_rows == 0
+
+
+def test_the_buffer_of_a_store_that_is_down_is_bounded_by_memory_too(
+    local_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 200,000 buffered one-row requests would hold ~500 MB: the oldest go first past the bound.
+    one_row = ENTRY_BYTES + REQUEST_BYTES + 2 * 8 + 2 * 8 + 8 + 8
+    dropped: list[int] = []
+    log = _log(local_store, max_bytes=int(4.5 * one_row), on_drop=dropped.append)
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise StorageUnavailable("store down (test)")
+
+    monkeypatch.setattr(local_store, "put", down)
+    served = _served("v1", [0, 1])
+    log.add(_result(served, 1), [datalog.new_prediction_ids(1, time.time())], time.time())
+    assert log.flush() == 0 and not log.store_ok
+    for i in range(9):
+        log.add(_result(served, 1, seed=i), [datalog.new_prediction_ids(1, time.time())], 1.0)
+        assert not log.backlogged()  # the store is down: requests do not wait for it
+    assert log.pending_rows == 4 and log.dropped_rows == 6 and sum(dropped) == 6
+
+
+def test_a_store_that_is_down_is_retried_once_per_flush_interval(
+    local_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not at every request: each try builds the frame of what is buffered.
+    log = _log(local_store, flush_rows=1, flush_seconds=0.2)
+    tries: list[str] = []
+
+    def down(key: str, *args: object, **kwargs: object) -> None:
+        tries.append(key)
+        raise StorageUnavailable("store down (test)")
+
+    monkeypatch.setattr(local_store, "put", down)
+    served = _served("v1", [0, 1])
+    log.add(_result(served, 5), [datalog.new_prediction_ids(5, time.time())], time.time())
+    assert log._due()  # full: 5 rows of flush_rows=1
+    assert log.flush() == 0 and len(tries) == 1
+    log.add(_result(served, 5), [datalog.new_prediction_ids(5, time.time())], time.time())
+    assert not log._due()  # still full, but the store failed just now
+    time.sleep(0.25)
+    assert log._due()
 
 
 def test_the_newest_request_is_kept_even_past_the_memory_bound(local_store: Store) -> None:

@@ -381,9 +381,12 @@ class PredictionLog:
 
     def _due(self) -> bool:
         with self._lock:
-            return bool(self._pending) and (
-                self._full() or time.monotonic() - self._oldest >= self.flush_seconds
-            )
+            if not self._pending:
+                return False
+            waited = time.monotonic() - self._oldest >= self.flush_seconds
+            # While the store refuses writes, one try per flush_seconds however full the
+            # buffer (a failed write resets _oldest): each try builds a frame first.
+            return waited or (self.store_ok and self._full())
 
     def _run(self) -> None:
         while not self._stop.is_set():
