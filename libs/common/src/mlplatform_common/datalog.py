@@ -61,11 +61,12 @@ COMPACT_ID_COLUMNS = ["request_id", "request_row"]
 _OWN_COLUMN = re.compile(r"(PCA|proba)_\d+")
 
 
-def is_log_column(name: str) -> bool:
-    """Whether a column of that name is the log's own (ids, time, prediction, probabilities,
-    embedding, label): a feature of that name would collide with it in the logged rows."""
+def first_log_column(names: Iterable[Any]) -> str | None:
+    """The first of ``names`` that is a column of the log's own (ids, time, prediction,
+    probabilities, embedding, label), or None: a feature of that name would collide with it
+    in the logged rows."""
     own = {*PREDICTION_COLUMNS, *FEEDBACK_COLUMNS, *COMPACT_ID_COLUMNS}
-    return name in own or _OWN_COLUMN.fullmatch(name) is not None
+    return next((str(n) for n in names if n in own or _OWN_COLUMN.fullmatch(str(n))), None)
 
 
 def new_id() -> str:

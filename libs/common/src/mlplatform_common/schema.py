@@ -77,10 +77,10 @@ def parse_dataset(
     features = [c for c in df.columns if c != target]
     if not features:
         raise DatasetError(f"{name}: no feature columns besides the target {target!r}")
-    clash = [c for c in features if datalog.is_log_column(str(c))]
-    if clash:
+    clash = datalog.first_log_column(features)
+    if clash is not None:
         raise DatasetError(
-            f"{name}: feature column {clash[0]!r} has the name of a column the platform adds to "
+            f"{name}: feature column {clash!r} has the name of a column the platform adds to "
             "logged rows (prediction_id, ts, prediction, probability, proba_<n>, PCA_<n>, "
             "target, ...); rename it"
         )

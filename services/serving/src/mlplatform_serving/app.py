@@ -21,7 +21,13 @@ from mlplatform_serving import observability as obs
 from mlplatform_serving.hotpath import HotRoutes
 from mlplatform_serving.launcher import make_launcher
 from mlplatform_serving.routes import admin, feedback, health, metrics, models, predict, v2
-from mlplatform_serving.schemas import FeedbackRequest, PredictRequest, ReloadRequest, error_body
+from mlplatform_serving.schemas import (
+    FeedbackRequest,
+    PredictRequest,
+    ReloadRequest,
+    error_body,
+    internal_error_body,
+)
 from mlplatform_serving.service import Service
 from mlplatform_serving.settings import ServingSettings, get_settings
 
@@ -155,9 +161,7 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(
-            error_body("internal error; see the server log", "InternalError"), status_code=500
-        )
+        return JSONResponse(internal_error_body(), status_code=500)
 
     for module in (predict, feedback, models, health, metrics, admin, v2):
         app.include_router(module.router)

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlplatform_common.errors import MLPlatformError
 from mlplatform_serving.routes import predict, v2
-from mlplatform_serving.schemas import error_body
+from mlplatform_serving.schemas import error_body, internal_error_body
 from mlplatform_serving.service import Service
 
 logger = logging.getLogger("mlplatform.serving")
@@ -90,9 +90,7 @@ class HotRoutes:
         except Exception:
             logger.exception("unhandled error on POST %s", scope["path"])
             status = 500
-            content = orjson.dumps(
-                error_body("internal error; see the server log", "InternalError")
-            )
+            content = orjson.dumps(internal_error_body())
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(content)).encode()),

@@ -57,13 +57,12 @@ class Entry:
     def __len__(self) -> int:
         return self.offsets[-1]
 
-    def measure(self) -> int:
-        """About what holding this entry costs (kept in ``nbytes``)."""
+    def measure(self) -> None:
+        """Set ``nbytes``: about what holding this entry costs."""
         result = self.result
         arrays = result.X.nbytes + result.proba.nbytes + result.label_index.nbytes
         arrays += 8 * len(result.X)  # result.top, once the metrics have read it
         self.nbytes = arrays + ENTRY_BYTES + REQUEST_BYTES * len(self.requests)
-        return self.nbytes
 
     def row(self, i: int, prediction_id: str) -> dict[str, Any]:
         served = self.result.served

@@ -187,10 +187,10 @@ def _needs_sklearn(model: LoadedModel, what: str) -> None:
 
 def make_served(model: LoadedModel) -> Served:
     """ONNX Runtime for what the version has checked ONNX files for, scikit-learn otherwise."""
-    clash = [f for f in model.features if datalog.is_log_column(f)]
-    if clash:  # training refuses these names now; a version published before may have one
+    clash = datalog.first_log_column(model.features)
+    if clash is not None:  # training refuses these names; a version published before may not
         raise ModelNotReady(
-            f"model {model.version}: feature {clash[0]!r} has the name of a column the "
+            f"model {model.version}: feature {clash!r} has the name of a column the "
             "prediction log adds, and would overwrite it; retrain with the column renamed"
         )
     info = model.manifest.get("onnx") or {}
