@@ -241,8 +241,8 @@ def expand_compact(frame: pd.DataFrame) -> pd.DataFrame:
         width = (~np.isnan(proba)).sum(axis=1)
         texts = np.empty(len(proba), dtype=object)
         for k in np.unique(width):
-            rows = width == k
-            texts[rows] = proba_json(proba[rows, :k])
+            same = width == k
+            texts[same] = proba_json(proba[same, :k])
         frame["proba_json"] = texts
     return frame
 

@@ -117,57 +117,48 @@ def columns_and_embedding(
 
 
 def to_frame(entries: list[Entry]) -> pd.DataFrame:
-    """The prediction log rows of some batches (DESIGN.md section 4), as the serving writes
-    them: no Python object per row (``datalog``'s compact columns).
-
-    Entries are stacked per model version, so the embedding runs once per version per flush
-    however many single-row requests the buffer holds.
+    """The prediction log rows of some batches of one model version (DESIGN.md section 4;
+    ``flush`` writes an object per version), as the serving writes them: no Python object per
+    row (``datalog``'s compact columns). The embedding runs once for all of them, however
+    many single-row requests the buffer holds.
     """
-    frames = []
-    by_version: dict[str, list[Entry]] = {}
-    for entry in entries:
-        by_version.setdefault(entry.result.served.version, []).append(entry)
-    for group in by_version.values():
-        if not sum(len(e) for e in group):
-            continue
-        served = group[-1].result.served
-        proba = np.concatenate([e.result.proba for e in group])
-        labels = np.concatenate([e.result.label_index for e in group])
-        # Per-batch values repeated per row; a buffer may hold 50,000 one-row batches.
-        lengths = [len(e) for e in group]
-        backup = np.repeat(np.array([e.result.backup for e in group], dtype=bool), lengths)
-        heads = list(itertools.chain.from_iterable(e.requests for e in group))
-        sizes = np.concatenate([np.diff(e.offsets) for e in group])
-        firsts = np.repeat(np.cumsum(sizes) - sizes, sizes)
-        columns: dict[str, Any] = {
-            # Categories too: one string per request, a code and a row number per row.
-            "request_id": pd.Categorical.from_codes(
-                np.repeat(np.arange(len(heads), dtype=np.int32), sizes), heads
-            ),
-            "request_row": (np.arange(len(labels)) - firsts).astype(np.int32),
-            "ts": np.repeat(np.array([e.ts for e in group], dtype=np.float64), lengths),
-            # Categories: written dictionary-encoded, 20 times cheaper than strings per row.
-            "model_version": pd.Categorical.from_codes(
-                np.zeros(len(labels), dtype=np.int8), [served.version]
-            ),
-            "prediction": pd.Categorical.from_codes(labels, served.class_keys),
-            "probability": proba.max(axis=1),
-            **{f"proba_{j}": np.ascontiguousarray(proba[:, j]) for j in range(proba.shape[1])},
-            "backup": backup,
-        }
-        # Column-major, a column per row of them: the frame and the Parquet writer use them
-        # as they are (no per-column strided copies). The embedding as this version computes
-        # it; rows the backup answered get none, and values that overflow (inputs near the
-        # float limit) are logged as missing.
-        XT, ZT = columns_and_embedding(served.embedding, [e.result.X for e in group])
-        ZT[~np.isfinite(ZT)] = np.nan
-        ZT[:, backup] = np.nan
-        columns.update(zip(served.features, XT, strict=True))
-        columns.update(zip(embedding_columns(len(ZT)), ZT, strict=True))
-        frames.append(pd.DataFrame(columns, copy=False))
-    if len(frames) == 1:
-        return frames[0]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    served = entries[-1].result.served
+    if any(e.result.served.version != served.version for e in entries):
+        raise ValueError("to_frame: entries of one model version only")
+    proba = np.concatenate([e.result.proba for e in entries])
+    labels = np.concatenate([e.result.label_index for e in entries])
+    # Per-batch values repeated per row; a buffer may hold 50,000 one-row batches.
+    lengths = [len(e) for e in entries]
+    backup = np.repeat(np.array([e.result.backup for e in entries], dtype=bool), lengths)
+    heads = list(itertools.chain.from_iterable(e.requests for e in entries))
+    sizes = np.concatenate([np.diff(e.offsets) for e in entries])
+    firsts = np.repeat(np.cumsum(sizes) - sizes, sizes)
+    columns: dict[str, Any] = {
+        # Categories too: one string per request, a code and a row number per row.
+        "request_id": pd.Categorical.from_codes(
+            np.repeat(np.arange(len(heads), dtype=np.int32), sizes), heads
+        ),
+        "request_row": (np.arange(len(labels)) - firsts).astype(np.int32),
+        "ts": np.repeat(np.array([e.ts for e in entries], dtype=np.float64), lengths),
+        # Categories: written dictionary-encoded, 20 times cheaper than strings per row.
+        "model_version": pd.Categorical.from_codes(
+            np.zeros(len(labels), dtype=np.int8), [served.version]
+        ),
+        "prediction": pd.Categorical.from_codes(labels, served.class_keys),
+        "probability": proba.max(axis=1),
+        **{f"proba_{j}": np.ascontiguousarray(proba[:, j]) for j in range(proba.shape[1])},
+        "backup": backup,
+    }
+    # Column-major, a column per row of them: the frame and the Parquet writer use them as
+    # they are (no per-column strided copies). The embedding as this version computes it;
+    # rows the backup answered get none, and values that overflow (inputs near the float
+    # limit) are logged as missing.
+    XT, ZT = columns_and_embedding(served.embedding, [e.result.X for e in entries])
+    ZT[~np.isfinite(ZT)] = np.nan
+    ZT[:, backup] = np.nan
+    columns.update(zip(served.features, XT, strict=True))
+    columns.update(zip(embedding_columns(len(ZT)), ZT, strict=True))
+    return pd.DataFrame(columns, copy=False)
 
 
 def _chunks(
