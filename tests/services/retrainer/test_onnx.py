@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
+from onnx import helper, numpy_helper
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -20,6 +21,40 @@ def test_the_pipeline_converts_and_matches_sklearn(trained, shipped_dataset) -> 
     session = ort.InferenceSession(files["model.onnx"], providers=["CPUExecutionProvider"])
     got = session.run(["probabilities"], {"input": shipped_dataset.X.to_numpy()})[0]
     np.testing.assert_allclose(got, trained.pipeline.predict_proba(shipped_dataset.X), atol=1e-12)
+
+
+def test_the_model_graph_returns_the_embedding_of_the_same_run(trained, shipped_dataset) -> None:
+    # serving logs this embedding instead of computing it again (bench/BENCHMARKS.md)
+    files, info = onnx_export.convert(trained.pipeline, shipped_dataset.X)
+    assert info["embedding_output"] == "embedding" and info["embedding_max_abs_diff"] <= 1e-9
+    session = ort.InferenceSession(files["model.onnx"], providers=["CPUExecutionProvider"])
+    assert {o.name for o in session.get_outputs()} == {"probabilities", "embedding"}  # no label
+    proba, Z = session.run(["probabilities", "embedding"], {"input": shipped_dataset.X.to_numpy()})
+    np.testing.assert_allclose(proba, trained.pipeline.predict_proba(shipped_dataset.X), atol=1e-12)
+    np.testing.assert_allclose(Z, embed(trained.pipeline, shipped_dataset.X).to_numpy(), atol=1e-9)
+
+
+def test_a_graph_whose_embedding_does_not_match_is_not_published(
+    trained, shipped_dataset, monkeypatch
+) -> None:
+    real = onnx_export._joined
+
+    def shifted(*args):  # type: ignore[no-untyped-def]
+        """The joined graph, with 1e-3 added to its embedding output only."""
+        model = real(*args)
+        graph = model.graph
+        for node in graph.node:
+            node.output[:] = ["exact" if o == "embedding" else o for o in node.output]
+            node.input[:] = ["exact" if i == "embedding" else i for i in node.input]
+        graph.initializer.append(numpy_helper.from_array(np.array(1e-3), "shift"))
+        graph.node.append(helper.make_node("Add", ["exact", "shift"], ["embedding"]))
+        return model
+
+    monkeypatch.setattr(onnx_export, "_joined", shifted)
+    files, info = onnx_export.convert(trained.pipeline, shipped_dataset.X)
+    assert "model.onnx" not in files
+    assert info["max_abs_diff"] <= 1e-12  # the probabilities were right
+    assert 9e-4 < info["embedding_max_abs_diff"] < 1.1e-3 and "max abs difference" in info["error"]
 
 
 def test_the_embedding_converts_and_matches_sklearn(trained, shipped_dataset) -> None:
@@ -64,5 +99,5 @@ def test_a_pipeline_without_an_embedding_step_gets_no_embedding_graph(shipped_da
     plain = Pipeline([("scaler", StandardScaler()), ("classifier", LogisticRegression())])
     plain.fit(shipped_dataset.X, shipped_dataset.y)
     files, info = onnx_export.convert(plain, shipped_dataset.X)
-    assert set(files) == {"model.onnx"}
+    assert set(files) == {"model.onnx"} and "embedding_output" not in info
     assert info["embedding"] == {"error": "the pipeline has no 'embedding' step"}

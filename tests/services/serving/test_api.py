@@ -16,7 +16,9 @@ from fastapi.testclient import TestClient
 from mlplatform_common import datalog, keys
 from mlplatform_common.errors import StorageUnavailable
 from mlplatform_common.registry import ModelRegistry
+from mlplatform_common.schema import embed
 from mlplatform_common.storage import Store
+from mlplatform_retrainer import onnx_export
 from mlplatform_serving.app import create_app
 from tests.conftest import SIGNING_KEY, publish_trained
 from tests.services.serving.conftest import ADMIN, serving_settings
@@ -117,7 +119,7 @@ def test_backup_answers_when_the_primary_raises(client: TestClient, rows, traine
     class Broken:
         name = "onnxruntime"
 
-        def predict_proba(self, X):  # type: ignore[no-untyped-def]
+        def run(self, X):  # type: ignore[no-untyped-def]
             raise RuntimeError("primary is broken")
 
     runtime.served.engine = Broken()
@@ -679,6 +681,67 @@ def test_the_log_is_written_without_a_string_per_row(model_store: Store, rows) -
         for a in answers
     ]
     assert list(logged["proba_json"]) == expected
+
+
+class Counting:
+    """An embedding engine that counts the rows it embeds."""
+
+    def __init__(self, engine) -> None:  # type: ignore[no-untyped-def]
+        self.engine, self.rows = engine, 0
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        self.rows += len(X)
+        return self.engine.transform(X)
+
+
+def test_the_log_takes_the_embedding_from_the_run_that_predicted_the_rows(
+    model_store: Store, rows, trained
+) -> None:
+    # model.onnx returns the embedding too: computing it again for the log cost ~12% of the
+    # binary V2 rows/s (bench/BENCHMARKS.md).
+    with TestClient(create_app(serving_settings(log_flush_seconds=3600), model_store)) as c:
+        served = c.app.state.service.runtime.served
+        assert served.engine.outputs == ["probabilities", "embedding"]
+        served.embedding = counting = Counting(served.embedding)
+        ids = [
+            c.post("/predict", json={"features": rows[i]}).json()["predictions"][0]["prediction_id"]
+            for i in range(3)
+        ]
+        r = c.post("/predict", json={"instances": rows[3:20]})
+        ids += [p["prediction_id"] for p in r.json()["predictions"]]
+        assert c.app.state.service.log.flush() == 20
+    assert counting.rows == 0
+    log = datalog.read_predictions(model_store).set_index("prediction_id").loc[ids]
+    pca = [f"PCA_{i}" for i in range(1, trained.n_components + 1)]
+    expected = embed(trained.pipeline, pd.DataFrame(rows[:20])).to_numpy()
+    np.testing.assert_allclose(log[pca].to_numpy(), expected, atol=1e-9)
+
+
+def test_a_version_whose_graph_returns_no_embedding_gets_it_computed_for_the_log(
+    local_store: Store, rows, trained, shipped_dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Versions published before model.onnx returned the embedding name no embedding_output.
+    real = onnx_export.convert
+
+    def without_embedding_output(pipeline, X):  # type: ignore[no-untyped-def]
+        files, info = real(pipeline, X)
+        del info["embedding_output"]
+        return files, info
+
+    monkeypatch.setattr("mlplatform_retrainer.onnx_export.convert", without_embedding_output)
+    publish_trained(ModelRegistry(local_store, SIGNING_KEY), trained, shipped_dataset)
+    with TestClient(create_app(serving_settings(log_flush_seconds=3600), local_store)) as c:
+        served = c.app.state.service.runtime.served
+        assert served.engine.outputs == ["probabilities"]
+        served.embedding = counting = Counting(served.embedding)
+        r = c.post("/predict", json={"instances": rows[:20]})
+        ids = [p["prediction_id"] for p in r.json()["predictions"]]
+        assert c.app.state.service.log.flush() == 20
+    assert counting.rows == 20
+    log = datalog.read_predictions(local_store).set_index("prediction_id").loc[ids]
+    pca = [f"PCA_{i}" for i in range(1, trained.n_components + 1)]
+    expected = embed(trained.pipeline, pd.DataFrame(rows[:20])).to_numpy()
+    np.testing.assert_allclose(log[pca].to_numpy(), expected, atol=1e-9)
 
 
 def test_a_flush_writes_what_was_buffered_when_it_started(

@@ -156,3 +156,19 @@ def test_columns_and_embedding_are_the_transposes_of_the_stacked_rows(sizes: lis
     assert np.array_equal(XT, X.T)
     assert np.array_equal(ZT, (X[:, :3] * 2.0 + 1.0).astype(np.float32).astype(np.float64).T)
     assert max(calls) < 2 * 1000 and sum(calls) == len(X)
+
+
+@pytest.mark.parametrize("sizes", SIZES)
+def test_an_embedding_given_with_the_rows_is_used_as_it_is(sizes: list[int]) -> None:
+    # The model's graph returned it: the log does not compute it again.
+    class Refuses:
+        def transform(self, X: np.ndarray) -> np.ndarray:
+            raise AssertionError("the embedding was given")
+
+    rng = np.random.default_rng(4)
+    arrays = [rng.normal(size=(n, 7)) for n in sizes]
+    embedded = [rng.normal(size=(n, 3)).astype(np.float32) for n in sizes]
+    XT, ZT = columns_and_embedding(Refuses(), arrays, embedded, block=1000)
+    assert XT.flags.c_contiguous and ZT.flags.c_contiguous and ZT.dtype == np.float64
+    assert np.array_equal(XT, np.concatenate(arrays).T)
+    assert np.array_equal(ZT, np.concatenate(embedded).astype(np.float64).T)

@@ -61,6 +61,7 @@ class Entry:
         """Set ``nbytes``: about what holding this entry costs."""
         result = self.result
         arrays = result.X.nbytes + result.proba.nbytes + result.label_index.nbytes
+        arrays += 0 if result.embedding is None else result.embedding.nbytes
         arrays += 8 * len(result.X)  # result.top, once the metrics have read it
         self.nbytes = arrays + ENTRY_BYTES + REQUEST_BYTES * len(self.requests)
 
@@ -91,10 +92,14 @@ def row_blocks(arrays: list[np.ndarray], block: int = 4096) -> Iterator[np.ndarr
 
 
 def columns_and_embedding(
-    embedding: Any, arrays: list[np.ndarray], block: int = 4096
+    embedding: Any,
+    arrays: list[np.ndarray],
+    embedded: list[np.ndarray] | None = None,
+    block: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The rows of ``arrays`` and their embedding (float64), both column-major (``X.T``,
-    ``Z.T``, C-contiguous), made a block of rows at a time:
+    ``Z.T``, C-contiguous), made a block of rows at a time. ``embedded``: each array's
+    embedding as the model's run returned it; without it, ``embedding.transform`` computes it.
     - the flush is never stacked whole: a block is stacked, embedded and transposed while it
       is in the cache (a whole-matrix transpose of a 200,000-row flush missed the cache on
       every value, ~7x slower, measured);
@@ -104,9 +109,13 @@ def columns_and_embedding(
     XT = np.empty((arrays[0].shape[1], n))
     ZT: np.ndarray | None = None
     at = 0
-    for rows in row_blocks(arrays, block):
-        with np.errstate(all="ignore"):
-            Z = np.asarray(embedding.transform(rows), dtype=np.float64)
+    # Arrays of the same lengths are cut into the same blocks.
+    given = row_blocks(embedded, block) if embedded is not None else itertools.repeat(None)
+    for rows, Z in zip(row_blocks(arrays, block), given, strict=False):  # given may be endless
+        if Z is None:
+            with np.errstate(all="ignore"):
+                Z = embedding.transform(rows)
+        Z = np.asarray(Z, dtype=np.float64)
         if ZT is None:
             ZT = np.empty((Z.shape[1], n))
         XT[:, at : at + len(rows)] = rows.T
@@ -150,10 +159,16 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
         "backup": backup,
     }
     # Column-major, a column per row of them: the frame and the Parquet writer use them as
-    # they are (no per-column strided copies). The embedding as this version computes it;
-    # rows the backup answered get none, and values that overflow (inputs near the float
-    # limit) are logged as missing.
-    XT, ZT = columns_and_embedding(served.embedding, [e.result.X for e in entries])
+    # they are (no per-column strided copies). The embedding as this version computes it:
+    # from the runs that predicted the rows when the model's graph returns it, else computed
+    # here. Rows the backup answered get none, and values that overflow (inputs near the
+    # float limit) are logged as missing.
+    embedded = [e.result.embedding for e in entries]
+    XT, ZT = columns_and_embedding(
+        served.embedding,
+        [e.result.X for e in entries],
+        embedded if all(Z is not None for Z in embedded) else None,  # type: ignore[arg-type]
+    )
     ZT[~np.isfinite(ZT)] = np.nan
     ZT[:, backup] = np.nan
     columns.update(zip(served.features, XT, strict=True))

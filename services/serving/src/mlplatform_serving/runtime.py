@@ -52,7 +52,7 @@ def _frame(X: np.ndarray, features: list[str]) -> Any:
 
 
 class SklearnEngine:
-    """``predict_proba`` of the pickled pipeline (the fallback engine)."""
+    """The pickled pipeline's ``predict_proba`` (the fallback engine)."""
 
     name = "sklearn"
 
@@ -60,10 +60,11 @@ class SklearnEngine:
         self.pipeline = pipeline
         self.features = features
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def run(self, X: np.ndarray) -> tuple[np.ndarray, None]:
+        """The probabilities (no embedding: the log computes it with the version's own)."""
         # The pipeline was fitted on a DataFrame; give it one so it checks the columns.
         proba: np.ndarray = self.pipeline.predict_proba(_frame(X, self.features))
-        return proba
+        return proba, None
 
 
 class SklearnEmbedding:
@@ -85,7 +86,9 @@ class OnnxEngine:
 
     name = "onnxruntime"
 
-    def __init__(self, data: bytes, input_name: str, output_name: str) -> None:
+    def __init__(
+        self, data: bytes, input_name: str, output_name: str, embedding_output: str | None = None
+    ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -94,13 +97,17 @@ class OnnxEngine:
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         self.input = input_name
-        self.outputs = [output_name]
+        self.outputs = [output_name, *([embedding_output] if embedding_output else [])]
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        proba: np.ndarray = self.session.run(self.outputs, {self.input: X})[0]
-        return proba
+    def run(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The first output (the probabilities) and, from graphs that return it too, the
+        embedding of the same run."""
+        out = self.session.run(self.outputs, {self.input: X})
+        return out[0], out[1] if len(out) > 1 else None
 
-    transform = predict_proba  # the embedding graph: features in, PCA_1..PCA_n out
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """The embedding graph's output: features in, PCA_1..PCA_n out."""
+        return self.run(X)[0]
 
 
 @dataclass
@@ -168,7 +175,7 @@ def _onnx(model: LoadedModel, data: bytes | None, info: dict[str, Any]) -> OnnxE
     if data is None or not info or "error" in info:
         return None
     try:
-        return OnnxEngine(data, info["input"], info["output"])
+        return OnnxEngine(data, info["input"], info["output"], info.get("embedding_output"))
     except Exception as exc:  # a runtime that cannot load it: fall back, do not fail
         logger.warning("ONNX file of %s not usable (%s); using scikit-learn", model.version, exc)
         return None
@@ -216,6 +223,9 @@ class BatchResult:
     proba: np.ndarray
     label_index: np.ndarray
     backup: bool
+    # The embedding from the run that predicted the rows, when the model's graph returns it
+    # (else the log computes it).
+    embedding: np.ndarray | None = None
 
     @property
     def labels(self) -> list[Any]:
@@ -236,6 +246,7 @@ class BatchResult:
             self.proba[start:stop],
             self.label_index[start:stop],
             self.backup,
+            None if self.embedding is None else self.embedding[start:stop],
         )
         part.top = self.top[start:stop]  # cached_property: a plain attribute once set
         return part
@@ -311,7 +322,7 @@ class ModelRuntime:
                     self.not_ready_reason = f"{exc.type}: {exc.message}"
                 logger.error("model %s not servable: %s", model.version, exc.message)
                 raise
-            served.engine.predict_proba(np.zeros((1, len(served.features))))  # warm up
+            served.engine.run(np.zeros((1, len(served.features))))  # warm up
             self.load_seconds = time.perf_counter() - started
             self._served = served  # the atomic swap
             # Move everything alive now (the model, its runtime, the libraries...) out of the cyclic
@@ -509,17 +520,17 @@ class ModelRuntime:
         served = self.served  # one reference for the whole batch: a reload cannot split it
         backup = False
         try:
-            proba = served.engine.predict_proba(X)
+            proba, Z = served.engine.run(X)
         except Exception:
             backup_model = served.model.backup if served.has_backup else None
             if backup_model is None:
                 raise
             logger.exception("primary model %s failed; the backup answers", served.version)
-            proba = backup_model.predict_proba(_frame(X, served.features))
+            proba, Z = backup_model.predict_proba(_frame(X, served.features)), None
             backup = True
         if not np.isfinite(proba).all():
             bad = int(np.flatnonzero(~np.isfinite(proba).all(axis=1))[0])
             raise InvalidInput(
                 f"row {bad}: values too large for the model (its arithmetic overflowed)"
             )
-        return BatchResult(served, X, proba, np.argmax(proba, axis=1), backup)
+        return BatchResult(served, X, proba, np.argmax(proba, axis=1), backup, Z)
