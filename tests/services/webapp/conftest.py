@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,7 +80,11 @@ def serving(model_store: LocalStore) -> Iterator[ServingProcess]:
 
 @pytest.fixture
 def webapp_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    """A clean environment for the app's settings and empty Streamlit caches."""
+    """A clean environment for the app's settings and empty Streamlit caches.
+
+    Streamlit runs a page script as ``__main__``; the test's own ``__main__`` is put back, or
+    a later test's ``spawn`` child would import that page as its main module and fail."""
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
     for name in ("MLPLATFORM_API_URL", "MLPLATFORM_GRAFANA_URL", "MLPLATFORM_ADMIN_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLPLATFORM_DEV_MODE", "false")
