@@ -34,7 +34,7 @@ def test_the_model_graph_returns_the_embedding_of_the_same_run(trained, shipped_
     np.testing.assert_allclose(Z, embed(trained.pipeline, shipped_dataset.X).to_numpy(), atol=1e-9)
 
 
-def test_a_graph_whose_embedding_does_not_match_is_not_published(
+def test_a_joined_graph_whose_embedding_does_not_match_is_not_published(
     trained, shipped_dataset, monkeypatch
 ) -> None:
     real = onnx_export._joined
@@ -52,9 +52,25 @@ def test_a_graph_whose_embedding_does_not_match_is_not_published(
 
     monkeypatch.setattr(onnx_export, "_joined", shifted)
     files, info = onnx_export.convert(trained.pipeline, shipped_dataset.X)
-    assert "model.onnx" not in files
-    assert info["max_abs_diff"] <= 1e-12  # the probabilities were right
-    assert 9e-4 < info["embedding_max_abs_diff"] < 1.1e-3 and "max abs difference" in info["error"]
+    # the whole pipeline's graph instead, without the embedding output; embedding.onnx stays
+    assert set(files) == {"model.onnx", "embedding.onnx"} and "error" not in info
+    assert "embedding_output" not in info and info["max_abs_diff"] <= 1e-12
+    assert info["embedding_output_error"].startswith("embedding: max abs difference 0.001")
+    session = ort.InferenceSession(files["model.onnx"], providers=["CPUExecutionProvider"])
+    assert "embedding" not in {o.name for o in session.get_outputs()}
+
+
+def test_a_join_that_fails_falls_back_to_the_whole_pipelines_graph(
+    trained, shipped_dataset, monkeypatch
+) -> None:
+    def broken(*args):  # type: ignore[no-untyped-def]
+        raise ValueError("cannot merge")
+
+    monkeypatch.setattr(onnx_export, "_joined", broken)
+    files, info = onnx_export.convert(trained.pipeline, shipped_dataset.X)
+    assert set(files) == {"model.onnx", "embedding.onnx"} and "error" not in info
+    assert info["embedding_output_error"] == "ValueError: cannot merge"
+    assert "embedding_output" not in info and info["embedding"]["file"] == "embedding.onnx"
 
 
 def test_the_embedding_converts_and_matches_sklearn(trained, shipped_dataset) -> None:

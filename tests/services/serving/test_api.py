@@ -717,6 +717,34 @@ def test_the_log_takes_the_embedding_from_the_run_that_predicted_the_rows(
     np.testing.assert_allclose(log[pca].to_numpy(), expected, atol=1e-9)
 
 
+def test_backup_answers_do_not_make_the_log_embed_the_other_rows_again(
+    model_store: Store, rows, trained
+) -> None:
+    class Broken:
+        name = "onnxruntime"
+
+        def run(self, X):  # type: ignore[no-untyped-def]
+            raise RuntimeError("primary is broken")
+
+    with TestClient(create_app(serving_settings(log_flush_seconds=3600), model_store)) as c:
+        served = c.app.state.service.runtime.served
+        served.embedding = counting = Counting(served.embedding)
+        primary, ids = served.engine, []
+        for engine, part in ((primary, rows[:5]), (Broken(), rows[5:8]), (primary, rows[8:10])):
+            served.engine = engine
+            r = c.post("/predict", json={"instances": part})
+            ids += [p["prediction_id"] for p in r.json()["predictions"]]
+        assert c.app.state.service.log.flush() == 10
+    assert counting.rows == 0
+    log = datalog.read_predictions(model_store).set_index("prediction_id").loc[ids]
+    pca = [f"PCA_{i}" for i in range(1, trained.n_components + 1)]
+    assert list(log["backup"]) == [False] * 5 + [True] * 3 + [False] * 2
+    assert log[pca].iloc[5:8].isna().all().all()  # backup rows: no embedding, as before
+    expected = embed(trained.pipeline, pd.DataFrame(rows[:10])).to_numpy()
+    normal = [*range(5), 8, 9]
+    np.testing.assert_allclose(log[pca].to_numpy()[normal], expected[normal], atol=1e-9)
+
+
 def test_a_version_whose_graph_returns_no_embedding_gets_it_computed_for_the_log(
     local_store: Store, rows, trained, shipped_dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -172,3 +172,5 @@ def test_an_embedding_given_with_the_rows_is_used_as_it_is(sizes: list[int]) -> 
     assert XT.flags.c_contiguous and ZT.flags.c_contiguous and ZT.dtype == np.float64
     assert np.array_equal(XT, np.concatenate(arrays).T)
     assert np.array_equal(ZT, np.concatenate(embedded).astype(np.float64).T)
+    with pytest.raises(ValueError, match="an embedding per row"):
+        columns_and_embedding(Refuses(), arrays, [Z[1:] for Z in embedded], block=1000)

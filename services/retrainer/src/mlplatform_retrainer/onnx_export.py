@@ -12,7 +12,8 @@ published:
   to the rest of the pipeline's graph and returns the ``embedding`` too (checked the same
   way): serving writes it into the prediction log from the run that predicted the rows, so
   the embedding is computed once per row, not twice (bench/BENCHMARKS.md). ``embedding.onnx``
-  serves the log for rows of other engines.
+  embeds the rows for the log when ``model.onnx`` does not return them (the joined graph
+  failed its check, or the version was published before).
 
 With both, serving needs neither scikit-learn nor SciPy (the serving image ships without them).
 A pipeline that does not convert, or does not match, is published without the file and is
@@ -76,12 +77,7 @@ def _check(output: str, got: np.ndarray, expected: np.ndarray) -> dict[str, Any]
 
 
 def _failed(what: str, exc: Exception) -> dict[str, Any]:
-    logger.warning(
-        "ONNX conversion of the %s failed (%s: %s); serving will use scikit-learn for it",
-        what,
-        type(exc).__name__,
-        exc,
-    )
+    logger.warning("ONNX conversion of the %s failed (%s: %s)", what, type(exc).__name__, exc)
     return {"error": f"{type(exc).__name__}: {exc}"[:500]}
 
 
@@ -91,42 +87,72 @@ def convert(pipeline: Any, X_check: pd.DataFrame) -> tuple[dict[str, bytes], dic
     Graphs take one float64 tensor ``input`` of shape ``[n, n_features]`` and compute in
     float64 as scikit-learn does; ``model.onnx`` returns ``probabilities`` (no ZipMap) and,
     when ``info["embedding_output"]`` names it, the embedding. ``info["error"]`` says why there
-    is no ``model.onnx``; ``info["embedding"]["error"]`` why there is no ``embedding.onnx``.
+    is no ``model.onnx``; ``info["embedding"]["error"]`` why there is no ``embedding.onnx``;
+    ``info["embedding_output_error"]`` why the joined graph was not kept (the whole
+    pipeline's graph, without the embedding output, then is).
     """
     X = X_check.to_numpy(dtype=np.float64)
+    expected = pipeline.predict_proba(X_check)
     files: dict[str, bytes] = {}
     embedding_info, embedding_graph, Z = _convert_embedding(pipeline, X_check, files)
     classifier = pipeline.steps[-1][1]
     options = {id(classifier): {"zipmap": False}}
-    outputs = [OUTPUT]
+    joined_error = None
+    if embedding_graph is not None and pipeline.steps[0][0] == "embedding":
+        info, data = _checked(
+            "joined graph",
+            lambda: _joined(embedding_graph, pipeline[1:], Z.shape[1], options),
+            X,
+            expected,
+            Z,
+        )
+        if data is not None:
+            files[MODEL_FILE] = data
+            return files, {**info, "embedding": embedding_info}
+        joined_error = info["error"]
+        logger.warning("publishing the whole pipeline's graph, without the embedding output")
+    info, data = _checked(
+        "pipeline", lambda: _to_onnx(pipeline, X.shape[1], options=options), X, expected, None
+    )
+    if joined_error is not None:
+        info["embedding_output_error"] = joined_error
+    if data is None:
+        logger.warning("no ONNX for this version: serving will use scikit-learn")
+        return {}, info
+    files[MODEL_FILE] = data
+    return files, {**info, "embedding": embedding_info}
+
+
+def _checked(
+    what: str, build: Any, X: np.ndarray, expected: np.ndarray, Z: np.ndarray | None
+) -> tuple[dict[str, Any], bytes | None]:
+    """Build a model graph and check its outputs on ``X``: what the check found, and the
+    graph's bytes if it passed. ``Z``: the embedding the graph must return too, or None."""
+    outputs = [OUTPUT] if Z is None else [OUTPUT, EMBEDDING_OUTPUT]
     try:
-        if embedding_graph is not None and pipeline.steps[0][0] == "embedding":
-            model = _joined(embedding_graph, pipeline[1:], Z.shape[1], options)
-            outputs.append(EMBEDDING_OUTPUT)
-        else:
-            model = _to_onnx(pipeline, X.shape[1], options=options)
+        model = build()
         got = _run(model, outputs, X)
-    except Exception as exc:  # any converter or runtime failure means: no ONNX for this version
-        return {}, {**_failed("pipeline", exc), "embedding": embedding_info}
-    expected = pipeline.predict_proba(X_check)
+    except Exception as exc:  # any converter or runtime failure: this graph is not published
+        return _failed(what, exc), None
     info = {"file": MODEL_FILE, "opset": OPSET, **_check(OUTPUT, got[0], expected)}
-    same_labels = got[0].shape == expected.shape and bool(
-        (got[0].argmax(axis=1) == expected.argmax(axis=1)).all()
-    )
-    if len(got) > 1:
+    problems = []
+    if not info["max_abs_diff"] <= TOLERANCE:
+        problems.append(f"probabilities: max abs difference {info['max_abs_diff']:.3g}")
+    if not (got[0].shape == expected.shape and (got[0].argmax(1) == expected.argmax(1)).all()):
+        problems.append("labels differ")
+    if Z is not None:
         info["embedding_output"] = EMBEDDING_OUTPUT
-        info["embedding_max_abs_diff"] = _diff(got[1], Z)
-    worst = max(info["max_abs_diff"], info.get("embedding_max_abs_diff", 0.0))
-    if not (worst <= TOLERANCE and same_labels):
-        why = f"max abs difference {worst:.3g} (tolerance {TOLERANCE}), same labels: {same_labels}"
-        logger.warning("ONNX conversion not published: %s", why)
-        return {}, {**info, "error": why, "embedding": embedding_info}
+        info["embedding_max_abs_diff"] = diff = _diff(got[1], Z)
+        if not diff <= TOLERANCE:
+            problems.append(f"embedding: max abs difference {diff:.3g}")
+    if problems:
+        why = f"{'; '.join(problems)} (tolerance {TOLERANCE})"
+        logger.warning("ONNX %s not published: %s", what, why)
+        return {**info, "error": why}, None
     logger.info(
-        "ONNX conversion checked on %d rows (max abs diff %.2g)", len(X), info["max_abs_diff"]
+        "ONNX %s checked on %d rows (max abs diff %.2g)", what, len(X), info["max_abs_diff"]
     )
-    files[MODEL_FILE] = model.SerializeToString()
-    info["embedding"] = embedding_info
-    return files, info
+    return info, model.SerializeToString()
 
 
 def _joined(embedding_graph: Any, rest: Any, n_components: int, options: Any) -> Any:

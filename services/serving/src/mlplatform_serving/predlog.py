@@ -109,13 +109,18 @@ def columns_and_embedding(
     XT = np.empty((arrays[0].shape[1], n))
     ZT: np.ndarray | None = None
     at = 0
-    # Arrays of the same lengths are cut into the same blocks.
-    given = row_blocks(embedded, block) if embedded is not None else itertools.repeat(None)
-    for rows, Z in zip(row_blocks(arrays, block), given, strict=False):  # given may be endless
-        if Z is None:
+    given: Iterator[np.ndarray | None] = itertools.repeat(None)
+    if embedded is not None:  # arrays of the same lengths are cut into the same blocks
+        if [len(Z) for Z in embedded] != [len(X) for X in arrays]:
+            raise ValueError("columns_and_embedding: an embedding per row")
+        given = row_blocks(embedded, block)
+    for rows, Z_given in zip(
+        row_blocks(arrays, block), given, strict=False
+    ):  # given may be endless
+        if Z_given is None:
             with np.errstate(all="ignore"):
-                Z = embedding.transform(rows)
-        Z = np.asarray(Z, dtype=np.float64)
+                Z_given = embedding.transform(rows)
+        Z = np.asarray(Z_given, dtype=np.float64)
         if ZT is None:
             ZT = np.empty((Z.shape[1], n))
         XT[:, at : at + len(rows)] = rows.T
@@ -125,11 +130,30 @@ def columns_and_embedding(
     return XT, ZT
 
 
+def given_embedding(entries: list[Entry]) -> list[np.ndarray] | None:
+    """The embedding of every entry's rows as the model's runs returned it, or None if a run
+    did not return one. Backup answers come without one; their rows are logged without an
+    embedding anyway (NaN), so they do not make the log embed the others again."""
+    width = next(
+        (e.result.embedding.shape[1] for e in entries if e.result.embedding is not None), 0
+    )
+    if not width:
+        return None
+    given = []
+    for e in entries:
+        Z = e.result.embedding
+        if Z is None and not e.result.backup:
+            return None
+        given.append(np.full((len(e), width), np.nan) if Z is None else Z)
+    return given
+
+
 def to_frame(entries: list[Entry]) -> pd.DataFrame:
     """The prediction log rows of some batches of one model version (DESIGN.md section 4;
     ``flush`` writes an object per version), as the serving writes them: no Python object per
-    row (``datalog``'s compact columns). The embedding runs once for all of them, however
-    many single-row requests the buffer holds.
+    row (``datalog``'s compact columns). The embedding is the one the model's runs returned
+    with the rows; when they did not, it runs here, once for all the entries, however many
+    single-row requests the buffer holds.
     """
     served = entries[-1].result.served
     if any(e.result.served.version != served.version for e in entries):
@@ -163,11 +187,8 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
     # from the runs that predicted the rows when the model's graph returns it, else computed
     # here. Rows the backup answered get none, and values that overflow (inputs near the
     # float limit) are logged as missing.
-    embedded = [e.result.embedding for e in entries]
     XT, ZT = columns_and_embedding(
-        served.embedding,
-        [e.result.X for e in entries],
-        embedded if all(Z is not None for Z in embedded) else None,  # type: ignore[arg-type]
+        served.embedding, [e.result.X for e in entries], given_embedding(entries)
     )
     ZT[~np.isfinite(ZT)] = np.nan
     ZT[:, backup] = np.nan
