@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from mlplatform_common import datalog
 from mlplatform_serving.observability import observe_many
 from mlplatform_serving.predlog import _chunks, columns_and_embedding, row_blocks
-from mlplatform_serving.runtime import BatchResult
+from mlplatform_serving.runtime import BatchResult, top_of
 from mlplatform_serving.service import Service
 
 BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -174,3 +174,11 @@ def test_an_embedding_given_with_the_rows_is_used_as_it_is(sizes: list[int]) -> 
     assert np.array_equal(ZT, np.concatenate(embedded).astype(np.float64).T)
     with pytest.raises(ValueError, match="an embedding per row"):
         columns_and_embedding(Refuses(), arrays, [Z[1:] for Z in embedded], block=1000)
+
+
+@pytest.mark.parametrize("k", [2, 3, 7])
+def test_top_of_is_the_rows_max(k: int) -> None:
+    rng = np.random.default_rng(k)
+    proba = rng.dirichlet(np.ones(k), size=500)
+    proba[:10] = 1 / k  # ties: argmax takes the first, the value is the same
+    assert np.array_equal(top_of(proba, proba.argmax(axis=1)), proba.max(axis=1))

@@ -27,7 +27,7 @@ from mlplatform_common import datalog
 from mlplatform_common.errors import MLPlatformError
 from mlplatform_common.schema import embedding_columns
 from mlplatform_common.storage import Store
-from mlplatform_serving.runtime import BatchResult
+from mlplatform_serving.runtime import BatchResult, top_of
 
 logger = logging.getLogger("mlplatform.serving")
 
@@ -178,7 +178,7 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
             np.zeros(len(labels), dtype=np.int8), [served.version]
         ),
         "prediction": pd.Categorical.from_codes(labels, served.class_keys),
-        "probability": proba.max(axis=1),
+        "probability": top_of(proba, labels),
         **{f"proba_{j}": np.ascontiguousarray(proba[:, j]) for j in range(proba.shape[1])},
         "backup": backup,
     }

@@ -214,6 +214,14 @@ def make_served(model: LoadedModel) -> Served:
     return Served(model, engine, embedding)
 
 
+def top_of(proba: np.ndarray, label_index: np.ndarray) -> np.ndarray:
+    """Each row's probability of its predicted class (``label_index`` is ``proba``'s argmax).
+    The same values as ``proba.max(axis=1)``, which takes ~35 ns a row on a two-class
+    matrix (a reduction along a short axis), ~9x this (bench/BENCHMARKS.md)."""
+    top: np.ndarray = proba[np.arange(len(proba)), label_index]
+    return top
+
+
 @dataclass
 class BatchResult:
     """A batch's answers, kept as arrays."""
@@ -235,8 +243,7 @@ class BatchResult:
     @functools.cached_property
     def top(self) -> np.ndarray:
         """Each row's probability of its predicted class (metrics and answers both read it)."""
-        top: np.ndarray = self.proba.max(axis=1)
-        return top
+        return top_of(self.proba, self.label_index)
 
     def rows(self, start: int, stop: int) -> BatchResult:
         """The result of rows ``start:stop`` (one request of several predicted together)."""
