@@ -109,14 +109,12 @@ def columns_and_embedding(
     XT = np.empty((arrays[0].shape[1], n))
     ZT: np.ndarray | None = None
     at = 0
-    given: Iterator[np.ndarray | None] = itertools.repeat(None)
+    given: Iterator[np.ndarray | None] = itertools.repeat(None)  # endless: zip stops first
     if embedded is not None:  # arrays of the same lengths are cut into the same blocks
         if [len(Z) for Z in embedded] != [len(X) for X in arrays]:
             raise ValueError("columns_and_embedding: an embedding per row")
         given = row_blocks(embedded, block)
-    for rows, Z_given in zip(
-        row_blocks(arrays, block), given, strict=False
-    ):  # given may be endless
+    for rows, Z_given in zip(row_blocks(arrays, block), given, strict=False):
         if Z_given is None:
             with np.errstate(all="ignore"):
                 Z_given = embedding.transform(rows)
