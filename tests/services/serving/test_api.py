@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from mlplatform_common import datalog, keys
 from mlplatform_common.errors import StorageUnavailable
 from mlplatform_common.registry import ModelRegistry
-from mlplatform_common.schema import embed
+from mlplatform_common.schema import embed, embedding_columns
 from mlplatform_common.storage import Store
 from mlplatform_retrainer import onnx_export
 from mlplatform_serving.app import create_app
@@ -113,14 +113,17 @@ def test_predict_csv_with_and_without_header(client: TestClient, rows, trained) 
         assert [p["label"] for p in r.json()["predictions"]] == expected
 
 
+class Broken:
+    """A primary engine that raises: the backup answers."""
+
+    name = "onnxruntime"
+
+    def run(self, X):  # type: ignore[no-untyped-def]
+        raise RuntimeError("primary is broken")
+
+
 def test_backup_answers_when_the_primary_raises(client: TestClient, rows, trained) -> None:
     runtime = client.app.state.service.runtime  # type: ignore[attr-defined]
-
-    class Broken:
-        name = "onnxruntime"
-
-        def run(self, X):  # type: ignore[no-untyped-def]
-            raise RuntimeError("primary is broken")
 
     runtime.served.engine = Broken()
     body = client.post("/predict", json={"instances": rows[:3]}).json()
@@ -694,6 +697,14 @@ class Counting:
         return self.engine.transform(X)
 
 
+def logged_embedding(
+    store: Store, ids: list[str], n_components: int
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The log's rows of these prediction ids, in their order, and their PCA_* values."""
+    log = datalog.read_predictions(store).set_index("prediction_id").loc[ids]
+    return log, log[embedding_columns(n_components)].to_numpy()
+
+
 def test_the_log_takes_the_embedding_from_the_run_that_predicted_the_rows(
     model_store: Store, rows, trained
 ) -> None:
@@ -711,21 +722,14 @@ def test_the_log_takes_the_embedding_from_the_run_that_predicted_the_rows(
         ids += [p["prediction_id"] for p in r.json()["predictions"]]
         assert c.app.state.service.log.flush() == 20
     assert counting.rows == 0
-    log = datalog.read_predictions(model_store).set_index("prediction_id").loc[ids]
-    pca = [f"PCA_{i}" for i in range(1, trained.n_components + 1)]
+    _, Z = logged_embedding(model_store, ids, trained.n_components)
     expected = embed(trained.pipeline, pd.DataFrame(rows[:20])).to_numpy()
-    np.testing.assert_allclose(log[pca].to_numpy(), expected, atol=1e-9)
+    np.testing.assert_allclose(Z, expected, atol=1e-9)
 
 
 def test_backup_answers_do_not_make_the_log_embed_the_other_rows_again(
     model_store: Store, rows, trained
 ) -> None:
-    class Broken:
-        name = "onnxruntime"
-
-        def run(self, X):  # type: ignore[no-untyped-def]
-            raise RuntimeError("primary is broken")
-
     with TestClient(create_app(serving_settings(log_flush_seconds=3600), model_store)) as c:
         served = c.app.state.service.runtime.served
         served.embedding = counting = Counting(served.embedding)
@@ -736,13 +740,12 @@ def test_backup_answers_do_not_make_the_log_embed_the_other_rows_again(
             ids += [p["prediction_id"] for p in r.json()["predictions"]]
         assert c.app.state.service.log.flush() == 10
     assert counting.rows == 0
-    log = datalog.read_predictions(model_store).set_index("prediction_id").loc[ids]
-    pca = [f"PCA_{i}" for i in range(1, trained.n_components + 1)]
+    log, Z = logged_embedding(model_store, ids, trained.n_components)
     assert list(log["backup"]) == [False] * 5 + [True] * 3 + [False] * 2
-    assert log[pca].iloc[5:8].isna().all().all()  # backup rows: no embedding, as before
+    assert np.isnan(Z[5:8]).all()  # backup rows: no embedding, as before
     expected = embed(trained.pipeline, pd.DataFrame(rows[:10])).to_numpy()
     normal = [*range(5), 8, 9]
-    np.testing.assert_allclose(log[pca].to_numpy()[normal], expected[normal], atol=1e-9)
+    np.testing.assert_allclose(Z[normal], expected[normal], atol=1e-9)
 
 
 def test_a_version_whose_graph_returns_no_embedding_gets_it_computed_for_the_log(
@@ -766,10 +769,9 @@ def test_a_version_whose_graph_returns_no_embedding_gets_it_computed_for_the_log
         ids = [p["prediction_id"] for p in r.json()["predictions"]]
         assert c.app.state.service.log.flush() == 20
     assert counting.rows == 20
-    log = datalog.read_predictions(local_store).set_index("prediction_id").loc[ids]
-    pca = [f"PCA_{i}" for i in range(1, trained.n_components + 1)]
+    _, Z = logged_embedding(local_store, ids, trained.n_components)
     expected = embed(trained.pipeline, pd.DataFrame(rows[:20])).to_numpy()
-    np.testing.assert_allclose(log[pca].to_numpy(), expected, atol=1e-9)
+    np.testing.assert_allclose(Z, expected, atol=1e-9)
 
 
 def test_a_flush_writes_what_was_buffered_when_it_started(
