@@ -23,6 +23,7 @@ import itertools
 import logging
 import math
 import operator
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -121,6 +122,7 @@ class Served:
     feature_set: frozenset[str] = field(init=False)
     getter: Any = field(init=False)
     json_decoder: Any = field(init=False)
+    row_packer: struct.Struct = field(init=False)
     classes: list[Any] = field(init=False)
     class_keys: list[str] = field(init=False)
     class_names: list[str] = field(init=False)
@@ -136,6 +138,7 @@ class Served:
             else lambda row: (row[self.features[0]],)
         )
         self.json_decoder = _envelope_decoder(self.features)
+        self.row_packer = struct.Struct(f"={len(self.features)}d")  # one row as float64s
         self.classes = self.model.classes
         self.class_keys = [str(c) for c in self.classes]
         names = self.model.manifest.get("class_names") or self.class_keys
@@ -146,6 +149,15 @@ class Served:
     @property
     def version(self) -> str:
         return self.model.version
+
+    def matrix(self, rows: list[Any]) -> np.ndarray:
+        """Decoded rows (``json_decoder``'s structs) as a float64 matrix (read-only). Each
+        row's floats are packed to bytes in C loops (``starmap``, ``struct``): about half the
+        time of ``np.fromiter`` over the values (``make bench``, bench/BENCHMARKS.md)."""
+        packed = b"".join(
+            itertools.starmap(self.row_packer.pack, map(msgspec.structs.astuple, rows))
+        )
+        return np.frombuffer(packed, dtype=np.float64).reshape(len(rows), len(self.features))
 
 
 def _envelope_decoder(features: list[str]) -> msgspec.json.Decoder[Any]:
@@ -402,9 +414,7 @@ class ModelRuntime:
             return None
         field_ = "instances" if envelope.features is msgspec.UNSET else "features"
         rows = envelope.instances if field_ == "instances" else [envelope.features]
-        n = len(served.features)
-        values = itertools.chain.from_iterable(map(msgspec.structs.astuple, rows))
-        X = np.fromiter(values, dtype=np.float64, count=len(rows) * n).reshape(len(rows), n)
+        X = served.matrix(rows)
         if not rows or not np.isfinite(X).all():
             return None
         return X, field_

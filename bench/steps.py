@@ -1,0 +1,174 @@
+"""The serving's own cost, step by step, in process (prints one JSON line).
+
+``make bench`` runs ``python -m bench.steps`` in the serving's environment, pinned to one core,
+with the store of its run in the environment (``MLPLATFORM_STORE_URL``). No HTTP, no load
+generator: each figure is the serving's own CPU time, the minimum of 7 rounds.
+
+- µs per request through the app (``hotpath.HotRoutes``, then ``predict.answer`` or
+  ``v2.infer_answer``), without the prediction log (its writer is measured apart, below);
+- a 1,000-row JSON body: msgspec's decode, then its rows to a float64 matrix, ours
+  (``Served.matrix``) beside the way before it (``np.fromiter`` over the values) as the
+  baseline;
+- the log writer per 50,000-row object of binary V2 requests: the frame (``to_frame``) and
+  its Parquet write to the local store (``write_predictions``, with its fsync).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from bench.run import bodies
+
+ROUNDS = 7
+
+
+def best_us(fn: Callable[[], Any], repeat: int) -> float:
+    """The fastest of ``ROUNDS`` rounds of ``repeat`` calls, in µs per call."""
+    times = []
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        times.append((time.perf_counter() - started) / repeat)
+    return min(times) * 1e6
+
+
+def asgi_request(app: Any, path: str, body: bytes, content_type: str) -> Callable[[], Any]:
+    """A coroutine function sending one POST through the app as uvicorn would: the body in
+    64 kB messages, the answer discarded."""
+    first, *extra = content_type.split("\n")
+    headers = [
+        (b"host", b"bench"),
+        (b"content-type", first.encode()),
+        (b"content-length", str(len(body)).encode()),
+        *(
+            (k.strip().lower().encode(), v.strip().encode())
+            for k, v in (h.split(":") for h in extra)
+        ),
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+    step = 65536
+
+    async def one() -> None:
+        offsets = iter(range(0, max(len(body), 1), step))
+
+        async def receive() -> dict[str, Any]:
+            at = next(offsets, len(body))
+            return {
+                "type": "http.request",
+                "body": body[at : at + step],
+                "more_body": at + step < len(body),
+            }
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start" and message["status"] != 200:
+                raise RuntimeError(f"{path}: HTTP {message['status']}")
+
+        await app({**scope, "state": {}}, receive, send)
+
+    return one
+
+
+async def measure() -> dict[str, Any]:
+    from mlplatform_common import datalog
+    from mlplatform_serving import predlog
+    from mlplatform_serving.app import create_app
+
+    app = create_app()
+    scenarios = bodies()
+    out: dict[str, Any] = {}
+    async with app.router.lifespan_context(app):
+        service = app.state.service
+        log = service.log
+        add = log.add
+        log.add = lambda *a, **k: None
+        requests = {}
+        for name, repeat in (
+            ("single JSON", 2000),
+            ("1,000-row JSON", 200),
+            ("1,000-row V2 FP64 binary", 500),
+        ):
+            body, ctype = scenarios[name]
+            path = "/v2/models/mlplatform/infer" if "V2" in name else "/predict"
+            one = asgi_request(app, path, body, ctype)
+            for _ in range(repeat // 4):  # warm-up
+                await one()
+            rounds = []
+            for _ in range(ROUNDS):
+                started = time.perf_counter()
+                for _ in range(repeat):
+                    await one()
+                rounds.append((time.perf_counter() - started) / repeat * 1e6)
+            requests[name] = min(rounds)
+        out["request_us"] = requests
+
+        body, _ = scenarios["1,000-row JSON"]
+        served = service.runtime.served
+        rows = served.json_decoder.decode(body).instances
+        n = len(served.features)
+
+        def fromiter() -> np.ndarray:
+            values = itertools.chain.from_iterable(map(msgspec.structs.astuple, rows))
+            return np.fromiter(values, dtype=np.float64, count=len(rows) * n).reshape(-1, n)
+
+        if not np.array_equal(fromiter(), served.matrix(rows)):
+            raise RuntimeError("Served.matrix and the baseline disagree")
+        out["json_1000_us"] = {
+            "decode": best_us(lambda: served.json_decoder.decode(body), 200),
+            "matrix": best_us(lambda: served.matrix(rows), 500),
+            "matrix_fromiter": best_us(fromiter, 500),
+        }
+
+        log.add = add
+        body, ctype = scenarios["1,000-row V2 FP64 binary"]
+        one = asgi_request(app, "/v2/models/mlplatform/infer", body, ctype)
+        log.flush()
+        for _ in range(50):
+            await one()
+        entries = list(log._pending)  # 50 requests of 1,000 rows, unwritten (settings below)
+        frame_ms = best_us(lambda: predlog.to_frame(entries), 1) / 1000
+        frame = predlog.to_frame(entries)
+        write_ms = best_us(lambda: datalog.write_predictions(log.store, frame), 1) / 1000
+        out["writer_ms"] = {"rows": len(frame), "frame": frame_ms, "write": write_ms}
+        log._pending.clear()
+        log._pending_rows = log._pending_bytes = 0
+    return out
+
+
+def main() -> int:
+    # The writer must not flush while the bench holds its 50,000 rows.
+    os.environ.update(
+        MLPLATFORM_LOG_FLUSH_SECONDS="3600",
+        MLPLATFORM_LOG_FLUSH_ROWS="1000000",
+        MLPLATFORM_LOG_BUFFER_MAX_ROWS="1000000",
+        MLPLATFORM_LOG_LEVEL="WARNING",
+    )
+    print(json.dumps(asyncio.run(measure())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
