@@ -148,12 +148,14 @@ soak: test-deps ## Long reliability run (load, 1000 inputs per operation, outage
 	$(RUN) python -m tests.reliability.soak --minutes $(or $(MINUTES),10)
 
 # The serving as its image installs it (uv sync --no-dev --package mlplatform-serving: no
-# scikit-learn, no pyarrow): the bench measures ours in it, not in the all-packages .venv.
+# scikit-learn, no pyarrow), compiled to bytecode as the image is (UV_COMPILE_BYTECODE=1):
+# the bench measures ours in it, not in the all-packages .venv. Without the .pyc files every
+# start compiles each module again (cold start ~3 s instead of ~1 s, bench/BENCHMARKS.md).
 SERVING_ENV := $(CURDIR)/.venv-serving
 
 .PHONY: serving-env
 serving-env: $(UV) ## Create .venv-serving: the serving package alone, as in its image
-	@UV_PROJECT_ENVIRONMENT=$(SERVING_ENV) $(UV) sync --frozen --no-dev --package mlplatform-serving --quiet
+	@UV_PROJECT_ENVIRONMENT=$(SERVING_ENV) $(UV) sync --frozen --no-dev --package mlplatform-serving --compile-bytecode --quiet
 
 .PHONY: bench
 bench: test-deps serving-env ## Serving beside the HTTP floor and a naive server (wrk), plus job timings -> bench/BENCHMARKS.md
