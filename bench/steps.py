@@ -7,6 +7,7 @@ running there, the minimum of 7 rounds.
 
 - µs per request through the app (``hotpath.HotRoutes``, then ``predict.answer`` or
   ``v2.infer_answer``), without the prediction log (its writer is measured apart, below);
+  single rows also with FastAPI's OpenTelemetry check on (``MLPLATFORM_OPENTELEMETRY``);
 - a 1,000-row JSON body: msgspec's decode, then its rows to a float64 matrix, ours
   (``Served.matrix``) beside the way before it (``np.fromiter`` over the values) as the
   baseline;
@@ -98,34 +99,41 @@ async def measure() -> dict[str, Any]:
     from mlplatform_common import datalog
     from mlplatform_serving import predlog
     from mlplatform_serving.app import create_app
+    from mlplatform_serving.settings import ServingSettings
 
     app = create_app()
+    # The baseline of the single-row figure: the same app with FastAPI's own check for an
+    # OpenTelemetry provider on every request (FastAPI's default; MLPLATFORM_OPENTELEMETRY).
+    otel_app = create_app(ServingSettings(opentelemetry=True))
     scenarios = bodies()
     out: dict[str, Any] = {}
-    async with app.router.lifespan_context(app):
+    async with app.router.lifespan_context(app), otel_app.router.lifespan_context(otel_app):
         service = app.state.service
         log = service.log
         add = log.add
         log.add = lambda *a, **k: None
-        requests = {}
-        for name, repeat in (
-            ("single JSON", 2000),
-            ("1,000-row JSON", 200),
-            ("1,000-row V2 FP64 binary", 500),
-        ):
-            body, ctype = scenarios[name]
+        otel_app.state.service.log.add = lambda *a, **k: None
+        cases = {
+            "single JSON": (app, 2000),
+            "single JSON, MLPLATFORM_OPENTELEMETRY=true": (otel_app, 2000),
+            "1,000-row JSON": (app, 200),
+            "1,000-row V2 FP64 binary": (app, 500),
+        }
+        calls = {}
+        for name, (which, repeat) in cases.items():
+            body, ctype = scenarios[name.split(",")[0] if name.startswith("single") else name]
             path = "/v2/models/mlplatform/infer" if "V2" in name else "/predict"
-            one = asgi_request(app, path, body, ctype)
+            calls[name] = asgi_request(which, path, body, ctype)
             for _ in range(repeat // 4):  # warm-up
-                await one()
-            rounds = []
-            for _ in range(ROUNDS):
+                await calls[name]()
+        rounds: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(ROUNDS):  # the cases take turns: a slow moment hits all of them
+            for name, (_, repeat) in cases.items():
                 started = time.perf_counter()
                 for _ in range(repeat):
-                    await one()
-                rounds.append((time.perf_counter() - started) / repeat * 1e6)
-            requests[name] = min(rounds)
-        out["request_us"] = requests
+                    await calls[name]()
+                rounds[name].append((time.perf_counter() - started) / repeat * 1e6)
+        out["request_us"] = {name: min(times) for name, times in rounds.items()}
 
         body, _ = scenarios["1,000-row JSON"]
         served = service.runtime.served

@@ -605,6 +605,29 @@ def test_the_recent_cache_is_bounded_by_memory_too(model_store: Store, rows) -> 
         assert r.status_code == 201, r.text
 
 
+def test_fastapi_looks_for_opentelemetry_only_when_it_is_enabled(
+    model_store: Store, rows, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastAPI checks on every request whether an OpenTelemetry provider is configured
+    (10-20 µs, bench/BENCHMARKS.md); the serving skips that unless MLPLATFORM_OPENTELEMETRY."""
+    from opentelemetry import trace
+
+    looked: list[int] = []
+    real = trace.get_tracer_provider
+
+    def counted() -> trace.TracerProvider:
+        looked.append(1)
+        return real()
+
+    monkeypatch.setattr(trace, "get_tracer_provider", counted)
+    for enabled in (False, True):
+        looked.clear()
+        with TestClient(create_app(serving_settings(opentelemetry=enabled), model_store)) as c:
+            for _ in range(3):
+                assert c.post("/predict", json={"features": rows[0]}).status_code == 200
+        assert (len(looked) >= 3) if enabled else (looked == []), (enabled, len(looked))
+
+
 def test_the_typed_json_decoder_reads_what_the_checked_path_reads(model_store: Store, rows) -> None:
     with TestClient(create_app(serving_settings(), model_store)) as c:
         runtime = c.app.state.service.runtime

@@ -135,6 +135,9 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
         ),
         lifespan=lifespan,
         root_path=settings.root_path,
+        telemetry=None  # FastAPI's default: on when a provider is configured
+        if settings.opentelemetry
+        else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.service = service
 

@@ -29,6 +29,13 @@ class ServingSettings(CommonSettings):
     """One log line per request (uvicorn's access log); off by default: metrics count every
     request, and at thousands of requests per second the log line is a real cost."""
 
+    opentelemetry: bool = False
+    """FastAPI's native OpenTelemetry spans, metrics and logs, for a process where an
+    OpenTelemetry SDK is configured (for example under ``opentelemetry-instrument``). Off by
+    default: the platform's metrics are Prometheus (``/metrics``), and FastAPI's check for a
+    configured provider, on every request, costs 10-20 µs: a tenth to a sixth of a one-row
+    prediction in process (``make bench``, bench/BENCHMARKS.md)."""
+
     keep_alive_seconds: int = 120
     """Idle keep-alive timeout. Longer than a proxy's or client pool's idle timeout (Traefik
     keeps idle backend connections 90 s), so the server never closes a connection a client is
