@@ -32,6 +32,7 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "model_version",  # the retrainer patches MODEL_VERSION in; unset = production alias
         "model_name",
         "access_log",  # metrics count every request
+        "opentelemetry",  # the chart's telemetry is Prometheus; no OpenTelemetry SDK in the image
         "keep_alive_seconds",
         "max_batch_rows",
         "max_body_bytes",
