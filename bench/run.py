@@ -164,6 +164,11 @@ def make_store(tmp: Path) -> dict[str, str]:
     return env
 
 
+def path_of(scenario: str) -> str:
+    """The route a scenario of ``bodies()`` posts to."""
+    return "/v2/models/mlplatform/infer" if "V2" in scenario else "/predict"
+
+
 def bodies() -> dict[str, tuple[bytes, str]]:
     frame = pd.read_csv(DATA).drop(columns="target")
     rows = frame.to_dict(orient="records")
@@ -243,9 +248,9 @@ def bench_serving(seconds: float, serving_python: str) -> dict[str, Any]:
                         continue
                     server = servers[name].start()
                     try:  # a failed measurement must not leave the server running
-                        path = "/v2/models/mlplatform/infer" if "V2" in scenario else "/predict"
-                        wrk(server.url + path, body, ctype, connections, 1)  # warm-up
-                        r = wrk(server.url + path, body, ctype, connections, seconds)
+                        url = server.url + path_of(scenario)
+                        wrk(url, body, ctype, connections, 1)  # warm-up
+                        r = wrk(url, body, ctype, connections, seconds)
                         if name == "ours":
                             rss = rss_mb(server.proc.pid)  # type: ignore[union-attr]
                             if rss > memory:

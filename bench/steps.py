@@ -30,7 +30,7 @@ import msgspec
 import numpy as np
 import uvloop
 
-from bench.run import bodies
+from bench.run import bodies, path_of
 
 ROUNDS = 7
 
@@ -113,22 +113,21 @@ async def measure() -> dict[str, Any]:
         add = log.add
         log.add = lambda *a, **k: None
         otel_app.state.service.log.add = lambda *a, **k: None
-        cases = {
-            "single JSON": (app, 2000),
-            "single JSON, MLPLATFORM_OPENTELEMETRY=true": (otel_app, 2000),
-            "1,000-row JSON": (app, 200),
-            "1,000-row V2 FP64 binary": (app, 500),
+        cases = {  # name: the app, its scenario of bodies(), requests per round
+            "single JSON": (app, "single JSON", 2000),
+            "single JSON, MLPLATFORM_OPENTELEMETRY=true": (otel_app, "single JSON", 2000),
+            "1,000-row JSON": (app, "1,000-row JSON", 200),
+            "1,000-row V2 FP64 binary": (app, "1,000-row V2 FP64 binary", 500),
         }
         calls = {}
-        for name, (which, repeat) in cases.items():
-            body, ctype = scenarios[name.split(",")[0] if name.startswith("single") else name]
-            path = "/v2/models/mlplatform/infer" if "V2" in name else "/predict"
-            calls[name] = asgi_request(which, path, body, ctype)
+        for name, (which, scenario, repeat) in cases.items():
+            body, ctype = scenarios[scenario]
+            calls[name] = asgi_request(which, path_of(scenario), body, ctype)
             for _ in range(repeat // 4):  # warm-up
                 await calls[name]()
         rounds: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(ROUNDS):  # the cases take turns: a slow moment hits all of them
-            for name, (_, repeat) in cases.items():
+            for name, (_, _, repeat) in cases.items():
                 started = time.perf_counter()
                 for _ in range(repeat):
                     await calls[name]()
@@ -153,8 +152,7 @@ async def measure() -> dict[str, Any]:
         }
 
         log.add = add
-        body, ctype = scenarios["1,000-row V2 FP64 binary"]
-        one = asgi_request(app, "/v2/models/mlplatform/infer", body, ctype)
+        one = calls["1,000-row V2 FP64 binary"]
         log.flush()
         for _ in range(50):
             await one()
