@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from mlplatform_common.errors import DatasetError
-from mlplatform_common.schema import feature_schema, load_dataset, parse_dataset
+import numpy as np
+import pandas as pd
+
+from mlplatform_common.schema import (
+    FEATURE_LIMIT,
+    complete_rows,
+    feature_schema,
+    in_range,
+    load_dataset,
+    parse_dataset,
+)
 from tests.conftest import DATA
 
 
@@ -51,6 +61,11 @@ def test_a_valid_csv_parses() -> None:
             "y",
             r"feature column 'b' has infinite values at lines 3",
         ),
+        (
+            [*GOOD[:2], "-1e151,2,0", *GOOD[2:4], "1e200,2,1", *GOOD[4:]],
+            "y",
+            r"feature column 'a' has values beyond ±1e\+150 at lines 3, 6, too large to train on",
+        ),
         (["y", "0", "1"], "y", r"no feature columns"),
         # names the platform's logged rows already use: the feature would overwrite them
         (["a,ts,y", *GOOD[1:]], "y", r"feature column 'ts' has the name of a column"),
@@ -74,3 +89,29 @@ def test_feature_schema_has_ranges_and_medians() -> None:
     assert schema[0]["min"] == 0
     assert schema[0]["max"] == 11
     assert schema[0]["median"] == 5.5
+
+
+def test_in_range_refuses_what_cannot_be_trained_on_in_float64_and_float32() -> None:
+    assert in_range(np.array([[1.0, -FEATURE_LIMIT], [FEATURE_LIMIT, 0.0]]))
+    assert in_range(np.zeros((0, 3)))
+    for bad in (1e151, -1e200, np.inf, np.nan):
+        assert not in_range(np.array([[1.0, bad]]))
+    # In float32 the limit would round to infinity: an infinite float32 must still fail.
+    assert not in_range(np.array([1.0, np.inf], dtype=np.float32))
+    assert in_range(np.array([3e38], dtype=np.float32))
+
+
+def test_complete_rows_keeps_the_rows_a_job_can_use() -> None:
+    frame = pd.DataFrame(
+        {
+            "a": [1, 2, 3, 4, 5],
+            "b": ["0.5", 1e200, None, np.inf, "x"],
+            "target": ["0", "1", "0", "1", "0"],
+        }
+    )
+    kept = complete_rows(frame, ["a", "b"])
+    assert kept["a"].tolist() == [1.0] and kept["b"].tolist() == [0.5]
+    assert kept["target"].tolist() == ["0"]
+    # rows of another feature set: none, with the features as columns
+    assert list(complete_rows(frame, ["a", "c"]).columns) == ["a", "b", "target", "c"]
+    assert complete_rows(frame, ["a", "c"]).empty

@@ -92,6 +92,15 @@ def test_keys_that_could_escape_are_refused(store: Store, key: str) -> None:
         store.put(key, b"x")
 
 
+@pytest.mark.parametrize("key", ["reports/" + "x" * 4100 + "/a.html", "a/" + "x" * 256 + "/b"])
+def test_keys_too_long_for_s3_or_a_file_system_are_refused(store: Store, key: str) -> None:
+    # Unchecked, the local store raised OSError (name too long), a 500 on GET /reports/<id>.
+    with pytest.raises(InvalidInput, match="is too long"):
+        store.get(key)
+    with pytest.raises(InvalidInput, match="is too long"):
+        store.put(key, b"x")
+
+
 def test_local_writes_leave_no_temporary_files(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     for i in range(5):

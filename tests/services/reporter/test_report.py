@@ -243,3 +243,21 @@ def test_prod_data_is_the_course_format(trained, shipped_dataset, heldout) -> No
     empty = prod_data(trained.pipeline, feedback.iloc[0:0], shipped_dataset.features)
     assert list(empty.columns) == list(out.columns)
     assert empty.empty
+
+
+def test_rows_with_values_too_large_to_embed_are_left_out_and_noted(
+    trained, shipped_dataset, heldout
+) -> None:  # type: ignore[no-untyped-def]
+    # Stored before the API refused such values: they overflow the embedding to infinity,
+    # and Evidently then failed the whole report.
+    X = heldout.drop(columns="target").reset_index(drop=True)
+    X.loc[0, "mean_area"] = 1e308
+    X.loc[1, "mean_radius"] = -1e200
+    result = build_report(_input(trained, shipped_dataset, X), DriftConfig(), trained.pipeline)
+    assert result.rows["production"] == len(X) - 2
+    assert any(n.startswith("2 logged rows lack some feature, or have one") for n in result.notes)
+    feedback = X.copy()
+    feedback["target"] = heldout["target"].astype(str).to_numpy()
+    feedback["prediction"] = feedback["target"]
+    out = prod_data(trained.pipeline, feedback, shipped_dataset.features)
+    assert len(out) == len(X) - 2 and np.isfinite(out.filter(like="PCA_").to_numpy()).all()

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
+import pandas as pd
 import pytest
 
-from mlplatform_common import keys
+from mlplatform_common import datalog, keys
 from mlplatform_common.lock import LockHeld, StoreLock
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import Store
 from mlplatform_retrainer import retrain as retrain_module
 from mlplatform_retrainer.gate import decide
 from mlplatform_retrainer.retrain import rollback, run
-from tests.conftest import SIGNING_KEY
+from tests.conftest import DATA, SIGNING_KEY
 from tests.services.retrainer.conftest import add_feedback, retrainer_settings
 
 
@@ -63,6 +65,32 @@ def test_k_labelled_rows_train_and_promote_v2(v1_store: Store) -> None:
     assert len(registry.load("v2").ref_data) == manifest["split"]["train"]
     # The watermark moved: the same rows do not trigger again.
     assert run(retrainer_settings(), store=v1_store).outcome == "skipped"
+
+
+def test_labelled_rows_no_model_can_train_on_are_left_out(
+    v1_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Stored before the API refused them: one such row made every later retrain fail
+    # (scikit-learn: "Input X contains infinity" / the variance overflowed to NaN).
+    add_feedback(v1_store, 40)
+    row = pd.read_csv(DATA).drop(columns="target").iloc[0].to_dict()
+    for i, (name, value) in enumerate([("mean_area", 1e308), ("mean_radius", 1e200)]):
+        datalog.write_feedback(
+            v1_store,
+            {
+                "model_version": "v1",
+                "prediction": "0",
+                "target": "0",
+                "features": {**row, name: value},
+            },
+            ts=time.time() + 1 + i,
+        )
+    with caplog.at_level(logging.WARNING, logger="mlplatform"):
+        result = run(retrainer_settings(), store=v1_store)
+    assert result.outcome == "promoted", result.describe()
+    assert "left out 2 of 42 labelled rows" in caplog.text
+    manifest = ModelRegistry(v1_store, SIGNING_KEY).manifest("v2")
+    assert manifest["training_data"]["feedback_rows"] == 32
 
 
 def test_a_candidate_trained_on_corrupted_labels_is_rejected(v1_store: Store) -> None:

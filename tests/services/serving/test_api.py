@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import io
 import json
 import threading
@@ -43,6 +45,9 @@ def test_health_and_ready_report_the_loaded_version(client: TestClient) -> None:
         "model_version": "v1",
     }
     assert client.get("/ready").json() == {"ready": True, "model_version": "v1"}
+    for path in ("/health", "/ready"):  # uptime checkers probe with HEAD
+        head = client.head(path)
+        assert head.status_code == 200 and head.content == b""
 
 
 def test_not_ready_without_a_model_and_says_why(local_store: Store) -> None:
@@ -162,6 +167,11 @@ def test_backup_answers_when_the_primary_raises(client: TestClient, rows, traine
         (lambda r: {"instances": []}, ["instances: empty batch"]),
         (lambda r: {"instances": [r] * 11}, ["11 rows is over the limit of 10"]),
         (lambda r: {"instances": [1, 2]}, ["instances[0]: must be an object"]),
+        (
+            lambda r: {"instances": [r, {**r, "mean_area": 1e200}]},
+            ["instances[1].mean_area: 1e+200 is beyond ±1e+150, too large to predict or train on"],
+        ),
+        (lambda r: {"features": {**r, "mean_radius": -1e151}}, ["features.mean_radius: -1e+151"]),
         (lambda r: {"features": r, "instances": [r]}, ["exactly one of"]),
         (lambda r: {}, ["exactly one of"]),
         (lambda r: {"rows": [r]}, ["rows: Extra inputs are not permitted"]),
@@ -190,6 +200,10 @@ def test_bad_json_input_is_a_422_naming_the_field(
             "unknown feature 'r\u00e9sum\u00e9 \U0001f600'",
         ),
         (b"\xff\xfe", "not valid JSON"),
+        # invalid UTF-8 in a key: msgspec raised UnicodeDecodeError, which was a 500
+        (b'{"features": {"\xff": 1}}', "not valid JSON"),
+        (b'{"instances": [{"\xc3": 1}]}', "not valid JSON"),
+        (b'{"feat\xffures": {}}', "not valid JSON"),
     ],
 )
 def test_hostile_json_bodies(client: TestClient, raw: bytes, fragment: str) -> None:
@@ -207,6 +221,8 @@ def test_hostile_json_bodies(client: TestClient, raw: bytes, fragment: str) -> N
         ("abc," * 29 + "abc\n", "csv line 1, column 'mean_radius': 'abc' is not a number"),
         ("nan," * 29 + "nan\n", "must be a finite number"),
         ("mean_radius,mean_texture\n1,2\n", "csv header: missing feature"),
+        ("mean_radius,colour\n1,2\n", "csv header: unknown column 'colour'"),
+        ("1e200," + "1," * 28 + "1\n", "column 'mean_radius': '1e200' is beyond ±1e+150"),
     ],
 )
 def test_malformed_csv_is_a_422(client: TestClient, csv: str, fragment: str) -> None:
@@ -224,9 +240,28 @@ def test_csv_rows_with_embedded_quotes_and_wrong_counts(client: TestClient, rows
     )
 
 
-def test_unsupported_content_type(client: TestClient) -> None:
+def test_unsupported_content_type(client: TestClient, rows) -> None:
     r = client.post("/predict", content=b"x", headers={"content-type": "application/xml"})
     assert_error(r, 422, "content-type: 'application/xml' is not supported")
+    # Media types are case-insensitive (RFC 9110).
+    body = json.dumps({"features": rows[0]}).encode()
+    r = client.post("/predict", content=body, headers={"content-type": "Application/JSON"})
+    assert r.status_code == 200, r.text
+    csv_body = ",".join(map(str, rows[0].values())).encode()
+    r = client.post("/predict", content=csv_body, headers={"content-type": "TEXT/CSV"})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("path", ["/predict", "/feedback", "/v2/models/mlplatform/infer"])
+def test_a_compressed_body_is_a_415_naming_the_encoding(client: TestClient, path: str) -> None:
+    r = client.post(
+        path,
+        content=gzip.compress(b'{"features": {}}'),
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
+    assert_error(r, 415, "content-encoding: 'gzip' is not supported; send the body uncompressed")
+    r = client.post(path, content=b"{}", headers={"content-encoding": "identity"})
+    assert r.status_code == 422, r.text  # identity is no encoding: the body is read
 
 
 def test_body_over_the_limit_is_413(model_store: Store, rows) -> None:
@@ -318,6 +353,16 @@ def test_bad_feedback(
     assert datalog.read_feedback(model_store).empty  # nothing half-stored
 
 
+def test_feedback_with_values_no_model_can_train_on_is_refused(
+    client: TestClient, model_store: Store, rows
+) -> None:
+    # With its own prediction, feedback calls no model: the row was stored, and every later
+    # retrain and report failed on it.
+    body = {"features": {**rows[0], "mean_area": 1e308}, "prediction": 0, "target": 0}
+    assert_error(client.post("/feedback", json=body), 422, "features.mean_area: 1e+308 is beyond")
+    assert datalog.read_feedback(model_store).empty
+
+
 def test_retrain_starts_once_per_multiple_of_k(model_store: Store, rows) -> None:
     started: list[str] = []
     app = create_app(serving_settings(retrain_every=3), model_store)
@@ -360,6 +405,9 @@ def test_reports_list_and_html(client: TestClient, model_store: Store) -> None:
     assert client.get("/reports/2026-11-01T00-00-00Z/summary").json()["drift_share"] == 0.1
     assert_error(client.get("/reports/nope"), 404, "report 'nope' does not exist")
     assert_error(client.get("/reports/.."), 404)
+    for long_id in ("x" * 300, "x" * 4100):  # past a file name's and a path's length: was a 500
+        assert_error(client.get(f"/reports/{long_id}"), 404, "does not exist")
+        assert_error(client.get(f"/reports/{long_id}/summary"), 404, "does not exist")
     assert client.get("/metrics/model").json()["latest_report"]["id"] == "2026-11-02T00-00-00Z"
 
 
@@ -456,6 +504,9 @@ def test_reload_swaps_versions_and_refuses_a_bad_one(
         "v9 does not exist",
     )
     assert_error(client.post("/admin/reload", headers=ADMIN, json={"version": 3}), 422, "version")
+    for bad in ("v1\n", "", "../v1", "latest"):  # named as the field, not as a store key
+        r = client.post("/admin/reload", headers=ADMIN, json={"version": bad})
+        assert_error(r, 422, "version: String should match pattern")
     assert client.get("/health").json()["model_version"] == "v2"  # a failed reload keeps serving
     assert 'mlplatform_model_info{version="v2"} 1.0' in client.get("/metrics").text
 
@@ -511,6 +562,18 @@ def test_v2_endpoints(client: TestClient, rows) -> None:
         ({"shape": [1, 30], "datatype": "FP64", "data": ["a"] * 30}, "data[0]: must be a number"),
         ({"shape": [1, 30], "datatype": "FP64"}, "data: missing"),
         ({"shape": "1,30", "datatype": "FP64", "data": []}, "shape"),
+        (
+            {"shape": [1, 30], "datatype": "FP32", "data": [1e39] * 30},
+            "data[0]: 1e+39 is too large for FP32",
+        ),
+        (
+            {"shape": [1, 30], "datatype": "FP64", "data": [1.0] * 29 + [1e200]},
+            "data[29]: 1e+200 is beyond ±1e+150",
+        ),
+        (
+            {"shape": [1, 30], "datatype": "FP64", "data": [[1.0] * 15, *[1.0] * 15]},
+            "data: must be 30 numbers, flat or as rows of 30",
+        ),
     ],
 )
 def test_v2_bad_tensors(client: TestClient, tensor, fragment: str) -> None:
@@ -847,3 +910,28 @@ def test_requests_wait_for_a_writer_that_is_behind_but_not_for_a_store_that_is_d
         started = time.monotonic()
         assert c.post("/predict", json={"instances": rows[:5]}).status_code == 200
         assert time.monotonic() - started < 0.25
+
+
+def test_feature_names_with_quotes_backslashes_and_spaces_are_served(
+    local_store: Store, shipped_dataset
+) -> None:
+    # msgspec refuses '"' and '\' in a struct's field names: the serving exited at start-up
+    # with such a version (and /admin/reload to it was a 500). Its JSON now takes the checked
+    # path. A CSV header kept the spaces around a name and was not recognised.
+    from mlplatform_retrainer.train import TrainConfig, train
+
+    names = {"mean_radius": 'mean "radius"', "mean_texture": "texture\\cm", "mean_area": " area "}
+    X = shipped_dataset.X.rename(columns=names)
+    trained = train(X, shipped_dataset.y, TrainConfig())
+    dataset = dataclasses.replace(shipped_dataset, X=X)
+    publish_trained(ModelRegistry(local_store, SIGNING_KEY), trained, dataset)
+    with TestClient(create_app(serving_settings(), local_store)) as c:
+        assert c.get("/ready").status_code == 200
+        rows = X.head(3)
+        expected = trained.pipeline.predict(rows).tolist()
+        r = c.post("/predict", json={"instances": rows.to_dict(orient="records")})
+        assert [p["label"] for p in r.json()["predictions"]] == expected, r.text
+        with_header = rows[list(reversed(rows.columns))].to_csv(index=False)
+        assert '"mean ""radius"""' in with_header and ", area ," in with_header
+        r = c.post("/predict", content=with_header, headers={"content-type": "text/csv"})
+        assert [p["label"] for p in r.json()["predictions"]] == expected, r.text

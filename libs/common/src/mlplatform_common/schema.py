@@ -23,6 +23,32 @@ from mlplatform_common.quality import to_builtin
 
 MIN_ROWS_PER_CLASS = 5
 
+FEATURE_LIMIT = 1e150
+"""The largest feature magnitude the platform takes, in training data, predictions and
+feedback. The squares of 10^8 such values still sum to a finite float64 (scaling, variances,
+drift statistics); a row of 1e200 makes them infinite and a retrain on it fail."""
+
+
+def in_range(X: np.ndarray) -> bool:
+    """Whether every value is finite and within ±``FEATURE_LIMIT`` (NaN fails both tests).
+    Two reductions, no temporary array: it runs on every prediction. Compared as Python
+    floats: in float32, the limit itself would be infinite."""
+    return X.size == 0 or (float(X.max()) <= FEATURE_LIMIT and float(X.min()) >= -FEATURE_LIMIT)
+
+
+def complete_rows(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """The rows the jobs can use (train on, embed): every feature present as a number that is
+    finite and within ±``FEATURE_LIMIT``, as floats. With a feature missing from the frame
+    (rows of another feature set), none, with every feature as a column."""
+    if frame.empty or any(f not in frame.columns for f in features):
+        missing = [f for f in features if f not in frame.columns]
+        return frame.iloc[0:0].reindex(columns=[*frame.columns, *missing])
+    values = frame[features].apply(pd.to_numeric, errors="coerce")
+    ok = (np.abs(values.to_numpy(dtype=float)) <= FEATURE_LIMIT).all(axis=1)  # NaN fails
+    out = frame.loc[ok].copy()
+    out[features] = values.loc[ok].astype(float)
+    return out
+
 
 @dataclass
 class Dataset:
@@ -59,7 +85,8 @@ def parse_dataset(
 
     Raises:
         DatasetError: unreadable CSV, no rows, missing target column, non-numeric features,
-            empty rows or missing values, a single class, or too few rows in a class.
+            empty rows or missing values, infinite values or values beyond ±``FEATURE_LIMIT``,
+            a single class, or too few rows in a class.
     """
     try:
         df = pd.read_csv(io.BytesIO(raw), skip_blank_lines=False)
@@ -103,6 +130,12 @@ def parse_dataset(
             lines = _rows(pd.Series(infinite))
             raise DatasetError(
                 f"{name}: feature column {col!r} has infinite values at lines {lines}"
+            )
+        huge = pd.Series(np.abs(df[col].to_numpy(dtype=float)) > FEATURE_LIMIT)
+        if huge.any():
+            raise DatasetError(
+                f"{name}: feature column {col!r} has values beyond ±{FEATURE_LIMIT:g} at lines "
+                f"{_rows(huge)}, too large to train on"
             )
     missing_target = df[target].isna()
     if missing_target.any():

@@ -35,7 +35,7 @@ from evidently.core.report import Snapshot
 from evidently.legacy.renderers.html_widgets import group_widget, text_widget
 from evidently.presets import ClassificationPreset, DataDriftPreset
 
-from mlplatform_common.schema import embed, embedding_columns
+from mlplatform_common.schema import FEATURE_LIMIT, complete_rows, embed, embedding_columns
 
 logger = logging.getLogger("mlplatform.reporter")
 
@@ -128,17 +128,6 @@ class ReportResult:
 
 
 # -- pure data preparation ---------------------------------------------------------------------
-
-
-def complete_rows(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-    """Rows that carry every feature as a finite number (others cannot be embedded)."""
-    if frame.empty or any(f not in frame.columns for f in features):
-        return frame.iloc[0:0]
-    values = frame[features].apply(pd.to_numeric, errors="coerce")
-    ok = np.isfinite(values.to_numpy(dtype=float)).all(axis=1)
-    out = frame.loc[ok].copy()
-    out[features] = values.loc[ok].astype(float)
-    return out
 
 
 def attach_probabilities(feedback: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
@@ -345,8 +334,8 @@ def build_report(data: ReportInput, config: DriftConfig, pipeline: Any) -> Repor
     production = complete_rows(data.production, data.features)
     if len(production) < len(data.production):
         notes.append(
-            f"{len(data.production) - len(production)} logged rows lack some feature and were "
-            "left out"
+            f"{len(data.production) - len(production)} logged rows lack some feature, or have "
+            f"one that is not finite or beyond ±{FEATURE_LIMIT:g}, and were left out"
         )
     rows = {
         "production": len(production),

@@ -20,7 +20,7 @@ from mlplatform_common import metric_names as names
 from mlplatform_common.errors import ModelNotFound, ObjectNotFound
 from mlplatform_common.lock import LockHeld, StoreLock
 from mlplatform_common.registry import ModelRegistry, utcnow, version_number
-from mlplatform_common.schema import Dataset, parse_dataset
+from mlplatform_common.schema import FEATURE_LIMIT, Dataset, complete_rows, parse_dataset
 from mlplatform_common.storage import Store, open_store
 from mlplatform_retrainer.gate import GateResult, decide, recent_split
 from mlplatform_retrainer.job import publish, train_with_progress
@@ -194,11 +194,16 @@ def retrain(
     ref_pool_y = pd.concat([ref_parts.y_train, ref_parts.y_val])
 
     feedback = datalog.read_feedback(store)
-    # Rows labelled for another feature set (a data set change) cannot be used.
-    if all(f in feedback.columns for f in features):
-        usable = feedback.dropna(subset=features)
-    else:
-        usable = feedback.iloc[0:0].reindex(columns=[*feedback.columns, *features])
+    # Rows labelled for another feature set (a data set change), or with a value no model can
+    # train on (stored before the API refused them), cannot be used.
+    usable = complete_rows(feedback, features)
+    if len(usable) < len(feedback):
+        logger.warning(
+            "left out %d of %d labelled rows: a feature missing, not finite or beyond ±%g",
+            len(feedback) - len(usable),
+            len(feedback),
+            FEATURE_LIMIT,
+        )
     fb_X = usable[features].astype(float).reset_index(drop=True)
     fb_y = pd.Series(
         [datalog.label_of(t, current.classes) for t in usable["target"]], dtype=reference.y.dtype

@@ -39,7 +39,8 @@ class _BodyTooLarge(Exception):
 
 
 class ObservabilityMiddleware:
-    """Counts and times every request by route template, and enforces the body size limit.
+    """Counts and times every request by route template, enforces the body size limit, and
+    refuses compressed bodies (415): no route reads them.
 
     A plain ASGI middleware (not ``BaseHTTPMiddleware``) to stay cheap on the hot path.
     """
@@ -76,9 +77,21 @@ class ObservabilityMiddleware:
             return message
 
         try:
-            length = dict(scope["headers"]).get(b"content-length")
+            headers = dict(scope["headers"])
+            length = headers.get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body:
                 raise _BodyTooLarge
+            encoding = headers.get(b"content-encoding", b"").strip().lower()
+            if encoding not in (b"", b"identity"):
+                status = 415
+                message = (
+                    f"content-encoding: {encoding.decode('latin-1')!r:.40} is not supported; "
+                    "send the body uncompressed"
+                )
+                await JSONResponse(error_body(message, "UnsupportedMediaType"), status_code=415)(
+                    scope, receive, send
+                )
+                return
             await self.app(scope, receive_wrapper, send_wrapper)
         except _BodyTooLarge:
             if not response_started:

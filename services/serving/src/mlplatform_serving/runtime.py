@@ -36,6 +36,7 @@ from mlplatform_common import datalog
 from mlplatform_common.errors import InvalidInput, MLPlatformError, ModelNotReady
 from mlplatform_common.log import set_model_version
 from mlplatform_common.registry import BACKUP, LoadedModel, ModelRegistry
+from mlplatform_common.schema import FEATURE_LIMIT, in_range
 
 logger = logging.getLogger("mlplatform.serving")
 
@@ -160,17 +161,22 @@ class Served:
         return np.frombuffer(packed, dtype=np.float64).reshape(len(rows), len(self.features))
 
 
-def _envelope_decoder(features: list[str]) -> msgspec.json.Decoder[Any]:
+def _envelope_decoder(features: list[str]) -> msgspec.json.Decoder[Any] | None:
     """A decoder of ``{"features": {...}}`` / ``{"instances": [{...}, ...]}`` whose rows are
     typed structs of exactly these features as floats (ints accepted, bools and strings not):
-    msgspec checks every row while parsing, with no dict per row."""
-    row = msgspec.defstruct(
-        "Row",
-        [(f"f{i}", float) for i in range(len(features))],
-        rename={f"f{i}": name for i, name in enumerate(features)},  # any name, even "a (cm)"
-        forbid_unknown_fields=True,
-        gc=False,
-    )
+    msgspec checks every row while parsing, with no dict per row. None for feature names
+    msgspec cannot match (a ``"``, a ``\\`` or a control character): every body of such a
+    model takes the checked path."""
+    try:
+        row = msgspec.defstruct(
+            "Row",
+            [(f"f{i}", float) for i in range(len(features))],
+            rename={f"f{i}": name for i, name in enumerate(features)},  # even "a (cm)"
+            forbid_unknown_fields=True,
+            gc=False,
+        )
+    except ValueError:
+        return None
     envelope = msgspec.defstruct(
         "Envelope",
         [
@@ -271,6 +277,17 @@ class BatchResult:
         return part
 
 
+_FP32_MAX = float(np.finfo(np.float32).max)
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidInput(f"{where}: must be a number, got {type(value).__name__} {value!r:.40}")
@@ -280,7 +297,12 @@ def _number(value: Any, where: str) -> float:
         raise InvalidInput(f"{where}: {value!r:.40} is too large for a float") from None
     if not math.isfinite(number):
         raise InvalidInput(f"{where}: must be a finite number, got {value!r}")
+    if abs(number) > FEATURE_LIMIT:
+        raise InvalidInput(f"{where}: {value!r:.40} {_BEYOND}")
     return number
+
+
+_BEYOND = f"is beyond ±{FEATURE_LIMIT:g}, too large to predict or train on"
 
 
 class ModelRuntime:
@@ -395,7 +417,7 @@ class ModelRuntime:
             if not set(map(type, values)) <= _NUMBER_TYPES:  # bool is not a number here
                 raise ValueError
             X = np.array(values, dtype=np.float64).reshape(len(rows), n)
-            if not np.isfinite(X).all():
+            if not in_range(X):
                 raise ValueError
         except (ValueError, TypeError, OverflowError, KeyError):
             raise self._explain(rows, field, served) from None
@@ -406,16 +428,18 @@ class ModelRuntime:
         they came in (``features`` or ``instances``). None for anything else, which the checked
         path (``loads`` then ``validate_rows``) then parses again to name the problem."""
         served = self.served
+        if served.json_decoder is None:
+            return None
         try:
             envelope = served.json_decoder.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return None
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+            return None  # UnicodeDecodeError: invalid UTF-8 in an object key
         if (envelope.features is msgspec.UNSET) == (envelope.instances is msgspec.UNSET):
             return None
         field_ = "instances" if envelope.features is msgspec.UNSET else "features"
         rows = envelope.instances if field_ == "instances" else [envelope.features]
         X = served.matrix(rows)
-        if not rows or not np.isfinite(X).all():
+        if not rows or not in_range(X):
             return None
         return X, field_
 
@@ -431,8 +455,16 @@ class ModelRuntime:
         except csv.Error as exc:
             raise InvalidInput(f"csv: malformed ({exc})") from None
         numbered = [(n, row) for n, row in enumerate(lines, start=1) if any(c.strip() for c in row)]
-        if numbered and all(c.strip() in features for c in numbered[0][1]):
-            header = [c.strip() for c in numbered[0][1]]
+        names = {f.strip(): f for f in features} | {f: f for f in features}
+        first = [names.get(c, names.get(c.strip())) for c in numbered[0][1]] if numbered else []
+        if first and None in first and any(first) and not all(map(_is_number, numbered[0][1])):
+            unknown = numbered[0][1][first.index(None)].strip()
+            raise InvalidInput(
+                f"csv header: unknown column {unknown!r:.60}; the columns are the features of "
+                "GET /model"
+            )
+        if first and None not in first:
+            header = [str(h) for h in first]
             if sorted(header) != sorted(features):
                 missing = [f for f in features if f not in header]
                 raise InvalidInput(
@@ -463,6 +495,10 @@ class ModelRuntime:
                 if not math.isfinite(value):
                     raise InvalidInput(
                         f"csv line {line}, column {features[j]!r}: must be a finite number"
+                    )
+                if abs(value) > FEATURE_LIMIT:
+                    raise InvalidInput(
+                        f"csv line {line}, column {features[j]!r}: {cell!r:.40} {_BEYOND}"
                     )
                 out[i, j] = value
         return out
@@ -500,16 +536,16 @@ class ModelRuntime:
                 if not isinstance(flat, list) or not set(map(type, flat)) <= _NUMBER_TYPES:
                     raise ValueError
                 arr = np.asarray(flat, dtype=dtype).reshape(-1)
-            ok = arr.size == shape[0] * shape[1] and bool(np.isfinite(arr).all())
+            ok = arr.size == shape[0] * shape[1] and in_range(arr)
         except (ValueError, TypeError, OverflowError):
             ok = False
         if not ok:
             values = data.tolist() if isinstance(data, np.ndarray) else data
-            raise self._explain_tensor(values, shape, where) from None
+            raise self._explain_tensor(values, shape, datatype, where) from None
         return arr.reshape(shape).astype(np.float64, copy=False)
 
     @staticmethod
-    def _explain_tensor(data: Any, shape: list[int], where: str) -> InvalidInput:
+    def _explain_tensor(data: Any, shape: list[int], datatype: str, where: str) -> InvalidInput:
         flat: list[Any] = []
         stack = [data]
         while stack:  # flatten nested lists without recursion
@@ -525,10 +561,14 @@ class ModelRuntime:
             )
         for i, v in enumerate(flat):
             try:
-                _number(v, f"{where}.data[{i}]")
+                number = _number(v, f"{where}.data[{i}]")
             except InvalidInput as exc:
                 return exc
-        return InvalidInput(f"{where}.data: not a numeric tensor")
+            if datatype == "FP32" and abs(number) > _FP32_MAX:
+                return InvalidInput(f"{where}.data[{i}]: {v!r:.40} is too large for FP32")
+        return InvalidInput(
+            f"{where}.data: must be {shape[0] * shape[1]} numbers, flat or as rows of {shape[1]}"
+        )
 
     # -- prediction -----------------------------------------------------------------------
 

@@ -95,7 +95,9 @@ def internal_error_body() -> dict[str, str]:
 
 class ReloadRequest(Strict):
     version: str | None = Field(
-        default=None, description="Version to load; default: MODEL_VERSION or the production alias"
+        default=None,
+        pattern=r"^v[1-9][0-9]*$",
+        description="Version to load (v1, v2, ...); default: MODEL_VERSION or the production alias",
     )
 
 

@@ -12,14 +12,21 @@ from mlplatform_serving.schemas import ERRORS, HealthResponse, ReadyResponse
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", response_model=HealthResponse, summary="Liveness")
+# HEAD too: uptime checkers probe with it.
+@router.api_route(
+    "/health", methods=["GET", "HEAD"], response_model=HealthResponse, summary="Liveness"
+)
 async def health(runtime: RuntimeDep) -> dict[str, Any]:
     """Always 200 while the process runs; says whether a model is loaded."""
     return {"status": "ok", "model_loaded": runtime.ready, "model_version": runtime.version}
 
 
-@router.get(
-    "/ready", response_model=ReadyResponse, responses={503: ERRORS[503]}, summary="Readiness"
+@router.api_route(
+    "/ready",
+    methods=["GET", "HEAD"],
+    response_model=ReadyResponse,
+    responses={503: ERRORS[503]},
+    summary="Readiness",
 )
 async def ready(runtime: RuntimeDep) -> dict[str, Any]:
     """200 once a verified model is loaded; 503 with the reason before that."""

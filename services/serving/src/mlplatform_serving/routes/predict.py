@@ -73,7 +73,7 @@ async def answer(service: Service, headers: Headers, body: bytes) -> bytes:
     (errors raise ``MLPlatformError``). Served by ``hotpath.HotRoutes`` ahead of FastAPI's
     router; the route below is the same function, for the OpenAPI document."""
     runtime = service.runtime
-    content_type = headers.get("content-type", "application/json").split(";")[0].strip()
+    content_type = headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type == "text/csv":
         runtime.served  # noqa: B018 - raises ModelNotReady before parsing
         X = runtime.parse_csv(body)
