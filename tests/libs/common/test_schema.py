@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from mlplatform_common.errors import DatasetError
-import numpy as np
-import pandas as pd
-
 from mlplatform_common.schema import (
     FEATURE_LIMIT,
     complete_rows,
