@@ -39,8 +39,40 @@ def test_k_labelled_rows_retrain_and_serving_swaps_without_failures(
     serving = ServingProcess(env).start()
     try:
         _retrain_and_roll_back(serving, registry, shipped_dataset, env)
+        _a_retrainer_on_another_store_cannot_swap_this_serving(
+            serving, tmp_path, trained, shipped_dataset, env
+        )
     finally:
         serving.stop()
+
+
+def _a_retrainer_on_another_store_cannot_swap_this_serving(
+    serving: ServingProcess, tmp_path: Path, trained, shipped_dataset, env: dict[str, str]
+) -> None:  # type: ignore[no-untyped-def]
+    # Its own v1..v3; rolling back to its v2 would have made this serving load *its* v2.
+    other = LocalStore(tmp_path / "other-store")
+    other.ensure()
+    other_registry = ModelRegistry(other, SIGNING_KEY)
+    for _ in range(3):
+        publish_trained(other_registry, trained, shipped_dataset)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlplatform_retrainer", "rollback"],
+        cwd=REPO,
+        env={
+            **os.environ,
+            **env,
+            "MLPLATFORM_STORE_URL": f"file://{other.root}",
+            "MLPLATFORM_SERVING_URL": serving.url,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "serving refused to reload v2: 409" in proc.stderr + proc.stdout
+    assert "its manifest signature differs" in proc.stderr + proc.stdout
+    assert httpx.get(serving.url + "/health").json()["model_version"] == "v1"
 
 
 def _retrain_and_roll_back(

@@ -511,6 +511,24 @@ def test_reload_swaps_versions_and_refuses_a_bad_one(
     assert 'mlplatform_model_info{version="v2"} 1.0' in client.get("/metrics").text
 
 
+def test_reload_with_another_stores_signature_is_refused(
+    client: TestClient, model_store: Store, trained, shipped_dataset
+) -> None:
+    # A retrainer on another store once reloaded whatever served on its URL: that store's v2
+    # is another model than this store's v2. It sends the manifest's HMAC; this one differs.
+    registry = ModelRegistry(model_store, SIGNING_KEY)
+    publish_trained(registry, trained, shipped_dataset)
+    ours = registry.manifest("v2")["signature"]["value"]
+    other = ("0" if ours[0] != "0" else "1") + ours[1:]
+    r = client.post("/admin/reload", headers=ADMIN, json={"version": "v2", "signature": other})
+    assert_error(r, 409, "version v2 in this serving's store", "its manifest signature differs")
+    assert client.get("/health").json()["model_version"] == "v1"
+    r = client.post("/admin/reload", headers=ADMIN, json={"version": "v2", "signature": ours})
+    assert r.status_code == 200 and r.json()["model_version"] == "v2", r.text
+    bad = client.post("/admin/reload", headers=ADMIN, json={"version": "v2", "signature": "x"})
+    assert_error(bad, 422, "signature: String should match pattern")
+
+
 def test_admin_retrain_without_a_launcher_is_503(client: TestClient) -> None:
     assert_error(client.post("/admin/retrain", headers=ADMIN), 503, "no retrain launcher")
 

@@ -279,7 +279,8 @@ def retrain(
         registry.promote(version)
         result.version = version
         result.production = version
-        result.rollout = roll_out(settings, version)
+        signature = registry.manifest(version)["signature"]["value"]
+        result.rollout = roll_out(settings, version, signature)
     newest = float(feedback["ts"].max()) if not feedback.empty else time.time()
     store.put_json(
         keys.WATERMARK,
@@ -333,7 +334,8 @@ def rollback(settings: RetrainerSettings, store: Store | None = None) -> dict[st
     registry = ModelRegistry(store, settings.require_signing_key())
     with StoreLock(store, keys.RETRAIN_LOCK, settings.lock_ttl_seconds):
         alias = registry.rollback()
-        how = roll_out(settings, alias["version"])
+        signature = registry.manifest(alias["version"])["signature"]["value"]
+        how = roll_out(settings, alias["version"], signature)
     logger.info("rolled back to %s (%s)", alias["version"], how)
     return {**alias, "rollout": how}
 

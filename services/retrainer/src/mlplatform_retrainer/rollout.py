@@ -62,12 +62,16 @@ def rollout_kubernetes(settings: RetrainerSettings, version: str, api_client: An
     logger.info("patched deployment/%s: MODEL_VERSION=%s", settings.serving_deployment, version)
 
 
-def rollout_local(settings: RetrainerSettings, version: str) -> None:
-    """Ask the local serving process to load the version."""
+def rollout_local(settings: RetrainerSettings, version: str, signature: str | None = None) -> None:
+    """Ask the local serving process to load the version. With the manifest's ``signature``,
+    a serving on another store (which has a different model under that version) refuses."""
     url = settings.serving_url.rstrip("/") + "/admin/reload"
     headers = {"Authorization": f"Bearer {settings.require_admin_token()}"}
+    body = (
+        {"version": version} if signature is None else {"version": version, "signature": signature}
+    )
     try:
-        r = httpx.post(url, json={"version": version}, headers=headers, timeout=60)
+        r = httpx.post(url, json=body, headers=headers, timeout=60)
     except httpx.HTTPError as exc:
         raise RolloutFailed(f"serving at {settings.serving_url} did not answer: {exc}") from None
     if r.status_code != 200:
@@ -75,13 +79,14 @@ def rollout_local(settings: RetrainerSettings, version: str) -> None:
     logger.info("serving at %s reloaded %s", settings.serving_url, version)
 
 
-def roll_out(settings: RetrainerSettings, version: str) -> str:
-    """Make serving use ``version`` the configured way; return the way used."""
+def roll_out(settings: RetrainerSettings, version: str, signature: str | None = None) -> str:
+    """Make serving use ``version`` the configured way; return the way used. ``signature``:
+    the version's manifest HMAC, which a local serving checks against its own store."""
     how = settings.resolved_rollout()
     if how == "kubernetes":
         rollout_kubernetes(settings, version)
     elif how == "local":
-        rollout_local(settings, version)
+        rollout_local(settings, version, signature)
     elif how != "none":
         raise ConfigurationError(f"unknown rollout {how!r}: use local, kubernetes or none")
     return how

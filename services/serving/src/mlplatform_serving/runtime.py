@@ -33,7 +33,7 @@ import msgspec
 import numpy as np
 
 from mlplatform_common import datalog
-from mlplatform_common.errors import InvalidInput, MLPlatformError, ModelNotReady
+from mlplatform_common.errors import Conflict, InvalidInput, MLPlatformError, ModelNotReady
 from mlplatform_common.log import set_model_version
 from mlplatform_common.registry import BACKUP, LoadedModel, ModelRegistry
 from mlplatform_common.schema import FEATURE_LIMIT, in_range
@@ -343,14 +343,24 @@ class ModelRuntime:
         served = self._served
         return served.engine.name if served else None
 
-    def load(self, version: str | None = None) -> LoadedModel:
+    def load(self, version: str | None = None, signature: str | None = None) -> LoadedModel:
         """Load and verify ``version`` (default: the pinned version, else the production
-        alias) and swap it in. On failure the current model, if any, stays."""
+        alias) and swap it in. On failure the current model, if any, stays.
+
+        ``signature``: the manifest HMAC the caller published. Another value means this
+        store holds a different model under that version (the caller uses another store):
+        ``Conflict``, and nothing is swapped."""
         with self._reload_lock:
             started = time.perf_counter()
             try:
                 target = version or self.pinned_version or self.registry.production_version()
                 model = self.registry.load(target)
+                if signature is not None and model.manifest["signature"]["value"] != signature:
+                    raise Conflict(
+                        f"version {target} in this serving's store ({self.registry.store.url}) "
+                        "is not the one asked for: its manifest signature differs (does the "
+                        "caller use another store?)"
+                    )
             except MLPlatformError as exc:
                 if self._served is None:
                     self.not_ready_reason = f"{exc.type}: {exc.message}"

@@ -99,6 +99,13 @@ class ReloadRequest(Strict):
         pattern=r"^v[1-9][0-9]*$",
         description="Version to load (v1, v2, ...); default: MODEL_VERSION or the production alias",
     )
+    signature: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="The HMAC of the version's manifest the caller means (the retrainer sends "
+        "it). If this serving's store has another manifest under that version, another store's, "
+        "the reload is refused with 409 and the current model keeps serving.",
+    )
 
 
 class ReloadResponse(BaseModel):
@@ -123,6 +130,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in {
         401: "Missing or wrong bearer token",
         404: "Not found",
+        409: "The request conflicts with the store's state (named in the message)",
+        415: "A compressed body (Content-Encoding); send it uncompressed",
         413: "Body over the size limit",
         422: "Invalid input; the message names the field",
         503: "No model loaded, or the store is unavailable",

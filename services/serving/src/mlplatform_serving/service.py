@@ -100,10 +100,13 @@ class Service:
         self._stop.set()
         self.log.stop()
 
-    def reload(self, version: str | None = None) -> tuple[str, str | None]:
-        """Swap in another version (default: pinned or alias); errors leave the old one."""
+    def reload(
+        self, version: str | None = None, signature: str | None = None
+    ) -> tuple[str, str | None]:
+        """Swap in another version (default: pinned or alias); errors leave the old one.
+        ``signature``: the manifest HMAC the caller means (``ModelRuntime.load``)."""
         previous = self.runtime.version
-        model = self.runtime.load(version)
+        model = self.runtime.load(version, signature)
         obs.set_model(model.version, self.runtime.load_seconds)
         return model.version, previous
 

@@ -21,14 +21,24 @@ router = APIRouter(
 
 
 @router.post(
-    "/reload", response_model=ReloadResponse, responses={404: ERRORS[404], 503: ERRORS[503]}
+    "/reload",
+    response_model=ReloadResponse,
+    responses={k: v for k, v in ERRORS.items() if k in (404, 409, 413, 415, 422, 503)},
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ReloadRequest"}}
+            },
+        }
+    },
 )
 async def reload(request: Request, service: ServiceDep) -> dict[str, Any]:
     """Load a version (default: MODEL_VERSION or the production alias) and swap it in
     between requests. A version that fails to verify leaves the current one serving."""
     body = await request.body()
     req = parse_model(ReloadRequest, await read_json(request)) if body.strip() else ReloadRequest()
-    version, previous = await run_in_threadpool(service.reload, req.version)
+    version, previous = await run_in_threadpool(service.reload, req.version, req.signature)
     return {"model_version": version, "previous_version": previous}
 
 

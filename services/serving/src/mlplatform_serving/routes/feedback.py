@@ -18,7 +18,7 @@ router = APIRouter(tags=["feedback"])
     "/feedback",
     status_code=201,
     response_model=FeedbackResponse,
-    responses={k: v for k, v in ERRORS.items() if k in (404, 413, 422, 503)},
+    responses={k: v for k, v in ERRORS.items() if k in (404, 413, 415, 422, 503)},
     openapi_extra={
         "requestBody": {
             "required": True,

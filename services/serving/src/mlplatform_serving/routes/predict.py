@@ -121,7 +121,7 @@ async def answer(service: Service, headers: Headers, body: bytes) -> bytes:
 @router.post(
     "/predict",
     response_model=PredictResponse,
-    responses={k: v for k, v in ERRORS.items() if k in (413, 422, 503)},
+    responses={k: v for k, v in ERRORS.items() if k in (413, 415, 422, 503)},
     openapi_extra=OPENAPI_BODY,
     summary="Predict one row, many rows, or CSV rows",
 )

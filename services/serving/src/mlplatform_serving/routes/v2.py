@@ -207,7 +207,7 @@ async def infer_answer(service: Service, name: str, headers: Headers, body: byte
 
 @router.post(
     "/models/{name}/infer",
-    responses={k: v for k, v in ERRORS.items() if k in (404, 413, 422, 503)},
+    responses={k: v for k, v in ERRORS.items() if k in (404, 413, 415, 422, 503)},
     openapi_extra={
         "requestBody": {
             "required": True,
