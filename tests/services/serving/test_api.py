@@ -566,6 +566,16 @@ def test_v2_endpoints(client: TestClient, rows) -> None:
     assert ids["shape"] == [3] and ids["datatype"] == "BYTES"
     key = ids["data"][0][:26]
     assert [datalog.prediction_batch(i) for i in ids["data"]] == [(key, 0), (key, 1), (key, 2)]
+    # The versioned paths answer for the served version only (v99 was answered by v1).
+    base = "/v2/models/mlplatform/versions"
+    assert client.get(f"{base}/v1").json()["versions"] == ["v1"]
+    assert client.get(f"{base}/v1/ready").json()["ready"] is True
+    assert client.post(f"{base}/v1/infer", json=body).json()["outputs"][0]["data"] == expected
+    gone = "model 'mlplatform' version 'v99' is not served here; this server serves v1"
+    assert_error(client.get(f"{base}/v99"), 404, gone)
+    assert_error(client.get(f"{base}/v99/ready"), 404, gone)
+    assert_error(client.post(f"{base}/v99/infer", json=body), 404, gone)
+    assert_error(client.get("/v2/models/other/versions/v1"), 404, "model 'other' does not exist")
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,14 @@ def _check_name(name: str, settings: SettingsDep) -> None:
         )
 
 
+def _check_version(name: str, version: str, served: str) -> None:
+    if version != served:
+        raise ModelNotFound(
+            f"model {name!r:.80} version {version!r:.40} is not served here; this server serves "
+            f"{served}"
+        )
+
+
 @router.get("/health/live", summary="Server live")
 async def live() -> dict[str, bool]:
     return {"live": True}
@@ -76,7 +84,6 @@ async def server_metadata() -> dict[str, Any]:
 @router.get(
     "/models/{name}", responses={404: ERRORS[404], 503: ERRORS[503]}, summary="Model metadata"
 )
-@router.get("/models/{name}/versions/{version}", include_in_schema=False)
 async def model_metadata(name: str, runtime: RuntimeDep, settings: SettingsDep) -> dict[str, Any]:
     _check_name(name, settings)
     model = runtime.model
@@ -99,10 +106,28 @@ async def model_metadata(name: str, runtime: RuntimeDep, settings: SettingsDep) 
 @router.get(
     "/models/{name}/ready", responses={404: ERRORS[404], 503: ERRORS[503]}, summary="Model ready"
 )
-@router.get("/models/{name}/versions/{version}/ready", include_in_schema=False)
 async def model_ready(name: str, runtime: RuntimeDep, settings: SettingsDep) -> dict[str, Any]:
     _check_name(name, settings)
     return {"name": name, "ready": True, "version": runtime.model.version}
+
+
+# The versioned paths of the protocol answer for the version being served only.
+@router.get("/models/{name}/versions/{version}", include_in_schema=False)
+async def version_metadata(
+    name: str, version: str, runtime: RuntimeDep, settings: SettingsDep
+) -> dict[str, Any]:
+    _check_name(name, settings)
+    _check_version(name, version, runtime.model.version)
+    return await model_metadata(name, runtime, settings)
+
+
+@router.get("/models/{name}/versions/{version}/ready", include_in_schema=False)
+async def version_ready(
+    name: str, version: str, runtime: RuntimeDep, settings: SettingsDep
+) -> dict[str, Any]:
+    _check_name(name, settings)
+    _check_version(name, version, runtime.model.version)
+    return await model_ready(name, runtime, settings)
 
 
 def _split_binary(request_headers: Any, body: bytes) -> tuple[Any, bytes]:
@@ -216,9 +241,16 @@ async def infer_answer(service: Service, name: str, headers: Headers, body: byte
     },
     summary="Inference",
 )
-@router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
 async def infer(name: str, request: Request) -> Response:
     """Predict an ``[n, n_features]`` FP32/FP64 tensor."""
     service: Service = request.app.state.service
     content = await infer_answer(service, name, request.headers, await request.body())
     return Response(content, media_type="application/json")
+
+
+@router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
+async def version_infer(name: str, version: str, request: Request) -> Response:
+    service: Service = request.app.state.service
+    _check_name(name, service.settings)
+    _check_version(name, version, service.runtime.model.version)
+    return await infer(name, request)
