@@ -230,6 +230,23 @@ def test_malformed_csv_is_a_422(client: TestClient, csv: str, fragment: str) -> 
     assert_error(response, 422, fragment)
 
 
+def test_csv_over_the_row_limit_is_refused_before_the_rest_is_read(
+    model_store: Store, rows
+) -> None:
+    line = ",".join(map(str, rows[0].values()))
+    header = ",".join(rows[0])
+    csv_ct = {"content-type": "text/csv"}
+    with TestClient(create_app(serving_settings(max_batch_rows=10), model_store)) as c:
+        ok = c.post("/predict", content="\n".join([header] + [line] * 10), headers=csv_ct)
+        assert ok.status_code == 200 and len(ok.json()["predictions"]) == 10, ok.text
+        r = c.post("/predict", content="\n".join([line] * 11), headers=csv_ct)
+        assert_error(r, 422, "csv: 11 rows is over the limit of 10 per request")
+        # Reading stopped at the limit: the malformed end of the body was never parsed.
+        body = "\n".join([line] * 12 + ['"unterminated,1'])
+        r = c.post("/predict", content=body, headers=csv_ct)
+        assert_error(r, 422, "csv: more than 10 rows is over the limit of 10 per request")
+
+
 def test_csv_rows_with_embedded_quotes_and_wrong_counts(client: TestClient, rows) -> None:
     good = ",".join(str(v) for v in rows[0].values())
     body = f'{good}\n"1,5",{good}\n'

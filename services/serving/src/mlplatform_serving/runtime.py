@@ -453,18 +453,27 @@ class ModelRuntime:
             return None
         return X, field_
 
-    def parse_csv(self, body: bytes) -> np.ndarray:
-        """Rows as ``text/csv`` (SageMaker style), with or without a header line."""
+    def parse_csv(self, body: bytes, max_rows: int | None = None) -> np.ndarray:
+        """Rows as ``text/csv`` (SageMaker style), with or without a header line. Reading
+        stops past ``max_rows`` (+ a header): a body of many more is refused without parsing
+        all of it on the event loop."""
         features = self.served.features
         try:
             text = body.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise InvalidInput("csv: body is not UTF-8 text") from None
+        numbered: list[tuple[int, list[str]]] = []
         try:
-            lines = list(csv.reader(io.StringIO(text), strict=True))
+            for n, row in enumerate(csv.reader(io.StringIO(text), strict=True), start=1):
+                if any(c.strip() for c in row):
+                    numbered.append((n, row))
+                    if max_rows is not None and len(numbered) > max_rows + 1:
+                        raise InvalidInput(
+                            f"csv: more than {max_rows} rows is over the limit of {max_rows} "
+                            "per request"
+                        )
         except csv.Error as exc:
             raise InvalidInput(f"csv: malformed ({exc})") from None
-        numbered = [(n, row) for n, row in enumerate(lines, start=1) if any(c.strip() for c in row)]
         names = {f.strip(): f for f in features} | {f: f for f in features}
         first = [names.get(c, names.get(c.strip())) for c in numbered[0][1]] if numbered else []
         if first and None in first and any(first) and not all(map(_is_number, numbered[0][1])):

@@ -76,7 +76,7 @@ async def answer(service: Service, headers: Headers, body: bytes) -> bytes:
     content_type = headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type == "text/csv":
         runtime.served  # noqa: B018 - raises ModelNotReady before parsing
-        X = runtime.parse_csv(body)
+        X = runtime.parse_csv(body, service.settings.max_batch_rows)
         service.check_batch(len(X), "csv")
     elif content_type in ("application/json", "") and (fast := runtime.decode_json(body)):
         X, field = fast
