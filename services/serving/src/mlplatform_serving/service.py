@@ -259,16 +259,34 @@ class Service:
 
     # -- feedback -------------------------------------------------------------------------
 
-    def _class_of(self, value: Any, field: str) -> Any:
-        model = self.runtime.model
-        names = model.manifest.get("class_names") or []
-        for i, cls in enumerate(model.classes):
+    def _class_of(self, value: Any, field: str, manifest: dict[str, Any] | None = None) -> Any:
+        """``value`` as one of the classes of the served model, or of the version whose
+        ``manifest`` is given (the one that made a prediction)."""
+        manifest = manifest or self.runtime.model.manifest
+        classes = list(manifest["classes"])
+        names = manifest.get("class_names") or []
+        for i, cls in enumerate(classes):
             if str(cls) == str(value) or (i < len(names) and names[i] == value):
                 return cls
         raise InvalidInput(
-            f"{field}: {value!r:.40} is not one of the model's classes {model.classes}"
+            f"{field}: {value!r:.40} is not one of the classes {classes}"
             + (f" (names {names})" if names else "")
+            + f" of model {manifest['version']}"
         )
+
+    def _manifest_of(self, version: str) -> dict[str, Any]:
+        """The manifest of the version that made a logged prediction (the served one's
+        without a store read)."""
+        model = self.runtime.model
+        if version == model.version:
+            return model.manifest
+        try:
+            return self.registry.manifest(version)
+        except MLPlatformError as exc:  # deleted or unreadable: judge by the served model
+            logger.warning(
+                "manifest of %s not readable (%s); using %s's", version, exc, model.version
+            )
+            return model.manifest
 
     def feedback(
         self,
@@ -279,7 +297,6 @@ class Service:
     ) -> dict[str, Any]:
         """Store one labelled row durably and say how many arrived since training."""
         model = self.runtime.model
-        target = self._class_of(target, "target")
         if prediction_id is not None and features is not None:
             raise InvalidInput("prediction_id: give either prediction_id or features, not both")
         if prediction_id is not None:
@@ -291,10 +308,16 @@ class Service:
                     f"prediction_id {prediction_id!r:.70} is unknown (not among recent predictions "
                     f"nor in the last {self.settings.feedback_lookup_days} days of the log)"
                 )
-            row_features = {f: float(logged[f]) for f in model.features if f in logged}
-            predicted = str(logged["prediction"])
+            # Judged by the version that made the prediction, which a retrain or a reload
+            # may since have replaced with one of other classes or features.
             version = str(logged["model_version"])
+            made_by = self._manifest_of(version)
+            target = self._class_of(target, "target", made_by)
+            names = [f["name"] for f in made_by["feature_schema"]]
+            row_features = {f: float(logged[f]) for f in names if f in logged}
+            predicted = str(logged["prediction"])
         elif features is not None:
+            target = self._class_of(target, "target")
             X = self.runtime.validate_rows([features], field="features")
             row_features = dict(zip(model.features, X[0].tolist(), strict=True))
             if prediction is None:
