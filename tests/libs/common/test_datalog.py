@@ -70,6 +70,19 @@ def test_feedback_is_one_object_per_row_and_counted_by_time(store: Store) -> Non
     assert frame["feedback_id"].str.len().eq(32).all()
 
 
+def test_a_prediction_labelled_twice_is_read_once_with_its_latest_label(store: Store) -> None:
+    rows = [("p1", "0", 100.0), ("p2", "1", 150.0), ("p1", "1", 200.0), (None, "0", 250.0)]
+    rows.append((None, "0", 260.0))  # rows given with their features have no id: both kept
+    for pid, target, ts in rows:
+        row = {"prediction_id": pid, "prediction": "0", "target": target, "features": {"a": 1.0}}
+        datalog.write_feedback(store, {"model_version": "v1", **row}, ts=ts)
+    assert len(datalog.read_feedback(store)) == 5  # every stored row, for audits
+    frame = datalog.read_feedback(store, one_per_prediction=True)  # what the jobs read
+    assert frame["prediction_id"].tolist() == ["p2", "p1", None, None]
+    assert frame["target"].tolist() == ["1", "1", "0", "0"]
+    assert datalog.count_feedback(store) == 5  # every stored row still counts
+
+
 def test_label_of_maps_strings_back_to_classes() -> None:
     assert datalog.label_of("1", [0, 1]) == 1
     assert datalog.label_of("benign", ["benign", "malignant"]) == "benign"

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from mlplatform_common import keys
+from mlplatform_common import datalog, keys
 from mlplatform_common.errors import IntegrityError
 from mlplatform_common.registry import LoadedModel
 from mlplatform_common.schema import embed
@@ -178,6 +178,31 @@ def test_window_since_the_previous_report(
     # a rolling window sees both batches
     rolling = job.run(reporter_settings(window_hours=1), store=store, now=time.time() + 2)
     assert rolling.result.rows["production"] == 50
+
+
+def test_a_prediction_labelled_twice_is_one_labelled_row_with_its_latest_label(
+    store: Store, model: LoadedModel, heldout: pd.DataFrame
+) -> None:
+    sent = log_traffic(store, model, heldout.iloc[:40], labelled=1.0, ts=time.time() - 10)
+    for row in sent.head(10).itertuples():  # sent again, each with the other label
+        other = "0" if row.target == "1" else "1"
+        features = heldout.iloc[0][model.features].to_dict()
+        datalog.write_feedback(
+            store,
+            {
+                "prediction_id": row.prediction_id,
+                "model_version": model.version,
+                "prediction": row.prediction,
+                "target": other,
+                "features": features,
+            },
+        )
+    outcome = job.run(reporter_settings(), store=store)
+    assert outcome.result.rows["labelled"] == 40
+    assert outcome.prod_data_rows == 40
+    relabelled = (sent["target"] != "0").head(10).sum() + (sent["target"] == "0").iloc[10:].sum()
+    exported = pd.read_csv(io.BytesIO(store.get(keys.PROD_DATA)), dtype={"target": str})
+    assert (exported["target"] == "0").sum() == relabelled
 
 
 @pytest.mark.parametrize("store", ["local"], indirect=True)

@@ -32,9 +32,10 @@ def v1_store(local_store: Store, trained, shipped_dataset) -> Store:
 
 
 def add_feedback(
-    store: Store, n: int, *, corrupt: bool = False, seed: int = 0, start: int = 0
+    store: Store, n: int, *, corrupt: bool = False, seed: int = 0, start: int = 0, ids: bool = False
 ) -> None:
-    """``n`` labelled rows from the shipped data (true labels, or flipped ones if corrupt)."""
+    """``n`` labelled rows from the shipped data (true labels, or flipped ones if corrupt);
+    with ``ids``, labels of predictions ``p0``, ``p1``, ... (the same ones for the same seed)."""
     frame = pd.read_csv(DATA).sample(n=n, random_state=seed, replace=n > 569).reset_index(drop=True)
     now = time.time()
     for i, row in frame.iterrows():
@@ -43,6 +44,7 @@ def add_feedback(
         datalog.write_feedback(
             store,
             {
+                "prediction_id": f"p{i}" if ids else None,
                 "model_version": "v1",
                 "prediction": str(int(row["target"])),
                 "target": str(target),

@@ -67,6 +67,15 @@ def test_k_labelled_rows_train_and_promote_v2(v1_store: Store) -> None:
     assert run(retrainer_settings(), store=v1_store).outcome == "skipped"
 
 
+def test_a_prediction_labelled_twice_trains_once(v1_store: Store) -> None:
+    add_feedback(v1_store, 40, ids=True)
+    add_feedback(v1_store, 40, ids=True, start=40)  # every label sent again (a retry)
+    result = run(retrainer_settings(), store=v1_store)
+    assert result.outcome == "promoted", result.describe()
+    manifest = ModelRegistry(v1_store, SIGNING_KEY).manifest("v2")
+    assert manifest["training_data"]["feedback_rows"] == 32  # 40 rows, 20% newest held out
+
+
 def test_labelled_rows_no_model_can_train_on_are_left_out(
     v1_store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:

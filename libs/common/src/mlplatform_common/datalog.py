@@ -354,9 +354,17 @@ class FeedbackCounter:
 
 
 def read_feedback(
-    store: Store, since: float | None = None, until: float | None = None
+    store: Store,
+    since: float | None = None,
+    until: float | None = None,
+    *,
+    one_per_prediction: bool = False,
 ) -> pd.DataFrame:
-    """Labelled rows as a frame: the feedback columns, then one column per raw feature."""
+    """Labelled rows as a frame: the feedback columns, then one column per raw feature.
+
+    ``one_per_prediction``: a prediction labelled more than once (a retried request, a
+    correction) is one row, its latest label; what the jobs read. Without it, every stored
+    row."""
     records = []
     for key in feedback_keys(store, since, until):
         try:
@@ -367,7 +375,11 @@ def read_feedback(
         records.append({**{c: record.get(c) for c in FEEDBACK_COLUMNS}, **features})
     if not records:
         return pd.DataFrame(columns=FEEDBACK_COLUMNS)
-    return pd.DataFrame.from_records(records).sort_values("ts", kind="stable")
+    frame = pd.DataFrame.from_records(records).sort_values("ts", kind="stable")
+    if not one_per_prediction:
+        return frame
+    again = frame["prediction_id"].notna() & frame["prediction_id"].duplicated(keep="last")
+    return frame.loc[~again]
 
 
 def label_of(value: Any, classes: Iterable[Any]) -> Any:

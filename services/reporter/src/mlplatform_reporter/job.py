@@ -127,7 +127,7 @@ def build(settings: ReporterSettings, store: Store, now: float) -> tuple[ReportR
     lookback = since - settings.feedback_lookback_hours * 3600 if since else None
     predictions = datalog.read_predictions(store, lookback, until)
     in_window = predictions if since is None else predictions[predictions["ts"] > since]
-    feedback = datalog.read_feedback(store, since, until)
+    feedback = datalog.read_feedback(store, since, until, one_per_prediction=True)
     labelled = attach_probabilities(feedback, predictions)
     logger.info("read %d predictions and %d labelled rows", len(in_window), len(labelled))
 
@@ -150,7 +150,8 @@ def build(settings: ReporterSettings, store: Store, now: float) -> tuple[ReportR
     result = build_report(data, config, model.pipeline)
 
     # The course's prod_data.csv: every labelled row so far, in this version's embedding.
-    export = prod_data(model.pipeline, datalog.read_feedback(store), model.features)
+    everything = datalog.read_feedback(store, one_per_prediction=True)
+    export = prod_data(model.pipeline, everything, model.features)
     store.put(keys.PROD_DATA, export.to_csv(index=False).encode(), "text/csv")
     logger.info("wrote %s (%d rows)", keys.PROD_DATA, len(export))
     return result, len(export)

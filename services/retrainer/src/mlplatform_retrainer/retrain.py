@@ -193,7 +193,7 @@ def retrain(
     ref_pool_X = pd.concat([ref_parts.X_train, ref_parts.X_val])
     ref_pool_y = pd.concat([ref_parts.y_train, ref_parts.y_val])
 
-    feedback = datalog.read_feedback(store)
+    feedback = datalog.read_feedback(store, one_per_prediction=True)
     # Rows labelled for another feature set (a data set change), or with a value no model can
     # train on (stored before the API refused them), cannot be used.
     usable = complete_rows(feedback, features)
