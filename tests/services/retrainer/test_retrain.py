@@ -123,6 +123,16 @@ def test_drift_and_quality_in_the_latest_report_trigger(v1_store: Store) -> None
     result = run(retrainer_settings(), store=v1_store)
     assert result.reasons == ["drift share 0.80 > 0.5 in report r1", "f1 0.500 < 0.8 in report r1"]
     assert result.outcome == "promoted"
+    # A report triggers once: every run after it published another identical version.
+    assert run(retrainer_settings(), store=v1_store).outcome == "skipped"
+    assert ModelRegistry(v1_store, SIGNING_KEY).versions() == ["v1", "v2"]
+    v1_store.put_json(
+        keys.report_file("2026-11-21T00-00-00Z", "summary.json"),
+        {"id": "r2", "drift": {"embedding": {"share": 0.7}}},
+    )
+    assert run(retrainer_settings(), store=v1_store).reasons == [
+        "drift share 0.70 > 0.5 in report r2"
+    ]
 
 
 def test_two_retrains_started_at_once_one_runs_one_says_the_lock_is_held(

@@ -84,17 +84,31 @@ def latest_report(store: Store) -> dict[str, Any] | None:
     return None
 
 
+def _acted_on(store: Store) -> str | None:
+    """The report whose numbers the last retrain already answered (in the watermark)."""
+    try:
+        report_id = store.get_json(keys.WATERMARK).get("report_id")
+    except (ObjectNotFound, AttributeError, ValueError):
+        return None
+    return str(report_id) if report_id is not None else None
+
+
 def triggers(
     settings: RetrainerSettings, store: Store, registry: ModelRegistry, force: bool
-) -> tuple[list[str], int]:
-    """Every reason to retrain now, and how many labelled rows are new."""
+) -> tuple[list[str], int, str | None]:
+    """Every reason to retrain now, how many labelled rows are new, and the latest report's
+    id. A report triggers once: a retrain after it has answered it, whatever its outcome,
+    and the next report (on the data since) decides again."""
     reasons = ["forced"] if force else []
     new_rows = datalog.count_feedback(store, _since(store, registry))
     k = settings.retrain_every
     if k > 0 and new_rows >= k:
         reasons.append(f"{new_rows} new labelled rows (k={k})")
     report = latest_report(store)
-    if report:
+    report_id = str(report["id"]) if report and report.get("id") is not None else None
+    if report and report_id is not None and report_id == _acted_on(store):
+        logger.info("report %s was answered by a retrain already", report_id)
+    elif report:
         drift = report.get("drift") or {}
         space = drift.get("embedding") or next(iter(drift.values()), None)
         share = space.get("share") if isinstance(space, dict) else None
@@ -109,7 +123,7 @@ def triggers(
                 f"{settings.quality_metric} {value:.3f} < {settings.quality_threshold} "
                 f"in report {report.get('id')}"
             )
-    return reasons, new_rows
+    return reasons, new_rows, report_id
 
 
 def _reference(store: Store, dataset_name: str) -> Any:
@@ -180,8 +194,10 @@ def retrain(
     registry: ModelRegistry,
     reasons: list[str],
     new_rows: int,
+    report_id: str | None = None,
 ) -> RunResult:
-    """Train a candidate on reference + labelled rows, gate it, publish and roll out."""
+    """Train a candidate on reference + labelled rows, gate it, publish and roll out.
+    ``report_id``: the latest report, answered by this retrain (it triggers no other)."""
     production = registry.production_version()
     current = registry.load(production)
     reference = _reference(store, settings.dataset_name)
@@ -289,6 +305,7 @@ def retrain(
             "rows": len(feedback),
             "at": utcnow(),
             "outcome": result.outcome,
+            "report_id": report_id,
         },
     )
     return result
@@ -306,7 +323,7 @@ def run(settings: RetrainerSettings, force: bool = False, store: Store | None = 
         return RunResult("locked", [exc.message])
     result = RunResult("failed")
     try:
-        reasons, new_rows = triggers(settings, store, registry, force)
+        reasons, new_rows, report_id = triggers(settings, store, registry, force)
         if not reasons:
             result = RunResult(
                 "skipped",
@@ -317,7 +334,7 @@ def run(settings: RetrainerSettings, force: bool = False, store: Store | None = 
             logger.info("no trigger: %d new labelled rows (k=%d)", new_rows, settings.retrain_every)
         else:
             logger.info("retrain triggered: %s", "; ".join(reasons))
-            result = retrain(settings, store, registry, reasons, new_rows)
+            result = retrain(settings, store, registry, reasons, new_rows, report_id)
         _record(store, result)
         _push(settings, store, result, success=True)
         return result
