@@ -118,6 +118,16 @@ def _retrain_and_roll_back(
         stop.set()
         flowing.join()
     assert httpx.get(serving.url + "/health").json()["model_version"] == "v2"
+
+    # The retrainer serving started has exited and been waited for: no zombie is left.
+    def children() -> list[str]:  # of every thread: a child is its forking thread's
+        tasks = Path(f"/proc/{serving.proc.pid}/task").glob("*/children")
+        return [pid for task in tasks for pid in task.read_text().split()]
+
+    deadline = time.monotonic() + 30
+    while children() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert children() == []
     assert failures == []
     assert versions[0] == "v1" and versions[-1] == "v2"
     assert registry.production_version() == "v2"

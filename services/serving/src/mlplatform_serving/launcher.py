@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -159,6 +160,13 @@ def local_launcher(settings: ServingSettings) -> Launcher:
         cmd = [sys.executable, "-m", "mlplatform_retrainer", "run", *(["--force"] if force else [])]
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)
         logger.info("started retrainer pid %d: %s", proc.pid, reason)
+
+        def reap() -> None:  # wait for it, or it stays a zombie process until serving exits
+            code = proc.wait()
+            log = logger.info if code == 0 else logger.warning
+            log("retrainer pid %d exited with status %d", proc.pid, code)
+
+        threading.Thread(target=reap, name=f"retrainer-{proc.pid}", daemon=True).start()
         return True
 
     return launch
