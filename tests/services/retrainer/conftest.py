@@ -12,6 +12,7 @@ from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import Store
 from mlplatform_retrainer.job import upload_dataset
 from mlplatform_retrainer.settings import RetrainerSettings
+from mlplatform_retrainer.train import TrainConfig, split
 from tests.conftest import DATA, SIGNING_KEY, publish_trained
 
 
@@ -31,12 +32,22 @@ def v1_store(local_store: Store, trained, shipped_dataset) -> Store:
     return local_store
 
 
+def gate_held_out_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the shipped data set that the retrainer's split holds out for its gate."""
+    parts = split(frame.drop(columns="target"), frame["target"], TrainConfig())
+    return frame.loc[parts.X_test.index]
+
+
 def add_feedback(
     store: Store, n: int, *, corrupt: bool = False, seed: int = 0, start: int = 0, ids: bool = False
 ) -> None:
     """``n`` labelled rows from the shipped data (true labels, or flipped ones if corrupt);
     with ``ids``, labels of predictions ``p0``, ``p1``, ... (the same ones for the same seed)."""
-    frame = pd.read_csv(DATA).sample(n=n, random_state=seed, replace=n > 569).reset_index(drop=True)
+    frame = pd.read_csv(DATA)
+    frame = frame.drop(
+        index=gate_held_out_rows(frame).index
+    )  # new rows, not the gate's held-out ones
+    frame = frame.sample(n=n, random_state=seed, replace=n > len(frame)).reset_index(drop=True)
     now = time.time()
     for i, row in frame.iterrows():
         features = row.drop("target").to_dict()

@@ -17,7 +17,7 @@ from mlplatform_retrainer import retrain as retrain_module
 from mlplatform_retrainer.gate import decide
 from mlplatform_retrainer.retrain import rollback, run
 from tests.conftest import DATA, SIGNING_KEY
-from tests.services.retrainer.conftest import add_feedback, retrainer_settings
+from tests.services.retrainer.conftest import add_feedback, gate_held_out_rows, retrainer_settings
 
 
 def _scores(holdout: float, reference: float) -> dict[str, dict[str, float]]:
@@ -65,6 +65,28 @@ def test_k_labelled_rows_train_and_promote_v2(v1_store: Store) -> None:
     assert len(registry.load("v2").ref_data) == manifest["split"]["train"]
     # The watermark moved: the same rows do not trigger again.
     assert run(retrainer_settings(), store=v1_store).outcome == "skipped"
+
+
+def test_labelled_rows_of_the_gates_held_out_split_are_not_trained_on(
+    v1_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The traffic simulator replays the reference test split: labelled, those rows went into
+    # training, and the gate then scored the candidate on rows it was trained on.
+    add_feedback(v1_store, 40)
+    for i, row in enumerate(gate_held_out_rows(pd.read_csv(DATA)).head(10).itertuples(index=False)):
+        features = row._asdict()
+        target = str(features.pop("target"))
+        datalog.write_feedback(
+            v1_store,
+            {"model_version": "v1", "prediction": target, "target": target, "features": features},
+            ts=time.time() + 1 + i,
+        )
+    with caplog.at_level(logging.INFO, logger="mlplatform"):
+        result = run(retrainer_settings(), store=v1_store)
+    assert result.outcome == "promoted", result.describe()
+    assert "left out 10 labelled rows that are rows of the reference test split" in caplog.text
+    manifest = ModelRegistry(v1_store, SIGNING_KEY).manifest("v2")
+    assert manifest["training_data"]["feedback_rows"] == 32  # the 40 others, 20% held out
 
 
 def test_a_prediction_labelled_twice_trains_once(v1_store: Store) -> None:

@@ -220,6 +220,17 @@ def retrain(
             len(feedback),
             FEATURE_LIMIT,
         )
+    # A labelled row that is a row of the reference test split (the traffic simulator replays
+    # that split) would put the gate's held-out rows into training: not trained on.
+    held_out = pd.MultiIndex.from_frame(ref_parts.X_test[features].astype(float))
+    leak = pd.MultiIndex.from_frame(usable[features]).isin(held_out)
+    if leak.any():
+        logger.info(
+            "left out %d labelled rows that are rows of the reference test split (the gate "
+            "holds them out)",
+            int(leak.sum()),
+        )
+        usable = usable.loc[~leak]
     fb_X = usable[features].astype(float).reset_index(drop=True)
     fb_y = pd.Series(
         [datalog.label_of(t, current.classes) for t in usable["target"]], dtype=reference.y.dtype
