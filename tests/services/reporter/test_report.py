@@ -261,3 +261,21 @@ def test_rows_with_values_too_large_to_embed_are_left_out_and_noted(
     feedback["prediction"] = feedback["target"]
     out = prod_data(trained.pipeline, feedback, shipped_dataset.features)
     assert len(out) == len(X) - 2 and np.isfinite(out.filter(like="PCA_").to_numpy()).all()
+
+
+def test_quality_is_the_reported_versions_own(trained, shipped_dataset, heldout) -> None:  # type: ignore[no-untyped-def]
+    # After a retrain, labels of the old version's predictions were reported as the new
+    # version's quality (and could trigger a retrain of a model they never judged).
+    X, y = heldout.drop(columns="target"), heldout["target"]
+    labelled, _ = _labelled(trained, X, y, flip=0.3)
+    labelled["model_version"] = ["v0" if i % 3 == 0 else "v1" for i in range(len(labelled))]
+    result = build_report(
+        _input(trained, shipped_dataset, X, labelled), DriftConfig(), trained.pipeline
+    )
+    own = labelled[labelled["model_version"] == "v1"]
+    assert result.rows["labelled"] == len(own) < len(labelled)
+    assert result.quality is not None and result.quality.rows == len(own)
+    expected = skm.accuracy_score(own["target"], own["prediction"])
+    assert result.quality.accuracy == pytest.approx(expected, abs=1e-12)
+    gone = (labelled["model_version"] == "v0").sum()
+    assert f"{gone} labelled rows of predictions by other versions (v0)" in " ".join(result.notes)

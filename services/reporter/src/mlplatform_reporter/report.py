@@ -337,9 +337,21 @@ def build_report(data: ReportInput, config: DriftConfig, pipeline: Any) -> Repor
             f"{len(data.production) - len(production)} logged rows lack some feature, or have "
             f"one that is not finite or beyond ±{FEATURE_LIMIT:g}, and were left out"
         )
+    # Quality is the reported version's: labels of predictions another version made (before
+    # a retrain or a rollback) say nothing about it.
+    labelled = data.labelled
+    if not labelled.empty and "model_version" in labelled.columns:
+        theirs = labelled["model_version"].astype(str) != data.model_version
+        if theirs.any():
+            others = ", ".join(sorted(set(labelled.loc[theirs, "model_version"].astype(str))))
+            notes.append(
+                f"{int(theirs.sum())} labelled rows of predictions by other versions ({others}) "
+                "are not in the quality of this one"
+            )
+            labelled = labelled.loc[~theirs]
     rows = {
         "production": len(production),
-        "labelled": len(data.labelled),
+        "labelled": len(labelled),
         "reference": len(data.reference_embedding),
     }
     drift: dict[str, DriftResult] = {}
@@ -366,10 +378,10 @@ def build_report(data: ReportInput, config: DriftConfig, pipeline: Any) -> Repor
             notes.append("the version's training data is not in the store: no raw-feature drift")
 
     quality = None
-    if data.labelled.empty:
-        notes.append("no labelled rows in the window: no classification quality")
+    if labelled.empty:
+        notes.append(f"no labelled rows of model {data.model_version} in the window: no quality")
     else:
-        quality, snap = quality_report(data.labelled, data.classes)
+        quality, snap = quality_report(labelled, data.classes)
         snapshots["quality"] = snap
         sections.append((f"Classification quality ({quality.rows} labelled rows)", snap))
         if quality.roc_auc is None:
