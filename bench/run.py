@@ -157,7 +157,7 @@ def make_store(tmp: Path) -> dict[str, str]:
     subprocess.run(
         [sys.executable, "-m", "mlplatform_retrainer", "train"],
         cwd=REPO,
-        env={**os.environ, **env},
+        env={**os.environ, **env, "MLPLATFORM_ROLLOUT": "none"},  # no serving to tell
         check=True,
         capture_output=True,
     )

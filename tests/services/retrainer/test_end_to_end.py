@@ -42,6 +42,19 @@ def test_k_labelled_rows_retrain_and_serving_swaps_without_failures(
         _a_retrainer_on_another_store_cannot_swap_this_serving(
             serving, tmp_path, trained, shipped_dataset, env
         )
+        # make train: the new version is served at once (it waited for a restart before).
+        proc = subprocess.run(
+            [sys.executable, "-m", "mlplatform_retrainer", "train"],
+            cwd=REPO,
+            env={**os.environ, **env, "MLPLATFORM_SERVING_URL": serving.url},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert f"serving at {serving.url} now serves v3" in proc.stdout
+        assert httpx.get(serving.url + "/health").json()["model_version"] == "v3"
     finally:
         serving.stop()
 

@@ -16,7 +16,7 @@ from mlplatform_common.schema import embed
 from mlplatform_common.settings import DEV_SIGNING_KEY
 from mlplatform_common.storage import LocalStore
 from mlplatform_retrainer.train import TrainConfig, split, train
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 
 def test_reference_data_has_the_course_columns_and_the_training_rows(
@@ -67,7 +67,12 @@ def test_unknown_estimator_is_refused(shipped_dataset) -> None:
 
 
 def _run_train(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MLPLATFORM_STORE_URL": f"file://{store}", "MLPLATFORM_DEV_MODE": "true"}
+    env = {
+        **os.environ,
+        "MLPLATFORM_STORE_URL": f"file://{store}",
+        "MLPLATFORM_DEV_MODE": "true",
+        "MLPLATFORM_SERVING_URL": f"http://127.0.0.1:{free_port()}",  # no serving there
+    }
     return subprocess.run(
         [sys.executable, "-m", "mlplatform_retrainer", "train", *args],
         cwd=REPO,
@@ -84,6 +89,9 @@ def test_train_command_publishes_v1_and_says_where(tmp_path: Path) -> None:
     proc = _run_train(store)
     assert proc.returncode == 0, proc.stderr
     assert f"model v1 in production at file://{store}" in proc.stdout
+    # No serving runs (make dev trains v1 before it starts one): said, and not an error.
+    assert "serving not told (serving at http://127.0.0.1:" in proc.stdout
+    assert "did not answer" in proc.stdout and "it loads v1 when it starts" in proc.stdout
     assert "training breast_cancer: classifier done" in proc.stderr
     registry = ModelRegistry(LocalStore(store), DEV_SIGNING_KEY.encode())
     assert registry.production_version() == "v1"

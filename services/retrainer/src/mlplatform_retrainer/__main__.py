@@ -14,6 +14,7 @@ from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import open_store
 from mlplatform_retrainer.job import describe, train_from_file
 from mlplatform_retrainer.retrain import rollback, run
+from mlplatform_retrainer.rollout import rollout_local
 from mlplatform_retrainer.settings import RetrainerSettings, get_settings
 
 logger = logging.getLogger("mlplatform.retrainer")
@@ -29,7 +30,18 @@ def _train(settings: RetrainerSettings, args: argparse.Namespace) -> int:
             print(f"model {alias['version']} is already in production at {registry.store.url}")
             return 0
     published = train_from_file(settings, args.data, args.target, promote=not args.no_promote)
-    print(describe(published, open_store(settings).url))
+    store = open_store(settings)
+    print(describe(published, store.url))
+    if published.promoted and settings.resolved_rollout() == "local":
+        # Like a retrain, tell a local serving (make dev) to load it. Best effort: none may
+        # be running yet (make dev trains v1 before it starts the services).
+        version = published.version
+        signature = ModelRegistry(store, settings.require_signing_key()).manifest(version)
+        try:
+            rollout_local(settings, version, signature["signature"]["value"])
+            print(f"serving at {settings.serving_url} now serves {version}")
+        except MLPlatformError as exc:
+            print(f"serving not told ({exc.message[:160]}); it loads {version} when it starts")
     return 0
 
 
