@@ -16,7 +16,8 @@ from mlplatform_common.storage import Store
 from mlplatform_retrainer import retrain as retrain_module
 from mlplatform_retrainer.gate import decide
 from mlplatform_retrainer.retrain import rollback, run
-from tests.conftest import DATA, SIGNING_KEY
+from mlplatform_retrainer.rollout import RolloutFailed
+from tests.conftest import DATA, SIGNING_KEY, free_port
 from tests.services.retrainer.conftest import add_feedback, gate_held_out_rows, retrainer_settings
 
 
@@ -122,6 +123,22 @@ def test_labelled_rows_no_model_can_train_on_are_left_out(
     assert "left out 2 of 42 labelled rows" in caplog.text
     manifest = ModelRegistry(v1_store, SIGNING_KEY).manifest("v2")
     assert manifest["training_data"]["feedback_rows"] == 32
+
+
+def test_a_failed_rollout_says_what_is_in_production_and_the_rows_stay_answered(
+    v1_store: Store,
+) -> None:
+    add_feedback(v1_store, 40)
+    nobody = f"http://127.0.0.1:{free_port()}"
+    settings = retrainer_settings(rollout="local", serving_url=nobody, admin_token="t")
+    with pytest.raises(RolloutFailed, match="did not answer") as failed:
+        run(settings, store=v1_store)
+    assert "v2 is published and in production; serving loads it when it restarts" in str(
+        failed.value
+    )
+    assert ModelRegistry(v1_store, SIGNING_KEY).production_version() == "v2"
+    # The watermark was written before the rollout: the same rows do not retrain again.
+    assert run(retrainer_settings(), store=v1_store).outcome == "skipped"
 
 
 def test_a_candidate_trained_on_corrupted_labels_is_rejected(v1_store: Store) -> None:

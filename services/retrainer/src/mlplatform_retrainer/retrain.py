@@ -24,7 +24,7 @@ from mlplatform_common.schema import FEATURE_LIMIT, Dataset, complete_rows, pars
 from mlplatform_common.storage import Store, open_store
 from mlplatform_retrainer.gate import GateResult, decide, recent_split
 from mlplatform_retrainer.job import publish, train_with_progress
-from mlplatform_retrainer.rollout import roll_out
+from mlplatform_retrainer.rollout import RolloutFailed, roll_out
 from mlplatform_retrainer.settings import RetrainerSettings
 from mlplatform_retrainer.train import TrainConfig, evaluate, split
 
@@ -306,8 +306,7 @@ def retrain(
         registry.promote(version)
         result.version = version
         result.production = version
-        signature = registry.manifest(version)["signature"]["value"]
-        result.rollout = roll_out(settings, version, signature)
+    # The watermark first: these rows are answered even if the rollout below fails.
     newest = float(feedback["ts"].max()) if not feedback.empty else time.time()
     store.put_json(
         keys.WATERMARK,
@@ -319,6 +318,15 @@ def retrain(
             "report_id": report_id,
         },
     )
+    if result.version is not None:
+        signature = registry.manifest(result.version)["signature"]["value"]
+        try:
+            result.rollout = roll_out(settings, result.version, signature)
+        except RolloutFailed as exc:
+            raise RolloutFailed(
+                f"{exc.message} -- {result.version} is published and in production; serving "
+                "loads it when it restarts (`make rollback` undoes the promotion)"
+            ) from None
     return result
 
 
