@@ -8,6 +8,7 @@ import io
 import json
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import orjson
@@ -642,11 +643,41 @@ def test_v2_endpoints(client: TestClient, rows) -> None:
             {"shape": [1, 30], "datatype": "FP64", "data": [[1.0] * 15, *[1.0] * 15]},
             "data: must be 30 numbers, flat or as rows of 30",
         ),
+        (  # ragged: 30 values in all, but not 1 row of 30 (was answered)
+            {"shape": [1, 30], "datatype": "FP64", "data": [[1.0] * 10, [1.0] * 20]},
+            "data: must be 30 numbers, flat or as rows of 30",
+        ),
     ],
 )
 def test_v2_bad_tensors(client: TestClient, tensor, fragment: str) -> None:
     r = client.post("/v2/models/mlplatform/infer", json={"inputs": [{"name": "x", **tensor}]})
     assert_error(r, 422, fragment)
+
+
+def test_v2_binary_framing_that_does_not_add_up_is_refused(client: TestClient) -> None:
+    # Each of these was answered 200, from whichever part of the body the server picked.
+    tensor = np.zeros((1, 30), dtype="<f8").tobytes()
+
+    def post(head: dict[str, Any], binary: bytes) -> Any:
+        raw = json.dumps(head).encode()
+        return client.post(
+            "/v2/models/mlplatform/infer",
+            content=raw + binary,
+            headers={"inference-header-content-length": str(len(raw))},
+        )
+
+    base = {"name": "x", "shape": [1, 30], "datatype": "FP64"}
+    json_only = {"inputs": [{**base, "data": [0.0] * 30}]}
+    assert_error(post(json_only, tensor), 422, "240 bytes follow the JSON header, but no input")
+    both = {"inputs": [{**base, "data": [0.0] * 30, "parameters": {"binary_data_size": 240}}]}
+    assert_error(post(both, tensor), 422, "inputs[x]: give data or parameters.binary_data_size")
+    as_float = {"inputs": [{**base, "parameters": {"binary_data_size": 240.0}}]}
+    assert_error(post(as_float, tensor), 422, "must be a whole number of bytes, got 240.0")
+    short = {"inputs": [{**base, "parameters": {"binary_data_size": 240}}]}
+    assert_error(post(short, tensor[:-8]), 422, "240 bytes, but 232 follow the JSON header")
+    twice = {**json_only, "outputs": [{"name": "label"}, {"name": "label"}]}
+    assert_error(post(twice, b""), 422, "outputs: an output is asked for twice")
+    assert post(short, tensor).status_code == 200
 
 
 # -- the fast path: ONNX Runtime when the version has a checked ONNX file -----------------

@@ -547,11 +547,10 @@ class ModelRuntime:
             if isinstance(data, np.ndarray):  # binary tensor data: already numbers
                 arr = data.reshape(-1)
             else:
-                flat = (
-                    list(itertools.chain.from_iterable(data))
-                    if isinstance(data, list) and data and isinstance(data[0], list)
-                    else data
-                )
+                nested = isinstance(data, list) and data and isinstance(data[0], list)
+                if nested and (len(data) != shape[0] or set(map(len, data)) != {shape[1]}):
+                    raise ValueError  # rows of the wrong count or length ("ragged")
+                flat = list(itertools.chain.from_iterable(data)) if nested else data
                 if not isinstance(flat, list) or not set(map(type, flat)) <= _NUMBER_TYPES:
                     raise ValueError
                 arr = np.asarray(flat, dtype=dtype).reshape(-1)

@@ -165,6 +165,15 @@ async def infer_answer(service: Service, name: str, headers: Headers, body: byte
     tensor = req.inputs[0]
     data = tensor.data
     size = (tensor.parameters or {}).get("binary_data_size")
+    if size is not None and data is not None:
+        raise InvalidInput(
+            f"inputs[{tensor.name}]: give data or parameters.binary_data_size, not both"
+        )
+    if size is None and binary:
+        raise InvalidInput(
+            f"inputs[{tensor.name}]: {len(binary)} bytes follow the JSON header, but no input "
+            "has parameters.binary_data_size"
+        )
     if size is not None:
         dtype = {"FP32": "<f4", "FP64": "<f8"}.get(tensor.datatype)
         if dtype is None:
@@ -172,9 +181,15 @@ async def infer_answer(service: Service, name: str, headers: Headers, body: byte
                 f"inputs[{tensor.name}].datatype: {tensor.datatype!r} is not supported; "
                 "use FP32 or FP64"
             )
-        if not isinstance(size, int) or size != len(binary):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidInput(
-                f"inputs[{tensor.name}].parameters.binary_data_size: does not match the body"
+                f"inputs[{tensor.name}].parameters.binary_data_size: must be a whole number of "
+                f"bytes, got {size!r:.40}"
+            )
+        if size != len(binary):
+            raise InvalidInput(
+                f"inputs[{tensor.name}].parameters.binary_data_size: {size} bytes, but "
+                f"{len(binary)} follow the JSON header"
             )
         if size % np.dtype(dtype).itemsize:
             raise InvalidInput(
@@ -191,6 +206,8 @@ async def infer_answer(service: Service, name: str, headers: Headers, body: byte
         raise InvalidInput(
             f"outputs: unknown output {unknown[0]!r:.60}; choose from {list(OUTPUTS)}"
         )
+    if len(set(wanted)) < len(wanted):
+        raise InvalidInput("outputs: an output is asked for twice")
     await service.log.make_room()
     result, ids = await service.predict_batched(X)
     classes = result.served.classes
