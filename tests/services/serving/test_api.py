@@ -8,6 +8,7 @@ import io
 import json
 import threading
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -1034,3 +1035,20 @@ def test_feature_names_with_quotes_backslashes_and_spaces_are_served(
         assert '"mean ""radius"""' in with_header and ", area ," in with_header
         r = c.post("/predict", content=with_header, headers={"content-type": "text/csv"})
         assert [p["label"] for p in r.json()["predictions"]] == expected, r.text
+
+
+def test_the_openapi_document_has_unique_operations_and_json_errors(model_store: Store) -> None:
+    app = create_app(serving_settings(), model_store)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # FastAPI warns of a duplicate operation id
+        doc = app.openapi()
+    ids = [op["operationId"] for path in doc["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids))
+    assert list(doc["paths"]["/health"]) == ["get"]  # HEAD is served, not documented twice
+    report = doc["paths"]["/reports/{report_id}"]["get"]["responses"]
+    assert list(report["200"]["content"]) == ["text/html"]
+    assert list(report["404"]["content"]) == ["application/json"]
+    reload_ = doc["paths"]["/admin/reload"]["post"]
+    body = reload_["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/ReloadRequest"}
+    assert {"409", "415", "422"} <= set(reload_["responses"])

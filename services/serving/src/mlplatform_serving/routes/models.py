@@ -52,7 +52,15 @@ def reports(
 @router.get(
     "/reports/{report_id}",
     response_class=HTMLResponse,
-    responses={404: ERRORS[404]},
+    # The error is JSON, as everywhere (not the route's HTML).
+    responses={
+        404: {
+            "description": ERRORS[404]["description"],
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
+            },
+        }
+    },
     tags=["reports"],
     summary="One report (HTML)",
 )
