@@ -95,15 +95,23 @@ def test_multiclass_quality_matches_scikit_learn() -> None:
     assert quality.roc_auc is not None
 
 
-def test_quality_without_probabilities_has_no_roc_auc(trained, heldout) -> None:  # type: ignore[no-untyped-def]
+def test_roc_auc_is_on_the_rows_with_probabilities(trained, heldout) -> None:  # type: ignore[no-untyped-def]
+    # One row labelled with its features (no probabilities) took ROC AUC off the whole report.
     X, y = heldout.drop(columns="target"), heldout["target"]
-    labelled, _ = _labelled(trained, X, y, flip=0.1)
-    labelled.loc[3, "proba_json"] = None  # its prediction fell out of the log
+    labelled, proba = _labelled(trained, X, y, flip=0.1)
+    labelled.loc[3, "proba_json"] = None  # labelled with its features, or out of the log
     quality, _ = quality_report(labelled, trained.classes)
-    assert quality.roc_auc is None
+    keep = labelled.index != 3
+    t = labelled["target"][keep]
+    assert quality.roc_auc == pytest.approx(skm.roc_auc_score(t == "1", proba[keep, 1]), abs=1e-12)
+    assert (quality.roc_auc_rows, quality.rows) == (len(labelled) - 1, len(labelled))
     assert quality.f1 == pytest.approx(
         skm.f1_score(labelled["target"], labelled["prediction"], pos_label="1"), abs=1e-12
     )
+    # With no row that has probabilities, there is none.
+    labelled["proba_json"] = None
+    quality, _ = quality_report(labelled, trained.classes)
+    assert quality.roc_auc is None and quality.roc_auc_rows == 0
 
 
 def test_quality_of_one_class_only_still_reports(trained, heldout) -> None:  # type: ignore[no-untyped-def]

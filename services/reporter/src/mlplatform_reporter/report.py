@@ -15,6 +15,7 @@ balanced accuracy; it is computed here as (TPR + TNR) / 2 (binary) or the mean p
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -82,6 +83,7 @@ class QualityResult:
     f1: float
     balanced_accuracy: float
     roc_auc: float | None = None
+    roc_auc_rows: int = 0  # the labelled rows with probabilities it is computed on
 
 
 @dataclass
@@ -155,11 +157,12 @@ def prod_data(pipeline: Any, feedback: pd.DataFrame, features: list[str]) -> pd.
     return out
 
 
-def quality_frame(labelled: pd.DataFrame, classes: list[Any]) -> tuple[pd.DataFrame, bool]:
+def quality_frame(labelled: pd.DataFrame, classes: list[Any]) -> tuple[pd.DataFrame, np.ndarray]:
     """``target``, ``prediction`` as label strings plus one probability column per class.
 
-    Returns the frame and whether it has usable probabilities: every row has a probability
-    vector of the right length, and both sides of the ROC curve are present.
+    Returns the frame and which of its rows have usable probabilities: a probability vector
+    of the right length (a row labelled with its features has none). None is usable when
+    the class names clash with the frame's own columns.
     """
     names = [str(c) for c in classes]
     frame = pd.DataFrame(
@@ -168,22 +171,21 @@ def quality_frame(labelled: pd.DataFrame, classes: list[Any]) -> tuple[pd.DataFr
             PREDICTION: labelled[PREDICTION].astype(str).to_numpy(),
         }
     )
-    probas: list[list[float]] = []
-    for raw in labelled.get("proba_json", pd.Series([None] * len(labelled))):
+    matrix = np.full((len(frame), len(names)), np.nan)
+    for row, raw in enumerate(labelled.get("proba_json", pd.Series([None] * len(labelled)))):
         try:
             vector = json.loads(raw) if isinstance(raw, str) else None
         except json.JSONDecodeError:
             vector = None
-        if not isinstance(vector, list) or len(vector) != len(names):
-            return frame, False
-        probas.append([float(v) for v in vector])
-    clash = {TARGET, PREDICTION} & set(names)
-    usable = bool(probas) and not clash and frame[TARGET].nunique() >= 2
-    if usable:
-        matrix = np.asarray(probas)
-        for i, name in enumerate(names):
-            frame[name] = matrix[:, i]
-    return frame, usable
+        if isinstance(vector, list) and len(vector) == len(names):
+            with contextlib.suppress(TypeError, ValueError):  # a non-number: none for the row
+                matrix[row] = [float(v) for v in vector]
+    has = np.isfinite(matrix).all(axis=1)
+    if {TARGET, PREDICTION} & set(names):
+        return frame, np.zeros(len(frame), dtype=bool)
+    for i, name in enumerate(names):
+        frame[name] = matrix[:, i]
+    return frame, has
 
 
 # -- reading a snapshot ------------------------------------------------------------------------
@@ -265,28 +267,43 @@ def quality_report(labelled: pd.DataFrame, classes: list[Any]) -> tuple[QualityR
 
     Binary problems score the second class as positive, as training does.
     """
-    frame, with_probas = quality_frame(labelled, classes)
+    frame, has_probas = quality_frame(labelled, classes)
     names = [str(c) for c in classes]
     binary = len(names) == 2
-    task: BinaryClassification | MulticlassClassification
-    if binary:
-        task = BinaryClassification(
-            target=TARGET,
-            prediction_labels=PREDICTION,
-            prediction_probas=names[1] if with_probas else None,
-            pos_label=names[1],
+
+    def run(rows: pd.DataFrame, with_probas: bool) -> Snapshot:
+        task: BinaryClassification | MulticlassClassification
+        if binary:
+            task = BinaryClassification(
+                target=TARGET,
+                prediction_labels=PREDICTION,
+                prediction_probas=names[1] if with_probas else None,
+                pos_label=names[1],
+            )
+        else:
+            task = MulticlassClassification(
+                target=TARGET,
+                prediction_labels=PREDICTION,
+                prediction_probas=names if with_probas else None,
+            )
+        columns = [TARGET, PREDICTION, *(names if with_probas else [])]
+        definition = DataDefinition(classification=[task], categorical_columns=[TARGET, PREDICTION])
+        return Report([ClassificationPreset()]).run(
+            Dataset.from_pandas(rows[columns].reset_index(drop=True), data_definition=definition),
+            None,
         )
-    else:
-        task = MulticlassClassification(
-            target=TARGET,
-            prediction_labels=PREDICTION,
-            prediction_probas=names if with_probas else None,
-        )
-    definition = DataDefinition(classification=[task], categorical_columns=[TARGET, PREDICTION])
-    snapshot = Report([ClassificationPreset()]).run(
-        Dataset.from_pandas(frame, data_definition=definition), None
-    )
+
+    # ROC AUC needs both classes among the rows with probabilities. Rows without (labelled
+    # with their features) are in every other number; ROC AUC is then on the others alone.
+    scored = frame.loc[has_probas]
+    roc_rows = len(scored) if scored[TARGET].nunique() >= 2 else 0
+    snapshot = run(frame, with_probas=roc_rows == len(frame))
     results = metric_results(snapshot)
+    roc_auc = None
+    if roc_rows == len(frame):
+        roc_auc = float(metric_value(results, "RocAuc"))
+    elif roc_rows:
+        roc_auc = float(metric_value(metric_results(run(scored, with_probas=True)), "RocAuc"))
     # (TPR + TNR) / 2; a rate with no rows to measure it on (one class only in the window) is
     # NaN and left out, as scikit-learn's balanced_accuracy_score does.
     if binary:
@@ -296,7 +313,6 @@ def quality_report(labelled: pd.DataFrame, classes: list[Any]) -> tuple[QualityR
         by_label = metric_value(results, "RecallByLabel")
         rates = [float(v) for k, v in by_label.items() if str(k) in present]
     balanced = float(np.nanmean(rates)) if not np.isnan(rates).all() else 0.0
-    roc_auc = float(metric_value(results, "RocAuc")) if with_probas else None
     quality = QualityResult(
         rows=len(frame),
         accuracy=float(metric_value(results, "Accuracy")),
@@ -305,6 +321,7 @@ def quality_report(labelled: pd.DataFrame, classes: list[Any]) -> tuple[QualityR
         f1=float(metric_value(results, "F1Score")),
         balanced_accuracy=balanced,
         roc_auc=roc_auc,
+        roc_auc_rows=roc_rows if roc_auc is not None else 0,
     )
     return quality, snapshot
 
@@ -385,8 +402,11 @@ def build_report(data: ReportInput, config: DriftConfig, pipeline: Any) -> Repor
         snapshots["quality"] = snap
         sections.append((f"Classification quality ({quality.rows} labelled rows)", snap))
         if quality.roc_auc is None:
+            notes.append("no ROC AUC: the labelled rows with probabilities hold one class or none")
+        elif quality.roc_auc_rows < quality.rows:
             notes.append(
-                "probabilities missing for some labelled rows or one class only: no ROC AUC"
+                f"ROC AUC on the {quality.roc_auc_rows} of {quality.rows} labelled rows that have "
+                "the model's probabilities (the others were labelled with their features)"
             )
         notes.append(
             f"balanced accuracy (TPR + TNR) / 2 = {quality.balanced_accuracy:.4f}"
