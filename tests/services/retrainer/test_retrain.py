@@ -15,8 +15,10 @@ from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import Store
 from mlplatform_retrainer import retrain as retrain_module
 from mlplatform_retrainer.gate import decide
+from mlplatform_retrainer.job import publish
 from mlplatform_retrainer.retrain import rollback, run
 from mlplatform_retrainer.rollout import RolloutFailed
+from mlplatform_retrainer.train import TrainConfig
 from tests.conftest import DATA, SIGNING_KEY, free_port
 from tests.services.retrainer.conftest import add_feedback, gate_held_out_rows, retrainer_settings
 
@@ -31,6 +33,44 @@ def test_gate_promotes_within_tolerance_only() -> None:
     rejected = decide(_scores(0.90, 0.95), _scores(0.95, 0.95), "f1", 0.01, 100)
     assert not rejected.promote
     assert rejected.reason.startswith("rejected: candidate f1=0.9000 vs production 0.9500")
+
+
+def test_gate_stops_a_line_of_versions_sliding_down_within_the_tolerance() -> None:
+    # 0.97 -> 0.96 -> 0.95 -> 0.94: each step within 0.02 of production, not of the line's best.
+    step = decide(_scores(0.94, 0.94), _scores(0.95, 0.95), "f1", 0.02, 100, reference_best=0.955)
+    assert step.promote
+    slid = decide(_scores(0.94, 0.94), _scores(0.95, 0.95), "f1", 0.02, 100, reference_best=0.97)
+    assert not slid.promote
+    assert "0.9400 vs 0.9500, best of its line 0.9700 on its reference part" in slid.reason
+
+
+def test_the_lines_best_comes_from_its_gates_back_to_a_fresh_training(
+    v1_store: Store, trained, shipped_dataset
+) -> None:
+    registry = ModelRegistry(v1_store, SIGNING_KEY)
+    sha = shipped_dataset.sha256
+
+    def retrained(parent: str, current: float, candidate: float, data_sha: str = sha) -> str:
+        gate = {"metric": "f1", "reference_current": current, "reference_candidate": candidate}
+        extra = {"gate": gate, "training_data": {"sha256": data_sha}}
+        version = publish(
+            registry, trained, shipped_dataset, TrainConfig(), parent=parent, extra=extra
+        )
+        registry.promote(version)
+        return version
+
+    v2 = retrained("v1", 0.97, 0.96)
+    v3 = retrained(v2, 0.96, 0.95)
+    assert retrain_module.line_best(registry, v3, "f1", sha) == 0.97
+    assert retrain_module.line_best(registry, v3, "accuracy", sha) is None
+    v4 = retrained(v3, 0.99, 0.94, data_sha="other data")  # a new data set starts a new line
+    assert retrain_module.line_best(registry, v4, "f1", sha) is None
+    # And the run uses it: the shipped model scores ~0.97 on the reference part; a recorded
+    # best of 1.0 with no tolerance keeps an identical candidate out.
+    retrained("v1", 1.0, 1.0)
+    add_feedback(v1_store, 40)
+    result = run(retrainer_settings(gate_tolerance=0.0), store=v1_store)
+    assert result.outcome == "rejected" and "best of its line 1.0000" in result.gate.reason
 
 
 def test_gate_rejects_a_candidate_worse_on_the_reference_part_even_if_better_overall() -> None:

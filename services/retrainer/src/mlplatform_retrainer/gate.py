@@ -5,6 +5,10 @@ the newest labelled rows. The candidate must not be worse by more than the toler
 whole holdout *and* on its reference part alone. The second check matters when labels are
 corrupted: the newest slice is then corrupted too and drags both scores down alike, while the
 reference part still shows what the bad labels did to the candidate.
+
+Tolerating a small loss at each step would let a line of versions slide down step by step, so
+on the reference part the candidate must also come within the tolerance of the best score any
+version of its line had there (``reference_best``, from the manifests' gates).
 """
 
 from __future__ import annotations
@@ -26,15 +30,21 @@ class GateResult:
     reference_current: float
     tolerance: float
     holdout_rows: int
+    reference_best: float | None = None
 
     @property
     def reason(self) -> str:
         verb = "promoted" if self.promote else "rejected"
+        best = (
+            f", best of its line {self.reference_best:.4f}"
+            if self.reference_best is not None and self.reference_best > self.reference_current
+            else ""
+        )
         return (
             f"{verb}: candidate {self.metric}={self.candidate:.4f} vs production "
             f"{self.current:.4f} on {self.holdout_rows} holdout rows, "
-            f"{self.reference_candidate:.4f} vs {self.reference_current:.4f} on its reference "
-            f"part (tolerance {self.tolerance})"
+            f"{self.reference_candidate:.4f} vs {self.reference_current:.4f}{best} on its "
+            f"reference part (tolerance {self.tolerance})"
         )
 
 
@@ -44,13 +54,17 @@ def decide(
     metric: str,
     tolerance: float,
     holdout_rows: int,
+    reference_best: float | None = None,
 ) -> GateResult:
     """Promote unless the candidate is worse than production by more than ``tolerance`` on
-    the ``holdout`` or on its ``reference`` part (scores keyed by part, then metric)."""
+    the ``holdout`` or on its ``reference`` part (scores keyed by part, then metric), or worse
+    than ``reference_best`` (the line's best on the reference part) by more than that."""
     ok = all(
         candidate[part][metric] >= current[part][metric] - tolerance
         for part in ("holdout", "reference")
     )
+    if reference_best is not None:
+        ok = ok and candidate["reference"][metric] >= reference_best - tolerance
     return GateResult(
         promote=ok,
         metric=metric,
@@ -60,6 +74,7 @@ def decide(
         reference_current=current["reference"][metric],
         tolerance=tolerance,
         holdout_rows=holdout_rows,
+        reference_best=reference_best,
     )
 
 

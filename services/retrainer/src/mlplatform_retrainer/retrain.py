@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
 
 from mlplatform_common import datalog, keys
 from mlplatform_common import metric_names as names
-from mlplatform_common.errors import ModelNotFound, ObjectNotFound
+from mlplatform_common.errors import MLPlatformError, ModelNotFound, ObjectNotFound
 from mlplatform_common.lock import LockHeld, StoreLock
 from mlplatform_common.registry import ModelRegistry, utcnow, version_number
 from mlplatform_common.schema import FEATURE_LIMIT, Dataset, complete_rows, parse_dataset
@@ -124,6 +124,29 @@ def triggers(
                 f"in report {report.get('id')}"
             )
     return reasons, new_rows, report_id
+
+
+def line_best(registry: ModelRegistry, version: str, metric: str, dataset_sha: str) -> float | None:
+    """The best reference-part score recorded by the gates of ``version``'s line: it and its
+    parents back to the first that no gate promoted (a fresh training), on the same data set
+    and metric (the same reference test split); None when no gate of the line recorded one."""
+    best: float | None = None
+    seen: set[str] = set()
+    current: str | None = version
+    while current is not None and current not in seen:
+        seen.add(current)
+        try:
+            manifest = registry.manifest(current)
+        except MLPlatformError:
+            break  # deleted or unreadable: the line is known up to here
+        gate = manifest.get("gate") or {}
+        data = manifest.get("training_data") or {}
+        if gate.get("metric") != metric or data.get("sha256") != dataset_sha:
+            break
+        recorded = [gate.get("reference_candidate"), gate.get("reference_current"), best]
+        best = max((float(s) for s in recorded if isinstance(s, int | float)), default=None)
+        current = manifest.get("parent")
+    return best
 
 
 def _reference(store: Store, dataset_name: str) -> Any:
@@ -275,6 +298,7 @@ def retrain(
         settings.quality_metric,
         settings.gate_tolerance,
         len(hold_X),
+        reference_best=line_best(registry, production, settings.quality_metric, reference.sha256),
     )
     logger.info("gate %s", gate.reason)
     result = RunResult(
