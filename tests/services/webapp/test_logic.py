@@ -114,6 +114,8 @@ def test_read_upload_keeps_target_and_names_problems() -> None:
 def test_summary_numbers_from_either_shape() -> None:
     nested = summary.numbers(NESTED_SUMMARY)
     assert nested["Drift share"] == 0.3 and nested["Drifted features"] == 3
+    # the raw features' drift too (the tiles showed the embedding's alone)
+    assert nested["Drift share (raw)"] == 0.1 and nested["Drifted raw features"] == 3
     assert nested["F1"] == 0.915 and nested["Recall"] == 0.92 and nested["Accuracy"] == 0.9
     assert nested["Production rows"] == 120 and nested["Labelled rows"] == 40
     flat = summary.numbers(FLAT_SUMMARY)

@@ -83,6 +83,12 @@ def numbers(summary: Any) -> dict[str, float]:
             value = _anywhere(summary, keys)
         if value is not None:
             out[label] = value
+    # The raw features' drift, next to the embedding's: only where the reporter puts it (a
+    # search elsewhere would find the embedding's numbers again).
+    for label, key in (("Drift share (raw)", "share"), ("Drifted raw features", "drifted_columns")):
+        number = _as_number(_at(summary, ("drift", "raw", key)))
+        if number is not None:
+            out[label] = number
     rows = summary.get("rows")
     if isinstance(rows, dict):
         for name in ("production", "current", "labelled", "reference"):

@@ -36,7 +36,7 @@ older = summary.numbers(by_id[ids[position + 1]]) if position + 1 < len(ids) els
 if numbers:
     columns = st.columns(min(len(numbers), 5))
     for i, (label, value) in enumerate(numbers.items()):
-        whole = label.endswith("rows") or label == "Drifted features"
+        whole = label.endswith("rows") or label.startswith("Drifted")
         delta = value - older[label] if label in older else None
         columns[i % len(columns)].metric(
             label,
