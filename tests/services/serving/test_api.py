@@ -163,7 +163,11 @@ def test_backup_answers_when_the_primary_raises(client: TestClient, rows, traine
         ),
         (
             lambda r: {"features": {**r, "mean_radius": None}},
-            ["features.mean_radius: must be a number"],
+            ["features.mean_radius: must be a number, got null (an empty value)"],
+        ),
+        (
+            lambda r: {"features": {**r, "mean_radius": "big"}},
+            ['features.mean_radius: must be a number, got a string "big"'],
         ),
         (lambda r: {"instances": [r, {**r, "mean_area": [1]}]}, ["instances[1].mean_area"]),
         (lambda r: {"instances": []}, ["instances: empty batch"]),

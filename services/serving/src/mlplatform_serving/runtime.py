@@ -31,6 +31,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import orjson
 
 from mlplatform_common import datalog
 from mlplatform_common.errors import Conflict, InvalidInput, MLPlatformError, ModelNotReady
@@ -280,6 +281,16 @@ class BatchResult:
 _FP32_MAX = float(np.finfo(np.float32).max)
 
 
+def _json_kind(value: Any) -> str:
+    """A JSON value as a client wrote it: ``null`` (an empty cell?), ``true``, ``"abc"``..."""
+    if value is None:
+        return "null (an empty value)"
+    if isinstance(value, bool | str):
+        kind = "a string" if isinstance(value, str) else "a boolean"
+        return f"{kind} {orjson.dumps(value).decode()[:40]}"
+    return {list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
+
+
 def _is_number(cell: str) -> bool:
     try:
         float(cell)
@@ -290,7 +301,7 @@ def _is_number(cell: str) -> bool:
 
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInput(f"{where}: must be a number, got {type(value).__name__} {value!r:.40}")
+        raise InvalidInput(f"{where}: must be a number, got {_json_kind(value)}")
     try:
         number = float(value)
     except OverflowError:
