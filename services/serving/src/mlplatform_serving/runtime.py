@@ -288,7 +288,9 @@ def _json_kind(value: Any) -> str:
     if isinstance(value, bool | str):
         kind = "a string" if isinstance(value, str) else "a boolean"
         return f"{kind} {orjson.dumps(value).decode()[:40]}"
-    return {list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
+    if isinstance(value, list | dict):
+        return "an array" if isinstance(value, list) else "an object"
+    return type(value).__name__
 
 
 def _is_number(cell: str) -> bool:
