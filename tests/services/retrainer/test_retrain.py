@@ -130,6 +130,24 @@ def test_labelled_rows_of_the_gates_held_out_split_are_not_trained_on(
     assert manifest["training_data"]["feedback_rows"] == 32  # the 40 others, 20% held out
 
 
+def test_with_no_labelled_row_to_train_on_nothing_is_published(v1_store: Store) -> None:
+    # The candidate would be the production model again: each such run published a copy
+    # (the traffic simulator's rows are all the gate's held-out ones).
+    v1_store.put_json(
+        keys.report_file("2026-11-20T00-00-00Z", "summary.json"),
+        {"id": "r1", "drift": {"embedding": {"share": 0.8}}},
+    )
+    result = run(retrainer_settings(), store=v1_store)
+    assert result.outcome == "skipped"
+    assert result.reasons == [
+        "drift share 0.80 > 0.5 in report r1",
+        "but no labelled row is usable for training",
+    ]
+    assert ModelRegistry(v1_store, SIGNING_KEY).versions() == ["v1"]
+    assert run(retrainer_settings(), store=v1_store).reasons == ["no trigger"]  # r1 answered
+    assert run(retrainer_settings(), store=v1_store, force=True).outcome == "promoted"
+
+
 def test_a_prediction_labelled_twice_trains_once(v1_store: Store) -> None:
     add_feedback(v1_store, 40, ids=True)
     add_feedback(v1_store, 40, ids=True, start=40)  # every label sent again (a retry)
@@ -177,6 +195,9 @@ def test_a_failed_rollout_says_what_is_in_production_and_the_rows_stay_answered(
         failed.value
     )
     assert ModelRegistry(v1_store, SIGNING_KEY).production_version() == "v2"
+    # The run is recorded as what it was: promoted, its rollout failed.
+    (record,) = [v1_store.get_json(k) for k in v1_store.list_keys("state/retrain-runs/")]
+    assert (record["outcome"], record["version"], record["rollout"]) == ("promoted", "v2", "failed")
     # The watermark was written before the rollout: the same rows do not retrain again.
     assert run(retrainer_settings(), store=v1_store).outcome == "skipped"
 
@@ -195,6 +216,7 @@ def test_a_candidate_trained_on_corrupted_labels_is_rejected(v1_store: Store) ->
 
 
 def test_drift_and_quality_in_the_latest_report_trigger(v1_store: Store) -> None:
+    add_feedback(v1_store, 5)  # fewer than k: the report is the trigger
     v1_store.put_json(
         keys.report_file("2026-11-20T00-00-00Z", "summary.json"),
         {"id": "r1", "drift": {"embedding": {"share": 0.8}}, "quality": {"f1": 0.5}},

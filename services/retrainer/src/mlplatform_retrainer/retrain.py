@@ -45,6 +45,7 @@ class RunResult:
     gate: GateResult | None = None
     rollout: str | None = None
     new_rows: int = 0
+    rollout_error: str | None = None
 
     def describe(self) -> str:
         parts = [f"retrain {self.outcome}"]
@@ -211,6 +212,22 @@ def _record(store: Store, result: RunResult) -> None:
     store.put_json(f"{RUNS}{datetime.now().strftime('%Y%m%dT%H%M%S%f')}.json", record)
 
 
+def _answered(store: Store, feedback: pd.DataFrame, outcome: str, report_id: str | None) -> None:
+    """The watermark: the labelled rows up to the newest read, and the latest report, are
+    answered by this run (they trigger no other)."""
+    newest = float(feedback["ts"].max()) if not feedback.empty else time.time()
+    store.put_json(
+        keys.WATERMARK,
+        {
+            "feedback_until": newest,
+            "rows": len(feedback),
+            "at": utcnow(),
+            "outcome": outcome,
+            "report_id": report_id,
+        },
+    )
+
+
 def retrain(
     settings: RetrainerSettings,
     store: Store,
@@ -254,6 +271,16 @@ def retrain(
             int(leak.sum()),
         )
         usable = usable.loc[~leak]
+    if usable.empty and "forced" not in reasons:
+        # The candidate would be the production model again (same data, same seed).
+        logger.info("no labelled row to train on is left: nothing to retrain")
+        _answered(store, feedback, "skipped", report_id)
+        return RunResult(
+            "skipped",
+            [*reasons, "but no labelled row is usable for training"],
+            production=production,
+            new_rows=new_rows,
+        )
     fb_X = usable[features].astype(float).reset_index(drop=True)
     fb_y = pd.Series(
         [datalog.label_of(t, current.classes) for t in usable["target"]], dtype=reference.y.dtype
@@ -331,26 +358,19 @@ def retrain(
         result.version = version
         result.production = version
     # The watermark first: these rows are answered even if the rollout below fails.
-    newest = float(feedback["ts"].max()) if not feedback.empty else time.time()
-    store.put_json(
-        keys.WATERMARK,
-        {
-            "feedback_until": newest,
-            "rows": len(feedback),
-            "at": utcnow(),
-            "outcome": result.outcome,
-            "report_id": report_id,
-        },
-    )
+    _answered(store, feedback, result.outcome, report_id)
     if result.version is not None:
         signature = registry.manifest(result.version)["signature"]["value"]
         try:
             result.rollout = roll_out(settings, result.version, signature)
         except RolloutFailed as exc:
-            raise RolloutFailed(
+            # Recorded and pushed as what it is (promoted, rollout failed) by run(), which
+            # then raises it.
+            result.rollout_error = (
                 f"{exc.message} -- {result.version} is published and in production; serving "
                 "loads it when it restarts (`make rollback` undoes the promotion)"
-            ) from None
+            )
+            result.rollout = "failed"
     return result
 
 
@@ -379,13 +399,15 @@ def run(settings: RetrainerSettings, force: bool = False, store: Store | None = 
             logger.info("retrain triggered: %s", "; ".join(reasons))
             result = retrain(settings, store, registry, reasons, new_rows, report_id)
         _record(store, result)
-        _push(settings, store, result, success=True)
-        return result
+        _push(settings, store, result, success=result.rollout_error is None)
     except BaseException:
         _push(settings, store, result, success=False)
         raise
     finally:
         lock.release()
+    if result.rollout_error is not None:
+        raise RolloutFailed(result.rollout_error)
+    return result
 
 
 def rollback(settings: RetrainerSettings, store: Store | None = None) -> dict[str, Any]:
