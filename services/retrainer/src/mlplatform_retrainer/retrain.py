@@ -127,11 +127,31 @@ def triggers(
     return reasons, new_rows, report_id
 
 
-def line_best(registry: ModelRegistry, version: str, metric: str, dataset_sha: str) -> float | None:
-    """The best reference-part score recorded by the gates of ``version``'s line: it and its
-    parents back to the first that no gate promoted (a fresh training), on the same data set
-    and metric (the same reference test split); None when no gate of the line recorded one."""
-    best: float | None = None
+def _gate_of_this_line(
+    manifest: dict[str, Any], metric: str, dataset_sha: str, seed: int
+) -> dict[str, Any] | None:
+    """The manifest's gate if this code's gate recorded it on the same reference test split
+    (data set, seed, metric) with that split's rows kept out of training; else None. Gates
+    recorded before the split's rows were kept out may be inflated: they end a line."""
+    gate = manifest.get("gate") or {}
+    data = manifest.get("training_data") or {}
+    same = (
+        gate.get("metric") == metric
+        and data.get("sha256") == dataset_sha
+        and data.get("split_seed") == seed
+        and data.get("held_out_excluded") is True
+    )
+    return gate if same else None
+
+
+def line_best(
+    registry: ModelRegistry, version: str, metric: str, dataset_sha: str, seed: int
+) -> float | None:
+    """The best reference-part score of ``version``'s line: the scores its gates recorded,
+    back through its parents to a fresh training (whose score its child's gate measured);
+    None when no gate of the line recorded one."""
+    scores: list[float] = []
+    child: dict[str, Any] | None = None  # the gate of the version before, in the walk
     seen: set[str] = set()
     current: str | None = version
     while current is not None and current not in seen:
@@ -140,14 +160,14 @@ def line_best(registry: ModelRegistry, version: str, metric: str, dataset_sha: s
             manifest = registry.manifest(current)
         except MLPlatformError:
             break  # deleted or unreadable: the line is known up to here
-        gate = manifest.get("gate") or {}
-        data = manifest.get("training_data") or {}
-        if gate.get("metric") != metric or data.get("sha256") != dataset_sha:
+        gate = _gate_of_this_line(manifest, metric, dataset_sha, seed)
+        if child is not None and (gate is not None or not manifest.get("gate")):
+            scores.append(float(child["reference_current"]))  # this version, as measured
+        if gate is None:
             break
-        recorded = [gate.get("reference_candidate"), gate.get("reference_current"), best]
-        best = max((float(s) for s in recorded if isinstance(s, int | float)), default=None)
-        current = manifest.get("parent")
-    return best
+        scores.append(float(gate["reference_candidate"]))
+        child, current = gate, manifest.get("parent")
+    return max(scores, default=None)
 
 
 def _reference(store: Store, dataset_name: str) -> Any:
@@ -325,7 +345,9 @@ def retrain(
         settings.quality_metric,
         settings.gate_tolerance,
         len(hold_X),
-        reference_best=line_best(registry, production, settings.quality_metric, reference.sha256),
+        reference_best=line_best(
+            registry, production, settings.quality_metric, reference.sha256, config.seed
+        ),
     )
     logger.info("gate %s", gate.reason)
     result = RunResult(
@@ -351,6 +373,9 @@ def retrain(
                     "rows": len(train_X),
                     "reference_rows": len(ref_pool_X),
                     "feedback_rows": len(train_fb_X),
+                    # the gate's reference rows were kept out (line_best trusts only this)
+                    "held_out_excluded": True,
+                    "split_seed": config.seed,
                 },
             },
         )
