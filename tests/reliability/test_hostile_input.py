@@ -301,7 +301,7 @@ def test_unicode_feature_names_and_values(
         # A lone surrogate escaped in JSON, in a key and as a target.
         _error(c.post("/predict", content=b'{"features": {"\\ud800": 1}}'), 422)
         _error(c.post("/feedback", content=b'{"prediction_id": "\\udfff", "target": 1}'), 422)
-        # CSV header with unicode look-alikes is not a header: its cells are not numbers.
+        # A CSV header with a unicode look-alike: that column is named as unknown.
         header = ",".join(["m\u0435an_radius", *list(rows[0])[1:]])
         line = ",".join(str(v) for v in rows[0].values())
         r = c.post(
@@ -309,7 +309,7 @@ def test_unicode_feature_names_and_values(
             content=f"{header}\n{line}\n".encode(),
             headers={"content-type": "text/csv"},
         )
-        _error(r, 422, "csv line 1")
+        _error(r, 422, "csv header: unknown column 'm\u0435an_radius'")
         # Latin-1 bytes are not UTF-8.
         r = c.post(
             "/predict", content="é,1\n".encode("latin-1"), headers={"content-type": "text/csv"}

@@ -228,6 +228,10 @@ def test_hostile_json_bodies(client: TestClient, raw: bytes, fragment: str) -> N
         ("nan," * 29 + "nan\n", "must be a finite number"),
         ("mean_radius,mean_texture\n1,2\n", "csv header: missing feature"),
         ("mean_radius,colour\n1,2\n", "csv header: unknown column 'colour'"),
+        (
+            ",mean_radius,mean_texture\n0,1,2\n",
+            "csv header: column 1 has no name (an index column?",
+        ),
         ("1e200," + "1," * 28 + "1\n", "column 'mean_radius': '1e200' is beyond ±1e+150"),
     ],
 )
@@ -250,7 +254,43 @@ def test_csv_over_the_row_limit_is_refused_before_the_rest_is_read(
         # Reading stopped at the limit: the malformed end of the body was never parsed.
         body = "\n".join([line] * 12 + ['"unterminated,1'])
         r = c.post("/predict", content=body, headers=csv_ct)
-        assert_error(r, 422, "csv: more than 10 rows is over the limit of 10 per request")
+        assert_error(
+            r, 422, "csv: over the limit of 10 rows per request (reading stopped at line 12)"
+        )
+        # Blank lines count too, twice the limit (they were read without end).
+        r = c.post("/predict", content=line + "\n" * 30 + '"unterminated,1', headers=csv_ct)
+        assert_error(
+            r, 422, "csv: over the limit of 10 rows per request (reading stopped at line 23)"
+        )
+
+
+def test_a_big_csv_is_parsed_off_the_event_loop_with_the_same_answer(
+    client: TestClient, rows, trained
+) -> None:
+    from mlplatform_serving.routes.predict import CSV_ON_THE_LOOP_BYTES
+
+    runtime = client.app.state.service.runtime  # type: ignore[attr-defined]
+    parse, threads = runtime.parse_csv, []
+
+    def parse_csv(*args: Any) -> Any:
+        threads.append(threading.get_ident())
+        return parse(*args)
+
+    runtime.parse_csv = parse_csv
+    one = pd.DataFrame(rows[:1]).to_csv(index=False)
+    assert client.post("/predict", content=one, headers={"content-type": "text/csv"}).is_success
+    frame = pd.DataFrame([rows[i % len(rows)] for i in range(3000)])
+    body = frame.to_csv(index=False)
+    assert len(body) > CSV_ON_THE_LOOP_BYTES
+    r = client.post("/predict", content=body, headers={"content-type": "text/csv"})
+    assert r.status_code == 200, r.text
+    on_the_loop, big = threads
+    assert big != on_the_loop  # a worker thread: the loop kept answering meanwhile
+    labels = [p["label"] for p in r.json()["predictions"]]
+    assert labels == trained.pipeline.predict(frame).tolist()
+    bad = body + "1,2\n"
+    r = client.post("/predict", content=bad, headers={"content-type": "text/csv"})
+    assert_error(r, 422, "csv line 3002: expected 30 values, got 2")
 
 
 def test_csv_rows_with_embedded_quotes_and_wrong_counts(client: TestClient, rows) -> None:

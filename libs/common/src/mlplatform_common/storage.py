@@ -42,10 +42,11 @@ def validate_key(key: str) -> str:
         raise InvalidInput(f"store key {key!r} contains a control character")
     if any(p.startswith(".") and _TMP_MARK in p for p in parts):
         raise InvalidInput(f"store key {key!r} uses the reserved temporary-file marker")
-    # S3 keys are at most 1,024 bytes; a file name at most 255 (the local store's folders).
-    if len(key.encode()) > 1024 or any(len(p.encode()) > 255 for p in parts):
+    # S3 keys are at most 1,024 bytes; a file name at most 255, and the local store's
+    # temporary name adds 15 to the last part.
+    if len(key.encode()) > 1024 or any(len(p.encode()) > 240 for p in parts):
         raise InvalidInput(
-            f"store key {key!r:.80} is too long (over 1,024 bytes, or a part over 255)"
+            f"store key {key!r:.80} is too long (over 1,024 bytes, or a part over 240)"
         )
     return key
 

@@ -468,8 +468,8 @@ class ModelRuntime:
 
     def parse_csv(self, body: bytes, max_rows: int | None = None) -> np.ndarray:
         """Rows as ``text/csv`` (SageMaker style), with or without a header line. Reading
-        stops past ``max_rows`` (+ a header): a body of many more is refused without parsing
-        all of it on the event loop."""
+        stops past ``max_rows`` rows (+ a header), or twice as many lines blank ones
+        included: a body of many more is refused without parsing all of it."""
         features = self.served.features
         try:
             text = body.decode("utf-8-sig")
@@ -480,20 +480,26 @@ class ModelRuntime:
             for n, row in enumerate(csv.reader(io.StringIO(text), strict=True), start=1):
                 if any(c.strip() for c in row):
                     numbered.append((n, row))
-                    if max_rows is not None and len(numbered) > max_rows + 1:
-                        raise InvalidInput(
-                            f"csv: more than {max_rows} rows is over the limit of {max_rows} "
-                            "per request"
-                        )
+                if max_rows is not None and (
+                    len(numbered) > max_rows + 1 or n > 2 * (max_rows + 1)
+                ):
+                    raise InvalidInput(
+                        f"csv: over the limit of {max_rows} rows per request (reading "
+                        f"stopped at line {n})"
+                    )
         except csv.Error as exc:
             raise InvalidInput(f"csv: malformed ({exc})") from None
         names = {f.strip(): f for f in features} | {f: f for f in features}
         first = [names.get(c, names.get(c.strip())) for c in numbered[0][1]] if numbered else []
         if first and None in first and any(first) and not all(map(_is_number, numbered[0][1])):
-            unknown = numbered[0][1][first.index(None)].strip()
+            at = first.index(None)
+            unknown = numbered[0][1][at].strip()
             raise InvalidInput(
                 f"csv header: unknown column {unknown!r:.60}; the columns are the features of "
                 "GET /model"
+                if unknown
+                else f"csv header: column {at + 1} has no name (an index column? send the "
+                "features only, e.g. DataFrame.to_csv(index=False))"
             )
         if first and None not in first:
             header = [str(h) for h in first]
