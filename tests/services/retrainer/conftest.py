@@ -38,28 +38,46 @@ def gate_held_out_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.loc[parts.X_test.index]
 
 
+def label(
+    store: Store,
+    features: dict[str, float],
+    target: str,
+    ts: float,
+    *,
+    prediction: str | None = None,
+    prediction_id: str | None = None,
+) -> None:
+    """One labelled row of v1, stored as serving stores it (prediction: the target's)."""
+    datalog.write_feedback(
+        store,
+        {
+            "prediction_id": prediction_id,
+            "model_version": "v1",
+            "prediction": target if prediction is None else prediction,
+            "target": target,
+            "features": features,
+        },
+        ts=ts,
+    )
+
+
 def add_feedback(
     store: Store, n: int, *, corrupt: bool = False, seed: int = 0, start: int = 0, ids: bool = False
 ) -> None:
     """``n`` labelled rows from the shipped data (true labels, or flipped ones if corrupt);
     with ``ids``, labels of predictions ``p0``, ``p1``, ... (the same ones for the same seed)."""
     frame = pd.read_csv(DATA)
-    frame = frame.drop(
-        index=gate_held_out_rows(frame).index
-    )  # new rows, not the gate's held-out ones
+    frame = frame.drop(index=gate_held_out_rows(frame).index)  # new rows, not held-out ones
     frame = frame.sample(n=n, random_state=seed, replace=n > len(frame)).reset_index(drop=True)
     now = time.time()
     for i, row in frame.iterrows():
         features = row.drop("target").to_dict()
         target = 1 - int(row["target"]) if corrupt else int(row["target"])
-        datalog.write_feedback(
+        label(
             store,
-            {
-                "prediction_id": f"p{i}" if ids else None,
-                "model_version": "v1",
-                "prediction": str(int(row["target"])),
-                "target": str(target),
-                "features": features,
-            },
-            ts=now + (start + int(i)) * 0.001,
+            features,
+            str(target),
+            now + (start + int(i)) * 0.001,
+            prediction=str(int(row["target"])),
+            prediction_id=f"p{i}" if ids else None,
         )

@@ -43,20 +43,27 @@ def test_k_labelled_rows_retrain_and_serving_swaps_without_failures(
             serving, tmp_path, trained, shipped_dataset, env
         )
         # make train: the new version is served at once (it waited for a restart before).
-        proc = subprocess.run(
-            [sys.executable, "-m", "mlplatform_retrainer", "train"],
-            cwd=REPO,
-            env={**os.environ, **env, "MLPLATFORM_SERVING_URL": serving.url},
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        proc = _retrainer("train", {**env, "MLPLATFORM_SERVING_URL": serving.url}, timeout=300)
         assert proc.returncode == 0, proc.stderr
         assert f"serving at {serving.url} now serves v3" in proc.stdout
         assert httpx.get(serving.url + "/health").json()["model_version"] == "v3"
     finally:
         serving.stop()
+
+
+def _retrainer(
+    command: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m mlplatform_retrainer <command>`` as a user runs it, with ``env`` set."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlplatform_retrainer", command],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _a_retrainer_on_another_store_cannot_swap_this_serving(
@@ -68,20 +75,8 @@ def _a_retrainer_on_another_store_cannot_swap_this_serving(
     other_registry = ModelRegistry(other, SIGNING_KEY)
     for _ in range(3):
         publish_trained(other_registry, trained, shipped_dataset)
-    proc = subprocess.run(
-        [sys.executable, "-m", "mlplatform_retrainer", "rollback"],
-        cwd=REPO,
-        env={
-            **os.environ,
-            **env,
-            "MLPLATFORM_STORE_URL": f"file://{other.root}",
-            "MLPLATFORM_SERVING_URL": serving.url,
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    other_env = {**env, "MLPLATFORM_STORE_URL": f"file://{other.root}"}
+    proc = _retrainer("rollback", {**other_env, "MLPLATFORM_SERVING_URL": serving.url})
     assert proc.returncode != 0
     assert "serving refused to reload v2: 409" in proc.stderr + proc.stdout
     assert "its manifest signature differs" in proc.stderr + proc.stdout
@@ -147,15 +142,7 @@ def _retrain_and_roll_back(
     assert registry.manifest("v2")["trigger"] == ["20 new labelled rows (k=20)"]
 
     # Rollback, by the same path: alias back to v1 and serving told to reload.
-    proc = subprocess.run(
-        [sys.executable, "-m", "mlplatform_retrainer", "rollback"],
-        cwd=REPO,
-        env={**os.environ, **env, "MLPLATFORM_SERVING_URL": serving.url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = _retrainer("rollback", {**env, "MLPLATFORM_SERVING_URL": serving.url})
     assert proc.returncode == 0, proc.stderr
     assert "production is v1 again (was v2); rollout: local" in proc.stdout
     assert httpx.get(serving.url + "/health").json()["model_version"] == "v1"

@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 
-from mlplatform_common import datalog, keys
+from mlplatform_common import keys
 from mlplatform_common.lock import LockHeld, StoreLock
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import Store
@@ -20,7 +20,12 @@ from mlplatform_retrainer.retrain import rollback, run
 from mlplatform_retrainer.rollout import RolloutFailed
 from mlplatform_retrainer.train import TrainConfig
 from tests.conftest import DATA, SIGNING_KEY, free_port
-from tests.services.retrainer.conftest import add_feedback, gate_held_out_rows, retrainer_settings
+from tests.services.retrainer.conftest import (
+    add_feedback,
+    gate_held_out_rows,
+    label,
+    retrainer_settings,
+)
 
 
 def _scores(holdout: float, reference: float) -> dict[str, dict[str, float]]:
@@ -134,11 +139,7 @@ def test_labelled_rows_of_the_gates_held_out_split_are_not_trained_on(
     for i, row in enumerate(gate_held_out_rows(pd.read_csv(DATA)).head(10).itertuples(index=False)):
         features = row._asdict()
         target = str(features.pop("target"))
-        datalog.write_feedback(
-            v1_store,
-            {"model_version": "v1", "prediction": target, "target": target, "features": features},
-            ts=time.time() + 1 + i,
-        )
+        label(v1_store, features, target, time.time() + 1 + i)
     with caplog.at_level(logging.INFO, logger="mlplatform"):
         result = run(retrainer_settings(), store=v1_store)
     assert result.outcome == "promoted", result.describe()
@@ -182,16 +183,7 @@ def test_labelled_rows_no_model_can_train_on_are_left_out(
     add_feedback(v1_store, 40)
     row = pd.read_csv(DATA).drop(columns="target").iloc[0].to_dict()
     for i, (name, value) in enumerate([("mean_area", 1e308), ("mean_radius", 1e200)]):
-        datalog.write_feedback(
-            v1_store,
-            {
-                "model_version": "v1",
-                "prediction": "0",
-                "target": "0",
-                "features": {**row, name: value},
-            },
-            ts=time.time() + 1 + i,
-        )
+        label(v1_store, {**row, name: value}, "0", time.time() + 1 + i)
     with caplog.at_level(logging.WARNING, logger="mlplatform"):
         result = run(retrainer_settings(), store=v1_store)
     assert result.outcome == "promoted", result.describe()

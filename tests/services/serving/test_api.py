@@ -604,7 +604,7 @@ def test_reload_with_another_stores_signature_is_refused(
     # is another model than this store's v2. It sends the manifest's HMAC; this one differs.
     registry = ModelRegistry(model_store, SIGNING_KEY)
     publish_trained(registry, trained, shipped_dataset)
-    ours = registry.manifest("v2")["signature"]["value"]
+    ours = registry.signature("v2")
     other = ("0" if ours[0] != "0" else "1") + ours[1:]
     r = client.post("/admin/reload", headers=ADMIN, json={"version": "v2", "signature": other})
     assert_error(r, 409, "version v2 in this serving's store", "its manifest signature differs")

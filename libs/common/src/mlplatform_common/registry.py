@@ -37,7 +37,9 @@ REF_DATA = "ref_data.csv"
 ONNX = "model.onnx"
 EMBEDDING_ONNX = "embedding.onnx"
 _CLAIM = "claim.json"
-_VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
+VERSION_PATTERN = r"^v([1-9][0-9]*)$"
+"""A version's name: ``v1``, ``v2``, ..."""
+_VERSION_RE = re.compile(VERSION_PATTERN)
 
 
 def version_number(version: str) -> int:
@@ -104,6 +106,11 @@ class LoadedModel:
     def classes(self) -> list[Any]:
         return list(self.manifest["classes"])
 
+    @property
+    def signature(self) -> str:
+        """The manifest's HMAC: which model this is, whatever store it is read from."""
+        return str(self.manifest["signature"]["value"])
+
 
 class ModelRegistry:
     """Publish, verify, load and alias model versions in a store."""
@@ -120,6 +127,10 @@ class ModelRegistry:
             k.split("/")[1] for k in self.store.list_keys(keys.MODELS) if k.endswith("/" + MANIFEST)
         ]
         return sorted((v for v in found if _VERSION_RE.match(v)), key=version_number)
+
+    def signature(self, version: str) -> str:
+        """The verified manifest's HMAC (``LoadedModel.signature``) without loading files."""
+        return str(self.manifest(version)["signature"]["value"])
 
     def manifest(self, version: str) -> dict[str, Any]:
         """The verified manifest of a version.

@@ -36,9 +36,9 @@ def _train(settings: RetrainerSettings, args: argparse.Namespace) -> int:
         # Like a retrain, tell a local serving (make dev) to load it. Best effort: none may
         # be running yet (make dev trains v1 before it starts the services).
         version = published.version
-        signature = ModelRegistry(store, settings.require_signing_key()).manifest(version)
+        signature = ModelRegistry(store, settings.require_signing_key()).signature(version)
         try:
-            rollout_local(settings, version, signature["signature"]["value"])
+            rollout_local(settings, version, signature)
             print(f"serving at {settings.serving_url} now serves {version}")
         except MLPlatformError as exc:
             print(f"serving not told ({exc.message[:160]}); it loads {version} when it starts")

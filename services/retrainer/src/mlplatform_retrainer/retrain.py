@@ -385,9 +385,8 @@ def retrain(
     # The watermark first: these rows are answered even if the rollout below fails.
     _answered(store, feedback, result.outcome, report_id)
     if result.version is not None:
-        signature = registry.manifest(result.version)["signature"]["value"]
         try:
-            result.rollout = roll_out(settings, result.version, signature)
+            result.rollout = roll_out(settings, result.version, registry.signature(result.version))
         except RolloutFailed as exc:
             # Recorded and pushed as what it is (promoted, rollout failed) by run(), which
             # then raises it.
@@ -441,8 +440,7 @@ def rollback(settings: RetrainerSettings, store: Store | None = None) -> dict[st
     registry = ModelRegistry(store, settings.require_signing_key())
     with StoreLock(store, keys.RETRAIN_LOCK, settings.lock_ttl_seconds):
         alias = registry.rollback()
-        signature = registry.manifest(alias["version"])["signature"]["value"]
-        how = roll_out(settings, alias["version"], signature)
+        how = roll_out(settings, alias["version"], registry.signature(alias["version"]))
     logger.info("rolled back to %s (%s)", alias["version"], how)
     return {**alias, "rollout": how}
 

@@ -368,7 +368,7 @@ class ModelRuntime:
             try:
                 target = version or self.pinned_version or self.registry.production_version()
                 model = self.registry.load(target)
-                if signature is not None and model.manifest["signature"]["value"] != signature:
+                if signature is not None and model.signature != signature:
                     raise Conflict(
                         f"version {target} in this serving's store ({self.registry.store.url}) "
                         "is not the one asked for: its manifest signature differs (does the "

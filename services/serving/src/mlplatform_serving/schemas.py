@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlplatform_common.registry import VERSION_PATTERN
+
 _EXAMPLE_ROW = {"mean_radius": 14.1, "mean_texture": 19.3, "...": "every feature of GET /model"}
 
 
@@ -96,7 +98,7 @@ def internal_error_body() -> dict[str, str]:
 class ReloadRequest(Strict):
     version: str | None = Field(
         default=None,
-        pattern=r"^v[1-9][0-9]*$",
+        pattern=VERSION_PATTERN,
         description="Version to load (v1, v2, ...); default: MODEL_VERSION or the production alias",
     )
     signature: str | None = Field(

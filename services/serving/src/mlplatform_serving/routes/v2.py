@@ -19,8 +19,10 @@ from starlette.datastructures import Headers
 from mlplatform_common.errors import InvalidInput, ModelNotFound
 from mlplatform_serving.deps import RuntimeDep, SettingsDep
 from mlplatform_serving.routes.predict import loads, parse_model
+from mlplatform_serving.runtime import ModelRuntime
 from mlplatform_serving.schemas import ERRORS
 from mlplatform_serving.service import Service
+from mlplatform_serving.settings import ServingSettings
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
@@ -57,7 +59,12 @@ def _check_name(name: str, settings: SettingsDep) -> None:
         )
 
 
-def _check_version(name: str, version: str, served: str) -> None:
+def _check_version(
+    name: str, version: str, settings: ServingSettings, runtime: ModelRuntime
+) -> None:
+    """The versioned paths answer for the model being served, in its version only."""
+    _check_name(name, settings)
+    served = runtime.model.version
     if version != served:
         raise ModelNotFound(
             f"model {name!r:.80} version {version!r:.40} is not served here; this server serves "
@@ -116,8 +123,7 @@ async def model_ready(name: str, runtime: RuntimeDep, settings: SettingsDep) -> 
 async def version_metadata(
     name: str, version: str, runtime: RuntimeDep, settings: SettingsDep
 ) -> dict[str, Any]:
-    _check_name(name, settings)
-    _check_version(name, version, runtime.model.version)
+    _check_version(name, version, settings, runtime)
     return await model_metadata(name, runtime, settings)
 
 
@@ -125,8 +131,7 @@ async def version_metadata(
 async def version_ready(
     name: str, version: str, runtime: RuntimeDep, settings: SettingsDep
 ) -> dict[str, Any]:
-    _check_name(name, settings)
-    _check_version(name, version, runtime.model.version)
+    _check_version(name, version, settings, runtime)
     return await model_ready(name, runtime, settings)
 
 
@@ -268,6 +273,5 @@ async def infer(name: str, request: Request) -> Response:
 @router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
 async def version_infer(name: str, version: str, request: Request) -> Response:
     service: Service = request.app.state.service
-    _check_name(name, service.settings)
-    _check_version(name, version, service.runtime.model.version)
+    _check_version(name, version, service.settings, service.runtime)
     return await infer(name, request)
