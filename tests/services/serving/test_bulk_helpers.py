@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from mlplatform_common import datalog
 from mlplatform_serving.observability import observe_many
-from mlplatform_serving.predlog import _chunks, columns_and_embedding, row_blocks
+from mlplatform_serving.predlog import columns_and_embedding, row_blocks
 from mlplatform_serving.runtime import BatchResult, top_of
 from mlplatform_serving.service import Service
 
@@ -106,21 +106,6 @@ def test_spliced_answers_equal_orjson_of_the_row_dicts(
     assert (
         orjson.dumps(Service.answers_spliced(result, datalog.new_prediction_ids(0, 1.0))) == b"[]"
     )
-
-
-@pytest.mark.parametrize(
-    ("lengths", "limit", "runs"),
-    [
-        ([10, 10, 10, 10, 10], 25, [(0, 2), (2, 4), (4, 5)]),
-        ([40, 1, 1], 25, [(0, 1), (1, 3)]),  # longer than the limit: a run of its own
-        ([1] * 4, 2, [(0, 2), (2, 4)]),
-        ([], 25, []),
-    ],
-)
-def test_chunks_group_whole_requests_up_to_the_limit(
-    lengths: list[int], limit: int, runs: list[tuple[int, int]]
-) -> None:
-    assert _chunks(lengths, limit) == runs
 
 
 # request sizes of a flush: one-row requests, batches, one bigger than a block, none left over

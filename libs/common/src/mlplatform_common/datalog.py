@@ -205,8 +205,9 @@ def write_predictions(store: Store, rows: pd.DataFrame, ts: float | None = None)
         object_encoding="utf8",
         stats=False,
         has_nulls="infer",
+        compression=None,
     )
-    store.put(key, buf.getvalue(), "application/vnd.apache.parquet")
+    store.put(key, buf.getbuffer(), "application/vnd.apache.parquet")  # no copy of the object
     return key
 
 

@@ -61,8 +61,11 @@ class Store(ABC):
         """Return the object's bytes; raise ``ObjectNotFound`` if there is none."""
 
     @abstractmethod
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        """Write the object atomically: readers see the old bytes or the new, never a part."""
+    def put(
+        self, key: str, data: bytes | memoryview, content_type: str = "application/octet-stream"
+    ) -> None:
+        """Write the object atomically: readers see the old bytes or the new, never a part.
+        ``data`` may be a buffer's view (``BytesIO.getbuffer``), written without a copy."""
 
     @abstractmethod
     def put_if_absent(
@@ -125,7 +128,7 @@ class LocalStore(Store):
     def ensure(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def _write_temp(self, path: Path, data: bytes) -> str:
+    def _write_temp(self, path: Path, data: bytes | memoryview) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{_TMP_MARK}")
         try:
@@ -133,6 +136,8 @@ class LocalStore(Store):
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+                if hasattr(os, "posix_fadvise"):  # written for other processes, read later
+                    os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         except BaseException:
             os.unlink(tmp)
             raise
@@ -144,7 +149,9 @@ class LocalStore(Store):
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFound(f"no object {key!r} in {self.url}") from None
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(
+        self, key: str, data: bytes | memoryview, content_type: str = "application/octet-stream"
+    ) -> None:
         path = self._path(key)
         os.replace(self._write_temp(path, data), path)
 
@@ -277,7 +284,9 @@ class S3Store(Store):
                 raise self._missing(exc, key) from None
             raise StorageUnavailable(f"reading {key!r} from {self.url} failed: {exc}") from None
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(
+        self, key: str, data: bytes | memoryview, content_type: str = "application/octet-stream"
+    ) -> None:
         validate_key(key)
         try:
             self._call(

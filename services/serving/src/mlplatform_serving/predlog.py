@@ -195,24 +195,6 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
     return pd.DataFrame(columns, copy=False)
 
 
-def _chunks(
-    lengths: list[int], limit: int, kinds: list[str] | None = None
-) -> list[tuple[int, int]]:
-    """``[start, end)`` runs of consecutive items whose lengths add up to at most ``limit``
-    (an item longer than ``limit`` is a run of its own), and of one kind each (``kinds``:
-    the model version, so an object holds one version's columns and classes)."""
-    runs: list[tuple[int, int]] = []
-    start, total = 0, 0
-    for i, n in enumerate(lengths):
-        if i > start and (total + n > limit or (kinds is not None and kinds[i] != kinds[start])):
-            runs.append((start, i))
-            start, total = i, 0
-        total += n
-    if start < len(lengths):
-        runs.append((start, len(lengths)))
-    return runs
-
-
 class PredictionLog:
     """Buffered, bounded writer of the prediction log plus a recent-id index."""
 
@@ -350,24 +332,47 @@ class PredictionLog:
 
     def flush(self) -> int:
         """Write what is buffered now, in objects of at most ``write_max_rows`` rows (whole
-        requests); return the rows written. At the first failed write, it and the rest stay
-        buffered. (Rows that arrive meanwhile wait for the next flush: a loop "until empty"
-        would write an object per handful of rows under steady load.)"""
+        requests of one model version); return the rows written. An object's requests leave
+        the buffer only when it is written, so while the writer is behind the process holds
+        the buffer and one object, not the buffer twice over (its backpressure, ``make_room``,
+        counts them until then). At the first failed write, it and the rest stay buffered.
+        (Rows that arrive meanwhile wait for the next flush: a loop "until empty" would write
+        an object per handful of rows under steady load.)"""
         with self._flush_lock:
             with self._lock:
-                entries = list(self._pending)
-                self._pending.clear()
-                self._pending_rows = 0
-                self._pending_bytes = 0
+                left = len(self._pending)
             written = 0
-            versions = [e.result.served.version for e in entries]
-            for start, end in _chunks([len(e) for e in entries], self.write_max_rows, versions):
-                rows = self._write(entries[start:end])
+            while left > 0:
+                with self._lock:
+                    entries = self._take(left)
+                if not entries:  # dropped meanwhile by the bounds (_trim)
+                    break
+                left -= len(entries)
+                rows = self._write(entries)
                 if rows < 0:
-                    self._keep(entries[start:])
+                    self._keep(entries)
                     break
                 written += rows
             return written
+
+    def _take(self, most: int) -> list[Entry]:
+        """Take the next object's requests off the buffer (the lock held): the oldest, then
+        those after it of the same version, up to ``write_max_rows`` rows (a request longer
+        than that alone) and ``most`` requests."""
+        taken: list[Entry] = []
+        rows = 0
+        while self._pending and len(taken) < most:
+            entry = self._pending[0]
+            if taken and (
+                rows + len(entry) > self.write_max_rows
+                or entry.result.served.version != taken[0].result.served.version
+            ):
+                break
+            taken.append(self._pending.popleft())
+            rows += len(entry)
+            self._pending_rows -= len(entry)
+            self._pending_bytes -= entry.nbytes
+        return taken
 
     def _write(self, entries: list[Entry]) -> int:
         """Write some requests as one object: the rows written; 0 if their rows could not be

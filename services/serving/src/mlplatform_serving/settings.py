@@ -74,8 +74,10 @@ class ServingSettings(CommonSettings):
     """... in objects of at most this many rows (whole requests; a bigger request is one
     object): it bounds the writer's memory when it catches up with a backlog."""
 
-    log_buffer_max_rows: int = 200_000
-    """Rows kept while the store is down; beyond this the oldest are dropped and counted..."""
+    log_buffer_max_rows: int = 100_000
+    """Rows kept while the store is down; beyond this the oldest are dropped and counted...
+    (200,000 put one serving process past 250 MB at its peak with binary V2 batches, whose
+    requests outrun the writer; bench/BENCHMARKS.md)"""
 
     log_buffer_max_mb: float = 128.0
     """... and beyond about this much memory (one-row requests cost ~2.5 kB each). Requests
@@ -85,9 +87,10 @@ class ServingSettings(CommonSettings):
     """Recent predictions kept in memory for ``/feedback`` by ``prediction_id`` (older ones
     are found in the stored log)..."""
 
-    recent_cache_mb: float = 32.0
+    recent_cache_mb: float = 16.0
     """... and at most about this much memory for them: one-row requests cost ~2.5 kB each,
-    so 100,000 of them took 250 MB (bench/BENCHMARKS.md)."""
+    so 100,000 of them took 250 MB. Under full load 16 MB hold the last second or two;
+    32 MB put one serving process past 250 MB at its peak (bench/BENCHMARKS.md)."""
 
     feedback_lookup_days: int = 7
     """How many days of the prediction log ``/feedback`` searches for an unknown id."""
