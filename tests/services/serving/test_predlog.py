@@ -116,6 +116,32 @@ def test_a_flush_writes_whole_requests_up_to_the_object_limit_and_holds_the_rest
     assert log.pending_rows == 0
 
 
+def test_rows_that_arrive_during_a_flush_wait_their_own_flush_interval(
+    local_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # They are the buffer's oldest rows now: judged by the flush's start, not by the rows
+    # the flush wrote, or the writer would write an object at every wake under steady load.
+    log = _log(local_store, flush_seconds=0.5, write_max_rows=3)
+    served = _served("v1", [0, 1])
+    for i in range(2):  # two objects
+        log.add(_result(served, 3, seed=i), [datalog.new_prediction_ids(3, 1000.0)], 1000.0)
+    time.sleep(0.6)
+    assert log._due()
+    put = local_store.put
+    puts = []
+
+    def put_while_a_request_arrives(key: str, data: bytes, content_type: str = "") -> None:
+        puts.append(key)
+        if len(puts) == 1:  # while the second object still waits in the buffer
+            log.add(_result(served, 2, seed=5), [datalog.new_prediction_ids(2, 1001.0)], 1001.0)
+        put(key, data, content_type)
+
+    monkeypatch.setattr(local_store, "put", put_while_a_request_arrives)
+    assert log.flush() == 6
+    assert log.pending_rows == 2
+    assert not log._due()
+
+
 def test_compact_batches_of_two_versions_read_together_keep_each_rows_classes() -> None:
     # Objects written before the one-version runs could hold two versions: NaN-padded.
     frame = pd.DataFrame({"proba_0": [0.25, 0.2], "proba_1": [0.75, 0.3], "proba_2": [np.nan, 0.5]})
@@ -228,5 +254,5 @@ def test_the_writer_reuses_freed_memory_instead_of_faulting_it_in_again() -> Non
         return int(run.stdout)
 
     default, kept = faults("default"), faults("kept")
-    assert default > 2_000  # the premise: the third round still faults its memory in
-    assert kept < 200
+    assert default > 1_000  # the premise: the third round still faults its memory in
+    assert kept * 10 < default

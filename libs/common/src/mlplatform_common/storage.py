@@ -65,7 +65,8 @@ class Store(ABC):
         self, key: str, data: bytes | memoryview, content_type: str = "application/octet-stream"
     ) -> None:
         """Write the object atomically: readers see the old bytes or the new, never a part.
-        ``data`` may be a buffer's view (``BytesIO.getbuffer``), written without a copy."""
+        ``data`` may be a buffer's view (``BytesIO.getbuffer``): the local store writes it
+        without a copy."""
 
     @abstractmethod
     def put_if_absent(
@@ -136,7 +137,10 @@ class LocalStore(Store):
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-                if hasattr(os, "posix_fadvise"):  # written for other processes, read later
+                # Every object is written for other processes, to be read later: out of the
+                # page cache, or the log's stream of new objects makes it grow into fresh
+                # memory (an 18 MB write took 43 ms instead of 4, bench/BENCHMARKS.md).
+                if hasattr(os, "posix_fadvise"):
                     os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         except BaseException:
             os.unlink(tmp)

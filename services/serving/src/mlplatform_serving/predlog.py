@@ -332,28 +332,38 @@ class PredictionLog:
 
     def flush(self) -> int:
         """Write what is buffered now, in objects of at most ``write_max_rows`` rows (whole
-        requests of one model version); return the rows written. An object's requests leave
-        the buffer only when it is written, so while the writer is behind the process holds
-        the buffer and one object, not the buffer twice over (its backpressure, ``make_room``,
-        counts them until then). At the first failed write, it and the rest stay buffered.
-        (Rows that arrive meanwhile wait for the next flush: a loop "until empty" would write
-        an object per handful of rows under steady load.)"""
+        requests of one model version); return the rows written. Requests leave the buffer
+        an object at a time, as it is taken for writing: while the writer is behind, the
+        process holds the buffer and one object, not the buffer twice over, and the rest stay
+        counted by the backpressure (``make_room``). At the first failed write, it and the
+        rest stay buffered. (Rows that arrive meanwhile wait for the next flush: a loop "until
+        empty" would write an object per handful of rows under steady load.)"""
         with self._flush_lock:
+            started = time.monotonic()
             with self._lock:
                 left = len(self._pending)
-            written = 0
-            while left > 0:
-                with self._lock:
-                    entries = self._take(left)
-                if not entries:  # dropped meanwhile by the bounds (_trim)
-                    break
-                left -= len(entries)
-                rows = self._write(entries)
-                if rows < 0:
-                    self._keep(entries)
-                    break
-                written += rows
-            return written
+            try:
+                return self._flush_taken(left)
+            finally:
+                with self._lock:  # what is left arrived during this flush (or was kept)
+                    if self._pending:
+                        self._oldest = max(self._oldest, started)
+
+    def _flush_taken(self, left: int) -> int:
+        """``flush``'s loop over the first ``left`` requests of the buffer."""
+        written = 0
+        while left > 0:
+            with self._lock:
+                entries = self._take(left)
+            if not entries:  # dropped meanwhile by the bounds (_trim)
+                break
+            left -= len(entries)
+            rows = self._write(entries)
+            if rows < 0:
+                self._keep(entries)
+                break
+            written += rows
+        return written
 
     def _take(self, most: int) -> list[Entry]:
         """Take the next object's requests off the buffer (the lock held): the oldest, then

@@ -40,8 +40,9 @@ BATCH_MAX_ROWS = 64
 # back the top of its heap once 128 kB of it is free: the log writer's frames and Parquet
 # buffers (tens of MB per object) were faulted in page by page on every write, ~45,000 page
 # faults a second under 1,000-row JSON load. Blocks of up to 32 MB now come from the heap,
-# which keeps up to 64 MB free: 1,000-row JSON 280-314k -> 316-347k rows/s, binary V2
-# 661-709k -> 888-917k, the same peak memory (alternating runs, bench/BENCHMARKS.md).
+# and each malloc arena keeps up to 64 MB of it free: 1,000-row JSON 280-314k -> 316-347k
+# rows/s, binary V2 661-709k -> 888-917k, the same peak memory (alternating runs,
+# bench/BENCHMARKS.md).
 MALLOC_MMAP_THRESHOLD = 32 * 2**20
 MALLOC_TRIM_THRESHOLD = 64 * 2**20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters, <malloc.h>
@@ -52,14 +53,24 @@ Answer = tuple[BatchResult, datalog.PredictionIds]
 
 def keep_freed_memory() -> bool:
     """Set glibc's malloc thresholds (``MALLOC_MMAP_THRESHOLD``, ``MALLOC_TRIM_THRESHOLD``)
-    for this process; False where the C library has no ``mallopt`` (not glibc)."""
+    for this process; False, logged, where the C library has no ``mallopt`` (not glibc) or
+    refuses a value (32 MB is its most on 64-bit)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
+        logger.info("malloc thresholds not set: the C library has no mallopt (not glibc)")
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)
-    )
+    refused = [
+        name
+        for name, param, value in (
+            ("M_MMAP_THRESHOLD", _M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD),
+            ("M_TRIM_THRESHOLD", _M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD),
+        )
+        if mallopt(param, value) != 1  # 1: set
+    ]
+    if refused:
+        logger.warning("malloc refused %s; freed memory may be faulted in again", refused)
+    return not refused
 
 
 class Service:
@@ -99,8 +110,7 @@ class Service:
         # waiting) twice a second; p99 of single rows at 32 connections 11 -> 8 ms
         # (bench/BENCHMARKS.md). The model and libraries are frozen out of it (runtime.load).
         gc.set_threshold(10_000, 10, 10)
-        if not keep_freed_memory():
-            logger.info("malloc thresholds not set: the C library is not glibc")
+        keep_freed_memory()
         self.log.start()
         if not self._try_load():
             self._loader = threading.Thread(
