@@ -90,7 +90,8 @@ class ServingSettings(CommonSettings):
     recent_cache_mb: float = 16.0
     """... and at most about this much memory for them: one-row requests cost ~2.5 kB each,
     so 100,000 of them took 250 MB. Under full load 16 MB hold the last second or two;
-    32 MB put one serving process past 250 MB at its peak (bench/BENCHMARKS.md)."""
+    32 MB cost one serving process ~14 MB more at its peak under 1,000-row JSON load (238
+    against 224 MB, bench/BENCHMARKS.md)."""
 
     feedback_lookup_days: int = 7
     """How many days of the prediction log ``/feedback`` searches for an unknown id."""
