@@ -207,7 +207,7 @@ def write_predictions(store: Store, rows: pd.DataFrame, ts: float | None = None)
         has_nulls="infer",
         compression=None,
     )
-    store.put(key, buf.getbuffer(), "application/vnd.apache.parquet")  # no copy of the object
+    store.put(key, buf.getbuffer(), "application/vnd.apache.parquet")  # a view, not a copy
     return key
 
 

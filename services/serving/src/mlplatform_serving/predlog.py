@@ -342,28 +342,24 @@ class PredictionLog:
             started = time.monotonic()
             with self._lock:
                 left = len(self._pending)
+            written = 0
             try:
-                return self._flush_taken(left)
+                while left > 0:
+                    with self._lock:
+                        entries = self._take(left)
+                    if not entries:  # dropped meanwhile by the bounds (_trim)
+                        break
+                    left -= len(entries)
+                    rows = self._write(entries)
+                    if rows < 0:
+                        self._keep(entries)
+                        break
+                    written += rows
             finally:
                 with self._lock:  # what is left arrived during this flush (or was kept)
                     if self._pending:
                         self._oldest = max(self._oldest, started)
-
-    def _flush_taken(self, left: int) -> int:
-        """``flush``'s loop over the first ``left`` requests of the buffer."""
-        written = 0
-        while left > 0:
-            with self._lock:
-                entries = self._take(left)
-            if not entries:  # dropped meanwhile by the bounds (_trim)
-                break
-            left -= len(entries)
-            rows = self._write(entries)
-            if rows < 0:
-                self._keep(entries)
-                break
-            written += rows
-        return written
+            return written
 
     def _take(self, most: int) -> list[Entry]:
         """Take the next object's requests off the buffer (the lock held): the oldest, then
