@@ -114,7 +114,8 @@ def test_predict_csv_with_and_without_header(client: TestClient, rows, trained) 
     expected = trained.pipeline.predict(frame).tolist()
     with_header = frame[list(reversed(frame.columns))].to_csv(index=False)  # any column order
     without = frame.to_csv(index=False, header=False)
-    for body in (with_header, without):
+    old_mac = without.replace("\n", "\r")  # lines ended by \r alone
+    for body in (with_header, without, old_mac):
         r = client.post("/predict", content=body, headers={"content-type": "text/csv"})
         assert r.status_code == 200, r.text
         assert [p["label"] for p in r.json()["predictions"]] == expected
@@ -233,6 +234,10 @@ def test_hostile_json_bodies(client: TestClient, raw: bytes, fragment: str) -> N
             "csv header: column 1 has no name (an index column?",
         ),
         ("1e200," + "1," * 28 + "1\n", "column 'mean_radius': '1e200' is beyond ±1e+150"),
+        # float() reads both, numpy's reader neither: digit separators, non-ASCII digits
+        ("1_000," + "1," * 28 + "1\n", "column 'mean_radius': '1_000' is not a number"),
+        ("\u0663," + "1," * 28 + "1\n", "column 'mean_radius': '\u0663' is not a number"),
+        ("1," * 29 + '"1"2\n', "csv: malformed"),
     ],
 )
 def test_malformed_csv_is_a_422(client: TestClient, csv: str, fragment: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from types import SimpleNamespace
 from typing import Any
 
@@ -11,9 +12,11 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from mlplatform_common import datalog
+from mlplatform_common.errors import InvalidInput
+from mlplatform_serving import runtime as runtime_module
 from mlplatform_serving.observability import observe_many
 from mlplatform_serving.predlog import columns_and_embedding, row_blocks
-from mlplatform_serving.runtime import BatchResult, top_of
+from mlplatform_serving.runtime import BatchResult, ModelRuntime, csv_matrix, top_of
 from mlplatform_serving.service import Service
 
 BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -167,3 +170,68 @@ def test_top_of_is_the_rows_max(k: int) -> None:
     proba = rng.dirichlet(np.ones(k), size=500)
     proba[:10] = 1 / k  # ties: argmax takes the first, the value is the same
     assert np.array_equal(top_of(proba, proba.argmax(axis=1)), proba.max(axis=1))
+
+
+def _checked_csv(text: str, features: list[str], max_rows: int | None) -> Any:
+    """``ModelRuntime.parse_csv`` with numpy's reader left out: the cell-by-cell reading."""
+    runtime = object.__new__(ModelRuntime)
+    runtime._served = SimpleNamespace(features=features)  # type: ignore[attr-defined]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runtime_module, "csv_matrix", lambda *_: None)
+        try:
+            return runtime.parse_csv(text.encode(), max_rows)
+        except InvalidInput as exc:
+            return exc
+
+
+def _random_csv(rng: random.Random, features: list[str]) -> str:
+    cells = ["1", "2.5", " 3 ", "-4e2", "+.5", "1e-400", "-0", "1.", "1e5"]
+    odd = ['"5"', '"1"2', "1_0", "\u0663", "x", "", " ", "nan", "INF", "1e200", '"1,5"', "0x1"]
+    odd += ["\t1", "1 2", ".", "1e", "\u00a01", "9" * 400]
+    heads = [",".join(features), ",".join(reversed(features)), '"a","b c",d', " a , b c , d"]
+    heads += ["a,b c", "a,b c,d,e", "a,a,d", ",a,b c"]
+    lines = [rng.choice(heads)] if rng.random() < 0.5 else []
+    for _ in range(rng.randint(0, 4)):
+        if rng.random() < 0.1:
+            lines.append(rng.choice(["", "  ", ",,"]))
+            continue
+        width = len(features) if rng.random() < 0.9 else rng.randint(1, 4)
+        lines.append(
+            ",".join(
+                rng.choice(cells) if rng.random() < 0.8 else rng.choice(odd) for _ in range(width)
+            )
+        )
+    return rng.choice(["\n", "\r\n", "\r"]).join(lines) + rng.choice(["", "\n", "\r\n"])
+
+
+def test_numpy_reads_a_csv_exactly_as_the_checked_reading_or_leaves_it_to_it() -> None:
+    features = ["a", "b c", "d"]
+    rng = random.Random(0)
+    read_fast = 0
+    for _ in range(4000):
+        text, max_rows = _random_csv(rng, features), rng.choice([None, 1, 2, 3])
+        fast = csv_matrix(text, features, max_rows)
+        if fast is None:
+            continue
+        read_fast += 1
+        checked = _checked_csv(text, features, max_rows)
+        assert isinstance(checked, np.ndarray), (text, checked)
+        assert fast.shape == checked.shape and np.array_equal(fast, checked), text
+        assert fast.dtype == np.float64 and fast.flags.c_contiguous
+    assert read_fast > 300  # a good share of these bodies are well-formed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a,b c,d\n1,2,3\n4,5,6\n",  # a header line
+        "d,a,b c\r\n3,1,2\r\n6,4,5\r\n",  # another column order, \r\n
+        "1,2,3\r4,5,6",  # no header, old Mac line ends
+        "\n1,2,3\n\n4,5,6\n\n",  # blank lines
+        " 1 , 2 ,3\n4,5, 6 ",
+    ],
+)
+def test_a_well_formed_csv_is_read_by_numpy(text: str) -> None:
+    X = csv_matrix(text, ["a", "b c", "d"], 10)
+    assert X is not None and X.tolist() == [[1, 2, 3], [4, 5, 6]]
+    assert X.tolist() == _checked_csv(text, ["a", "b c", "d"], 10).tolist()
