@@ -219,6 +219,32 @@ def test_hostile_json_bodies(client: TestClient, raw: bytes, fragment: str) -> N
 
 
 @pytest.mark.parametrize(
+    ("to_class", "datatype"),
+    [(float, "FP64"), (bool, "BOOL"), (lambda y: f"class {y}", "BYTES")],
+)
+def test_the_v2_label_datatype_is_that_of_the_classes(
+    local_store: Store, shipped_dataset, rows, to_class: Any, datatype: str
+) -> None:
+    """Classes 0.0/1.0 were typed INT64 (and True/False too): a typed client misread them."""
+    from mlplatform_retrainer.train import TrainConfig, train
+
+    data = dataclasses.replace(shipped_dataset, y=shipped_dataset.y.map(to_class))
+    publish_trained(
+        ModelRegistry(local_store, SIGNING_KEY), train(data.X, data.y, TrainConfig()), data
+    )
+    with TestClient(create_app(serving_settings(), local_store)) as c:
+        outputs = c.get("/v2/models/mlplatform").json()["outputs"]
+        assert outputs[0] == {"name": "label", "datatype": datatype, "shape": [-1]}
+        X = [[r[f] for f in data.features] for r in rows[:20]]
+        body = {"inputs": [{"name": "x", "shape": [20, 30], "datatype": "FP64", "data": X}]}
+        label = c.post("/v2/models/mlplatform/infer", json=body).json()["outputs"][0]
+        answers = c.post("/predict", json={"instances": rows[:20]}).json()["predictions"]
+    assert label["datatype"] == datatype
+    assert label["data"] == [a["label"] for a in answers]
+    assert {type(v) for v in label["data"]} == {type(to_class(0))}
+
+
+@pytest.mark.parametrize(
     ("csv", "fragment"),
     [
         ("1,2,3\n", "csv line 1: expected 30 values, got 3"),

@@ -88,6 +88,16 @@ async def server_metadata() -> dict[str, Any]:
     return {"name": "mlplatform", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 
 
+def label_datatype(classes: list[Any]) -> str:
+    """The datatype of the ``label`` output, from the model's classes (JSON values): BYTES if
+    a class is a string, BOOL if all are booleans, FP64 if one is a float, else INT64."""
+    if any(isinstance(c, str) for c in classes):
+        return "BYTES"
+    if all(isinstance(c, bool) for c in classes):
+        return "BOOL"
+    return "FP64" if any(isinstance(c, float) for c in classes) else "INT64"
+
+
 @router.get(
     "/models/{name}", responses={404: ERRORS[404], 503: ERRORS[503]}, summary="Model metadata"
 )
@@ -95,14 +105,13 @@ async def model_metadata(name: str, runtime: RuntimeDep, settings: SettingsDep) 
     _check_name(name, settings)
     model = runtime.model
     n = len(model.features)
-    strings = any(isinstance(c, str) for c in model.classes)
     return {
         "name": name,
         "versions": [model.version],
         "platform": "sklearn",
         "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, n]}],
         "outputs": [
-            {"name": "label", "datatype": "BYTES" if strings else "INT64", "shape": [-1]},
+            {"name": "label", "datatype": label_datatype(model.classes), "shape": [-1]},
             {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(model.classes)]},
             {"name": "prediction_id", "datatype": "BYTES", "shape": [-1]},
         ],
@@ -216,15 +225,15 @@ async def infer_answer(service: Service, name: str, headers: Headers, body: byte
     await service.log.make_room()
     result, ids = await service.predict_batched(X)
     classes = result.served.classes
-    strings = any(isinstance(c, str) for c in classes)
+    datatype = label_datatype(classes)
     # Columns go to orjson as arrays and the ids as one JSON text: no Python object per row.
     tensors = {
         "label": {
             "name": "label",
-            "datatype": "BYTES" if strings else "INT64",
+            "datatype": datatype,
             "shape": [len(ids)],
             "data": [str(x) for x in result.labels]
-            if strings
+            if datatype == "BYTES"
             else np.asarray(classes)[result.label_index],
         },
         "probabilities": {
