@@ -31,45 +31,64 @@ $(CURDIR)/.tools/bin/uv:
 sync: $(UV) ## Create .venv with every package, pinned by uv.lock
 	@$(UV) sync --frozen --all-packages
 
+# `make dev`'s folder and ports. When a port is taken, choose another: make dev DEV_SERVING_PORT=8081
+DEV_DIR ?= .mlplatform
+DEV_SERVING_PORT ?= 8080
+DEV_WEBAPP_PORT ?= 8501
+DEV_PROMETHEUS_PORT ?= 9090
+DEV_PUSHGATEWAY_PORT ?= 9091
+# What every local command runs with: dev mode, the local store in DEV_DIR, serving's URL.
+DEV_ENV = MLPLATFORM_DEV_MODE=true MLPLATFORM_STORE_URL="$${MLPLATFORM_STORE_URL:-file://$(DEV_DIR)/store}" \
+  MLPLATFORM_SERVING_URL=http://127.0.0.1:$(DEV_SERVING_PORT)
+
+DEV_PROMETHEUS = $(shell command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null && echo yes)
+DEV_PUSH = $(if $(DEV_PROMETHEUS),127.0.0.1:$(DEV_PUSHGATEWAY_PORT))
+
 .PHONY: dev
 dev: sync ## Run the platform locally: train v1 if needed, then start every service (Ctrl-C stops all)
-	@MLPLATFORM_DEV_MODE=true $(RUN) python -m mlplatform_retrainer train --if-missing
-	@mkdir -p .mlplatform && cp Procfile.dev .mlplatform/Procfile; \
-	push=""; \
-	if command -v prometheus-pushgateway >/dev/null && command -v prometheus >/dev/null; then \
-	  push=127.0.0.1:9091; \
-	  echo 'pushgateway: prometheus-pushgateway --web.listen-address=127.0.0.1:9091 --persistence.file=.mlplatform/pushgateway.db' >> .mlplatform/Procfile; \
-	  echo 'prometheus: prometheus --config.file=dev/prometheus.yml --storage.tsdb.path=.mlplatform/prometheus --web.listen-address=127.0.0.1:9090' >> .mlplatform/Procfile; \
-	else echo "prometheus/pushgateway not installed: reports are archived, metrics not pushed"; fi; \
-	echo "web app  http://127.0.0.1:8501"; \
-	echo "API      http://127.0.0.1:8080/docs"; \
-	if [ -n "$$push" ]; then echo "metrics  http://127.0.0.1:9090 (Prometheus), http://127.0.0.1:9091 (Pushgateway)"; fi; \
-	echo "store    $${MLPLATFORM_STORE_URL:-file://.mlplatform/store}"; \
-	MLPLATFORM_DEV_MODE=true MLPLATFORM_PUSHGATEWAY_URL=$$push $(RUN) honcho -f .mlplatform/Procfile -d . start
+	@$(RUN) python dev/free_ports.py serving=$(DEV_SERVING_PORT) webapp=$(DEV_WEBAPP_PORT) \
+	  $(if $(DEV_PROMETHEUS),prometheus=$(DEV_PROMETHEUS_PORT) pushgateway=$(DEV_PUSHGATEWAY_PORT))
+	@$(DEV_ENV) $(RUN) python -m mlplatform_retrainer train --if-missing
+	@mkdir -p $(DEV_DIR) && cp Procfile.dev $(DEV_DIR)/Procfile
+ifneq ($(DEV_PROMETHEUS),)
+	@sed -e 's#127.0.0.1:8080#127.0.0.1:$(DEV_SERVING_PORT)#' -e 's#127.0.0.1:9091#$(DEV_PUSH)#' \
+	  -e 's#\.\./charts/#$(CURDIR)/charts/#' dev/prometheus.yml > $(DEV_DIR)/prometheus.yml
+	@echo "pushgateway: prometheus-pushgateway --web.listen-address=$(DEV_PUSH) --persistence.file=$(DEV_DIR)/pushgateway.db" >> $(DEV_DIR)/Procfile
+	@echo "prometheus: prometheus --config.file=$(DEV_DIR)/prometheus.yml --storage.tsdb.path=$(DEV_DIR)/prometheus --web.listen-address=127.0.0.1:$(DEV_PROMETHEUS_PORT)" >> $(DEV_DIR)/Procfile
+	@echo "metrics  http://127.0.0.1:$(DEV_PROMETHEUS_PORT) (Prometheus), http://$(DEV_PUSH) (Pushgateway)"
+else
+	@echo "prometheus/pushgateway not installed: reports are archived, metrics not pushed"
+endif
+	@echo "web app  http://127.0.0.1:$(DEV_WEBAPP_PORT)"
+	@echo "API      http://127.0.0.1:$(DEV_SERVING_PORT)/docs"
+	@echo "store    $${MLPLATFORM_STORE_URL:-file://$(DEV_DIR)/store}"
+	@$(DEV_ENV) MLPLATFORM_PORT=$(DEV_SERVING_PORT) MLPLATFORM_WEBAPP_PORT=$(DEV_WEBAPP_PORT) \
+	  MLPLATFORM_API_URL=http://127.0.0.1:$(DEV_SERVING_PORT) MLPLATFORM_PUSHGATEWAY_URL=$(DEV_PUSH) \
+	  $(RUN) honcho -f $(DEV_DIR)/Procfile -d . start
 
 .PHONY: train
 train: sync ## Train and publish a model: make train [DATA=path.csv] [TARGET=column]
-	@MLPLATFORM_DEV_MODE=true $(RUN) python -m mlplatform_retrainer train --data $(DATA) $(if $(TARGET),--target $(TARGET))
+	@$(DEV_ENV) $(RUN) python -m mlplatform_retrainer train --data $(DATA) $(if $(TARGET),--target $(TARGET))
 
-PUSHGATEWAY ?= $(if $(shell command -v prometheus-pushgateway 2>/dev/null),127.0.0.1:9091,)
-API_URL ?= http://127.0.0.1:8080
+PUSHGATEWAY ?= $(DEV_PUSH)
+API_URL ?= http://127.0.0.1:$(DEV_SERVING_PORT)
 SIM_ARGS ?=
 
 .PHONY: report
 report: sync ## Build one drift + quality report now (archived in the store; metrics pushed if a Pushgateway runs)
-	@MLPLATFORM_DEV_MODE=true MLPLATFORM_PUSHGATEWAY_URL=$(PUSHGATEWAY) $(RUN) python -m mlplatform_reporter run
+	@$(DEV_ENV) MLPLATFORM_PUSHGATEWAY_URL=$(PUSHGATEWAY) $(RUN) python -m mlplatform_reporter run
 
 .PHONY: simulate
 simulate: sync ## Replay held-out rows against the API: make simulate [SIM_ARGS="--shift 1 --feedback-fraction 0.3"]
 	@$(RUN) python -m mlplatform_reporter simulate --url $(API_URL) $(SIM_ARGS)
 
 .PHONY: retrain
-retrain: sync ## Retrain now if a trigger fires (FORCE=1: retrain anyway); serving on :8080 reloads
-	@MLPLATFORM_DEV_MODE=true $(RUN) python -m mlplatform_retrainer run $(if $(FORCE),--force)
+retrain: sync ## Retrain now if a trigger fires (FORCE=1: retrain anyway); make dev's serving reloads
+	@$(DEV_ENV) $(RUN) python -m mlplatform_retrainer run $(if $(FORCE),--force)
 
 .PHONY: rollback
-rollback: sync ## Move production back to the previous model version; serving on :8080 reloads
-	@MLPLATFORM_DEV_MODE=true $(RUN) python -m mlplatform_retrainer rollback
+rollback: sync ## Move production back to the previous model version; make dev's serving reloads
+	@$(DEV_ENV) $(RUN) python -m mlplatform_retrainer rollback
 
 ##@ Cluster (kind)
 
