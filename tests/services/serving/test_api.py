@@ -1127,3 +1127,38 @@ def test_the_openapi_document_has_unique_operations_and_json_errors(model_store:
     body = reload_["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"$ref": "#/components/schemas/ReloadRequest"}
     assert {"409", "415", "422"} <= set(reload_["responses"])
+
+
+def test_the_examples_of_the_docs_page_are_accepted_as_they_are(client: TestClient) -> None:
+    """/docs' "Try it out" sends the document's examples: they were placeholder rows (a
+    feature named "..."), which every endpoint refused with a 422."""
+    doc = client.get("/openapi.json").json()
+
+    def content(path: str, media: str = "application/json") -> dict[str, Any]:
+        return doc["paths"][path]["post"]["requestBody"]["content"][media]  # type: ignore[no-any-return]
+
+    predict = content("/predict")["examples"]
+    assert set(predict) == {"one row", "many rows"}
+    for example in predict.values():
+        r = client.post("/predict", json=example["value"])
+        assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 2
+    csv_body = content("/predict", "text/csv")["example"]
+    r = client.post("/predict", content=csv_body, headers={"content-type": "text/csv"})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 2, r.text
+    in_full = content("/feedback")["examples"]["a row in full"]["value"]
+    r = client.post("/feedback", json=in_full)
+    assert r.status_code == 201, r.text
+    name = next(
+        p["example"]
+        for p in doc["paths"]["/v2/models/{name}/infer"]["post"]["parameters"]
+        if p["name"] == "name"
+    )
+    infer = content("/v2/models/{name}/infer")["example"]
+    r = client.post(f"/v2/models/{name}/infer", json=infer)
+    assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [2], r.text
+    # The pydantic models' own examples are rows of the model too.
+    schemas = doc["components"]["schemas"]
+    row = schemas["PredictRequest"]["properties"]["features"]["examples"][0]
+    assert client.post("/predict", json={"features": row}).status_code == 200
+    assert schemas["RowPrediction"]["properties"]["model_version"]["examples"] == ["v1"]

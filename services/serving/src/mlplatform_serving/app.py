@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import csv
+import io
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlplatform_common.errors import MLPlatformError
+from mlplatform_common.registry import LoadedModel
 from mlplatform_common.storage import Store, open_store
 from mlplatform_serving import observability as obs
 from mlplatform_serving.hotpath import HotRoutes
@@ -122,6 +126,59 @@ def add_body_schemas(schema: dict[str, Any], models: tuple[type[BaseModel], ...]
         components.setdefault(model.__name__, body)
 
 
+def with_model_examples(
+    schema: dict[str, Any], model: LoadedModel | None, model_name: str
+) -> dict[str, Any]:
+    """The OpenAPI document with request examples of ``model``'s features (two rows of its
+    training data's medians and means), so that /docs' "Try it out" sends a body the model
+    accepts as it is. Without a model, the document as it is (with placeholder rows)."""
+    if model is None:
+        return schema
+    doc = copy.deepcopy(schema)
+    stats = model.manifest["feature_schema"]
+    rows = [{f["name"]: round(f[stat], 4) for f in stats} for stat in ("median", "mean")]
+    first, *_ = classes = model.classes
+    names = [str(n) for n in model.manifest.get("class_names") or classes]
+    components = doc["components"]["schemas"]
+    properties = components["PredictRequest"]["properties"]
+    properties["features"]["examples"] = [rows[0]]
+    properties["instances"]["examples"] = [rows]
+    components["FeedbackRequest"]["properties"]["features"]["examples"] = [rows[0]]
+    components["FeedbackRequest"]["properties"]["target"]["examples"] = [first]
+    answer = components["RowPrediction"]["properties"]
+    answer["label"]["examples"] = [first]
+    answer["label_name"]["examples"] = [names[0]]
+    answer["probabilities"]["examples"] = [{str(c): round(1 / len(classes), 2) for c in classes}]
+    answer["model_version"]["examples"] = [model.version]
+
+    def body(path: str, media: str = "application/json") -> dict[str, Any]:
+        content: dict[str, Any] = doc["paths"][path]["post"]["requestBody"]["content"][media]
+        return content
+
+    body("/predict")["examples"] = {
+        "one row": {"value": {"features": rows[0]}},
+        "many rows": {"value": {"instances": rows}},
+    }
+    csv_text = io.StringIO()
+    csv.writer(csv_text, lineterminator="\n").writerows([rows[0], *(r.values() for r in rows)])
+    body("/predict", "text/csv")["example"] = csv_text.getvalue()
+    body("/feedback")["examples"] = {
+        "a row in full": {"value": {"features": rows[0], "prediction": first, "target": first}},
+        "an earlier prediction": {
+            "value": {"prediction_id": "<a prediction_id from /predict>", "target": first}
+        },
+    }
+    tensor = {"name": "input-0", "shape": [len(rows), len(stats)], "datatype": "FP64"}
+    data = [list(r.values()) for r in rows]
+    body("/v2/models/{name}/infer")["example"] = {"inputs": [{**tensor, "data": data}]}
+    for path, operations in doc["paths"].items():
+        for operation in operations.values() if path.startswith("/v2/models/{name}") else ():
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "name":
+                    parameter["example"] = model_name
+    return doc
+
+
 def create_app(settings: ServingSettings | None = None, store: Store | None = None) -> FastAPI:
     """Build the app; the model is loaded when the lifespan starts.
 
@@ -187,7 +244,8 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
             add_body_schemas(
                 FastAPI.openapi(app), (PredictRequest, FeedbackRequest, ReloadRequest, v2.V2Request)
             )
-        return app.openapi_schema  # type: ignore[return-value]
+        model = service.runtime.model if service.runtime.ready else None
+        return with_model_examples(app.openapi_schema, model, settings.model_name)  # type: ignore[arg-type]
 
     app.openapi = openapi  # type: ignore[method-assign]
     # Added first, so it runs inside the observability middleware (counted and timed).
