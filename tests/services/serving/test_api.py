@@ -1162,3 +1162,53 @@ def test_the_examples_of_the_docs_page_are_accepted_as_they_are(client: TestClie
     row = schemas["PredictRequest"]["properties"]["features"]["examples"][0]
     assert client.post("/predict", json={"features": row}).status_code == 200
     assert schemas["RowPrediction"]["properties"]["model_version"]["examples"] == ["v1"]
+
+
+def _binary_answer(r: Any) -> tuple[dict[str, Any], bytes]:
+    n = int(r.headers["inference-header-content-length"])
+    assert r.headers["content-type"] == "application/octet-stream"
+    return json.loads(r.content[:n]), r.content[n:]
+
+
+def test_v2_binary_outputs_are_the_json_ones_as_bytes(client: TestClient, rows) -> None:
+    """binary_data_output (all outputs) and binary_data (one output) were ignored: the answer
+    was JSON whatever the client asked for."""
+    X = [list(r.values()) for r in rows[:4]]
+    inputs = [{"name": "x", "shape": [4, 30], "datatype": "FP64", "data": X}]
+    url = "/v2/models/mlplatform/infer"
+    plain = client.post(url, json={"inputs": inputs}).json()["outputs"]
+    label, proba, ids = (o["data"] for o in plain)
+    head, blob = _binary_answer(
+        client.post(url, json={"inputs": inputs, "parameters": {"binary_data_output": True}})
+    )
+    sizes = [o["parameters"]["binary_data_size"] for o in head["outputs"]]
+    assert [o["name"] for o in head["outputs"]] == ["label", "probabilities", "prediction_id"]
+    assert all("data" not in o for o in head["outputs"]) and sum(sizes) == len(blob)
+    assert np.frombuffer(blob[: sizes[0]], "<i8").tolist() == label
+    assert np.frombuffer(blob[sizes[0] : sizes[0] + sizes[1]], "<f8").tolist() == proba
+    texts, rest = [], blob[sizes[0] + sizes[1] :]
+    while rest:  # BYTES: a 4-byte little-endian length, then the bytes
+        n = int.from_bytes(rest[:4], "little")
+        texts.append(rest[4 : 4 + n].decode())
+        rest = rest[4 + n :]
+    key = texts[0][:26]
+    assert [datalog.prediction_batch(t) for t in texts] == [(key, i) for i in range(4)]
+    assert [len(i) for i in ids] == [len(t) for t in texts]
+    # One output in binary, the others as JSON; the order is the one asked for.
+    outputs = [
+        {"name": "probabilities", "parameters": {"binary_data": True}},
+        {"name": "label"},
+        {"name": "prediction_id", "parameters": {"binary_data": False}},
+    ]
+    head, blob = _binary_answer(client.post(url, json={"inputs": inputs, "outputs": outputs}))
+    assert [o["name"] for o in head["outputs"]] == ["probabilities", "label", "prediction_id"]
+    assert np.frombuffer(blob, "<f8").tolist() == proba
+    assert head["outputs"][1]["data"] == label and len(head["outputs"][2]["data"]) == 4
+    # Asked for none: JSON as before.
+    r = client.post(url, json={"inputs": inputs, "parameters": {"binary_data_output": False}})
+    assert r.headers["content-type"] == "application/json"
+    assert "inference-header-content-length" not in r.headers
+    bad = {"inputs": inputs, "outputs": [{"name": "label", "parameters": {"binary_data": "y"}}]}
+    assert_error(
+        client.post(url, json=bad), 422, "outputs[label].parameters.binary_data: must be true or"
+    )

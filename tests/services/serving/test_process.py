@@ -168,6 +168,29 @@ def test_a_real_v2_client_gets_the_same_predictions(serving: ServingProcess, row
                 np.testing.assert_allclose(
                     result.as_numpy("probabilities"), expected_proba, atol=1e-6
                 )
+    # Binary outputs: the client's default (no outputs named: binary_data_output), and asked
+    # for output by output.
+    tensor = triton.InferInput("input-0", list(X.shape), "FP64")
+    tensor.set_data_from_numpy(X, binary_data=True)
+    for outputs in (
+        None,
+        [
+            triton.InferRequestedOutput("label", binary_data=True),
+            triton.InferRequestedOutput("probabilities", binary_data=True),
+            triton.InferRequestedOutput("prediction_id", binary_data=False),
+        ],
+    ):
+        result = client.infer("mlplatform", [tensor], outputs=outputs)
+        label, proba = result.get_output("label"), result.get_output("probabilities")
+        assert label["parameters"]["binary_data_size"] == 25 * 8 and "data" not in label
+        assert proba["parameters"]["binary_data_size"] == 25 * 2 * 8
+        assert result.as_numpy("label").tolist() == expected_labels
+        np.testing.assert_allclose(result.as_numpy("probabilities"), expected_proba, atol=1e-6)
+        ids = [i.decode() if isinstance(i, bytes) else i for i in result.as_numpy("prediction_id")]
+        assert len(set(ids)) == 25 and all(len(i) == 32 for i in ids)
+        assert httpx.post(
+            serving.url + "/feedback", json={"prediction_id": ids[3], "target": 1}
+        ).is_success
     client.close()
 
 

@@ -20,16 +20,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlplatform_common.errors import MLPlatformError
 from mlplatform_serving.routes import predict, v2
-from mlplatform_serving.schemas import error_body, internal_error_body
+from mlplatform_serving.schemas import Answer, error_body, internal_error_body
 from mlplatform_serving.service import Service
 
 logger = logging.getLogger("mlplatform.serving")
 
-Handler = Callable[[Service, str, Headers, bytes], Awaitable[bytes]]
+Handler = Callable[[Service, str, Headers, bytes], Awaitable[Answer]]
 
 
-async def _predict(service: Service, _: str, headers: Headers, body: bytes) -> bytes:
-    return await predict.answer(service, headers, body)
+async def _predict(service: Service, _: str, headers: Headers, body: bytes) -> Answer:
+    return Answer(await predict.answer(service, headers, body))
 
 
 def route_path(scope: Scope) -> str:
@@ -84,16 +84,17 @@ class HotRoutes:
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         status = 200
         try:
-            content = await handler(self.service, name, Headers(scope=scope), body)
+            answer = await handler(self.service, name, Headers(scope=scope), body)
         except MLPlatformError as exc:
-            status, content = exc.status_code, orjson.dumps(error_body(exc.message, exc.type))
+            status, answer = (
+                exc.status_code,
+                Answer(orjson.dumps(error_body(exc.message, exc.type))),
+            )
         except Exception:
             logger.exception("unhandled error on POST %s", scope["path"])
-            status = 500
-            content = orjson.dumps(internal_error_body())
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(content)).encode()),
-        ]
+            status, answer = 500, Answer(orjson.dumps(internal_error_body()))
+        content = answer.body
+        headers = [(k.encode(), v.encode()) for k, v in answer.headers()]
+        headers.append((b"content-length", str(len(content)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})

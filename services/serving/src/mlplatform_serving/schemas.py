@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -83,6 +83,22 @@ class ReadyResponse(BaseModel):
 class ErrorResponse(BaseModel):
     error: str = Field(description="What is wrong, naming the field")
     type: str = Field(description="Error class, e.g. InvalidInput")
+
+
+class Answer(NamedTuple):
+    """A prediction route's answer: JSON, or (``json_length`` set) a JSON header and the
+    outputs' bytes after it, the V2 binary tensor extension."""
+
+    body: bytes
+    json_length: int | None = None
+
+    def headers(self) -> list[tuple[str, str]]:
+        if self.json_length is None:
+            return [("content-type", "application/json")]
+        return [
+            ("content-type", "application/octet-stream"),
+            ("inference-header-content-length", str(self.json_length)),
+        ]
 
 
 def error_body(message: str, type_: str) -> dict[str, str]:

@@ -2,11 +2,14 @@
 
 The model takes one FP32/FP64 tensor shaped ``[n, n_features]`` (features in the order of
 ``GET /model``) and answers ``label``, ``probabilities`` and ``prediction_id`` tensors. Both the
-JSON form and the binary tensor extension (``Inference-Header-Content-Length``) are accepted.
+JSON form and the binary tensor extension (``Inference-Header-Content-Length``) are accepted, and
+outputs are answered in binary when asked (``parameters.binary_data_output`` for all of them,
+an output's ``parameters.binary_data`` for one).
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import numpy as np
@@ -20,7 +23,7 @@ from mlplatform_common.errors import InvalidInput, ModelNotFound
 from mlplatform_serving.deps import RuntimeDep, SettingsDep
 from mlplatform_serving.routes.predict import loads, parse_model
 from mlplatform_serving.runtime import ModelRuntime
-from mlplatform_serving.schemas import ERRORS
+from mlplatform_serving.schemas import ERRORS, Answer
 from mlplatform_serving.service import Service
 from mlplatform_serving.settings import ServingSettings
 
@@ -166,9 +169,10 @@ def _split_binary(request_headers: Any, body: bytes) -> tuple[Any, bytes]:
         ) from None
 
 
-async def infer_answer(service: Service, name: str, headers: Headers, body: bytes) -> bytes:
-    """The whole of ``POST /v2/models/{name}/infer``: headers and body in, the JSON answer out
-    (errors raise ``MLPlatformError``). Served by ``hotpath.HotRoutes`` ahead of FastAPI's
+async def infer_answer(service: Service, name: str, headers: Headers, body: bytes) -> Answer:
+    """The whole of ``POST /v2/models/{name}/infer``: headers and body in, the answer out (JSON,
+    or with the binary tensor extension a JSON header and the outputs' bytes; errors raise
+    ``MLPlatformError``). Served by ``hotpath.HotRoutes`` ahead of FastAPI's
     router; the routes below are the same function, for OpenAPI and the versioned path."""
     runtime = service.runtime
     _check_name(name, service.settings)
@@ -222,12 +226,18 @@ async def infer_answer(service: Service, name: str, headers: Headers, body: byte
         )
     if len(set(wanted)) < len(wanted):
         raise InvalidInput("outputs: an output is asked for twice")
+    every = _flag(req.parameters, "binary_data_output", "parameters", default=False)
+    asked = {
+        o.name: _flag(o.parameters, "binary_data", f"outputs[{o.name}].parameters", default=every)
+        for o in req.outputs or ()
+    }
+    binary_outputs = {o for o in wanted if asked.get(o, every)}
     await service.log.make_room()
     result, ids = await service.predict_batched(X)
     classes = result.served.classes
     datatype = label_datatype(classes)
     # Columns go to orjson as arrays and the ids as one JSON text: no Python object per row.
-    tensors = {
+    tensors: dict[str, dict[str, Any]] = {
         "label": {
             "name": "label",
             "datatype": datatype,
@@ -249,7 +259,14 @@ async def infer_answer(service: Service, name: str, headers: Headers, body: byte
             "data": orjson.Fragment(ids.json()),
         },
     }
-    return orjson.dumps(
+    blobs = []
+    for o in wanted if binary_outputs else ():
+        if o in binary_outputs:
+            data = tensors[o].pop("data")
+            blob = _binary(tensors[o]["datatype"], ids if o == "prediction_id" else data)
+            tensors[o]["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+    header = orjson.dumps(
         {
             "model_name": name,
             "model_version": result.served.version,
@@ -259,6 +276,27 @@ async def infer_answer(service: Service, name: str, headers: Headers, body: byte
         },
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
+    if not binary_outputs:
+        return Answer(header)
+    return Answer(b"".join([header, *blobs]), json_length=len(header))
+
+
+def _flag(parameters: dict[str, Any] | None, key: str, where: str, default: bool) -> bool:
+    """A boolean request parameter (``binary_data_output``, ``binary_data``)."""
+    value = (parameters or {}).get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{where}.{key}: must be true or false, got {value!r:.40}")
+    return value
+
+
+def _binary(datatype: str, data: Any) -> bytes:
+    """A tensor's data in the binary tensor extension's layout: little-endian numbers, one
+    byte per BOOL, and each BYTES element as its 4-byte length and then its bytes."""
+    if datatype == "BYTES":
+        encoded = [str(t).encode() for t in data]
+        return b"".join(struct.pack("<I", len(e)) + e for e in encoded)
+    dtype: Any = {"BOOL": np.bool_, "INT64": "<i8", "FP64": "<f8"}[datatype]
+    return np.ascontiguousarray(data, dtype=dtype).tobytes()
 
 
 @router.post(
@@ -275,8 +313,8 @@ async def infer_answer(service: Service, name: str, headers: Headers, body: byte
 async def infer(name: str, request: Request) -> Response:
     """Predict an ``[n, n_features]`` FP32/FP64 tensor."""
     service: Service = request.app.state.service
-    content = await infer_answer(service, name, request.headers, await request.body())
-    return Response(content, media_type="application/json")
+    answer = await infer_answer(service, name, request.headers, await request.body())
+    return Response(answer.body, headers=dict(answer.headers()))
 
 
 @router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
