@@ -124,6 +124,10 @@ def test_model_page_shows_versions_metrics_and_production(serving, webapp_env) -
     assert table["version"].tolist() == ["v1"]
     assert table["status"].tolist() == ["production, serving"]
     assert 0.5 < table["test f1"].iloc[0] <= 1
+    # the rows v1 was fit on, not its data set's (which counts the validation and test rows)
+    card = httpx.get(serving.url + "/model").json()
+    assert table["training rows"].tolist() == [card["split"]["train"]]
+    assert card["split"]["train"] < card["training_data"]["rows"]
 
 
 def test_batch_page_predicts_an_upload_and_lists_failed_rows(serving, webapp_env) -> None:

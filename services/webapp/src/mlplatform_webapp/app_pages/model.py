@@ -41,7 +41,10 @@ def row(manifest: dict[str, Any]) -> dict[str, Any]:
         "created_at": manifest.get("created_at"),
         "estimator": manifest.get("estimator"),
         "parent": manifest.get("parent"),
-        "training rows": (manifest.get("training_data") or {}).get("rows"),
+        # The rows the model was fit on, for a first version as for a retrained one (a first
+        # version's training_data.rows counts its validation and test rows too).
+        "training rows": (manifest.get("split") or {}).get("train")
+        or (manifest.get("training_data") or {}).get("rows"),
     }
     for split in ("test", "validation"):
         for m in METRICS:
