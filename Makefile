@@ -31,17 +31,19 @@ $(CURDIR)/.tools/bin/uv:
 sync: $(UV) ## Create .venv with every package, pinned by uv.lock
 	@$(UV) sync --frozen --all-packages
 
-# `make dev`'s folder and ports. When a port is taken, choose another: make dev DEV_SERVING_PORT=8081
-DEV_DIR ?= .mlplatform
-DEV_SERVING_PORT ?= 8080
-DEV_WEBAPP_PORT ?= 8501
-DEV_PROMETHEUS_PORT ?= 9090
-DEV_PUSHGATEWAY_PORT ?= 9091
-# What every local command runs with: dev mode, the local store in DEV_DIR, serving's URL.
+# `make dev`'s folder and ports, set on the command line only (an environment variable of the
+# same name is not read). When a port is taken, choose another: make dev DEV_SERVING_PORT=8081
+DEV_DIR = .mlplatform
+DEV_SERVING_PORT = 8080
+DEV_WEBAPP_PORT = 8501
+DEV_PROMETHEUS_PORT = 9090
+DEV_PUSHGATEWAY_PORT = 9091
+# What every local command runs with: dev mode, the local store in DEV_DIR, serving's URL
+# (MLPLATFORM_STORE_URL and MLPLATFORM_SERVING_URL, when set, win).
 DEV_ENV = MLPLATFORM_DEV_MODE=true MLPLATFORM_STORE_URL="$${MLPLATFORM_STORE_URL:-file://$(DEV_DIR)/store}" \
-  MLPLATFORM_SERVING_URL=http://127.0.0.1:$(DEV_SERVING_PORT)
+  MLPLATFORM_SERVING_URL="$${MLPLATFORM_SERVING_URL:-http://127.0.0.1:$(DEV_SERVING_PORT)}"
 
-DEV_PROMETHEUS = $(shell command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null && echo yes)
+DEV_PROMETHEUS := $(shell command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null && echo yes)
 DEV_PUSH = $(if $(DEV_PROMETHEUS),127.0.0.1:$(DEV_PUSHGATEWAY_PORT))
 
 .PHONY: dev
@@ -70,7 +72,7 @@ endif
 train: sync ## Train and publish a model: make train [DATA=path.csv] [TARGET=column]
 	@$(DEV_ENV) $(RUN) python -m mlplatform_retrainer train --data $(DATA) $(if $(TARGET),--target $(TARGET))
 
-PUSHGATEWAY ?= $(DEV_PUSH)
+PUSHGATEWAY ?= $(if $(shell command -v prometheus-pushgateway 2>/dev/null),127.0.0.1:$(DEV_PUSHGATEWAY_PORT),)
 API_URL ?= http://127.0.0.1:$(DEV_SERVING_PORT)
 SIM_ARGS ?=
 

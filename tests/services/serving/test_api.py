@@ -239,9 +239,22 @@ def test_the_v2_label_datatype_is_that_of_the_classes(
         body = {"inputs": [{"name": "x", "shape": [20, 30], "datatype": "FP64", "data": X}]}
         label = c.post("/v2/models/mlplatform/infer", json=body).json()["outputs"][0]
         answers = c.post("/predict", json={"instances": rows[:20]}).json()["predictions"]
+        # in binary, on the versioned path (FastAPI's route, not the hot path)
+        binary = {**body, "outputs": [{"name": "label", "parameters": {"binary_data": True}}]}
+        head, blob = _binary_answer(c.post("/v2/models/mlplatform/versions/v1/infer", json=binary))
     assert label["datatype"] == datatype
     assert label["data"] == [a["label"] for a in answers]
     assert {type(v) for v in label["data"]} == {type(to_class(0))}
+    assert head["outputs"][0]["datatype"] == datatype
+    if datatype == "BYTES":
+        texts = []
+        while blob:
+            n = int.from_bytes(blob[:4], "little")
+            texts.append(blob[4 : 4 + n].decode())
+            blob = blob[4 + n :]
+        assert texts == label["data"]
+    else:
+        assert np.frombuffer(blob, {"FP64": "<f8", "BOOL": "?"}[datatype]).tolist() == label["data"]
 
 
 @pytest.mark.parametrize(
@@ -1211,4 +1224,20 @@ def test_v2_binary_outputs_are_the_json_ones_as_bytes(client: TestClient, rows) 
     bad = {"inputs": inputs, "outputs": [{"name": "label", "parameters": {"binary_data": "y"}}]}
     assert_error(
         client.post(url, json=bad), 422, "outputs[label].parameters.binary_data: must be true or"
+    )
+
+
+def test_the_docs_page_stays_up_for_a_manifest_without_feature_statistics(
+    client: TestClient,
+) -> None:
+    manifest = client.app.state.service.runtime.model.manifest  # type: ignore[attr-defined]
+    stats = manifest.pop("feature_schema")
+    try:
+        r = client.get("/openapi.json")
+    finally:
+        manifest["feature_schema"] = stats
+    assert r.status_code == 200
+    assert (
+        "examples"
+        not in r.json()["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
     )

@@ -162,11 +162,8 @@ def with_model_examples(
     csv_text = io.StringIO()
     csv.writer(csv_text, lineterminator="\n").writerows([rows[0], *(r.values() for r in rows)])
     body("/predict", "text/csv")["example"] = csv_text.getvalue()
-    body("/feedback")["examples"] = {
+    body("/feedback")["examples"] = {  # by prediction_id: an id only /predict can give
         "a row in full": {"value": {"features": rows[0], "prediction": first, "target": first}},
-        "an earlier prediction": {
-            "value": {"prediction_id": "<a prediction_id from /predict>", "target": first}
-        },
     }
     tensor = {"name": "input-0", "shape": [len(rows), len(stats)], "datatype": "FP64"}
     data = [list(r.values()) for r in rows]
@@ -244,8 +241,13 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
             add_body_schemas(
                 FastAPI.openapi(app), (PredictRequest, FeedbackRequest, ReloadRequest, v2.V2Request)
             )
+        schema: dict[str, Any] = app.openapi_schema  # type: ignore[assignment]
         model = service.runtime.model if service.runtime.ready else None
-        return with_model_examples(app.openapi_schema, model, settings.model_name)  # type: ignore[arg-type]
+        try:
+            return with_model_examples(schema, model, settings.model_name)
+        except (KeyError, TypeError, ValueError) as exc:  # a manifest without feature stats
+            logger.warning("OpenAPI examples left as placeholders: %r", exc)
+            return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     # Added first, so it runs inside the observability middleware (counted and timed).

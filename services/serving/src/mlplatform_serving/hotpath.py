@@ -20,16 +20,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlplatform_common.errors import MLPlatformError
 from mlplatform_serving.routes import predict, v2
-from mlplatform_serving.schemas import Answer, error_body, internal_error_body
+from mlplatform_serving.schemas import Reply, error_body, internal_error_body
 from mlplatform_serving.service import Service
 
 logger = logging.getLogger("mlplatform.serving")
 
-Handler = Callable[[Service, str, Headers, bytes], Awaitable[Answer]]
+Handler = Callable[[Service, str, Headers, bytes], Awaitable[Reply]]
 
 
-async def _predict(service: Service, _: str, headers: Headers, body: bytes) -> Answer:
-    return Answer(await predict.answer(service, headers, body))
+async def _predict(service: Service, _: str, headers: Headers, body: bytes) -> Reply:
+    return Reply(await predict.answer(service, headers, body))
 
 
 def route_path(scope: Scope) -> str:
@@ -88,11 +88,11 @@ class HotRoutes:
         except MLPlatformError as exc:
             status, answer = (
                 exc.status_code,
-                Answer(orjson.dumps(error_body(exc.message, exc.type))),
+                Reply(orjson.dumps(error_body(exc.message, exc.type))),
             )
         except Exception:
             logger.exception("unhandled error on POST %s", scope["path"])
-            status, answer = 500, Answer(orjson.dumps(internal_error_body()))
+            status, answer = 500, Reply(orjson.dumps(internal_error_body()))
         content = answer.body
         headers = [(k.encode(), v.encode()) for k, v in answer.headers()]
         headers.append((b"content-length", str(len(content)).encode()))

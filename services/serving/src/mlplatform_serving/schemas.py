@@ -85,7 +85,7 @@ class ErrorResponse(BaseModel):
     type: str = Field(description="Error class, e.g. InvalidInput")
 
 
-class Answer(NamedTuple):
+class Reply(NamedTuple):
     """A prediction route's answer: JSON, or (``json_length`` set) a JSON header and the
     outputs' bytes after it, the V2 binary tensor extension."""
 

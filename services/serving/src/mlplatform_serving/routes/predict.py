@@ -82,7 +82,7 @@ async def answer(service: Service, headers: Headers, body: bytes) -> bytes:
         limit = service.settings.max_batch_rows
         if len(body) < CSV_ON_THE_LOOP_BYTES:
             X = runtime.parse_csv(body, limit)
-        else:  # parsed in Python: a big body would hold every other request, /health too
+        else:  # a big body (or a malformed one, read cell by cell) would hold /health too
             X = await run_in_threadpool(runtime.parse_csv, body, limit)
         service.check_batch(len(X), "csv")
     elif content_type in ("application/json", "") and (fast := runtime.decode_json(body)):

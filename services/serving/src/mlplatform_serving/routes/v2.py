@@ -23,7 +23,7 @@ from mlplatform_common.errors import InvalidInput, ModelNotFound
 from mlplatform_serving.deps import RuntimeDep, SettingsDep
 from mlplatform_serving.routes.predict import loads, parse_model
 from mlplatform_serving.runtime import ModelRuntime
-from mlplatform_serving.schemas import ERRORS, Answer
+from mlplatform_serving.schemas import ERRORS, Reply
 from mlplatform_serving.service import Service
 from mlplatform_serving.settings import ServingSettings
 
@@ -96,7 +96,7 @@ def label_datatype(classes: list[Any]) -> str:
     a class is a string, BOOL if all are booleans, FP64 if one is a float, else INT64."""
     if any(isinstance(c, str) for c in classes):
         return "BYTES"
-    if all(isinstance(c, bool) for c in classes):
+    if classes and all(isinstance(c, bool) for c in classes):
         return "BOOL"
     return "FP64" if any(isinstance(c, float) for c in classes) else "INT64"
 
@@ -169,7 +169,7 @@ def _split_binary(request_headers: Any, body: bytes) -> tuple[Any, bytes]:
         ) from None
 
 
-async def infer_answer(service: Service, name: str, headers: Headers, body: bytes) -> Answer:
+async def infer_answer(service: Service, name: str, headers: Headers, body: bytes) -> Reply:
     """The whole of ``POST /v2/models/{name}/infer``: headers and body in, the answer out (JSON,
     or with the binary tensor extension a JSON header and the outputs' bytes; errors raise
     ``MLPlatformError``). Served by ``hotpath.HotRoutes`` ahead of FastAPI's
@@ -277,8 +277,8 @@ async def infer_answer(service: Service, name: str, headers: Headers, body: byte
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
     if not binary_outputs:
-        return Answer(header)
-    return Answer(b"".join([header, *blobs]), json_length=len(header))
+        return Reply(header)
+    return Reply(b"".join([header, *blobs]), json_length=len(header))
 
 
 def _flag(parameters: dict[str, Any] | None, key: str, where: str, default: bool) -> bool:

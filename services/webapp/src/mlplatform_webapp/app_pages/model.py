@@ -41,10 +41,7 @@ def row(manifest: dict[str, Any]) -> dict[str, Any]:
         "created_at": manifest.get("created_at"),
         "estimator": manifest.get("estimator"),
         "parent": manifest.get("parent"),
-        # The rows the model was fit on, for a first version as for a retrained one (a first
-        # version's training_data.rows counts its validation and test rows too).
-        "training rows": (manifest.get("split") or {}).get("train")
-        or (manifest.get("training_data") or {}).get("rows"),
+        "training rows": _fit_rows(manifest),
     }
     for split in ("test", "validation"):
         for m in METRICS:
@@ -52,6 +49,16 @@ def row(manifest: dict[str, Any]) -> dict[str, Any]:
             if value is not None:
                 out[f"{split} {m}"] = value
     return out
+
+
+def _fit_rows(manifest: dict[str, Any]) -> Any:
+    """The rows a version was fit on: its split's train rows, for a first version as for a
+    retrained one (``training_data.rows`` counts validation rows too, and a first version's
+    test rows)."""
+    split = manifest.get("split")
+    if isinstance(split, dict) and isinstance(split.get("train"), int):
+        return split["train"]
+    return (manifest.get("training_data") or {}).get("rows")
 
 
 def _split(split: Any) -> str | None:
