@@ -89,8 +89,17 @@ retrain: sync ## Retrain now if a trigger fires (FORCE=1: retrain anyway); make 
 	@$(DEV_ENV) $(RUN) python -m mlplatform_retrainer run $(if $(FORCE),--force)
 
 .PHONY: rollback
-rollback: sync ## Move production back to the previous model version; make dev's serving reloads
+rollback: sync ## Move production back to the previous version and hold it there (until make unpin); serving reloads
 	@$(DEV_ENV) $(RUN) python -m mlplatform_retrainer rollback
+
+.PHONY: promote
+promote: sync ## Put a version in production by hand: make promote VERSION=v3 [PIN=1: hold it there]
+	@test -n "$(VERSION)" || { echo "give the version: make promote VERSION=v3" >&2; exit 2; }
+	@$(DEV_ENV) $(RUN) python -m mlplatform_retrainer $(if $(PIN),pin,promote) $(VERSION)
+
+.PHONY: unpin
+unpin: sync ## Lift a rollback's or pin's hold: retrains may promote again
+	@$(DEV_ENV) $(RUN) python -m mlplatform_retrainer unpin
 
 ##@ Cluster (kind)
 
@@ -130,8 +139,9 @@ api: ## Port-forward the serving API to http://127.0.0.1:8080
 	kubectl -n $(NAMESPACE) port-forward svc/$(RELEASE)-serving 8080
 
 .PHONY: retrain-now
-retrain-now: ## Start a retrain Job from the CronJob
-	kubectl -n $(NAMESPACE) create job --from=cronjob/$(RELEASE)-retrainer retrain-now-$$(date +%s)
+retrain-now: ## Start a retrain Job from the CronJob (it checks the triggers; FORCE=1: retrain anyway)
+	kubectl -n $(NAMESPACE) create job --from=cronjob/$(RELEASE)-retrainer retrain-now-$$(date +%s) \
+	  $(if $(FORCE),--dry-run=client -o yaml | kubectl set env --local -f - MLPLATFORM_FORCE=true -o yaml | kubectl -n $(NAMESPACE) create -f -)
 
 .PHONY: report-now
 report-now: ## Start a report Job from the CronJob

@@ -41,7 +41,10 @@ def rules(role: Obj) -> set[tuple[str, str, str, tuple[str, ...]]]:
 def test_the_code_calls_what_the_roles_grant() -> None:
     # if a service starts calling another API, this fails until the Role says so
     assert api_calls(SERVING_SRC) == {("batch", "cronjobs", "get"), ("batch", "jobs", "create")}
-    assert api_calls(RETRAINER_SRC) == {("apps", "deployments", "patch")}
+    assert api_calls(RETRAINER_SRC) == {
+        ("apps", "deployments", "get"),
+        ("apps", "deployments", "patch"),
+    }
 
 
 def test_roles_grant_exactly_those_calls() -> None:
@@ -52,6 +55,7 @@ def test_roles_grant_exactly_those_calls() -> None:
         ("batch", "jobs", "create", ()),
     }
     assert rules(one(objs, "Role", "mlplatform-retrainer")) == {
+        ("apps", "deployments", "get", ("mlplatform-serving",)),
         ("apps", "deployments", "patch", ("mlplatform-serving",)),
     }
     # Kubernetes pod discovery: list, then watch; only in the release's namespace

@@ -16,7 +16,7 @@ from mlplatform_common.storage import Store
 from mlplatform_retrainer import retrain as retrain_module
 from mlplatform_retrainer.gate import decide
 from mlplatform_retrainer.job import publish
-from mlplatform_retrainer.retrain import rollback, run
+from mlplatform_retrainer.retrain import promote, rollback, run, unpin
 from mlplatform_retrainer.rollout import RolloutFailed
 from mlplatform_retrainer.train import TrainConfig
 from tests.conftest import DATA, SIGNING_KEY, free_port
@@ -290,6 +290,46 @@ def test_rollback_moves_production_back(v1_store: Store) -> None:
     alias = rollback(retrainer_settings(), store=v1_store)
     assert (alias["version"], alias["rolled_back_from"], alias["rollout"]) == ("v1", "v2", "none")
     assert ModelRegistry(v1_store, SIGNING_KEY).production_version() == "v1"
+
+
+def test_a_rollback_holds_until_the_user_lifts_it(v1_store: Store) -> None:
+    # As seen locally: `make rollback`, then the scheduled report still saw drift, and the
+    # retrainer answered it by promoting a new version over the user's decision.
+    registry = ModelRegistry(v1_store, SIGNING_KEY)
+    add_feedback(v1_store, 40)
+    assert run(retrainer_settings(), store=v1_store).outcome == "promoted"
+    rollback(retrainer_settings(), store=v1_store)
+    assert registry.hold() is not None and "rolled back from v2" in registry.hold()["reason"]  # type: ignore[index]
+    v1_store.put_json(
+        keys.report_file("2026-11-20T00-00-00Z", "summary.json"),
+        {"id": "r1", "drift": {"embedding": {"share": 0.8}}},
+    )
+    add_feedback(v1_store, 40, seed=1, start=100)
+    held = run(retrainer_settings(), store=v1_store)
+    assert held.outcome == "held", held.describe()
+    assert held.gate is not None and held.gate.promote  # it would have been promoted
+    assert held.version == "v3" and "kept for review" in held.reasons[-1]
+    assert registry.production_version() == "v1"
+    assert "v3" in registry.versions()  # the candidate is kept, for `promote v3`
+    records = [v1_store.get_json(k) for k in v1_store.list_keys("state/retrain-runs/")]
+    assert [r["outcome"] for r in records] == ["promoted", "held"]
+    # A forced retrain holds too; lifting the hold lets the next one promote.
+    assert run(retrainer_settings(), force=True, store=v1_store).outcome == "held"
+    assert unpin(retrainer_settings(), store=v1_store)["version"] == "v1"
+    assert registry.hold() is None
+    assert run(retrainer_settings(), force=True, store=v1_store).outcome == "promoted"
+    assert registry.production_version() == "v5"
+
+
+def test_a_pin_holds_and_a_promotion_by_hand_lifts_it(v1_store: Store) -> None:
+    registry = ModelRegistry(v1_store, SIGNING_KEY)
+    run(retrainer_settings(), force=True, store=v1_store)  # v2
+    assert promote(retrainer_settings(), "v1", pin=True, store=v1_store)["rollout"] == "none"
+    assert registry.production_version() == "v1" and registry.hold() is not None
+    assert run(retrainer_settings(), force=True, store=v1_store).outcome == "held"  # v3
+    promote(retrainer_settings(), "v3", store=v1_store)
+    assert registry.production_version() == "v3" and registry.hold() is None
+    assert registry.production()["history"] == ["v1", "v2", "v1"]  # type: ignore[index]
 
 
 def test_a_run_without_a_model_fails_with_a_clear_error(local_store: Store) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import gzip
 import io
 import json
+import logging
 import threading
 import time
 import warnings
@@ -46,7 +47,7 @@ def test_health_and_ready_report_the_loaded_version(client: TestClient) -> None:
         "model_loaded": True,
         "model_version": "v1",
     }
-    assert client.get("/ready").json() == {"ready": True, "model_version": "v1"}
+    assert client.get("/ready").json().items() >= {"ready": True, "model_version": "v1"}.items()
     for path in ("/health", "/ready"):  # uptime checkers probe with HEAD
         head = client.head(path)
         assert head.status_code == 200 and head.content == b""
@@ -57,6 +58,19 @@ def test_not_ready_without_a_model_and_says_why(local_store: Store) -> None:
         assert c.get("/health").json()["model_loaded"] is False
         assert_error(c.get("/ready"), 503, "no model is in production yet")
         assert_error(c.post("/predict", json={"features": {}}), 503)
+
+
+def test_waiting_for_a_first_model_is_a_warning_that_names_the_bootstrap(
+    local_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # In a cluster serving starts while the bootstrap Job trains v1: no ERROR, no "make train".
+    with (
+        caplog.at_level(logging.WARNING, logger="mlplatform"),
+        TestClient(create_app(serving_settings(), local_store)) as c,
+    ):
+        assert_error(c.get("/ready"), 503, "bootstrap Job publishes the first")
+    loads = [r for r in caplog.records if "model load failed" in r.getMessage()]
+    assert loads and {r.levelno for r in loads} == {logging.WARNING}
 
 
 def test_a_tampered_model_stays_not_ready_naming_the_file(model_store: Store) -> None:

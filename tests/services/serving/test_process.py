@@ -51,7 +51,10 @@ def serving(s3_server: S3Server, s3_model: S3Store) -> Iterator[ServingProcess]:
 def test_predict_log_and_feedback_through_a_real_process(
     serving: ServingProcess, s3_model: S3Store, rows
 ) -> None:
-    assert httpx.get(serving.url + "/ready").json() == {"ready": True, "model_version": "v1"}
+    assert (
+        httpx.get(serving.url + "/ready").json().items()
+        >= {"ready": True, "model_version": "v1"}.items()
+    )
     r = httpx.post(serving.url + "/predict", json={"instances": rows[:10]})
     assert r.status_code == 200
     ids = [p["prediction_id"] for p in r.json()["predictions"]]
@@ -245,3 +248,56 @@ def test_metrics_add_up_across_uvicorn_workers(
         proc.stop()
     route = {"route": "/predict", "method": "POST", "status": "200"}
     assert sample(text, "mlplatform_http_requests_total", **route) == 40
+
+
+def test_feedback_by_id_works_on_the_replica_that_did_not_predict_it(
+    s3_server: S3Server, s3_model: S3Store, rows
+) -> None:
+    # As on the cluster: the log is flushed every 2 s, and the label, sent at once, reaches
+    # the other replica (a Service balancing per request). It answered 404 until the flush.
+    env = serving_env(s3_server, s3_model.bucket, MLPLATFORM_LOG_FLUSH_SECONDS="2")
+    a = ServingProcess(env).start()
+    b = ServingProcess(env).start()
+    impatient = ServingProcess({**env, "MLPLATFORM_FEEDBACK_WAIT_SECONDS": "0"}).start()
+    try:
+        for i in range(3):
+            r = httpx.post(a.url + "/predict", json={"features": rows[i]})
+            (answer,) = r.json()["predictions"]
+            fb = httpx.post(
+                b.url + "/feedback",
+                json={"prediction_id": answer["prediction_id"], "target": answer["label"]},
+                timeout=30,
+            )
+            assert fb.status_code == 201, fb.text
+            assert fb.json()["model_version"] == "v1"
+        # A replica that does not wait says "not yet", with when to ask again, never 404.
+        r = httpx.post(a.url + "/predict", json={"features": rows[5]})
+        pid = r.json()["predictions"][0]["prediction_id"]
+        fb = httpx.post(impatient.url + "/feedback", json={"prediction_id": pid, "target": 0})
+        assert fb.status_code == 409, fb.text
+        assert (
+            fb.json()["type"] == "NotYet" and "not in the prediction log yet" in fb.json()["error"]
+        )
+        time.sleep(int(fb.headers["retry-after"]) + 1)  # past the 2 s flush
+        again = httpx.post(impatient.url + "/feedback", json={"prediction_id": pid, "target": 0})
+        assert again.status_code == 201, again.text
+        assert len(datalog.read_feedback(s3_model)) == 4  # nothing stored by the 409
+    finally:
+        for proc in (a, b, impatient):
+            proc.stop()
+
+
+def test_behind_the_ingress_prefix_serving_starts_without_a_warning(
+    s3_server: S3Server, s3_model: S3Store
+) -> None:
+    # FastAPI deprecated its own root_path: every start wrote a non-JSON warning to the log.
+    proc = ServingProcess(serving_env(s3_server, s3_model.bucket, MLPLATFORM_ROOT_PATH="/api"))
+    try:
+        proc.start()
+        for path in ("/api/ready", "/ready"):
+            assert httpx.get(proc.url + path).status_code == 200, path
+        assert httpx.get(proc.url + "/api/openapi.json").json()["servers"] == [{"url": "/api"}]
+    finally:
+        output = proc.stop()
+    assert "serving model v1" in output
+    assert "Warning" not in output, output

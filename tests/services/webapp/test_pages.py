@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from mlplatform_common import datalog
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import LocalStore
 from mlplatform_webapp import samples
+from mlplatform_webapp.settings import get_settings
 from tests.conftest import SIGNING_KEY, ServingProcess, free_port, publish_trained
-from tests.services.webapp.conftest import ADMIN_TOKEN, page, serving_env, texts
+from tests.services.webapp.conftest import ADMIN_TOKEN, APP_DIR, page, serving_env, texts
 
 PAGES = ["predict", "batch", "label", "model", "monitoring", "admin"]
 
@@ -207,3 +209,20 @@ def test_admin_uses_the_configured_token(serving, webapp_env) -> None:
     at = page("admin", serving.url, webapp_env).run()
     at.button[1].click().run()
     assert not at.error and "Serving v1" in at.success[0].value
+
+
+def test_the_sidebar_links_the_api_docs_where_a_browser_reaches_them(serving, webapp_env) -> None:
+    # In the cluster the app talks to http://<release>-serving:8080, which no browser opens:
+    # the link is the ingress's /api (the chart sets MLPLATFORM_PUBLIC_API_URL).
+    webapp_env.setenv("MLPLATFORM_API_URL", serving.url)
+    webapp_env.setenv("MLPLATFORM_PUBLIC_API_URL", "/api/")
+    get_settings.cache_clear()
+    at = AppTest.from_file(str(APP_DIR / "streamlit_app.py"), default_timeout=30).run()
+    assert not at.exception
+    (caption,) = [c.value for c in at.sidebar.caption if "Serving API" in c.value]
+    assert caption == "Serving API: [/api/docs](/api/docs)"
+    assert serving.url not in caption
+    webapp_env.delenv("MLPLATFORM_PUBLIC_API_URL")
+    get_settings.cache_clear()
+    at = AppTest.from_file(str(APP_DIR / "streamlit_app.py"), default_timeout=30).run()
+    assert f"[{serving.url}/docs]" in " ".join(c.value for c in at.sidebar.caption)

@@ -11,6 +11,8 @@ class MLPlatformError(Exception):
     """Base class of every error the platform raises on purpose."""
 
     status_code: int = 500
+    retry_after: int | None = None
+    """Seconds after which the same request may succeed (HTTP ``Retry-After``), if any."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -51,6 +53,13 @@ class Conflict(MLPlatformError):
     """The operation lost a race or would overwrite something immutable."""
 
     status_code = 409
+
+
+class NotYet(Conflict):
+    """Something that exists is not visible here yet (a prediction another replica has not
+    written to the store): the same request succeeds after ``retry_after`` seconds."""
+
+    retry_after = 2
 
 
 class ModelNotReady(MLPlatformError):

@@ -10,6 +10,7 @@ PROD_DATA = "production/prod_data.csv"
 REPORTS = "reports/"
 RETRAIN_LOCK = "state/retrain.lock"
 WATERMARK = "state/watermark.json"
+TRIGGERS = "state/triggers/"
 
 
 def dataset(name: str, filename: str = "raw.csv") -> str:
@@ -35,3 +36,8 @@ def feedback_row(day: str, row_id: str) -> str:
 def report_file(report_id: str, filename: str) -> str:
     """One file of an archived report (``report.html`` or ``summary.json``)."""
     return f"{REPORTS}{report_id}/{filename}"
+
+
+def trigger(name: str) -> str:
+    """A marker whose atomic creation lets one replica start a retrainer run."""
+    return f"{TRIGGERS}{name}.json"

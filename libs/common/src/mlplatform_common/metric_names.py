@@ -16,6 +16,7 @@ PREDICTION_PROBABILITY = "mlplatform_prediction_probability"  # Histogram
 FEEDBACK = "mlplatform_feedback"  # Counter
 MODEL_INFO = "mlplatform_model_info"  # Gauge{version} = 1
 MODEL_LOAD_SECONDS = "mlplatform_model_load_seconds"  # Gauge
+MODEL_ALIAS_MISMATCH = "mlplatform_model_alias_mismatch"  # Gauge: 1 = alias names another version
 PREDICTION_LOG_DROPPED = "mlplatform_prediction_log_dropped_rows"  # Counter
 BACKUP_PREDICTIONS = "mlplatform_backup_predictions"  # Counter
 

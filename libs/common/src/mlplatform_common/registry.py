@@ -257,41 +257,104 @@ class ModelRegistry:
         """The version the alias names; ``ModelNotFound`` before the first promotion."""
         alias = self.production()
         if not alias:
-            raise ModelNotFound("no model is in production yet (train one: make train)")
+            raise ModelNotFound(
+                "no model is in production yet (the chart's bootstrap Job publishes the first; "
+                "locally: make train)"
+            )
         return str(alias["version"])
 
-    def promote(self, version: str) -> dict[str, Any]:
-        """Point the production alias at a verified version, remembering the one before."""
+    def hold(self) -> dict[str, Any] | None:
+        """Why automation may not move the alias now (a rollback or a pin), or None."""
+        alias = self.production()
+        hold = alias.get("hold") if alias else None
+        return hold if isinstance(hold, dict) else None
+
+    def _write_alias(
+        self, version: str, history: list[str], hold: dict[str, Any] | None, **extra: Any
+    ) -> dict[str, Any]:
+        alias = {
+            "version": version,
+            "previous": history[-1] if history else None,
+            "history": history,
+            **extra,
+            "updated_at": utcnow(),
+        }
+        if hold is not None:
+            alias["hold"] = {**hold, "at": utcnow()}
+        self.store.put_json(keys.PRODUCTION_ALIAS, alias)
+        return alias
+
+    def promote(self, version: str, hold: str | None = None) -> dict[str, Any]:
+        """Point the production alias at a verified version, remembering the one before.
+
+        Args:
+            version: the version to serve.
+            hold: why automation must leave the alias alone from now on (a pin), or None: a
+                promotion lifts any hold. Automation checks ``hold()`` before it promotes.
+        """
         self.manifest(version)
         current = self.production()
         history = list(current.get("history", [])) if current else []
         if current and current["version"] != version:
             history.append(current["version"])
-        alias = {
-            "version": version,
-            "previous": history[-1] if history else None,
-            "history": history,
-            "updated_at": utcnow(),
-        }
-        self.store.put_json(keys.PRODUCTION_ALIAS, alias)
+        alias = self._write_alias(version, history, {"reason": hold} if hold is not None else None)
         logger.info("production alias -> %s (previous %s)", version, alias["previous"])
         return alias
 
     def rollback(self) -> dict[str, Any]:
-        """Move the alias back to the version that was in production before."""
+        """Move the alias back to the version that was in production before. The rollback
+        holds: automation promotes nothing over it until ``unpin``."""
         current = self.production()
         if not current or not current.get("history"):
             raise Conflict("there is no previous production version to roll back to")
         history = list(current["history"])
         version = history.pop()
         self.manifest(version)
-        alias = {
-            "version": version,
-            "previous": history[-1] if history else None,
-            "history": history,
-            "rolled_back_from": current["version"],
-            "updated_at": utcnow(),
-        }
-        self.store.put_json(keys.PRODUCTION_ALIAS, alias)
+        alias = self._write_alias(
+            version,
+            history,
+            {"reason": f"rolled back from {current['version']}"},
+            rolled_back_from=current["version"],
+        )
         logger.info("rolled back production %s -> %s", current["version"], version)
+        return alias
+
+    def follow(self, version: str, why: str) -> dict[str, Any]:
+        """Move the alias to the version that is actually served (a Deployment rolled back by
+        hand), as a rollback: it holds until ``unpin``. ``why`` is recorded in the hold."""
+        self.manifest(version)
+        current = self.production()
+        history = list(current.get("history", [])) if current else []
+        if current and history and history[-1] == version:
+            history.pop()  # back to the version before: the stack of a rollback
+        elif current and current["version"] != version:
+            history.append(current["version"])
+        alias = self._write_alias(
+            version,
+            history,
+            {"reason": why},
+            reconciled_from=current["version"] if current else None,
+        )
+        logger.warning("production alias -> %s to follow what is served: %s", version, why)
+        return alias
+
+    def restore(self, alias: dict[str, Any]) -> None:
+        """Put back an alias read before (a promotion whose rollout failed)."""
+        self.store.put_json(keys.PRODUCTION_ALIAS, alias)
+        logger.warning("production alias restored to %s", alias.get("version"))
+
+    def unpin(self) -> dict[str, Any]:
+        """Lift a hold: automation may promote again. The alias keeps its version."""
+        current = self.production()
+        if not current:
+            raise Conflict("no model is in production: there is nothing to unpin")
+        extra = {
+            k: v
+            for k, v in current.items()
+            if k not in ("version", "previous", "history", "hold", "updated_at")
+        }
+        alias = self._write_alias(
+            current["version"], list(current.get("history", [])), None, **extra
+        )
+        logger.info("production %s is no longer held", current["version"])
         return alias

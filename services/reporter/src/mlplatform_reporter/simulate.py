@@ -29,6 +29,8 @@ logger = logging.getLogger("mlplatform.reporter")
 # The retrainer's defaults (TrainConfig): the same stratified test split, so the rows replayed
 # by default are rows the first model never trained on.
 HOLDOUT_SIZE = 0.2
+FEEDBACK_RETRIES = 5
+"""Times a label answered 409 with ``Retry-After`` (not logged yet) is sent again."""
 HOLDOUT_SEED = 42
 
 
@@ -219,14 +221,19 @@ def replay(
 
     def send_feedback(now_only: bool) -> None:
         while pending and (not now_only or pending[0][0] <= time.monotonic()):
-            due, _, prediction_id, truth = heapq.heappop(pending)
+            due, seq, prediction_id, truth = heapq.heappop(pending)
             wait = due - time.monotonic()
             if wait > 0:
                 sleep(wait)
             try:
                 r = client.post("/feedback", json={"prediction_id": prediction_id, "target": truth})
+                retry_after = r.headers.get("retry-after", "")
                 if r.status_code in (200, 201):
                     summary.feedback_sent += 1
+                elif retry_after.isdigit() and seq < FEEDBACK_RETRIES * len(rows):
+                    # Not logged by the replica that predicted it yet: nothing was stored.
+                    again = (time.monotonic() + int(retry_after), seq + len(rows))
+                    heapq.heappush(pending, (*again, prediction_id, truth))
                 else:
                     summary.feedback_errors += 1
                     _record_error(summary, f"feedback {r.status_code}: {r.text[:200]}")

@@ -1,4 +1,5 @@
-"""``python -m mlplatform_retrainer``: train, run (retrain if triggered), rollback, schedule."""
+"""``python -m mlplatform_retrainer``: train, run (retrain if triggered), rollback, promote,
+pin, unpin, schedule."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from mlplatform_common.log import configure_logging
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import open_store
 from mlplatform_retrainer.job import describe, train_from_file
-from mlplatform_retrainer.retrain import rollback, run
+from mlplatform_retrainer.retrain import promote, rollback, run, unpin
 from mlplatform_retrainer.rollout import rollout_local
 from mlplatform_retrainer.settings import RetrainerSettings, get_settings
 
@@ -55,6 +56,20 @@ def _rollback(settings: RetrainerSettings, args: argparse.Namespace) -> int:
     alias = rollback(settings)
     was, rollout = alias["rolled_back_from"], alias["rollout"]
     print(f"production is {alias['version']} again (was {was}); rollout: {rollout}")
+    print("it holds: retrains keep their candidates for review until `unpin`")
+    return 0
+
+
+def _promote(settings: RetrainerSettings, args: argparse.Namespace) -> int:
+    alias = promote(settings, args.version, pin=args.pin)
+    held = " and held (retrains keep their candidates until `unpin`)" if args.pin else ""
+    print(f"production is {alias['version']}{held}; rollout: {alias['rollout']}")
+    return 0
+
+
+def _unpin(settings: RetrainerSettings, args: argparse.Namespace) -> int:
+    alias = unpin(settings)
+    print(f"production {alias['version']} is no longer held: retrains may promote again")
     return 0
 
 
@@ -93,8 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("run", help="retrain if a trigger fires (k labelled rows, drift, quality)")
     p.add_argument("--force", action="store_true", help="retrain even if no trigger fires")
     p.set_defaults(handler=_run)
-    p = sub.add_parser("rollback", help="move production back to the previous version")
+    p = sub.add_parser(
+        "rollback", help="move production back to the previous version (holds until unpin)"
+    )
     p.set_defaults(handler=_rollback)
+    for command, pin, text in (
+        ("promote", False, "put a version in production by hand (lifts a hold)"),
+        ("pin", True, "put a version in production and hold it there until unpin"),
+    ):
+        p = sub.add_parser(command, help=text)
+        p.add_argument("version", help="a published version, e.g. v3")
+        p.set_defaults(handler=_promote, pin=pin)
+    p = sub.add_parser("unpin", help="lift a rollback's or a pin's hold: retrains may promote")
+    p.set_defaults(handler=_unpin)
     p = sub.add_parser("schedule", help="run the trigger check every MLPLATFORM_SCHEDULE_SECONDS")
     p.set_defaults(handler=_schedule)
     args = parser.parse_args(argv)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,7 +25,7 @@ from mlplatform_common.schema import FEATURE_LIMIT, Dataset, complete_rows, pars
 from mlplatform_common.storage import Store, open_store
 from mlplatform_retrainer.gate import GateResult, decide, recent_split
 from mlplatform_retrainer.job import publish, train_with_progress
-from mlplatform_retrainer.rollout import RolloutFailed, roll_out
+from mlplatform_retrainer.rollout import RolloutFailed, roll_out, served_version
 from mlplatform_retrainer.settings import RetrainerSettings
 from mlplatform_retrainer.train import TrainConfig, evaluate, split
 
@@ -38,7 +39,7 @@ STATS = "state/retrain-stats.json"
 class RunResult:
     """What one run did."""
 
-    outcome: str  # promoted | rejected | skipped | locked
+    outcome: str  # promoted | held | rejected | skipped | locked
     reasons: list[str] = field(default_factory=list)
     version: str | None = None
     production: str | None = None
@@ -46,9 +47,13 @@ class RunResult:
     rollout: str | None = None
     new_rows: int = 0
     rollout_error: str | None = None
+    followed: str | None = None
+    """The version the alias was moved to because the Deployment serves it (rollout undo)."""
 
     def describe(self) -> str:
         parts = [f"retrain {self.outcome}"]
+        if self.followed:
+            parts.append(f"production alias moved to {self.followed}, which serving runs")
         if self.reasons:
             parts.append("trigger: " + "; ".join(self.reasons))
         if self.gate:
@@ -196,7 +201,7 @@ def _push(settings: RetrainerSettings, store: Store, result: RunResult, success:
         return
     registry = CollectorRegistry()
     runs = Counter(names.RETRAIN_RUNS, "Retrain runs by outcome", ["outcome"], registry=registry)
-    for outcome in ("promoted", "rejected", "skipped", "locked", "failed"):
+    for outcome in ("promoted", "held", "rejected", "skipped", "locked", "failed"):
         runs.labels(outcome).inc(int(stats.get(outcome, 0)))
     if result.production:
         Gauge(names.MODEL_VERSION_NUMBER, "Production model version number", registry=registry).set(
@@ -228,6 +233,7 @@ def _record(store: Store, result: RunResult) -> None:
         "new_rows": result.new_rows,
         "gate": asdict(result.gate) if result.gate else None,
         "rollout": result.rollout,
+        "followed": result.followed,
     }
     store.put_json(f"{RUNS}{datetime.now().strftime('%Y%m%dT%H%M%S%f')}.json", record)
 
@@ -350,13 +356,15 @@ def retrain(
         ),
     )
     logger.info("gate %s", gate.reason)
+    hold = registry.hold() if gate.promote else None
     result = RunResult(
-        "promoted" if gate.promote else "rejected",
+        "rejected" if not gate.promote else "held" if hold else "promoted",
         reasons,
         production=production,
         gate=gate,
         new_rows=new_rows,
     )
+    before: dict[str, Any] | None = None  # the alias, until a promotion moves it
     if gate.promote:
         version = publish(
             registry,
@@ -379,23 +387,65 @@ def retrain(
                 },
             },
         )
-        registry.promote(version)
         result.version = version
-        result.production = version
+        if hold:
+            # A rollback or a pin holds: the candidate is kept for review, not promoted.
+            result.reasons = [
+                *reasons,
+                f"held: {hold.get('reason')}; {version} is kept for review "
+                f"(promote it: python -m mlplatform_retrainer promote {version}; "
+                "let automation promote again: ... unpin)",
+            ]
+        else:
+            before = registry.production()
+            registry.promote(version)
+            result.production = version
     # The watermark first: these rows are answered even if the rollout below fails.
     _answered(store, feedback, result.outcome, report_id)
-    if result.version is not None:
+    if result.outcome == "promoted" and result.version is not None:
         try:
-            result.rollout = roll_out(settings, result.version, registry.signature(result.version))
+            result.rollout = roll_out(
+                settings, result.version, registry.signature(result.version), production
+            )
         except RolloutFailed as exc:
             # Recorded and pushed as what it is (promoted, rollout failed) by run(), which
             # then raises it.
-            result.rollout_error = (
-                f"{exc.message} -- {result.version} is published and in production; serving "
-                "loads it when it restarts (`make rollback` undoes the promotion)"
-            )
+            if settings.resolved_rollout() == "kubernetes" and before is not None:
+                # The Deployment still runs the old version: the alias says so too.
+                registry.restore(before)
+                result.production = production
+                where = f"published, and production stays {production}"
+            else:
+                where = (
+                    "published and in production; serving loads it when it restarts "
+                    "(`make rollback` undoes the promotion)"
+                )
+            result.rollout_error = f"{exc.message} -- {result.version} is {where}"
             result.rollout = "failed"
     return result
+
+
+def follow_deployment(settings: RetrainerSettings, registry: ModelRegistry) -> str | None:
+    """In Kubernetes, move the production alias to the version the serving Deployment's pod
+    template pins when they differ (a ``kubectl rollout undo``): the store follows what is
+    served, and, as after any rollback, automation promotes nothing over it until ``unpin``.
+    Returns the version moved to, or None."""
+    if settings.resolved_rollout() != "kubernetes":
+        return None
+    alias = registry.production()
+    try:
+        served = served_version(settings)
+    except RolloutFailed as exc:
+        logger.error("cannot compare the alias with what serving runs: %s", exc.message)
+        return None
+    if served is None or alias is None or served == alias["version"]:
+        return None
+    registry.follow(
+        served,
+        f"deployment/{settings.serving_deployment} serves {served} while the alias named "
+        f"{alias['version']} (kubectl rollout undo)",
+    )
+    return served
 
 
 def run(settings: RetrainerSettings, force: bool = False, store: Store | None = None) -> RunResult:
@@ -410,6 +460,7 @@ def run(settings: RetrainerSettings, force: bool = False, store: Store | None = 
         return RunResult("locked", [exc.message])
     result = RunResult("failed")
     try:
+        followed = follow_deployment(settings, registry)
         reasons, new_rows, report_id = triggers(settings, store, registry, force)
         if not reasons:
             result = RunResult(
@@ -422,6 +473,7 @@ def run(settings: RetrainerSettings, force: bool = False, store: Store | None = 
         else:
             logger.info("retrain triggered: %s", "; ".join(reasons))
             result = retrain(settings, store, registry, reasons, new_rows, report_id)
+        result.followed = followed
         _record(store, result)
         _push(settings, store, result, success=result.rollout_error is None)
     except BaseException:
@@ -434,15 +486,44 @@ def run(settings: RetrainerSettings, force: bool = False, store: Store | None = 
     return result
 
 
-def rollback(settings: RetrainerSettings, store: Store | None = None) -> dict[str, Any]:
-    """Move production back to the previous version and roll it out the same way."""
+def _move(
+    settings: RetrainerSettings,
+    store: Store | None,
+    move: Callable[[ModelRegistry], dict[str, Any]],
+) -> dict[str, Any]:
+    """Move the production alias by hand (under the retrain lock) and roll it out."""
     store = store or open_store(settings)
     registry = ModelRegistry(store, settings.require_signing_key())
     with StoreLock(store, keys.RETRAIN_LOCK, settings.lock_ttl_seconds):
-        alias = registry.rollback()
-        how = roll_out(settings, alias["version"], registry.signature(alias["version"]))
-    logger.info("rolled back to %s (%s)", alias["version"], how)
+        before = registry.production()
+        alias = move(registry)
+        version = alias["version"]
+        was = before["version"] if before else None
+        how = "unchanged"
+        if version != was:
+            how = roll_out(settings, version, registry.signature(version), was)
+    logger.info("production is %s (was %s; rollout: %s)", version, was, how)
     return {**alias, "rollout": how}
 
 
-__all__ = ["RunResult", "rollback", "run"]
+def rollback(settings: RetrainerSettings, store: Store | None = None) -> dict[str, Any]:
+    """Move production back to the previous version and roll it out the same way. It holds:
+    retrains keep their candidates for review until ``unpin``."""
+    return _move(settings, store, lambda registry: registry.rollback())
+
+
+def promote(
+    settings: RetrainerSettings, version: str, pin: bool = False, store: Store | None = None
+) -> dict[str, Any]:
+    """Put ``version`` in production by hand and roll it out. ``pin``: it holds (automation
+    promotes nothing over it until ``unpin``); else any hold is lifted."""
+    hold = f"pinned to {version} by hand" if pin else None
+    return _move(settings, store, lambda registry: registry.promote(version, hold=hold))
+
+
+def unpin(settings: RetrainerSettings, store: Store | None = None) -> dict[str, Any]:
+    """Lift a rollback's or a pin's hold: the next retrain may promote again."""
+    return _move(settings, store, lambda registry: registry.unpin())
+
+
+__all__ = ["RunResult", "follow_deployment", "promote", "rollback", "run", "unpin"]

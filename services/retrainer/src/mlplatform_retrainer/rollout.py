@@ -2,12 +2,14 @@
 
 In Kubernetes the version lives in the serving Deployment's pod template (``MODEL_VERSION``
 and an annotation), so patching it makes Kubernetes roll the pods, and
-``kubectl rollout undo deployment/<serving>`` brings the previous version back.
+``kubectl rollout undo deployment/<serving>`` brings the previous version back; the next
+retrainer run then moves the production alias to it (``retrain.follow_deployment``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import httpx
@@ -40,26 +42,75 @@ def deployment_patch(container: str, version: str) -> dict[str, Any]:
     }
 
 
-def rollout_kubernetes(settings: RetrainerSettings, version: str, api_client: Any = None) -> None:
-    """Patch the serving Deployment (in-cluster config unless an ``api_client`` is given)."""
+def _apps(api_client: Any) -> Any:
+    """The apps/v1 API: the given ``api_client``, else the pod's service account, else (run
+    from a workstation) the kubeconfig (``KUBECONFIG``), as kubectl finds it."""
     from kubernetes import client, config
 
     if api_client is None:
-        config.load_incluster_config()
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            # KUBECONFIG as it is now (the client reads it once, at import)
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
         api_client = client.ApiClient()
-    apps = client.AppsV1Api(api_client)
+    return client.AppsV1Api(api_client)
+
+
+def _pinned(deployment: Any, container: str) -> str | None:
+    """The ``MODEL_VERSION`` a Deployment's pod template gives the container, or None."""
+    for c in deployment.spec.template.spec.containers or []:
+        if c.name == container:
+            return next((e.value for e in c.env or [] if e.name == "MODEL_VERSION"), None)
+    return None
+
+
+def served_version(settings: RetrainerSettings, api_client: Any = None) -> str | None:
+    """The version the serving Deployment's pod template pins (None: it follows the alias).
+    After ``kubectl rollout undo`` this is the version rolled back to."""
+    from kubernetes import client
+
     try:
-        apps.patch_namespaced_deployment(
-            settings.serving_deployment,
-            settings.namespace,
-            deployment_patch(settings.serving_container, version),
+        deployment = _apps(api_client).read_namespaced_deployment(
+            settings.serving_deployment, settings.namespace
         )
     except client.ApiException as exc:
         raise RolloutFailed(
-            f"patching deployment/{settings.serving_deployment} in {settings.namespace} failed: "
+            f"reading deployment/{settings.serving_deployment} in {settings.namespace} failed: "
             f"{exc.status} {exc.reason}"
         ) from None
-    logger.info("patched deployment/%s: MODEL_VERSION=%s", settings.serving_deployment, version)
+    return _pinned(deployment, settings.serving_container)
+
+
+def rollout_kubernetes(
+    settings: RetrainerSettings,
+    version: str,
+    api_client: Any = None,
+    replacing: str | None = None,
+) -> None:
+    """Patch the serving Deployment's pod template to ``version``. A template that pins no
+    version yet (the chart's own) first gets ``replacing`` pinned, in a revision of its own:
+    ``kubectl rollout undo`` then returns to a template that serves ``replacing``, not to one
+    that follows the alias (which names ``version`` by then)."""
+    from kubernetes import client
+
+    apps = _apps(api_client)
+    name, namespace = settings.serving_deployment, settings.namespace
+    try:
+        pins = [version]
+        if replacing and replacing != version and served_version(settings, apps.api_client) is None:
+            pins.insert(0, replacing)
+        for pin in pins:
+            apps.patch_namespaced_deployment(
+                name, namespace, deployment_patch(settings.serving_container, pin)
+            )
+    except client.ApiException as exc:
+        raise RolloutFailed(
+            f"patching deployment/{name} in {namespace} failed: {exc.status} {exc.reason}"
+        ) from None
+    if len(pins) > 1:
+        logger.info("pinned %s in deployment/%s first, for rollout undo", replacing, name)
+    logger.info("patched deployment/%s: MODEL_VERSION=%s", name, version)
 
 
 def rollout_local(settings: RetrainerSettings, version: str, signature: str | None = None) -> None:
@@ -79,12 +130,18 @@ def rollout_local(settings: RetrainerSettings, version: str, signature: str | No
     logger.info("serving at %s reloaded %s", settings.serving_url, version)
 
 
-def roll_out(settings: RetrainerSettings, version: str, signature: str | None = None) -> str:
+def roll_out(
+    settings: RetrainerSettings,
+    version: str,
+    signature: str | None = None,
+    replacing: str | None = None,
+) -> str:
     """Make serving use ``version`` the configured way; return the way used. ``signature``:
-    the version's manifest HMAC, which a local serving checks against its own store."""
+    the version's manifest HMAC, which a local serving checks against its own store;
+    ``replacing``: the version served until now (``rollout_kubernetes``)."""
     how = settings.resolved_rollout()
     if how == "kubernetes":
-        rollout_kubernetes(settings, version)
+        rollout_kubernetes(settings, version, replacing=replacing)
     elif how == "local":
         rollout_local(settings, version, signature)
     elif how != "none":

@@ -38,6 +38,22 @@ from mlplatform_serving.settings import ServingSettings, get_settings
 logger = logging.getLogger("mlplatform.serving")
 
 
+class RootPath:
+    """Serve under a path prefix that the proxy does not strip (the chart's ingress forwards
+    ``/api/...`` as it is), and answer the bare paths too (probes, Prometheus). This is what
+    FastAPI's deprecated ``root_path`` argument did; uvicorn's ``--root-path`` is for proxies
+    that strip the prefix (it prepends it to every path)."""
+
+    def __init__(self, app: ASGIApp, root_path: str) -> None:
+        self.app = app
+        self.root_path = root_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope["root_path"] = self.root_path
+        await self.app(scope, receive, send)
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -201,7 +217,6 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
             'Errors are `{"error": ..., "type": ...}` and name the field.'
         ),
         lifespan=lifespan,
-        root_path=settings.root_path,
         telemetry=None  # FastAPI's default: on when a provider is configured
         if settings.opentelemetry
         else {"tracing": False, "metrics": False, "logs": False},
@@ -210,7 +225,10 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
 
     @app.exception_handler(MLPlatformError)
     async def platform_error(_: Request, exc: MLPlatformError) -> JSONResponse:
-        return JSONResponse(error_body(exc.message, exc.type), status_code=exc.status_code)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return JSONResponse(
+            error_body(exc.message, exc.type), status_code=exc.status_code, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -256,4 +274,6 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
     app.add_middleware(
         ObservabilityMiddleware, stats=service.stats, max_body_bytes=settings.max_body_bytes
     )
+    if settings.root_path:
+        app.add_middleware(RootPath, root_path=settings.root_path)
     return app

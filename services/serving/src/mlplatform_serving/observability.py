@@ -56,6 +56,11 @@ LOG_DROPPED = Counter(
 MODEL_INFO = Gauge(
     names.MODEL_INFO, "The model version being served (1)", ["version"], multiprocess_mode="liveall"
 )
+ALIAS_MISMATCH = Gauge(
+    names.MODEL_ALIAS_MISMATCH,
+    "1 while the production alias names another version than the one served",
+    multiprocess_mode="max",
+)
 MODEL_LOAD = Gauge(
     names.MODEL_LOAD_SECONDS, "Seconds the last model load took", multiprocess_mode="liveall"
 )

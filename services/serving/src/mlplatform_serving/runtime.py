@@ -34,7 +34,13 @@ import numpy as np
 import orjson
 
 from mlplatform_common import datalog
-from mlplatform_common.errors import Conflict, InvalidInput, MLPlatformError, ModelNotReady
+from mlplatform_common.errors import (
+    Conflict,
+    InvalidInput,
+    MLPlatformError,
+    ModelNotFound,
+    ModelNotReady,
+)
 from mlplatform_common.log import set_model_version
 from mlplatform_common.registry import BACKUP, LoadedModel, ModelRegistry
 from mlplatform_common.schema import FEATURE_LIMIT, in_range
@@ -434,7 +440,9 @@ class ModelRuntime:
             except MLPlatformError as exc:
                 if self._served is None:
                     self.not_ready_reason = f"{exc.type}: {exc.message}"
-                logger.error("model load failed: %s", exc.message)
+                # Waiting for a first model (a bootstrap still training) is no error.
+                waiting = self._served is None and isinstance(exc, ModelNotFound)
+                (logger.warning if waiting else logger.error)("model load failed: %s", exc.message)
                 raise
             try:
                 served = make_served(model)

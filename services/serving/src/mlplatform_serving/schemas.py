@@ -78,6 +78,13 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     ready: bool
     model_version: str
+    production_alias: str | None = Field(
+        default=None, description="The version the production alias names (checked periodically)"
+    )
+    alias_matches: bool | None = Field(
+        default=None, description="Whether that is the version served (null: not checked yet)"
+    )
+    alias_detail: str | None = Field(default=None, description="Why they differ, if they do")
 
 
 class ErrorResponse(BaseModel):

@@ -21,7 +21,13 @@ import numpy as np
 import orjson
 
 from mlplatform_common import datalog, keys
-from mlplatform_common.errors import InvalidInput, MLPlatformError, NotFound, ObjectNotFound
+from mlplatform_common.errors import (
+    InvalidInput,
+    MLPlatformError,
+    NotFound,
+    NotYet,
+    ObjectNotFound,
+)
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import Store
 from mlplatform_serving import observability as obs
@@ -97,6 +103,8 @@ class Service:
         self.retrain_launcher: Callable[[str, bool], bool] | None = None
         self._stop = threading.Event()
         self._loader: threading.Thread | None = None
+        # The served version against the production alias (check_alias), for /ready.
+        self.alias_state: dict[str, Any] = {}
         self._counter: tuple[str, datalog.FeedbackCounter] | None = None
         # Requests waiting for the next turn's shared model call (predict_batched).
         self._waiting: list[tuple[np.ndarray, asyncio.Future[Any]]] = []
@@ -117,6 +125,7 @@ class Service:
                 target=self._keep_loading, name="model-loader", daemon=True
             )
             self._loader.start()
+        threading.Thread(target=self._watch_alias, name="alias-check", daemon=True).start()
 
     def _try_load(self, version: str | None = None) -> bool:
         try:
@@ -130,6 +139,65 @@ class Service:
         while not self._stop.wait(self.settings.load_retry_seconds):
             if self.runtime.ready or self._try_load():
                 return
+
+    def _watch_alias(self) -> None:
+        interval = self.settings.alias_check_seconds
+        while not self._stop.wait(min(interval, self.settings.load_retry_seconds)):
+            if self.runtime.ready and time.monotonic() >= self.alias_state.get("next", 0.0):
+                self.check_alias()
+                self.alias_state["next"] = time.monotonic() + interval
+
+    def check_alias(self) -> dict[str, Any]:
+        """Compare the served version with the production alias, for ``/ready`` and
+        ``mlplatform_model_alias_mismatch``. A version pinned by the Deployment
+        (``MODEL_VERSION``) that the alias does not name is a ``kubectl rollout undo``: one
+        replica starts a retrainer run, which moves the alias to what the Deployment runs."""
+        served = self.runtime.version
+        try:
+            alias = self.registry.production()
+        except MLPlatformError as exc:
+            logger.warning("production alias not readable: %s", exc.message)
+            return self.alias_state
+        named = alias.get("version") if alias else None
+        state: dict[str, Any] = {"production_alias": named, "alias_matches": named == served}
+        if named != served:
+            state["alias_detail"] = (
+                f"serving {served} (MODEL_VERSION) while the production alias names {named}: "
+                "the Deployment was rolled back or pinned by hand; the retrainer moves the "
+                "alias to the version the Deployment runs"
+                if self.runtime.pinned_version
+                else f"serving {served} while the production alias names {named}: "
+                "POST /admin/reload loads it"
+            )
+        obs.ALIAS_MISMATCH.set(0 if named == served else 1)
+        self.alias_state.update(state)
+        if named == served:
+            self.alias_state.pop("alias_detail", None)
+        elif (
+            alias and self.runtime.pinned_version and self.settings.retrain_launcher == "kubernetes"
+        ):
+            logger.warning("%s", state["alias_detail"])
+            self._start_once(
+                f"follow-{served}-not-{named}-{str(alias.get('updated_at', ''))[:19]}",
+                f"deployment serves {served}, the production alias names {named}: reconcile",
+            )
+        return self.alias_state
+
+    def _start_once(self, marker: str, reason: str) -> bool:
+        """Start one retrainer run for ``marker`` across replicas: the replica that creates
+        the marker object starts it."""
+        if self.retrain_launcher is None:
+            return False
+        safe = "".join(c if c.isalnum() or c in "-." else "-" for c in marker)
+        if not self.store.put_if_absent(
+            keys.trigger(safe), json.dumps({"reason": reason}).encode()
+        ):
+            return False
+        try:
+            return self.retrain_launcher(reason, False)
+        except MLPlatformError as exc:
+            logger.error("could not start a retrain: %s", exc.message)
+            return False
 
     def stop(self) -> None:
         self._stop.set()
@@ -335,14 +403,7 @@ class Service:
         if prediction_id is not None and features is not None:
             raise InvalidInput("prediction_id: give either prediction_id or features, not both")
         if prediction_id is not None:
-            logged = self.log.lookup(prediction_id) or datalog.find_prediction(
-                self.store, prediction_id, self.settings.feedback_lookup_days
-            )
-            if logged is None:
-                raise NotFound(
-                    f"prediction_id {prediction_id!r:.70} is unknown (not among recent predictions "
-                    f"nor in the last {self.settings.feedback_lookup_days} days of the log)"
-                )
+            logged = self._logged(prediction_id)
             # Judged by the version that made the prediction, which a retrain or a reload
             # may since have replaced with one of other classes or features.
             version = str(logged["model_version"])
@@ -394,6 +455,36 @@ class Service:
             "retrain_started": started,
         }
 
+    def _logged(self, prediction_id: str) -> dict[str, Any]:
+        """The logged row of a prediction, made by this replica or another one. Another
+        replica's prediction reaches the store at its next log flush: an id younger than
+        ``feedback_wait_seconds`` is looked for until then, and one still missing but younger
+        than ``feedback_pending_seconds`` is ``NotYet`` (409, Retry-After), not unknown."""
+        settings = self.settings
+        logged = self.log.lookup(prediction_id)
+        made = datalog.prediction_time(prediction_id)
+        while logged is None:
+            logged = datalog.find_prediction(
+                self.store, prediction_id, settings.feedback_lookup_days
+            )
+            age = time.time() - made if made is not None else float("inf")
+            if logged is not None or not -60 < age < settings.feedback_wait_seconds:
+                break  # found, waited long enough, or a time no replica gave (clocks skew <60s)
+            time.sleep(min(0.25, settings.feedback_wait_seconds - age))
+            logged = self.log.lookup(prediction_id)
+        if logged is not None:
+            return logged
+        if made is not None and -60 < time.time() - made < settings.feedback_pending_seconds:
+            raise NotYet(
+                f"prediction_id {prediction_id!r:.70} is not in the prediction log yet: it was "
+                f"made {time.time() - made:.0f}s ago, and the replica that made it writes its "
+                "log every few seconds (longer while the store is down); retry"
+            )
+        raise NotFound(
+            f"prediction_id {prediction_id!r:.70} is unknown (not among recent predictions "
+            f"nor in the last {settings.feedback_lookup_days} days of the log)"
+        )
+
     def _feedback_counter(self) -> datalog.FeedbackCounter:
         model = self.runtime.model
         if self._counter is None or self._counter[0] != model.version:
@@ -409,16 +500,11 @@ class Service:
         """Start one retrain per multiple of k per model version, across replicas: the
         replica that creates the marker object starts it."""
         k = self.settings.retrain_every
-        if k <= 0 or count < k or self.retrain_launcher is None:
+        if k <= 0 or count < k:
             return False
-        marker = f"state/triggers/{version}-{count // k * k}.json"
-        if not self.store.put_if_absent(marker, json.dumps({"count": count}).encode()):
-            return False
-        try:
-            return self.retrain_launcher(f"{count} labelled rows since {version} (k={k})", False)
-        except MLPlatformError as exc:
-            logger.error("could not start a retrain: %s", exc.message)
-            return False
+        return self._start_once(
+            f"{version}-{count // k * k}", f"{count} labelled rows since {version} (k={k})"
+        )
 
     # -- reports and summaries ------------------------------------------------------------
 

@@ -62,6 +62,10 @@ class ServingSettings(CommonSettings):
     load_retry_seconds: float = 5.0
     """While no model is loaded, how often loading is tried again."""
 
+    alias_check_seconds: float = 30.0
+    """How often the served version is compared with the production alias (``/ready``'s
+    ``alias_matches``, ``mlplatform_model_alias_mismatch``)."""
+
     log_flush_rows: int = 50_000
     """The prediction log is written when this many rows are buffered ... (a Parquet write
     costs ~10 ms for 1,000 rows and ~17 ms for 10,000: fewer, larger objects; 50,000 rather
@@ -95,6 +99,16 @@ class ServingSettings(CommonSettings):
 
     feedback_lookup_days: int = 7
     """How many days of the prediction log ``/feedback`` searches for an unknown id."""
+
+    feedback_wait_seconds: float = 5.0
+    """How long ``/feedback`` by ``prediction_id`` waits, from the prediction's time, for a
+    prediction another replica made to reach the stored log (it is written every
+    ``log_flush_seconds``); an id still missing then but younger than
+    ``feedback_pending_seconds`` gets 409 with ``Retry-After``, an older one 404."""
+
+    feedback_pending_seconds: float = 120.0
+    """See ``feedback_wait_seconds``: the other replica may hold the row in its buffer longer
+    while the store is down."""
 
     feedback_count_max_age: float = 1.0
     """Rows labelled through other replicas show up in the count at most this many seconds

@@ -8,9 +8,13 @@ with the API's own message that names the field). No exception of httpx or json 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
+
+FEEDBACK_RETRY_SECONDS = 15.0
+"""How long ``feedback`` keeps asking again when the API says when to (``Retry-After``)."""
 
 
 class ApiError(Exception):
@@ -28,6 +32,12 @@ class ApiUnavailable(ApiError):
 
 class ApiRejected(ApiError):
     """The API refused the request (4xx); the message is the API's reason."""
+
+    def __init__(
+        self, message: str, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status)
+        self.retry_after = retry_after
 
 
 def _reason(response: httpx.Response) -> str:
@@ -77,7 +87,12 @@ class ApiClient:
                 response.status_code,
             )
         if response.status_code >= 400:
-            raise ApiRejected(_reason(response), response.status_code)
+            retry_after = response.headers.get("retry-after", "")
+            raise ApiRejected(
+                _reason(response),
+                response.status_code,
+                float(retry_after) if retry_after.isdigit() else None,
+            )
         return response
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
@@ -151,7 +166,17 @@ class ApiClient:
         if features is not None:
             body["features"] = features
             body["prediction"] = prediction
-        return dict(self._json("POST", "/feedback", json=body))
+        deadline = time.monotonic() + FEEDBACK_RETRY_SECONDS
+        while True:
+            try:
+                return dict(self._json("POST", "/feedback", json=body))
+            except ApiRejected as exc:
+                # 409 + Retry-After: a prediction another replica has not logged yet; nothing
+                # was stored, so asking again is safe.
+                wait = exc.retry_after
+                if wait is None or time.monotonic() + wait > deadline:
+                    raise
+                time.sleep(wait)
 
     def reload(self, token: str, version: str | None = None) -> dict[str, Any]:
         """``POST /admin/reload`` (bearer token)."""

@@ -15,6 +15,10 @@ class WebappSettings(CommonSettings):
     api_url: str = "http://127.0.0.1:8080"
     """Base URL of the serving API (``http://mlplatform-serving:8080`` in the cluster)."""
 
+    public_api_url: str | None = None
+    """The serving API as a browser reaches it (``/api`` behind the chart's ingress), linked
+    from the sidebar; unset: ``api_url``, which is right when both are the same machine."""
+
     grafana_url: str | None = None
     """Grafana address shown as a link on the Monitoring page; unset hides the link."""
 
@@ -48,7 +52,7 @@ class WebappSettings(CommonSettings):
     def _strip_slashes(cls, value: str) -> str:
         return value.strip().strip("/")
 
-    @field_validator("grafana_url")
+    @field_validator("grafana_url", "public_api_url")
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None

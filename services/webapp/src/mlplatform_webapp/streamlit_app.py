@@ -18,5 +18,8 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
-st.sidebar.caption(f"Serving API: {get_settings().api_url}")
+settings = get_settings()
+# The browser's address of the API: inside a cluster api_url is a Service name it cannot open.
+public_api = (settings.public_api_url or settings.api_url).rstrip("/")
+st.sidebar.caption(f"Serving API: [{public_api}/docs]({public_api}/docs)")
 page.run()

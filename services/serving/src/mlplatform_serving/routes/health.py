@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from mlplatform_serving.deps import RuntimeDep
+from mlplatform_serving.deps import RuntimeDep, ServiceDep
 from mlplatform_serving.schemas import ERRORS, HealthResponse, ReadyResponse
 
 router = APIRouter(tags=["health"])
@@ -21,9 +21,18 @@ async def health(runtime: RuntimeDep) -> dict[str, Any]:
 @router.get(
     "/ready", response_model=ReadyResponse, responses={503: ERRORS[503]}, summary="Readiness"
 )
-async def ready(runtime: RuntimeDep) -> dict[str, Any]:
-    """200 once a verified model is loaded; 503 with the reason before that."""
-    return {"ready": True, "model_version": runtime.model.version}
+async def ready(service: ServiceDep) -> dict[str, Any]:
+    """200 once a verified model is loaded; 503 with the reason before that. Also says
+    whether the production alias names the served version (a Deployment rolled back by hand
+    serves another until the retrainer moves the alias)."""
+    state = service.alias_state
+    return {
+        "ready": True,
+        "model_version": service.runtime.model.version,
+        "production_alias": state.get("production_alias"),
+        "alias_matches": state.get("alias_matches"),
+        "alias_detail": state.get("alias_detail"),
+    }
 
 
 # HEAD too, as uptime checkers probe (one OpenAPI operation per path: the GET).
