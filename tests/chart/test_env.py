@@ -45,7 +45,10 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "recent_cache_rows",
         "recent_cache_mb",
         "feedback_lookup_days",
+        "feedback_wait_seconds",
+        "feedback_pending_seconds",
         "feedback_count_max_age",
+        "alias_check_seconds",
         "low_confidence_threshold",
     },
     "webapp": {
