@@ -116,8 +116,8 @@ class QualityResult:
         by_reason: dict[str, list[str]] = {}
         for name, reason in self.missing.items():
             by_reason.setdefault(reason, []).append(_LABELS[name])
-        parts = [f"no {' or '.join(names)}: {reason}" for reason, names in by_reason.items()]
-        return f"quality {self.status} on {self.rows} labelled rows; " + "; ".join(parts)
+        parts = [f"no {' or '.join(names)} ({reason})" for reason, names in by_reason.items()]
+        return f"quality is {self.status} on the {self.rows} labelled rows: " + "; ".join(parts)
 
 
 _LABELS = {
@@ -375,12 +375,13 @@ def quality_metrics(labelled: pd.DataFrame, classes: list[Any]) -> QualityResult
             chosen = np.nanmean(values) if np.isfinite(values).any() else np.nan
         if np.isfinite(chosen):
             setattr(quality, name, float(chosen))
+        elif binary and positive not in seen:
+            missing[name] = f"no row has {positive}, the positive class, as label or prediction"
         elif binary:
-            missing[name] = {
-                "precision": f"no row was predicted {positive} (the positive class)",
-                "recall": f"no row has the true label {positive} (the positive class)",
-                "f1": f"no row has {positive} (the positive class) as true label or prediction",
-            }[name]
+            missing[name] = {  # F1 is defined whenever the class is seen
+                "precision": f"no row was predicted {positive}, the positive class",
+                "recall": f"no row has the true label {positive}, the positive class",
+            }.get(name, f"{name} of {positive} is 0/0")
         else:
             missing[name] = f"no row has one of the model's classes as {_SIDE[name]}"
     recalls = per_class["recall"][np.asarray(support) > 0]
