@@ -453,3 +453,86 @@ def test_the_report_reads_the_log_the_real_serving_writes(
     scores = [a["probabilities"][positive] for a in answers]  # type: ignore[index]
     expected = skm.roc_auc_score([str(t) == positive for t in truth], scores)
     assert quality.roc_auc == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("label", ["0", "1"])
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_three_rows_of_one_class_all_predicted_right_keep_drift_and_say_why(
+    store: Store,
+    model: LoadedModel,
+    heldout: pd.DataFrame,
+    prom_stack: PromStack,
+    label: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 22: the 06:00 Job died with Evidently's "Cannot compute TPR" on such a window,
+    and the drift, which did not need the labels, was lost with it."""
+    prom_stack.clear()
+    log_traffic(store, model, heldout.iloc[:40], ts=time.time() - 10)  # drift, unlabelled
+    right = model.pipeline.predict(heldout[model.features]).astype(str) == heldout["target"].astype(
+        str
+    )
+    three = heldout[right & (heldout["target"].astype(str) == label)].iloc[:3]
+    sent = log_traffic(store, model, three, labelled=1.0)
+    assert len(sent) == 3 and set(sent["target"]) == set(sent["prediction"]) == {label}
+
+    settings = reporter_settings(pushgateway_url=prom_stack.pushgateway_url)
+    with caplog.at_level("WARNING", logger="mlplatform.reporter"):
+        outcome = job.run(settings, store=store)
+    summary = store.get_json(keys.report_file(outcome.report_id, "summary.json"))
+    html = store.get(keys.report_file(outcome.report_id, "report.html")).decode()
+
+    assert set(summary["drift"]) == {"embedding", "raw"}
+    assert summary["rows"]["labelled"] == 3
+    q = summary["quality"]
+    assert q["accuracy"] == 1.0 and q["rows"] == 3
+    assert "roc_auc" not in q
+    assert summary["quality_status"] == "partial"
+    note = summary["quality_note"]
+    assert "no ROC AUC" in note and f"all have the true label {label}" in note
+    if label == "0":  # the positive class is absent: its precision, recall and F1 are 0/0
+        assert not {"precision", "recall", "f1"} & set(q)
+        assert "no precision or recall or F1 (no row has 1, the positive class" in note
+    else:
+        assert q["precision"] == q["recall"] == q["f1"] == 1.0
+    # Evidently's section is left out, said so in the summary and logged at WARNING
+    assert "Evidently could not draw the quality section" in note
+    assert any(r.levelname == "WARNING" and "quality section" in r.message for r in caplog.records)
+    assert "Data drift: embedding space" in html and "no ROC AUC" in html
+
+    # drift and the defined numbers are pushed; undefined ones are not (not as 0, not NaN)
+    for space, drift in summary["drift"].items():
+        prom_stack.wait_for(_q("mlplatform_drift_share", space=space), drift["share"])
+    prom_stack.wait_for(_q("mlplatform_model_accuracy"), 1.0)
+    if label == "0":
+        for name in ("f1", "precision", "recall"):
+            prom_stack.wait_absent(_q(f"mlplatform_model_{name}"))
+    else:
+        prom_stack.wait_for(_q("mlplatform_model_f1"), 1.0)
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_cli_run_exits_zero_on_a_window_of_one_class_predicted_right(
+    store: Store, model: LoadedModel, heldout: pd.DataFrame, tmp_path: Path
+) -> None:
+    log_traffic(store, model, heldout.iloc[:40], ts=time.time() - 10)
+    predicted = model.pipeline.predict(heldout[model.features]).astype(str)
+    right = (predicted == heldout["target"].astype(str)) & (predicted == "1")
+    log_traffic(store, model, heldout[right].iloc[:3], labelled=1.0)
+    env = {
+        **os.environ,
+        "MLPLATFORM_STORE_URL": f"file://{tmp_path / 'store'}",
+        "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
+        "MLPLATFORM_PUSHGATEWAY_URL": "",
+    }
+    ok = subprocess.run(
+        [sys.executable, "-m", "mlplatform_reporter", "run"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "3 labelled" in ok.stdout and "drift embedding" in ok.stdout
+    assert "quality (partial): accuracy=1.000" in ok.stdout

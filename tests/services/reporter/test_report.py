@@ -8,6 +8,8 @@ import random
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
 from sklearn import metrics as skm
 
 from mlplatform_reporter.report import (
@@ -19,7 +21,7 @@ from mlplatform_reporter.report import (
     metric_results,
     metric_value,
     prod_data,
-    quality_report,
+    quality_metrics,
 )
 from mlplatform_reporter.simulate import rebalance, shift_scale
 
@@ -56,7 +58,7 @@ def _labelled(trained, X: pd.DataFrame, y: pd.Series, flip: float, seed: int = 0
 def test_binary_quality_matches_scikit_learn(trained, heldout) -> None:  # type: ignore[no-untyped-def]
     X, y = heldout.drop(columns="target"), heldout["target"]
     labelled, proba = _labelled(trained, X, y, flip=0.25)
-    quality, _ = quality_report(labelled, trained.classes)
+    quality = quality_metrics(labelled, trained.classes)
     t, p = labelled["target"], labelled["prediction"]
     assert quality.rows == len(X)
     assert quality.accuracy == pytest.approx(skm.accuracy_score(t, p), abs=1e-12)
@@ -80,7 +82,7 @@ def test_multiclass_quality_matches_scikit_learn() -> None:
     labelled = pd.DataFrame(
         {"target": truth, "prediction": pred, "proba_json": [json.dumps(list(r)) for r in proba]}
     )
-    quality, _ = quality_report(labelled, classes)
+    quality = quality_metrics(labelled, classes)
     assert quality.accuracy == pytest.approx(skm.accuracy_score(truth, pred), abs=1e-12)
     assert quality.precision == pytest.approx(
         skm.precision_score(truth, pred, average="macro"), abs=1e-12
@@ -100,7 +102,7 @@ def test_roc_auc_is_on_the_rows_with_probabilities(trained, heldout) -> None:  #
     X, y = heldout.drop(columns="target"), heldout["target"]
     labelled, proba = _labelled(trained, X, y, flip=0.1)
     labelled.loc[3, "proba_json"] = None  # labelled with its features, or out of the log
-    quality, _ = quality_report(labelled, trained.classes)
+    quality = quality_metrics(labelled, trained.classes)
     keep = labelled.index != 3
     t = labelled["target"][keep]
     assert quality.roc_auc == pytest.approx(skm.roc_auc_score(t == "1", proba[keep, 1]), abs=1e-12)
@@ -110,14 +112,14 @@ def test_roc_auc_is_on_the_rows_with_probabilities(trained, heldout) -> None:  #
     )
     # With no row that has probabilities, there is none.
     labelled["proba_json"] = None
-    quality, _ = quality_report(labelled, trained.classes)
+    quality = quality_metrics(labelled, trained.classes)
     assert quality.roc_auc is None and quality.roc_auc_rows == 0
 
 
 def test_quality_of_one_class_only_still_reports(trained, heldout) -> None:  # type: ignore[no-untyped-def]
     rows = heldout[heldout["target"] == 1]
     labelled, _ = _labelled(trained, rows.drop(columns="target"), rows["target"], flip=0.0)
-    quality, _ = quality_report(labelled, trained.classes)
+    quality = quality_metrics(labelled, trained.classes)
     assert quality.roc_auc is None  # undefined with one class
     assert quality.balanced_accuracy == pytest.approx(
         skm.balanced_accuracy_score(labelled["target"], labelled["prediction"]), abs=1e-12
@@ -287,3 +289,75 @@ def test_quality_is_the_reported_versions_own(trained, shipped_dataset, heldout)
     assert result.quality.accuracy == pytest.approx(expected, abs=1e-12)
     gone = (labelled["model_version"] == "v0").sum()
     assert f"{gone} labelled rows of predictions by other versions (v0)" in " ".join(result.notes)
+
+
+UNSEEN = "7"  # a label the model was not trained on
+
+
+@st.composite
+def _windows(draw: st.DrawFn) -> pd.DataFrame:
+    """1-8 labelled rows: labels and predictions from the model's classes or an unseen one,
+    each row with probabilities (a normalised vector) or without (labelled with features)."""
+    labels = st.sampled_from(["0", "1", UNSEEN])
+    n = draw(st.integers(1, 8))
+    rows = []
+    for _ in range(n):
+        weight = draw(st.floats(0.0, 1.0))
+        rows.append(
+            {
+                "target": draw(labels),
+                "prediction": draw(labels),
+                "proba_json": draw(st.sampled_from([json.dumps([1 - weight, weight]), None])),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@seed(22)
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # heldout is read-only
+)
+@given(labelled=_windows())
+def test_any_small_labelled_window_reports_drift_and_says_what_quality_lacks(
+    trained, shipped_dataset, heldout, labelled: pd.DataFrame
+) -> None:  # type: ignore[no-untyped-def]
+    # Issue 22: one class predicted right killed the whole report (drift too) on a cluster.
+    data = _input(trained, shipped_dataset, heldout.drop(columns="target").iloc[:30], labelled)
+    data.reference_raw = None  # the embedding's drift is enough here, and twice as fast
+    result = build_report(data, DriftConfig(), trained.pipeline)
+
+    assert set(result.drift) == {"embedding"}
+    assert "Data drift: embedding space" in result.html
+    summary = result.summary()
+    json.dumps(summary, allow_nan=False)  # the stored summary is strict JSON
+    q = summary["quality"]
+    assert q["rows"] == len(labelled)
+    names = ("accuracy", "precision", "recall", "f1", "balanced_accuracy", "roc_auc")
+    for name in names:
+        if name in q:
+            assert isinstance(q[name], float) and 0.0 <= q[name] <= 1.0, (name, q)
+    assert q["accuracy"] == pytest.approx(
+        skm.accuracy_score(labelled["target"], labelled["prediction"])
+    )
+    lacking = [name for name in names if name not in q]
+    assert summary["quality_status"] == ("partial" if lacking else "complete")
+    note = summary["quality_note"] or ""
+    for name in lacking:
+        label = {"f1": "F1", "roc_auc": "ROC AUC"}.get(name, name.replace("_", " "))
+        assert f"no {label}" in note or f"or {label}" in note, (name, note)
+    # where the window has no unseen label, the numbers are scikit-learn's (zero_division nan)
+    if UNSEEN not in set(labelled["target"]) | set(labelled["prediction"]):
+        t, p = labelled["target"], labelled["prediction"]
+        for name, fn in (
+            ("precision", skm.precision_score),
+            ("recall", skm.recall_score),
+            ("f1", skm.f1_score),
+        ):
+            expected = fn(t, p, pos_label="1", labels=["0", "1"], zero_division=np.nan)
+            assert q.get(name, np.nan) == pytest.approx(expected, nan_ok=True), name
+    # the section Evidently could draw is in the page; one it could not is said in the note
+    drawn = "quality" in result.snapshots
+    assert drawn == ("Classification quality" in result.html)
+    assert drawn or "Evidently could not draw the quality section" in note

@@ -38,6 +38,21 @@ NESTED_SUMMARY = {
     },
     "notes": ["window of 24 hours"],
 }
+# What the reporter writes for three labelled rows of class 0, all predicted right (issue 22).
+PARTIAL_NOTE = (
+    "quality is partial on the 3 labelled rows: no precision or recall or F1 (no row has 1, the "
+    "positive class, as label or prediction); no ROC AUC (the 3 labelled rows with "
+    "probabilities all have the true label 0: it needs both classes)"
+)
+PARTIAL_SUMMARY = {
+    "model_version": "v1",
+    "rows": {"production": 40, "labelled": 3, "reference": 341},
+    "drift": {"embedding": {"share": 0.2, "drifted_columns": 2, "detected": False}},
+    "quality": {"rows": 3, "roc_auc_rows": 0, "accuracy": 1.0, "balanced_accuracy": 1.0},
+    "quality_status": "partial",
+    "quality_note": PARTIAL_NOTE,
+    "notes": ["balanced accuracy (mean per-class recall) = 1.0000", PARTIAL_NOTE],
+}
 FLAT_SUMMARY = {"drift_share": 0.5, "drifted_columns": ["PCA_1", "PCA_2"], "f1": 0.8, "rows": 50}
 
 
@@ -66,6 +81,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory, trained, shipped_datas
     store = LocalStore(tmp_path_factory.mktemp("webapp") / "store")
     store.ensure()
     publish_trained(ModelRegistry(store, SIGNING_KEY), trained, shipped_dataset)
+    write_report(store, "20251231T000000Z", PARTIAL_SUMMARY)
     write_report(store, "20260101T000000Z", FLAT_SUMMARY)
     write_report(store, "20260102T000000Z", NESTED_SUMMARY)
     return store

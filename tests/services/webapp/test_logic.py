@@ -8,7 +8,12 @@ import pytest
 from mlplatform_webapp import batch, samples, summary
 from mlplatform_webapp.api_client import ApiClient, ApiRejected, ApiUnavailable
 from tests.conftest import free_port
-from tests.services.webapp.conftest import FLAT_SUMMARY, NESTED_SUMMARY
+from tests.services.webapp.conftest import (
+    FLAT_SUMMARY,
+    NESTED_SUMMARY,
+    PARTIAL_NOTE,
+    PARTIAL_SUMMARY,
+)
 
 
 def test_client_turns_a_down_api_into_one_line() -> None:
@@ -122,6 +127,19 @@ def test_summary_numbers_from_either_shape() -> None:
     assert flat == {"Drift share": 0.5, "Drifted features": 2, "F1": 0.8, "Rows": 50}
     assert summary.numbers(None) == {} and summary.numbers({"drift": "n/a"}) == {}
     assert summary.notes(NESTED_SUMMARY) == ["window of 24 hours"]
+
+
+def test_a_partial_quality_section_shows_one_line_saying_why() -> None:
+    # Issue 22: a window of one class leaves some numbers undefined; the page says why once.
+    partial = summary.numbers(PARTIAL_SUMMARY)
+    assert partial["Accuracy"] == 1.0 and partial["Drift share"] == 0.2
+    assert "F1" not in partial and "Precision" not in partial  # not shown as 0
+    assert summary.quality_line(PARTIAL_SUMMARY) == "Q" + PARTIAL_NOTE[1:]
+    assert summary.notes(PARTIAL_SUMMARY) == ["balanced accuracy (mean per-class recall) = 1.0000"]
+    empty = {"quality": None, "quality_status": "empty", "quality_note": "no labelled rows"}
+    assert summary.quality_line(empty) == "No labelled rows"
+    complete = {**NESTED_SUMMARY, "quality_status": "complete", "quality_note": None}
+    assert summary.quality_line(complete) is None and summary.quality_line(NESTED_SUMMARY) is None
 
 
 def test_random_rows_come_from_the_held_out_split_or_the_statistics() -> None:

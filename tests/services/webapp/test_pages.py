@@ -12,7 +12,14 @@ from mlplatform_common.storage import LocalStore
 from mlplatform_webapp import samples
 from mlplatform_webapp.settings import get_settings
 from tests.conftest import SIGNING_KEY, ServingProcess, free_port, publish_trained
-from tests.services.webapp.conftest import ADMIN_TOKEN, APP_DIR, page, serving_env, texts
+from tests.services.webapp.conftest import (
+    ADMIN_TOKEN,
+    APP_DIR,
+    PARTIAL_NOTE,
+    page,
+    serving_env,
+    texts,
+)
 
 PAGES = ["predict", "batch", "label", "model", "monitoring", "admin"]
 
@@ -177,6 +184,14 @@ def test_monitoring_shows_the_latest_report_and_earlier_ones(serving, webapp_env
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Drift share"] == "0.500" and metrics["Drifted features"] == "2"
     assert "Precision" not in metrics  # only what the summary has
+
+    at.selectbox(key="monitoring_report").select("20251231T000000Z").run()
+    assert not at.exception and not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Accuracy"] == "1.000" and "F1" not in metrics
+    captions = [c.value for c in at.caption]
+    lines = [c for c in captions if "no ROC AUC" in c]
+    assert lines == ["Q" + PARTIAL_NOTE[1:]]  # once, not again among the notes
 
 
 def test_monitoring_hides_grafana_when_unset(serving, webapp_env) -> None:

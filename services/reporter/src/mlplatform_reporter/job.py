@@ -190,15 +190,20 @@ def metrics_registry(result: ReportResult, success_ts: float) -> CollectorRegist
             for feature, value in drift.scores.items():
                 score.labels(feature=feature, space=space).set(value)
     if result.quality is not None:
-        q = result.quality
-        for name, value, what in (
-            (m.MODEL_F1, q.f1, "F1"),
-            (m.MODEL_PRECISION, q.precision, "Precision"),
-            (m.MODEL_RECALL, q.recall, "Recall"),
-            (m.MODEL_ACCURACY, q.accuracy, "Accuracy"),
-            (m.MODEL_BALANCED_ACCURACY, q.balanced_accuracy, "Balanced accuracy"),
+        # Only the numbers the window defines: an undefined one pushed as 0 would read as a
+        # model that got everything wrong (and fire the quality alert and trigger).
+        defined = result.quality.numbers()
+        for name, key, what in (
+            (m.MODEL_F1, "f1", "F1"),
+            (m.MODEL_PRECISION, "precision", "Precision"),
+            (m.MODEL_RECALL, "recall", "Recall"),
+            (m.MODEL_ACCURACY, "accuracy", "Accuracy"),
+            (m.MODEL_BALANCED_ACCURACY, "balanced_accuracy", "Balanced accuracy"),
         ):
-            Gauge(name, f"{what} on the labelled rows of the last report.", registry=reg).set(value)
+            if key in defined:
+                Gauge(name, f"{what} on the labelled rows of the last report.", registry=reg).set(
+                    defined[key]
+                )
     Gauge(m.REPORT_LAST_SUCCESS, "When the last report succeeded (Unix time).", registry=reg).set(
         success_ts
     )
@@ -271,12 +276,8 @@ def describe(outcome: RunOutcome) -> str:
             f"{d.method}, column threshold {d.threshold}, share threshold {d.share_threshold})"
         )
     if r.quality:
-        q = r.quality
-        lines.append(
-            f"  quality: f1={q.f1:.3f} precision={q.precision:.3f} recall={q.recall:.3f} "
-            f"accuracy={q.accuracy:.3f} balanced_accuracy={q.balanced_accuracy:.3f}"
-            + (f" roc_auc={q.roc_auc:.3f}" if q.roc_auc is not None else "")
-        )
+        numbers = " ".join(f"{k}={v:.3f}" for k, v in r.quality.numbers().items())
+        lines.append(f"  quality ({r.quality.status}): {numbers or '-'}")
     lines += [f"  note: {n}" for n in r.notes]
     lines.append(f"  prod_data.csv: {outcome.prod_data_rows} rows; pushed: {outcome.pushed}")
     return "\n".join(lines)

@@ -7,10 +7,14 @@ Nothing here touches the store or the network. Three Evidently reports make one 
 - data drift on the raw features, the version's training data against the production window;
 - classification quality on the labelled rows of the window (with probabilities, so ROC AUC).
 
+Drift numbers are read from the Evidently snapshots. Quality numbers are computed here with
+scikit-learn (``quality_metrics``, which also decides which of them a window defines); the
+Evidently quality preset only draws its section, and a failure there (a window of one class
+predicted right) loses that section alone, never the drift or the numbers.
+
 The drift test is fixed explicitly (settings), never left to Evidently's size-based choice, so
-a score means the same thing in every run. Numbers are read from each snapshot by metric name
-and parameters (``ValueDrift`` of column ``PCA_3``), never by position. Evidently 0.7 has no
-balanced accuracy; it is computed here as (TPR + TNR) / 2 (binary) or the mean per-class recall.
+a score means the same thing in every run. Drift numbers are read from each snapshot by metric
+name and parameters (``ValueDrift`` of column ``PCA_3``), never by position.
 """
 
 from __future__ import annotations
@@ -72,18 +76,58 @@ class DriftResult:
     scores: dict[str, float] = field(default_factory=dict)
 
 
+QUALITY_METRICS = ("accuracy", "precision", "recall", "f1", "balanced_accuracy", "roc_auc")
+COMPLETE, PARTIAL, EMPTY = "complete", "partial", "empty"
+
+
 @dataclass
 class QualityResult:
-    """Classification quality on the labelled rows of the window."""
+    """Classification quality on the labelled rows of the window.
+
+    A number the window cannot define is None, and ``missing`` says why (metric -> reason).
+    """
 
     rows: int
-    accuracy: float
-    precision: float
-    recall: float
-    f1: float
-    balanced_accuracy: float
+    accuracy: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+    balanced_accuracy: float | None = None
     roc_auc: float | None = None
     roc_auc_rows: int = 0  # the labelled rows with probabilities it is computed on
+    missing: dict[str, str] = field(default_factory=dict)
+    unknown_labels: list[str] = field(default_factory=list)
+
+    def numbers(self) -> dict[str, float]:
+        """The defined metrics only, by name (what is pushed and stored)."""
+        values = {name: getattr(self, name) for name in QUALITY_METRICS}
+        return {name: v for name, v in values.items() if v is not None}
+
+    @property
+    def status(self) -> str:
+        """``complete`` (every metric), ``partial`` (some) or ``empty`` (none)."""
+        defined = len(self.numbers())
+        return COMPLETE if defined == len(QUALITY_METRICS) else PARTIAL if defined else EMPTY
+
+    def note(self) -> str | None:
+        """One line on what is left out and why; None when nothing is."""
+        if not self.missing:
+            return None
+        by_reason: dict[str, list[str]] = {}
+        for name, reason in self.missing.items():
+            by_reason.setdefault(reason, []).append(_LABELS[name])
+        parts = [f"no {' or '.join(names)} ({reason})" for reason, names in by_reason.items()]
+        return f"quality is {self.status} on the {self.rows} labelled rows: " + "; ".join(parts)
+
+
+_LABELS = {
+    "accuracy": "accuracy",
+    "precision": "precision",
+    "recall": "recall",
+    "f1": "F1",
+    "balanced_accuracy": "balanced accuracy",
+    "roc_auc": "ROC AUC",
+}
 
 
 @dataclass
@@ -116,15 +160,27 @@ class ReportResult:
     notes: list[str]
     window: dict[str, Any]
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    quality_note: str | None = None
+    """Why quality is empty or partial, or its section is not drawn; None when all is there."""
 
     def summary(self) -> dict[str, Any]:
-        """The JSON-ready summary stored beside the HTML."""
+        """The JSON-ready summary stored beside the HTML.
+
+        ``quality`` holds only the numbers the window defines (None without labelled rows);
+        ``quality_status`` is ``complete``, ``partial`` or ``empty`` and ``quality_note`` says
+        what is left out and why.
+        """
+        q = self.quality
         return {
             "model_version": self.model_version,
             "window": self.window,
             "rows": self.rows,
             "drift": {space: asdict(d) for space, d in self.drift.items()},
-            "quality": asdict(self.quality) if self.quality else None,
+            "quality": (
+                {"rows": q.rows, "roc_auc_rows": q.roc_auc_rows, **q.numbers()} if q else None
+            ),
+            "quality_status": q.status if q else EMPTY,
+            "quality_note": self.quality_note,
             "notes": self.notes,
         }
 
@@ -262,68 +318,138 @@ def drift_report(
     )
 
 
-def quality_report(labelled: pd.DataFrame, classes: list[Any]) -> tuple[QualityResult, Snapshot]:
-    """Evidently classification quality of the labelled rows (target vs prediction).
+def quality_metrics(labelled: pd.DataFrame, classes: list[Any]) -> QualityResult:
+    """Every quality number the labelled rows define, and why each other one is left out.
 
-    Binary problems score the second class as positive, as training does.
+    The one place that decides which metrics a window defines. scikit-learn's definitions
+    with ``zero_division=np.nan``: a ratio over nothing (precision with no row predicted the
+    class, recall with no row of it) is undefined and left out, never reported as 0 or 1,
+    since a made-up 0 would fire the retrainer's quality trigger on a model that was right.
+
+    - accuracy: the share of rows predicted right; defined for any row.
+    - precision, recall, F1: binary problems score the second class as positive, as
+      training does; more classes take the macro average over the model's classes seen in
+      the window, a class whose ratio is undefined left out of it (as scikit-learn does).
+    - balanced accuracy: the mean recall of the model's classes among the true labels (one
+      class present: its recall), as ``balanced_accuracy_score``.
+    - ROC AUC: on the rows with probabilities, and only when their true labels hold every
+      class (binary: the positive class's probability; more: the macro one-vs-rest mean).
+
+    A true label or prediction outside the model's classes counts as a miss for the class on
+    the other side of the row, and is named in the note.
+
+    Args:
+        labelled: ``target``, ``prediction`` and optionally ``proba_json`` per row.
+        classes: the model's classes, in its probability order.
+
+    Returns:
+        The numbers (None where undefined) with the reason for each one left out.
     """
+    from sklearn import metrics as skm  # here: only the quality part needs it
+
     frame, has_probas = quality_frame(labelled, classes)
     names = [str(c) for c in classes]
-    binary = len(names) == 2
+    truth, pred = frame[TARGET].to_numpy(), frame[PREDICTION].to_numpy()
+    quality = QualityResult(rows=len(frame))
+    missing = quality.missing
+    if quality.rows == 0:
+        for name in QUALITY_METRICS:
+            missing[name] = "no labelled rows"
+        return quality
+    quality.unknown_labels = sorted((set(truth) | set(pred)) - set(names))
+    quality.accuracy = float(np.mean(truth == pred))
 
-    def run(rows: pd.DataFrame, with_probas: bool) -> Snapshot:
-        task: BinaryClassification | MulticlassClassification
-        if binary:
-            task = BinaryClassification(
-                target=TARGET,
-                prediction_labels=PREDICTION,
-                prediction_probas=names[1] if with_probas else None,
-                pos_label=names[1],
-            )
-        else:
-            task = MulticlassClassification(
-                target=TARGET,
-                prediction_labels=PREDICTION,
-                prediction_probas=names if with_probas else None,
-            )
-        columns = [TARGET, PREDICTION, *(names if with_probas else [])]
-        definition = DataDefinition(classification=[task], categorical_columns=[TARGET, PREDICTION])
-        return Report([ClassificationPreset()]).run(
-            Dataset.from_pandas(rows[columns].reset_index(drop=True), data_definition=definition),
-            None,
+    seen = [c for c in names if c in set(truth) | set(pred)]
+    per_class = dict.fromkeys(("precision", "recall", "f1"), np.array([]))
+    support = np.array([], dtype=int)
+    if seen:
+        p, r, f, support = skm.precision_recall_fscore_support(
+            truth, pred, labels=seen, average=None, zero_division=np.nan
         )
-
-    # ROC AUC needs both classes among the rows with probabilities. Rows without (labelled
-    # with their features) are in every other number; ROC AUC is then on the others alone.
-    scored = frame.loc[has_probas]
-    roc_rows = len(scored) if scored[TARGET].nunique() >= 2 else 0
-    snapshot = run(frame, with_probas=roc_rows == len(frame))
-    results = metric_results(snapshot)
-    roc_auc = None
-    if roc_rows == len(frame):
-        roc_auc = float(metric_value(results, "RocAuc"))
-    elif roc_rows:
-        roc_auc = float(metric_value(metric_results(run(scored, with_probas=True)), "RocAuc"))
-    # (TPR + TNR) / 2; a rate with no rows to measure it on (one class only in the window) is
-    # NaN and left out, as scikit-learn's balanced_accuracy_score does.
-    if binary:
-        rates = [float(metric_value(results, "TPR")), float(metric_value(results, "TNR"))]
+        per_class = {"precision": p, "recall": r, "f1": f}
+    binary = len(names) == 2
+    positive = names[-1]
+    for name, values in per_class.items():
+        chosen = values[seen.index(positive)] if binary and positive in seen else np.nan
+        if not binary:
+            chosen = np.nanmean(values) if np.isfinite(values).any() else np.nan
+        if np.isfinite(chosen):
+            setattr(quality, name, float(chosen))
+        elif binary and positive not in seen:
+            missing[name] = f"no row has {positive}, the positive class, as label or prediction"
+        elif binary:
+            missing[name] = {  # F1 is defined whenever the class is seen
+                "precision": f"no row was predicted {positive}, the positive class",
+                "recall": f"no row has the true label {positive}, the positive class",
+            }.get(name, f"{name} of {positive} is 0/0")
+        else:
+            missing[name] = f"no row has one of the model's classes as {_SIDE[name]}"
+    recalls = per_class["recall"][np.asarray(support) > 0]
+    if recalls.size:
+        quality.balanced_accuracy = float(np.mean(recalls))
     else:
-        present = set(frame[TARGET])
-        by_label = metric_value(results, "RecallByLabel")
-        rates = [float(v) for k, v in by_label.items() if str(k) in present]
-    balanced = float(np.nanmean(rates)) if not np.isnan(rates).all() else 0.0
-    quality = QualityResult(
-        rows=len(frame),
-        accuracy=float(metric_value(results, "Accuracy")),
-        precision=float(metric_value(results, "Precision")),
-        recall=float(metric_value(results, "Recall")),
-        f1=float(metric_value(results, "F1Score")),
-        balanced_accuracy=balanced,
-        roc_auc=roc_auc,
-        roc_auc_rows=roc_rows if roc_auc is not None else 0,
+        missing["balanced_accuracy"] = "no row's true label is one of the model's classes"
+
+    # Rows labelled with their features have no probabilities; a true label the model does
+    # not know cannot be ranked against its classes.
+    scored = has_probas & np.isin(truth, names)
+    present = set(truth[scored])
+    if not scored.any():
+        missing["roc_auc"] = "no labelled row has the model's probabilities"
+    elif len(present) < len(names):
+        held = ", ".join(sorted(present))
+        missing["roc_auc"] = (
+            f"the {int(scored.sum())} labelled rows with probabilities all have the true "
+            f"label {held}: it needs both classes"
+            if binary
+            else f"the labelled rows with probabilities hold only {held}: it needs every class"
+        )
+    else:
+        proba = frame.loc[scored, names].to_numpy()
+        t = truth[scored]
+        if binary:
+            auc = skm.roc_auc_score(t == positive, proba[:, 1])
+        else:  # scikit-learn's macro one-vs-rest, without its rows-sum-to-one check
+            auc = np.mean([skm.roc_auc_score(t == c, proba[:, i]) for i, c in enumerate(names)])
+        quality.roc_auc, quality.roc_auc_rows = float(auc), int(scored.sum())
+    return quality
+
+
+_SIDE = {"precision": "prediction", "recall": "true label", "f1": "true label or prediction"}
+
+
+def quality_snapshot(
+    labelled: pd.DataFrame, classes: list[Any], quality: QualityResult
+) -> Snapshot:
+    """Evidently's classification preset on the labelled rows, for the HTML page only.
+
+    Probabilities go in when ROC AUC is defined on every row. It may raise on windows the
+    numbers above handle (one class predicted right: "Cannot compute TPR"); the caller
+    decides what a failure costs.
+    """
+    frame, _ = quality_frame(labelled, classes)
+    names = [str(c) for c in classes]
+    with_probas = quality.roc_auc is not None and quality.roc_auc_rows == quality.rows
+    task: BinaryClassification | MulticlassClassification
+    if len(names) == 2:
+        task = BinaryClassification(
+            target=TARGET,
+            prediction_labels=PREDICTION,
+            prediction_probas=names[1] if with_probas else None,
+            pos_label=names[1],
+        )
+    else:
+        task = MulticlassClassification(
+            target=TARGET,
+            prediction_labels=PREDICTION,
+            prediction_probas=names if with_probas else None,
+        )
+    columns = [TARGET, PREDICTION, *(names if with_probas else [])]
+    definition = DataDefinition(classification=[task], categorical_columns=[TARGET, PREDICTION])
+    return Report([ClassificationPreset()]).run(
+        Dataset.from_pandas(frame[columns].reset_index(drop=True), data_definition=definition),
+        None,
     )
-    return quality, snapshot
 
 
 def _header(data: ReportInput, rows: dict[str, int], notes: list[str]) -> str:
@@ -395,24 +521,42 @@ def build_report(data: ReportInput, config: DriftConfig, pipeline: Any) -> Repor
             notes.append("the version's training data is not in the store: no raw-feature drift")
 
     quality = None
+    quality_note: str | None
     if labelled.empty:
-        notes.append(f"no labelled rows of model {data.model_version} in the window: no quality")
+        quality_note = f"no labelled rows of model {data.model_version} in the window: no quality"
+        notes.append(quality_note)
     else:
-        quality, snap = quality_report(labelled, data.classes)
-        snapshots["quality"] = snap
-        sections.append((f"Classification quality ({quality.rows} labelled rows)", snap))
-        if quality.roc_auc is None:
-            notes.append("no ROC AUC: the labelled rows with probabilities hold one class or none")
-        elif quality.roc_auc_rows < quality.rows:
+        quality = quality_metrics(labelled, data.classes)
+        quality_note = quality.note()
+        if quality.unknown_labels:
+            notes.append(
+                f"labels the model does not know ({', '.join(quality.unknown_labels)}) count "
+                "as misses"
+            )
+        if quality.roc_auc is not None and quality.roc_auc_rows < quality.rows:
             notes.append(
                 f"ROC AUC on the {quality.roc_auc_rows} of {quality.rows} labelled rows that have "
-                "the model's probabilities (the others were labelled with their features)"
+                "the model's probabilities and a known true label (the others were labelled "
+                "with their features)"
             )
-        notes.append(
-            f"balanced accuracy (TPR + TNR) / 2 = {quality.balanced_accuracy:.4f}"
-            if len(data.classes) == 2
-            else f"balanced accuracy (mean per-class recall) = {quality.balanced_accuracy:.4f}"
-        )
+        if quality.balanced_accuracy is not None:
+            notes.append(
+                f"balanced accuracy (mean per-class recall) = {quality.balanced_accuracy:.4f}"
+            )
+        # Evidently draws the section only; its failure on a degenerate window must cost
+        # that section, never the numbers above or the drift.
+        try:
+            snap = quality_snapshot(labelled, data.classes, quality)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}".strip()
+            logger.warning("quality section left out of the report: %s", reason)
+            lost = f"Evidently could not draw the quality section ({reason})"
+            quality_note = f"{quality_note}; {lost}" if quality_note else lost
+        else:
+            snapshots["quality"] = snap
+            sections.append((f"Classification quality ({quality.rows} labelled rows)", snap))
+        if quality_note:
+            notes.append(quality_note)
 
     widgets = [text_widget(title="mlplatform report", text=_header(data, rows, notes))]
     for title, snap in sections:
@@ -429,6 +573,7 @@ def build_report(data: ReportInput, config: DriftConfig, pipeline: Any) -> Repor
         notes=notes,
         window=data.window,
         snapshots=snapshots,
+        quality_note=quality_note,
     )
 
 
@@ -446,4 +591,5 @@ def empty_report(reason: str, window: dict[str, Any]) -> ReportResult:
         html=page,
         notes=[reason],
         window=window,
+        quality_note=reason,
     )

@@ -102,10 +102,26 @@ def numbers(summary: Any) -> dict[str, float]:
     return out
 
 
+def quality_line(summary: Any) -> str | None:
+    """One line on why the quality numbers are partial or missing, or None when they are all
+    there (or the summary predates ``quality_status``)."""
+    if not isinstance(summary, dict):
+        return None
+    status, note = summary.get("quality_status"), summary.get("quality_note")
+    if status not in ("partial", "empty") and not note:
+        return None
+    if not note:
+        return f"Quality {status}."
+    text = str(note)  # the reporter's note says the status itself
+    return text[:1].upper() + text[1:]
+
+
 def notes(summary: Any) -> list[str]:
-    """The summary's free-text notes, if any."""
-    found = summary.get("notes") if isinstance(summary, dict) else None
-    return [str(n) for n in found] if isinstance(found, list) else []
+    """The summary's free-text notes, if any, less the one ``quality_line`` already shows."""
+    if not isinstance(summary, dict):
+        return []
+    found, shown = summary.get("notes"), summary.get("quality_note")
+    return [str(n) for n in found if n != shown] if isinstance(found, list) else []
 
 
 def when(report_id: str, summary: Any) -> str:

@@ -46,6 +46,9 @@ if numbers:
         )
 else:
     st.caption("This report's summary has none of the usual numbers.")
+quality = summary.quality_line(by_id[chosen])
+if quality:
+    st.caption(quality)
 for note in summary.notes(by_id[chosen]):
     st.caption(f"Note: {note}")
 
