@@ -355,9 +355,7 @@ class S3Store(Store):
     def exists(self, key: str) -> bool:
         validate_key(key)
         try:
-            self._call(
-                f"stat {key}", lambda: self.client.head_object(Bucket=self.bucket, Key=key)
-            )
+            self._call(f"stat {key}", lambda: self.client.head_object(Bucket=self.bucket, Key=key))
             return True
         except ClientError as exc:
             if _code(exc) in _NOT_FOUND:
