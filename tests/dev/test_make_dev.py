@@ -158,3 +158,47 @@ def test_make_dev_names_a_taken_port_and_starts_nothing(dev_dir: Path) -> None:
     ) in r.stderr
     assert "web app  http" not in r.stdout
     assert not (dev_dir / "store").exists()  # it stopped before anything, training included
+
+
+def test_make_dev_store_s3_runs_the_services_on_a_local_seaweedfs(dev_dir: Path) -> None:
+    from mlplatform_common.storage import S3Store
+
+    ports = {name: free_port() for name in (*NAMES, "s3")}
+    args = [f"DEV_{name.upper()}_PORT={port}" for name, port in ports.items()]
+    log = dev_dir.parent / "make-dev.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["make", "--no-print-directory", "dev", "STORE=s3", f"DEV_DIR={dev_dir}", *args],
+            cwd=ROOT,
+            env=_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    started: dict[int, str | None] = {}
+    try:
+        api = f"http://127.0.0.1:{ports['serving']}"
+        _wait("serving /ready", lambda: httpx.get(f"{api}/ready").status_code == 200, proc, log)
+        # v1 went to the SeaweedFS bucket (its data in DEV_DIR), not to a folder store
+        store = S3Store(
+            "mlplatform", f"127.0.0.1:{ports['s3']}", "dev-access-key", "dev-secret-key"
+        )
+        assert store.exists("models/v1/manifest.json")
+        assert (dev_dir / "seaweedfs").is_dir() and not (dev_dir / "store").exists()
+        assert httpx.get(f"{api}/health").json()["model_version"] == "v1"
+        assert f"SeaweedFS at http://127.0.0.1:{ports['s3']}" in log.read_text()
+        started = _descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C stops SeaweedFS with the services
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while any(_listening(p) for p in ports.values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [n for n, p in ports.items() if _listening(p)], "Ctrl-C left services running"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for pid, since in started.items():
+            if since is not None and _started(pid) == since:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

@@ -11,7 +11,7 @@ Not collected by ``pytest`` (the normal suite needs no Docker). On Debian as roo
 4. builds ``mlplatform-<service>:<appVersion>`` with ``--build-arg BASE_IMAGE=<local base>``, and
    ``mlplatform-serving-sklearn:<appVersion>`` (``SERVING_EXTRAS=sklearn``); checks that only the
    latter has scikit-learn;
-5. against a real S3 server (moto) on the host: runs the retrainer's bootstrap ``train``, then
+5. against a real S3 server (SeaweedFS, ``weed`` from PyPI) on the host's loopback: runs the retrainer's bootstrap ``train``, then
    serving (``/ready``, ``/predict`` by ONNX Runtime, ``/feedback``, Docker's HEALTHCHECK, the
    prediction log with its embedding), the web app (Streamlit
    health, and in headless Chromium the page names the serving URL and the model version), the
@@ -29,7 +29,6 @@ import contextlib
 import csv
 import hashlib
 import json
-import logging
 import os
 import re
 import secrets
@@ -524,8 +523,6 @@ def exercise(tags: dict[str, str], containers: Containers) -> None:
     from mlplatform_common.registry import ModelRegistry
     from tests.conftest import S3_KEYS, S3Server
 
-    # moto's server logs every request through werkzeug: keep the output to our own lines.
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     signing_key = secrets.token_hex(16)
     admin_token = secrets.token_hex(8)
     s3 = S3Server().start()
@@ -539,7 +536,7 @@ def exercise(tags: dict[str, str], containers: Containers) -> None:
             "MLPLATFORM_S3_SECRET_KEY": S3_KEYS["secret_key"],
             "MLPLATFORM_SIGNING_KEY": signing_key,
         }
-        log(f"S3 server (moto) on {s3.endpoint}")
+        log(f"S3 server (SeaweedFS) on {s3.endpoint}")
 
         # The bootstrap Job's command, twice: the second run must leave v1 alone.
         bootstrap = ["train", "--if-missing", "--data", "/app/data/breast_cancer.csv"]
@@ -651,7 +648,7 @@ def exercise(tags: dict[str, str], containers: Containers) -> None:
             raise Failure("the retrainer left no watermark")
         log("retrainer image: v2 published (parent v1) and promoted")
     finally:
-        s3.stop()
+        s3.close()
 
 
 def report_sizes(tags: dict[str, str]) -> dict[str, int]:

@@ -11,21 +11,16 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 
-from tests.conftest import REPO, S3_KEYS, SIGNING_KEY, S3Server, free_port
+from tests.conftest import REPO, S3_KEYS, SIGNING_KEY, S3Server
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -157,54 +152,10 @@ def output_so_far(proc: Any) -> str:
     return Path(f"/proc/{proc.proc.pid}/fd/1").read_text(errors="replace")
 
 
-class MotoProcess:
-    """moto's S3 server as its own process: the load test's store is not slowed down by the
-    GIL of the test process that generates the load."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.endpoint = f"127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> MotoProcess:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"http://{self.endpoint}/moto-api/", timeout=1)
-                return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("moto server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def store(self, bucket: str) -> Any:
-        from mlplatform_common.storage import S3Store
-
-        store = S3Store(bucket, self.endpoint, **S3_KEYS)  # type: ignore[arg-type]
-        store.ensure()
-        return store
-
-
 def restart_on_same_port(server: S3Server) -> None:
-    """Bring a stopped in-process moto server back on its port. moto keeps its buckets in
-    module state of this process, so the store comes back with everything it held."""
-    server._server = ThreadedMotoServer(ip_address="127.0.0.1", port=server.port, verbose=False)
-    server._server.start()
+    """Start a stopped SeaweedFS again on its ports, with its data directory: the same store
+    comes back with everything it had acknowledged."""
+    server.start()
 
 
 def s3_env(endpoint: str, bucket: str, **extra: str) -> dict[str, str]:
@@ -247,11 +198,3 @@ def rows() -> list[dict[str, float]]:
     frame = pd.read_csv(DATA).drop(columns="target")
     records: list[dict[str, float]] = frame.to_dict(orient="records")
     return records
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _quiet_moto() -> None:
-    # One INFO line per S3 request from the in-process moto server drowns a failure's report.
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)

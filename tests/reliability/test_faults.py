@@ -2,8 +2,8 @@
 versions, and retrains that crash.
 
 Every fault is injected into real processes: the S3 server is stopped and started again on
-the same port (moto keeps its buckets in this process, so it is the same store coming back),
-and publishers, retrainers and serving processes are killed with SIGKILL.
+the same ports with the same data directory (a real SeaweedFS: what it acknowledged must come
+back), and publishers, retrainers and serving processes are killed with SIGKILL.
 """
 
 from __future__ import annotations

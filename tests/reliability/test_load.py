@@ -1,6 +1,7 @@
 """Sustained mixed traffic on two serving processes sharing one S3 store.
 
-Two real ``python -m mlplatform_serving`` processes, one moto S3 server in its own process,
+Two real ``python -m mlplatform_serving`` processes, one SeaweedFS S3 server (its own
+process),
 and a bounded run of mixed requests (single predictions, JSON batches, CSV batches, feedback
 by prediction id and with full features) spread over both. Afterwards: every 201 feedback is a
 readable row, no row is stored twice or without a 201, every answered prediction is in the
@@ -15,7 +16,6 @@ import random
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,11 +23,10 @@ import pytest
 
 from mlplatform_common import datalog
 from mlplatform_common.registry import ModelRegistry
-from tests.conftest import SIGNING_KEY, ServingProcess, publish_trained
+from tests.conftest import SIGNING_KEY, S3Server, ServingProcess, publish_trained
 from tests.reliability.conftest import (
     PROFILE,
     Figures,
-    MotoProcess,
     percentile,
     rss_kib,
     s3_env,
@@ -44,13 +43,6 @@ RSS_GROWTH_BOUND_MIB = 40.0
 CACHE_ENV = {"MLPLATFORM_RECENT_CACHE_ROWS": "5000", "MLPLATFORM_LOG_FLUSH_SECONDS": "1"}
 
 BATCH = 20
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoProcess]:
-    server = MotoProcess().start()
-    yield server
-    server.stop()
 
 
 class Traffic:
@@ -153,15 +145,15 @@ class MemorySampler(threading.Thread):
 
 
 def test_two_processes_sustained_mixed_traffic_lose_nothing(
-    moto: MotoProcess,
+    s3_server: S3Server,
     trained: Any,
     shipped_dataset: Any,
     rows: list[dict[str, float]],
     figures: Figures,
 ) -> None:
-    store = moto.store("load")
+    store = s3_server.store()
     publish_trained(ModelRegistry(store, SIGNING_KEY), trained, shipped_dataset)
-    env = s3_env(moto.endpoint, store.bucket, **CACHE_ENV)
+    env = s3_env(s3_server.endpoint, store.bucket, **CACHE_ENV)
     procs = start_together([ServingProcess(env), ServingProcess(env)])
     sampler = MemorySampler([p.proc.pid for p in procs])
     server_side: list[dict[str, Any]] = []

@@ -47,6 +47,14 @@ def secret_env(server: S3Server, bucket: str, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+def s3_server() -> Iterator[S3Server]:
+    """A SeaweedFS of this module's own, whose one identity has the secret keys above."""
+    server = S3Server(S3_ACCESS, S3_SECRET).start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
 def secret_store(s3_server: S3Server, trained: Any, shipped_dataset: Any) -> S3Store:
     from mlplatform_retrainer.job import upload_dataset
 

@@ -110,10 +110,10 @@ one (lookup), else a new random one. (dict "ctx" $ "name" <secret> "key" <key> "
 
 {{/* Service addresses, bundled or external. */}}
 {{- define "mlplatform.s3Endpoint" -}}
-{{- if .Values.minio.enabled }}
-{{- printf "%s:%d" (include "mlplatform.componentName" (list . "minio")) (int .Values.minio.port) }}
+{{- if .Values.seaweedfs.enabled }}
+{{- printf "%s:%d" (include "mlplatform.componentName" (list . "seaweedfs")) (int .Values.seaweedfs.port) }}
 {{- else }}
-{{- required "store.externalEndpoint is required when minio.enabled is false" .Values.store.externalEndpoint }}
+{{- required "store.externalEndpoint is required when seaweedfs.enabled is false" .Values.store.externalEndpoint }}
 {{- end }}
 {{- end }}
 
@@ -153,6 +153,8 @@ one (lookup), else a new random one. (dict "ctx" $ "name" <secret> "key" <key> "
   value: {{ include "mlplatform.s3Endpoint" . | quote }}
 - name: MLPLATFORM_S3_SECURE
   value: {{ .Values.store.secure | quote }}
+{{- /* Without keys the services take the AWS credential chain (IRSA, instance profile). */}}
+{{- if or .Values.seaweedfs.enabled (not .Values.store.credentialChain) }}
 - name: MLPLATFORM_S3_ACCESS_KEY
   valueFrom:
     secretKeyRef:
@@ -163,6 +165,7 @@ one (lookup), else a new random one. (dict "ctx" $ "name" <secret> "key" <key> "
     secretKeyRef:
       name: {{ include "mlplatform.storeSecret" . }}
       key: secret-key
+{{- end }}
 - name: MLPLATFORM_SIGNING_KEY
   valueFrom:
     secretKeyRef:
@@ -190,4 +193,12 @@ one (lookup), else a new random one. (dict "ctx" $ "name" <secret> "key" <key> "
 {{- define "mlplatform.tmpEnv" -}}
 - name: HOME
   value: /tmp
+{{- end }}
+
+{{/* Annotations of the service accounts of the pods that use the store (IRSA's role-arn). */}}
+{{- define "mlplatform.storeServiceAccountAnnotations" -}}
+{{- with .Values.store.serviceAccountAnnotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}

@@ -273,7 +273,10 @@ def read_predictions(
     ]
     if not frames:
         return pd.DataFrame(columns=PREDICTION_COLUMNS)
-    return pd.concat(frames, ignore_index=True).sort_values("ts", kind="stable")
+    frame = pd.concat(frames, ignore_index=True).sort_values("ts", kind="stable")
+    # A batch whose write reached the store but whose answer did not (a timeout while a real
+    # server stops or restarts) is kept and written again under a new key: read it once.
+    return frame.drop_duplicates("prediction_id", keep="first")
 
 
 def write_feedback(store: Store, row: dict[str, Any], ts: float | None = None) -> str:

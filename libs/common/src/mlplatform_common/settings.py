@@ -28,10 +28,13 @@ class CommonSettings(BaseSettings):
     """Where every artifact and row lives: ``file://<path>`` (local) or ``s3://<bucket>``."""
 
     s3_endpoint: str = "localhost:9000"
-    """S3/MinIO endpoint as ``host:port``; an ``http://`` or ``https://`` prefix sets TLS."""
+    """S3 endpoint as ``host:port``; an ``http://`` or ``https://`` prefix sets TLS; empty: AWS
+    S3's own endpoint for ``s3_region``."""
 
     s3_access_key: SecretStr | None = None
-    """S3 access key (from a Secret in Kubernetes)."""
+    """S3 access key (from a Secret in Kubernetes). Unset: the standard AWS credential chain
+    (``AWS_*`` variables, a web identity token for IRSA or EKS Pod Identity, an instance
+    profile)."""
 
     s3_secret_key: SecretStr | None = None
     """S3 secret key (from a Secret in Kubernetes)."""

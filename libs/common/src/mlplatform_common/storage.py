@@ -1,4 +1,4 @@
-"""The object store: one interface, a local filesystem backend and an S3/MinIO backend.
+"""The object store: one interface, a local filesystem backend and an S3 backend (boto3).
 
 Keys are ``/``-separated paths as in DESIGN.md section 4. S3 has no append and no rename, so
 the interface offers only whole-object writes: ``put`` (atomic overwrite) and ``put_if_absent``
@@ -11,17 +11,14 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from xml.etree.ElementTree import ParseError
 
-import urllib3
-from minio import Minio
-from minio.error import MinioException, S3Error
-from minio.helpers import check_bucket_name
+from botocore.exceptions import BotoCoreError, ClientError
 
 from mlplatform_common.errors import InvalidInput, ObjectNotFound, StorageUnavailable
 from mlplatform_common.settings import CommonSettings
@@ -193,17 +190,28 @@ class LocalStore(Store):
         self._path(key).unlink(missing_ok=True)
 
 
+# S3's bucket naming rules (3-63 characters; lowercase letters, digits, '.', '-'; a letter or
+# digit at each end; no '..'; not an IPv4 address), checked before any request is sent.
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IPV4 = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+_NOT_FOUND = ("NoSuchKey", "NoSuchObject", "NotFound", "404")
+# What AWS, SeaweedFS and MinIO answer to a conditional create whose key already exists.
+_PRECONDITION = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
+
+
 class S3Store(Store):
-    """A bucket on S3 or MinIO, through the ``minio`` SDK.
+    """A bucket on any S3 (SeaweedFS, AWS S3, MinIO ...), through boto3.
 
     Every request has a timeout and a bounded number of retries; when they are spent the call
-    raises ``StorageUnavailable`` instead of hanging.
+    raises ``StorageUnavailable`` instead of hanging. Without an access key the client takes
+    its credentials from the standard AWS chain: environment, web identity token (IRSA, EKS
+    Pod Identity), shared config, instance profile.
     """
 
     def __init__(
         self,
         bucket: str,
-        endpoint: str,
+        endpoint: str | None,
         access_key: str | None,
         secret_key: str | None,
         *,
@@ -212,152 +220,177 @@ class S3Store(Store):
         timeout: float = 5.0,
         retries: int = 2,
     ) -> None:
-        if endpoint.startswith(("http://", "https://")):
-            secure = endpoint.startswith("https://")
-            endpoint = endpoint.split("://", 1)[1]
-        endpoint = endpoint.rstrip("/")
-        try:
-            check_bucket_name(bucket, strict=True)
-        except ValueError:
+        # boto3 costs ~0.3 s to import: only processes on an S3 store pay for it.
+        import boto3
+        from botocore.config import Config
+
+        if not _BUCKET_NAME.match(bucket) or ".." in bucket or _IPV4.match(bucket):
             raise InvalidInput(
                 f"bucket name {bucket!r} is not valid (3-63 lowercase letters, digits, '.', '-')"
-            ) from None
+            )
+        endpoint_url = None
+        if endpoint:
+            if not endpoint.startswith(("http://", "https://")):
+                endpoint = f"{'https' if secure else 'http'}://{endpoint}"
+            endpoint_url = endpoint.rstrip("/")
         self.bucket = bucket
-        self.endpoint = endpoint
+        self.endpoint = endpoint_url or "AWS S3"
         self.url = f"s3://{bucket}"
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=timeout, read=timeout),
-            retries=urllib3.Retry(
-                total=retries,
-                backoff_factor=0.2,
-                status_forcelist=(500, 502, 503, 504),
-                allowed_methods=None,  # retry PUTs too: every write here is idempotent
-            ),
-            maxsize=16,
+        config = Config(
+            region_name=region,
+            signature_version="s3v4",
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            # Connection errors, throttling and 5xx are retried: every write here is idempotent
+            # (a conditional create retried after a lost answer reads as "someone else won").
+            retries={"total_max_attempts": retries + 1, "mode": "standard"},
+            max_pool_connections=16,
+            # Path-style URLs work on every S3; virtual hosts need DNS per bucket.
+            s3={"addressing_style": "path"},
+            # Checksums only where the API requires them: S3-compatible servers differ in
+            # which of the newer default CRC headers they accept.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
         )
-        self.client = Minio(
-            endpoint,
-            access_key=access_key,
-            secret_key=secret_key,
-            secure=secure,
-            region=region,
-            http_client=http,
+        # A session of our own: boto3's default session is shared and not thread-safe.
+        session = boto3.session.Session(
+            aws_access_key_id=access_key or None,
+            aws_secret_access_key=(secret_key or None) if access_key else None,
         )
+        self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         try:
             return fn()
-        except S3Error:
+        except ClientError:
             raise
-        except (urllib3.exceptions.HTTPError, MinioException, OSError, ParseError) as exc:
+        except (BotoCoreError, OSError) as exc:
             raise StorageUnavailable(
                 f"object store {self.url} at {self.endpoint} is unavailable ({what}): "
                 f"{type(exc).__name__}: {exc}"
             ) from None
 
-    def _missing(self, exc: S3Error, key: str) -> ObjectNotFound | StorageUnavailable:
-        if exc.code == "NoSuchBucket":
+    def _failed(self, exc: ClientError, doing: str) -> StorageUnavailable:
+        if _code(exc) == "NoSuchBucket":
             return StorageUnavailable(f"bucket {self.bucket!r} does not exist at {self.endpoint}")
-        return ObjectNotFound(f"no object {key!r} in {self.url}")
+        return StorageUnavailable(f"{doing} {self.url} failed: {_code(exc)}: {exc}")
 
     def ensure(self) -> None:
-        if not self._call("bucket_exists", lambda: self.client.bucket_exists(self.bucket)):
-            try:
-                self._call("make_bucket", lambda: self.client.make_bucket(self.bucket))
-            except S3Error as exc:
-                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                    raise StorageUnavailable(
-                        f"cannot create bucket {self.bucket!r}: {exc}"
-                    ) from None
+        try:
+            self._call("head_bucket", lambda: self.client.head_bucket(Bucket=self.bucket))
+            return
+        except ClientError as exc:
+            if _code(exc) not in (*_NOT_FOUND, "NoSuchBucket"):
+                raise self._failed(exc, "checking the bucket of") from None
+        region = self.client.meta.region_name
+        where = {} if region == "us-east-1" else {"LocationConstraint": region}
+        try:
+            self._call(
+                "create_bucket",
+                lambda: self.client.create_bucket(
+                    Bucket=self.bucket, **({"CreateBucketConfiguration": where} if where else {})
+                ),
+            )
+        except ClientError as exc:
+            if _code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise StorageUnavailable(f"cannot create bucket {self.bucket!r}: {exc}") from None
 
     def get(self, key: str) -> bytes:
         validate_key(key)
 
         def fetch() -> bytes:
-            response = self.client.get_object(self.bucket, key)
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
             try:
-                return response.read()
+                data: bytes = body.read()
+                return data
             finally:
-                response.close()
-                response.release_conn()
+                body.close()
 
         try:
             return self._call(f"get {key}", fetch)
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchBucket"):
-                raise self._missing(exc, key) from None
-            raise StorageUnavailable(f"reading {key!r} from {self.url} failed: {exc}") from None
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                raise ObjectNotFound(f"no object {key!r} in {self.url}") from None
+            raise self._failed(exc, f"reading {key!r} from") from None
 
     def put(
         self, key: str, data: bytes | memoryview, content_type: str = "application/octet-stream"
     ) -> None:
         validate_key(key)
+        # botocore takes bytes or a file (which it rewinds to retry): a view goes in as a file.
+        body = data if isinstance(data, bytes) else io.BytesIO(data)
         try:
             self._call(
                 f"put {key}",
                 lambda: self.client.put_object(
-                    self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
+                    Bucket=self.bucket, Key=key, Body=body, ContentType=content_type
                 ),
             )
-        except S3Error as exc:
-            raise StorageUnavailable(f"writing {key!r} to {self.url} failed: {exc}") from None
+        except ClientError as exc:
+            raise self._failed(exc, f"writing {key!r} to") from None
 
     def put_if_absent(
         self, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> bool:
         validate_key(key)
-        # S3 conditional create (If-None-Match: *), supported by AWS and MinIO. minio-py's public
-        # put_object() turns unknown headers into user metadata, so the lower-level call is used.
-        headers: dict[str, str | list[str] | tuple[str]] = {
-            "If-None-Match": "*",
-            "Content-Type": content_type,
-        }
+        # S3's conditional create (If-None-Match: *): AWS, SeaweedFS and MinIO answer 412
+        # when the key exists, so exactly one of several writers wins.
         try:
             self._call(
                 f"put_if_absent {key}",
-                lambda: self.client._put_object(self.bucket, key, data, headers),
+                lambda: self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=data,
+                    ContentType=content_type,
+                    IfNoneMatch="*",
+                ),
             )
             return True
-        except S3Error as exc:
-            if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+        except ClientError as exc:
+            if _code(exc) in _PRECONDITION:
                 return False
-            raise StorageUnavailable(f"creating {key!r} in {self.url} failed: {exc}") from None
+            raise self._failed(exc, f"creating {key!r} in") from None
 
     def exists(self, key: str) -> bool:
         validate_key(key)
         try:
-            self._call(f"stat {key}", lambda: self.client.stat_object(self.bucket, key))
+            self._call(f"stat {key}", lambda: self.client.head_object(Bucket=self.bucket, Key=key))
             return True
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"):
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
                 return False
-            if exc.code == "NoSuchBucket":
-                raise self._missing(exc, key) from None
-            raise StorageUnavailable(f"checking {key!r} in {self.url} failed: {exc}") from None
+            raise self._failed(exc, f"checking {key!r} in") from None
 
     def list_keys(self, prefix: str = "", start_after: str | None = None) -> list[str]:
         def collect() -> list[str]:
-            objects = self.client.list_objects(
-                self.bucket, prefix=prefix, recursive=True, start_after=start_after
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket,
+                Prefix=prefix,
+                **({"StartAfter": start_after} if start_after else {}),
             )
-            return sorted(o.object_name for o in objects if o.object_name and not o.is_dir)
+            keys = (o["Key"] for page in pages for o in page.get("Contents", ()))
+            return sorted(k for k in keys if k and not k.endswith("/"))
 
         try:
             return self._call(f"list {prefix}", collect)
-        except S3Error as exc:
-            if exc.code == "NoSuchBucket":
-                raise self._missing(exc, prefix) from None
-            raise StorageUnavailable(f"listing {prefix!r} in {self.url} failed: {exc}") from None
+        except ClientError as exc:
+            raise self._failed(exc, f"listing {prefix!r} in") from None
 
     def delete(self, key: str) -> None:
         validate_key(key)
         try:
-            self._call(f"delete {key}", lambda: self.client.remove_object(self.bucket, key))
-        except S3Error as exc:
-            if exc.code != "NoSuchKey":
-                raise StorageUnavailable(
-                    f"deleting {key!r} from {self.url} failed: {exc}"
-                ) from None
+            self._call(
+                f"delete {key}", lambda: self.client.delete_object(Bucket=self.bucket, Key=key)
+            )
+        except ClientError as exc:
+            if _code(exc) not in _NOT_FOUND:
+                raise self._failed(exc, f"deleting {key!r} from") from None
+
+
+def _code(exc: ClientError) -> str:
+    """The S3 error code of a failed request (``NoSuchKey``, ``PreconditionFailed``, ``404``)."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def open_store(settings: CommonSettings, *, ensure: bool = False) -> Store:
