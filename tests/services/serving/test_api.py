@@ -60,6 +60,19 @@ def test_not_ready_without_a_model_and_says_why(local_store: Store) -> None:
         assert_error(c.post("/predict", json={"features": {}}), 503)
 
 
+def test_admin_unpin_lifts_the_hold_and_needs_the_token(model_store: Store) -> None:
+    registry = ModelRegistry(model_store, SIGNING_KEY)
+    registry.promote("v1", hold="pinned to v1 by hand")
+    with TestClient(create_app(serving_settings(), model_store)) as c:
+        assert c.get("/models").json()["production"]["hold"]["reason"] == "pinned to v1 by hand"
+        assert_error(c.post("/admin/unpin"), 401)
+        assert registry.hold() is not None
+        r = c.post("/admin/unpin", headers={"Authorization": "Bearer test-admin-token"})
+        assert r.status_code == 200, r.text
+        assert r.json()["production"]["version"] == "v1" and "hold" not in r.json()["production"]
+    assert registry.hold() is None and registry.production_version() == "v1"
+
+
 def test_waiting_for_a_first_model_is_a_warning_that_names_the_bootstrap(
     local_store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -241,3 +241,28 @@ def test_the_sidebar_links_the_api_docs_where_a_browser_reaches_them(serving, we
     get_settings.cache_clear()
     at = AppTest.from_file(str(APP_DIR / "streamlit_app.py"), default_timeout=30).run()
     assert f"[{serving.url}/docs]" in " ".join(c.value for c in at.sidebar.caption)
+
+
+def test_a_held_production_is_shown_and_the_admin_page_lifts_the_hold(
+    webapp_env, tmp_path, trained, shipped_dataset
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    store.ensure()
+    registry = ModelRegistry(store, SIGNING_KEY)
+    publish_trained(registry, trained, shipped_dataset)
+    registry.promote("v1", hold="pinned to v1 by hand")
+    proc = ServingProcess(serving_env(store.root)).start()
+    try:
+        at = page("model", proc.url, webapp_env).run()
+        assert not at.exception
+        assert "Production is held at v1: pinned to v1 by hand" in texts(at)
+        at = page("admin", proc.url, webapp_env).run()
+        at.text_input(key="admin_token").input(ADMIN_TOKEN)
+        at.button[2].click().run()
+        assert not at.error, at.error[0].value
+        assert "v1 is no longer held" in at.success[0].value
+        assert registry.hold() is None and registry.production_version() == "v1"
+        at = page("model", proc.url, webapp_env).run()
+        assert "held" not in texts(at)
+    finally:
+        proc.stop()

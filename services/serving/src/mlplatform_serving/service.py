@@ -28,6 +28,7 @@ from mlplatform_common.errors import (
     NotYet,
     ObjectNotFound,
 )
+from mlplatform_common.lock import StoreLock
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import Store
 from mlplatform_serving import observability as obs
@@ -505,6 +506,12 @@ class Service:
         return self._start_once(
             f"{version}-{count // k * k}", f"{count} labelled rows since {version} (k={k})"
         )
+
+    def unpin(self) -> dict[str, Any]:
+        """Lift the production alias's hold, under the retrain lock (a retrain deciding now
+        would otherwise read the hold and then be overruled)."""
+        with StoreLock(self.store, keys.RETRAIN_LOCK, ttl_seconds=60):
+            return self.registry.unpin()
 
     # -- reports and summaries ------------------------------------------------------------
 

@@ -194,3 +194,9 @@ class ApiClient:
         return dict(
             self._json("POST", "/admin/retrain", headers={"Authorization": f"Bearer {token}"})
         )
+
+    def unpin(self, token: str) -> dict[str, Any]:
+        """``POST /admin/unpin`` (bearer token): lift a rollback's or a pin's hold."""
+        return dict(
+            self._json("POST", "/admin/unpin", headers={"Authorization": f"Bearer {token}"})
+        )

@@ -1,4 +1,4 @@
-"""POST /admin/reload and /admin/retrain (bearer token)."""
+"""POST /admin/reload, /admin/retrain and /admin/unpin (bearer token)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,10 @@ def retrain(service: ServiceDep) -> dict[str, Any]:
         raise ConfigurationError("no retrain launcher is configured in this deployment")
     started = service.retrain_launcher("requested through /admin/retrain", True)
     return {"retrain_started": started}
+
+
+@router.post("/unpin", responses={k: v for k, v in ERRORS.items() if k in (409, 503)})
+def unpin(service: ServiceDep) -> dict[str, Any]:
+    """Lift the hold a rollback or a pin put on production: the next retrain whose candidate
+    passes the gate promotes it again. The production version itself does not change."""
+    return {"production": service.unpin()}

@@ -1,4 +1,5 @@
-"""Admin: start a retrain now, or reload the model, with the serving API's admin token."""
+"""Admin: start a retrain now, reload the model, or lift a hold, with the serving API's admin
+token."""
 
 from __future__ import annotations
 
@@ -31,8 +32,14 @@ version = st.text_input(
 buttons = st.container(horizontal=True)
 retrain = buttons.button("Retrain now", type="primary", icon=":material/model_training:")
 reload = buttons.button("Reload model", icon=":material/refresh:")
+unpin = buttons.button(
+    "Lift the hold",
+    icon=":material/lock_open:",
+    help="After a rollback or a pin, retrains keep their candidates for review; this lets "
+    "the next one that passes the gate be promoted again.",
+)
 
-if retrain or reload:
+if retrain or reload or unpin:
     if not token:
         st.error("Enter the admin token.", icon=":material/key_off:")
     else:
@@ -43,6 +50,14 @@ if retrain or reload:
                     "A retrain was started; new versions appear on the Model page."
                     if answer.get("retrain_started")
                     else "No retrain was started: one is already running.",
+                    icon=":material/check_circle:",
+                )
+            elif unpin:
+                alias = ui.client().unpin(token)["production"]
+                st.cache_data.clear()  # the alias changed
+                st.success(
+                    f"Production {alias.get('version')} is no longer held: the next retrain "
+                    "that passes the gate is promoted.",
                     icon=":material/check_circle:",
                 )
             else:

@@ -26,6 +26,13 @@ test = (card.get("metrics") or {}).get("test") or {}
 c4.metric("Test F1", f"{test['f1']:.3f}" if isinstance(test.get("f1"), int | float) else "–")
 if production and serving and production != serving:
     st.warning(f"This replica serves {serving} while the production alias names {production}.")
+hold = alias.get("hold") if isinstance(alias, dict) else None
+if isinstance(hold, dict):
+    st.info(
+        f"Production is held at {production}: {hold.get('reason')}. Retrains keep their "
+        "candidates for review until the hold is lifted (Admin page).",
+        icon=":material/lock:",
+    )
 
 
 def row(manifest: dict[str, Any]) -> dict[str, Any]:
