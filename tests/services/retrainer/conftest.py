@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -81,3 +85,49 @@ def add_feedback(
             prediction=str(int(row["target"])),
             prediction_id=f"p{i}" if ids else None,
         )
+
+
+NOT_FOUND = (404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+
+
+class JsonApi:
+    """A JSON HTTP server on a free loopback port that stands in for the Kubernetes API:
+    ``answer`` (a subclass's) decides each reply, and every request is recorded."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("content-length", 0))
+                request = {
+                    "method": self.command,
+                    "path": self.path,
+                    "headers": dict(self.headers),
+                    "body": json.loads(self.rfile.read(length)) if length else None,
+                }
+                outer.requests.append(request)
+                status, answer = outer.answer(request)
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PATCH = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def answer(self, request: dict[str, Any]) -> tuple[int, Any]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import kubernetes_validate
@@ -24,7 +22,7 @@ from kubernetes import client
 from mlplatform_retrainer.rollout import VERSION_ANNOTATION, rollout_kubernetes
 from mlplatform_serving.launcher import KubernetesApi, kubernetes_launcher
 from tests.conftest import REPO
-from tests.services.retrainer.conftest import retrainer_settings
+from tests.services.retrainer.conftest import NOT_FOUND, JsonApi, retrainer_settings
 from tests.services.serving.conftest import serving_settings
 
 K8S_VERSION = "1.33"
@@ -32,50 +30,18 @@ DEPLOYMENT = yaml.safe_load((REPO / "tests/testdata/serving-deployment.yaml").re
 CRONJOB = json.loads((REPO / "tests/testdata/retrainer-cronjob.json").read_text())
 
 
-class FakeApiServer:
+class FakeApiServer(JsonApi):
     """Records every request; answers the few the platform makes."""
 
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                length = int(self.headers.get("content-length", 0))
-                body = json.loads(self.rfile.read(length)) if length else None
-                outer.requests.append(
-                    {
-                        "method": self.command,
-                        "path": self.path,
-                        "headers": dict(self.headers),
-                        "body": body,
-                    }
-                )
-                if self.command == "GET" and self.path.endswith("/cronjobs/mlplatform-retrainer"):
-                    status, answer = 200, CRONJOB
-                elif self.command == "PATCH" and self.path.endswith(
-                    "/deployments/mlplatform-serving"
-                ):
-                    status, answer = 200, DEPLOYMENT
-                elif self.command == "POST" and self.path.endswith("/jobs"):
-                    status, answer = 201, body
-                else:
-                    status, answer = 404, {"kind": "Status", "code": 404, "reason": "NotFound"}
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_PATCH = do_POST = _answer
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    def answer(self, request: dict[str, Any]) -> tuple[int, Any]:
+        method, path = request["method"], request["path"]
+        if method == "GET" and path.endswith("/cronjobs/mlplatform-retrainer"):
+            return 200, CRONJOB
+        if method == "PATCH" and path.endswith("/deployments/mlplatform-serving"):
+            return 200, DEPLOYMENT
+        if method == "POST" and path.endswith("/jobs"):
+            return 201, request["body"]
+        return NOT_FOUND
 
     def api_client(self) -> client.ApiClient:
         config = client.Configuration()
@@ -88,7 +54,7 @@ def api() -> Iterator[FakeApiServer]:
     server = FakeApiServer()
     server.thread.start()
     yield server
-    server.server.shutdown()
+    server.stop()
 
 
 def strategic_merge(deployment: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

@@ -15,9 +15,7 @@ import copy
 import json
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +30,18 @@ from mlplatform_serving.app import create_app
 from mlplatform_serving.launcher import KubernetesApi, kubernetes_launcher
 from tests.chart.conftest import one, rendered_variant
 from tests.conftest import REPO, SIGNING_KEY
-from tests.services.retrainer.conftest import add_feedback, retrainer_settings
+from tests.services.retrainer.conftest import NOT_FOUND, JsonApi, add_feedback, retrainer_settings
 from tests.services.serving.conftest import serving_settings
 
 NAMESPACE, SERVING = "ml", "mlplatform-serving"
 CRONJOB = json.loads((REPO / "tests/testdata/retrainer-cronjob.json").read_text())
 
 
-class ClusterStandIn:
+class ClusterStandIn(JsonApi):
     """The serving Deployment, its revisions, and the retrainer CronJob's Jobs."""
 
     def __init__(self) -> None:
+        super().__init__()
         deployment = one(rendered_variant("defaults"), "Deployment", SERVING)
         deployment = {k: v for k, v in deployment.items() if not k.startswith("__")}
         deployment["metadata"]["namespace"] = NAMESPACE
@@ -50,42 +49,22 @@ class ClusterStandIn:
         self.revisions: list[dict[str, Any]] = [copy.deepcopy(deployment["spec"]["template"])]
         self.patches: list[dict[str, Any]] = []
         self.jobs: list[dict[str, Any]] = []
-        outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                length = int(self.headers.get("content-length", 0))
-                body = json.loads(self.rfile.read(length)) if length else None
-                path = self.path.split("?")[0]
-                status, answer = 404, {"kind": "Status", "code": 404, "reason": "NotFound"}
-                if path == f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{SERVING}":
-                    if self.command == "PATCH":
-                        assert (
-                            self.headers["Content-Type"] == "application/strategic-merge-patch+json"
-                        )
-                        outer.apply(body)
-                    status, answer = 200, outer.deployment
-                elif path.endswith("/cronjobs/mlplatform-retrainer"):
-                    status, answer = 200, CRONJOB
-                elif (
-                    self.command == "POST" and path == f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs"
-                ):
-                    outer.jobs.append(body)
-                    status, answer = 201, body
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_PATCH = do_POST = _answer
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+    def answer(self, request: dict[str, Any]) -> tuple[int, Any]:
+        method, path = request["method"], request["path"].split("?")[0]
+        if path == f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{SERVING}":
+            if method == "PATCH":
+                assert (
+                    request["headers"]["Content-Type"] == "application/strategic-merge-patch+json"
+                )
+                self.apply(request["body"])
+            return 200, self.deployment
+        if path.endswith("/cronjobs/mlplatform-retrainer"):
+            return 200, CRONJOB
+        if method == "POST" and path == f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs":
+            self.jobs.append(request["body"])
+            return 201, request["body"]
+        return NOT_FOUND
 
     def apply(self, patch: dict[str, Any]) -> None:
         """kubectl's strategic merge of ``patch`` into the Deployment; a changed pod template
@@ -116,8 +95,7 @@ class ClusterStandIn:
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ClusterStandIn]:
     stand_in = ClusterStandIn()
-    thread = threading.Thread(target=stand_in.server.serve_forever, daemon=True)
-    thread.start()
+    stand_in.thread.start()
     kubeconfig = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -132,8 +110,7 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     yield stand_in
-    stand_in.server.shutdown()
-    stand_in.server.server_close()
+    stand_in.stop()
 
 
 def settings(**kw: Any) -> Any:
