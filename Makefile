@@ -181,10 +181,10 @@ BASE_IMAGE ?= python:3.11-slim
 SERVING_MAX_MB ?= 400
 
 .PHONY: images
-images: ## Build the four service images, tagged with the chart's appVersion
+images: ## Build the four service images from ./Dockerfile (SERVICE=<name>), tagged with the chart's appVersion
 	@for s in $(IMAGE_SERVICES); do \
 	  echo "==> mlplatform-$$s:$(APP_VERSION)"; \
-	  docker build --build-arg BASE_IMAGE=$(BASE_IMAGE) -f services/$$s/Dockerfile -t mlplatform-$$s:$(APP_VERSION) . || exit 1; \
+	  docker build --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg SERVICE=$$s -t mlplatform-$$s:$(APP_VERSION) . || exit 1; \
 	done
 
 .PHONY: test-images

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) the kind cluster, install the Traefik ingress controller, build the four
-# mlplatform images and load them into the cluster. Idempotent: run it again at any time.
+# mlplatform images (make images: the one Dockerfile, once per service) and load them into the
+# cluster. Idempotent: run it again at any time.
 # Afterwards: helm install mlplatform charts/mlplatform   (or: make deploy)
 #
 # Ingress NGINX reached end of life in March 2026. Traefik is maintained, implements the

@@ -8,7 +8,8 @@ Not collected by ``pytest`` (the normal suite needs no Docker). On Debian as roo
 3. makes a local base image standing in for ``python:3.11-slim`` (debootstrap of bookworm with
    Python 3.11, venv and pip; plus this machine's CA bundle and pip index settings, so a build
    reaches PyPI the way this machine does) and keeps it for the next run;
-4. builds ``mlplatform-<service>:<appVersion>`` with ``--build-arg BASE_IMAGE=<local base>``, and
+4. builds ``mlplatform-<service>:<appVersion>`` from the repository's ``Dockerfile`` with
+   ``--build-arg SERVICE=<service> --build-arg BASE_IMAGE=<local base>``, and
    ``mlplatform-serving-sklearn:<appVersion>`` (``SERVING_EXTRAS=sklearn``); checks that only the
    latter has scikit-learn;
 5. against a real S3 server (SeaweedFS, ``weed`` from PyPI) on the host's loopback: runs the retrainer's bootstrap ``train``, then
@@ -320,7 +321,7 @@ ENV LANG=C.UTF-8 \\
 # --- building the service images ------------------------------------------------------------
 
 
-# Built too, from serving's Dockerfile: the serving image with the scikit-learn fallback.
+# Built too, with SERVICE=serving: the serving image with the scikit-learn fallback.
 VARIANTS = {"serving-sklearn": ("serving", ["--build-arg", "SERVING_EXTRAS=sklearn"])}
 
 
@@ -355,9 +356,9 @@ def build_one(base: str, name: str, tag: str) -> float:
             # Marks what this harness built, so the previous builds it replaced can be pruned.
             "--label",
             BUILD_LABEL,
+            "--build-arg",
+            f"SERVICE={service}",
             *extra,
-            "-f",
-            f"services/{service}/Dockerfile",
             "-t",
             tag,
             ".",
@@ -651,6 +652,57 @@ def exercise(tags: dict[str, str], containers: Containers) -> None:
         s3.close()
 
 
+# What each image's configuration says, set by its final stage of the one Dockerfile (which
+# SERVICE selects): entrypoint, command, exposed ports, health check, title label.
+EXPECTED_CONFIG: dict[str, dict[str, Any]] = {
+    "serving": {
+        "Entrypoint": None,
+        "Cmd": ["python", "-m", "mlplatform_serving"],
+        "ExposedPorts": ["8080/tcp"],
+        "Health": "CMD",
+    },
+    "webapp": {
+        "Entrypoint": None,
+        "Cmd": ["python", "-m", "mlplatform_webapp"],
+        "ExposedPorts": ["8501/tcp"],
+        "Health": "CMD",
+    },
+    "reporter": {
+        "Entrypoint": ["python", "-m", "mlplatform_reporter"],
+        "Cmd": ["run"],
+        "ExposedPorts": [],
+        "Health": "NONE",
+    },
+    "retrainer": {
+        "Entrypoint": ["python", "-m", "mlplatform_retrainer"],
+        "Cmd": ["run"],
+        "ExposedPorts": [],
+        "Health": "NONE",
+    },
+}
+
+
+def check_config(tags: dict[str, str]) -> None:
+    """Each image is its own service's: user 10001, its entrypoint, ports, health check, label."""
+    for name, tag in tags.items():
+        service = VARIANTS.get(name, (name, []))[0]
+        config = json.loads(
+            run(["docker", "image", "inspect", "-f", "{{json .Config}}", tag], capture=True).stdout
+        )
+        got = {
+            "User": config.get("User"),
+            "Entrypoint": config.get("Entrypoint"),
+            "Cmd": config.get("Cmd"),
+            "ExposedPorts": sorted(config.get("ExposedPorts") or {}),
+            "Health": ((config.get("Healthcheck") or {}).get("Test") or [None])[0],
+            "Title": (config.get("Labels") or {}).get("org.opencontainers.image.title"),
+        }
+        expected = {**EXPECTED_CONFIG[service], "User": "10001", "Title": f"mlplatform-{service}"}
+        if got != expected:
+            raise Failure(f"{tag}: configuration {got}, expected {expected}")
+    log(f"image configurations as expected: {', '.join(tags.values())}")
+
+
 def report_sizes(tags: dict[str, str]) -> dict[str, int]:
     """Print each image's size (uncompressed, as ``docker images`` shows it) as a table."""
     sizes = {name: image_size(tag) for name, tag in tags.items()}
@@ -779,6 +831,7 @@ def main(argv: list[str] | None = None) -> int:
             tags, build_seconds = build_images(base, version, args.services, args.jobs)
             prune_replaced_builds()
             sizes = report_sizes(tags)
+            check_config(tags)
             check_variants(tags)
             try:
                 if not args.build_only:

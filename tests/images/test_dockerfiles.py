@@ -1,6 +1,8 @@
-"""Static checks of the four service Dockerfiles (no Docker engine needed; part of ``make test``).
+"""Static checks of the images' one Dockerfile (no Docker engine needed; part of ``make test``).
 
-Building and running the images is ``make test-images`` (``tests/images/run_image_tests.py``).
+``Dockerfile`` at the repository root builds the four service images: ``--build-arg SERVICE=<name>``
+selects the package and the final stage. Building and running them is ``make test-images``
+(``tests/images/run_image_tests.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest
 from tests.conftest import REPO
 
 SERVICES = ("serving", "webapp", "reporter", "retrainer")
-DOCKERFILES = {name: REPO / "services" / name / "Dockerfile" for name in SERVICES}
+DOCKERFILE = REPO / "Dockerfile"
 
 
 def hadolint() -> str:
@@ -40,10 +42,29 @@ def instructions(path: Path) -> list[tuple[str, str]]:
     return pairs
 
 
-@pytest.mark.parametrize("name", SERVICES)
-def test_hadolint_reports_no_error(name: str) -> None:
+def stages() -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """(base, name, instructions after FROM) per stage, in order; an unnamed stage has name ''."""
+    found: list[tuple[str, str, list[tuple[str, str]]]] = []
+    for word, args in instructions(DOCKERFILE):
+        if word == "FROM":
+            base, _, name = args.partition(" AS ")
+            found.append((base.strip(), name.strip(), []))
+        elif found:
+            found[-1][2].append((word, args))
+    return found
+
+
+def stage(name: str) -> list[tuple[str, str]]:
+    return next(steps for _, n, steps in stages() if n == name)
+
+
+def test_the_old_per_service_dockerfiles_are_gone() -> None:
+    assert not list(REPO.glob("services/*/Dockerfile")), "one Dockerfile builds every image"
+
+
+def test_hadolint_reports_no_error() -> None:
     result = subprocess.run(
-        [hadolint(), "--format", "json", "--no-fail", str(DOCKERFILES[name])],
+        [hadolint(), "--format", "json", "--no-fail", str(DOCKERFILE)],
         capture_output=True,
         text=True,
         check=True,
@@ -55,52 +76,98 @@ def test_hadolint_reports_no_error(name: str) -> None:
     assert not [f for f in findings if f["level"] == "warning"], findings
 
 
-@pytest.mark.parametrize("name", SERVICES)
-def test_dockerfile_conventions(name: str) -> None:
-    text = DOCKERFILES[name].read_text()
-    steps = instructions(DOCKERFILES[name])
+def test_service_selects_one_final_stage() -> None:
+    steps = instructions(DOCKERFILE)
     assert steps[0] == ("ARG", "BASE_IMAGE=python:3.11-slim")
+    assert ("ARG", "SERVICE") in steps[:2], "SERVICE is a global build argument, without default"
+    found = stages()
+    assert [(base, name) for base, name, _ in found] == [
+        ("${BASE_IMAGE}", "builder"),
+        ("${BASE_IMAGE}", "runtime"),
+        *(("runtime", s) for s in SERVICES),
+        ("${SERVICE}", ""),
+    ]
+    assert found[-1][2] == [], "the last stage is only the selection"
+    # The builder refuses any other SERVICE with a message, rather than building a stray image.
+    check = next(a for w, a in stage("builder") if w == "RUN" and "case" in a)
+    assert "|".join(SERVICES) in check and "exit" in check
+
+
+def test_dockerfile_conventions() -> None:
+    text = DOCKERFILE.read_text()
     assert ":latest" not in text
-    froms = [args for word, args in steps if word == "FROM"]
-    assert len(froms) >= 2, "multi-stage: a builder stage and a final stage"
-    assert all(f.startswith("${BASE_IMAGE}") for f in froms), froms
-    final = steps[max(i for i, (word, _) in enumerate(steps) if word == "FROM") :]
-    users = [args for word, args in final if word == "USER"]
-    assert users == ["10001"], f"the final stage runs as USER 10001, not {users}"
-    assert ("WORKDIR", "/app") in final
-    assert any(w == "ENV" and "PATH=/app/.venv/bin:$PATH" in a for w, a in final)
-    # Only this service's package (and, through it, mlplatform-common) is installed, from the lock.
-    syncs = [args for word, args in steps if word == "RUN" and "uv sync" in args]
-    assert syncs, "installs with uv sync"
+    runtime = stage("runtime")
+    assert [a for w, a in runtime if w == "USER"] == ["10001"], "runs as USER 10001"
+    assert ("WORKDIR", "/app") in runtime
+    assert any(w == "ENV" and "PATH=/app/.venv/bin:$PATH" in a for w, a in runtime)
+    assert any(
+        w == "LABEL" and 'org.opencontainers.image.title="mlplatform-${SERVICE}"' in a
+        for w, a in runtime
+    )
+    # No build tool reaches an image: only the venv is copied from the builder, and the only
+    # RUN after the builder creates the user.
+    copies = [a for w, a in runtime if w == "COPY" and "--from=" in a]
+    assert copies == ["--from=builder /app/.venv /app/.venv"], copies
+    runs = [a for w, a in runtime if w == "RUN"]
+    assert len(runs) == 1 and "useradd --system --uid 10001" in runs[0], runs
+    for service in SERVICES:
+        steps = stage(service)
+        assert not [w for w, _ in steps if w in ("RUN", "USER")], f"{service}: stays user 10001"
+        assert not [a for w, a in steps if w == "COPY" and "--from=" in a], service
+        assert any(w == "LABEL" and "org.opencontainers.image.description" in a for w, a in steps)
+    # Only SERVICE's package (and, through it, mlplatform-common) is installed, from the lock,
+    # compiled to bytecode; the builder pins uv.
+    builder = stage("builder")
+    syncs = [args for word, args in builder if word == "RUN" and "uv sync" in args]
+    assert len(syncs) == 2, "dependencies first, then the workspace packages"
     for args in syncs:
         assert "--frozen" in args and "--no-dev" in args, args
-        assert f"--package mlplatform-{name}" in args, args
+        assert '--package "mlplatform-${SERVICE}"' in args, args
         assert "--all-packages" not in args, args
-    # No build tool reaches the final stage: only the venv is copied from the builder.
-    assert not [a for w, a in final if w == "RUN" and re.search(r"\b(uv|pip|apt-get)\b", a)]
-    copies = [a for w, a in final if w == "COPY" and "--from=" in a]
-    assert copies == ["--from=builder /app/.venv /app/.venv"], copies
+    assert ("ARG", "COMPILE_BYTECODE=1") in builder
+    assert any(w == "ENV" and "UV_COMPILE_BYTECODE=${COMPILE_BYTECODE}" in a for w, a in builder)
+    assert ("ARG", "UV_VERSION=0.13.9") in builder
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^UV_VERSION := 0\.13\.9$", makefile, re.M), "uv pinned like the Makefile"
+    # The test suites of the scientific stack are dropped; serving is stripped and import-checked.
+    assert "-name tests" in syncs[1] and "rm -rf" in syncs[1]
+    assert 'if [ "${SERVICE}" = serving ]' in syncs[1]
+    assert "strip --strip-unneeded" in syncs[1] and "mlplatform_serving.app" in syncs[1]
+    # Serving's extras (the scikit-learn fallback) are a build argument, off by default.
+    assert ("ARG", 'SERVING_EXTRAS=""') in builder
+    assert all("${SERVING_EXTRAS:+--extra ${SERVING_EXTRAS}}" in args for args in syncs)
 
 
 @pytest.mark.parametrize(
-    ("name", "health"),
-    [("serving", "/health"), ("webapp", "_stcore/health"), ("reporter", None), ("retrainer", None)],
+    ("name", "health", "port"),
+    [
+        ("serving", "/health", "8080"),
+        ("webapp", "_stcore/health", "8501"),
+        ("reporter", None, None),
+        ("retrainer", None, None),
+    ],
 )
-def test_healthcheck_where_it_fits(name: str, health: str | None) -> None:
-    checks = [args for word, args in instructions(DOCKERFILES[name]) if word == "HEALTHCHECK"]
+def test_each_service_stage(name: str, health: str | None, port: str | None) -> None:
+    steps = stage(name)
+    checks = [args for word, args in steps if word == "HEALTHCHECK"]
     assert len(checks) == 1
     if health is None:
         assert checks == ["NONE"], "a one-shot job has nothing to health-check"
     else:
         assert health in checks[0]
         assert "curl" not in checks[0], "the image has no curl"
+    assert [a for w, a in steps if w == "EXPOSE"] == ([port] if port else [])
+    command = [json.loads(a) for w, a in steps if w in ("ENTRYPOINT", "CMD")]
+    assert ["python", "-m", f"mlplatform_{name}"] in command, command
 
 
 def test_retrainer_image_ships_the_data_set() -> None:
-    steps = instructions(DOCKERFILES["retrainer"])
+    steps = stage("retrainer")
     assert ("COPY", "data/breast_cancer.csv data/breast_cancer.meta.json /app/data/") in steps
     for path in ("data/breast_cancer.csv", "data/breast_cancer.meta.json"):
         assert (REPO / path).is_file()
+    for other in ("serving", "webapp", "reporter"):
+        assert not [a for w, a in stage(other) if w == "COPY"], f"{other} ships no data"
 
 
 def test_dockerignore_keeps_the_context_small() -> None:
@@ -113,11 +180,11 @@ def test_dockerignore_keeps_the_context_small() -> None:
     allowed = {line[1:] for line in lines if line.startswith("!")}
     for heavy in (".venv", ".git", ".mlplatform", "tests", "bench", "charts"):
         assert not any(a == heavy or a.startswith(heavy + "/") for a in allowed), heavy
-    # Everything the Dockerfiles copy from the context is allowed back in.
+    # Everything the Dockerfile copies from the context, for every SERVICE, is allowed back in.
     for name in SERVICES:
-        for word, args in instructions(DOCKERFILES[name]):
+        for word, args in instructions(DOCKERFILE):
             if word == "COPY" and "--from=" not in args:
-                for source in args.split()[:-1]:
+                for source in args.replace("${SERVICE}", name).split()[:-1]:
                     assert _allowed(source, allowed), f"{name}: COPY {source} is excluded"
 
 
