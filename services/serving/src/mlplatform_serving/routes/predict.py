@@ -15,8 +15,8 @@ from mlplatform_serving.schemas import ERRORS, PredictResponse
 
 router = APIRouter(tags=["predict"])
 
-# A CSV body up to this size is read on the event loop (~1,200 rows of 30 features, about a
-# millisecond); a bigger one, or a malformed one read cell by cell, would hold /health too.
+# A CSV body up to this size (~1,200 rows of 30 features) is read on the event loop; a bigger
+# one, or a malformed one read cell by cell, would hold /health too (bench/BENCHMARKS.md).
 CSV_ON_THE_LOOP_BYTES = 256 * 1024
 
 OPENAPI_BODY: dict[str, Any] = {
