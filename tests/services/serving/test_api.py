@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import io
 import json
@@ -21,6 +22,7 @@ from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.schema import embed, embedding_columns
 from mlplatform_common.storage import Store
 from mlplatform_retrainer import onnx_export
+from mlplatform_serving import process
 from mlplatform_serving.app import create_app
 from mlplatform_serving.codecs.json_rows import RowsCodec
 from tests.conftest import SIGNING_KEY, publish_trained
@@ -47,6 +49,17 @@ def test_not_ready_without_a_model_and_says_why(local_store: Store) -> None:
         assert c.get("/health").json()["model_loaded"] is False
         assert_error(c.get("/ready"), 503, "no model is in production yet")
         assert_error(c.post("/predict", json={"features": {}}), 503)
+
+
+def test_the_lifespan_tunes_each_serving_process(local_store: Store) -> None:
+    # The lifespan runs in every uvicorn worker: the GC thresholds (process.py) hold there.
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)  # Python's defaults
+    try:
+        with TestClient(create_app(serving_settings(), local_store)):
+            assert gc.get_threshold() == process.GC_THRESHOLDS
+    finally:
+        gc.set_threshold(*before)
 
 
 def test_admin_unpin_lifts_the_hold_and_needs_the_token(model_store: Store) -> None:

@@ -18,7 +18,7 @@ from mlplatform_common.errors import InvalidInput, StorageUnavailable
 from mlplatform_common.storage import Store
 from mlplatform_serving.app import create_app
 from mlplatform_serving.codecs.json_rows import RowsCodec
-from mlplatform_serving.dataplane import BATCH_MAX_ROWS
+from mlplatform_serving.dataplane import BATCH_MAX_ROWS, check_batch
 from mlplatform_serving.service import Service
 from tests.services.serving.conftest import serving_settings
 
@@ -158,3 +158,18 @@ def test_requests_wait_for_a_writer_that_is_behind_but_not_for_a_store_that_is_d
         started = time.monotonic()
         assert c.post("/predict", json={"instances": rows[:5]}).status_code == 200
         assert time.monotonic() - started < 0.25
+
+
+@pytest.mark.parametrize(
+    ("n", "message"),
+    [
+        (0, "csv: empty batch; send at least one row"),
+        (11, "csv: 11 rows is over the limit of 10 per request"),
+    ],
+)
+def test_the_batch_limits_name_where_the_rows_came_from(n: int, message: str) -> None:
+    check_batch(1, "csv", 10)
+    check_batch(10, "csv", 10)
+    with pytest.raises(InvalidInput) as refused:
+        check_batch(n, "csv", 10)
+    assert refused.value.message == message
