@@ -407,7 +407,7 @@ def steps_markdown(steps: dict[str, Any]) -> list[str]:
         f"(FastAPI's default, `MLPLATFORM_OPENTELEMETRY=true`; the serving turns it off "
         f"otherwise): **{req[otel]:,.0f} µs** against **{req['single JSON']:,.0f} µs**.",
         f"- A 1,000-row JSON body: msgspec decodes it in **{js['decode']:,.0f} µs**; its rows "
-        f"become a float64 matrix in **{js['matrix']:,.0f} µs** (`Served.matrix`, `struct` "
+        f"become a float64 matrix in **{js['matrix']:,.0f} µs** (`RowsCodec.matrix`, `struct` "
         f"packing) against **{js['matrix_fromiter']:,.0f} µs** for the way before it "
         f"(`np.fromiter` over the values), {js['matrix_fromiter'] / js['matrix']:.1f}× as long.",
         f"- The prediction log writer, per {wr['rows']:,}-row object of binary V2 requests: the "

@@ -9,7 +9,7 @@ running there, the minimum of 7 rounds.
   ``v2.infer_answer``), without the prediction log (its writer is measured apart, below);
   single rows also with FastAPI's OpenTelemetry check on (``MLPLATFORM_OPENTELEMETRY``);
 - a 1,000-row JSON body: msgspec's decode, then its rows to a float64 matrix, ours
-  (``Served.matrix``) beside the way before it (``np.fromiter`` over the values) as the
+  (``RowsCodec.matrix``) beside the way before it (``np.fromiter`` over the values) as the
   baseline;
 - the log writer per 50,000-row object of binary V2 requests: the frame (``to_frame``) and
   its Parquet write to the local store (``write_predictions``, with its fsync).
@@ -100,6 +100,7 @@ async def measure() -> dict[str, Any]:
     from mlplatform_common import datalog
     from mlplatform_serving import predlog
     from mlplatform_serving.app import create_app
+    from mlplatform_serving.codecs.json_rows import RowsCodec
     from mlplatform_serving.settings import ServingSettings
 
     app = create_app()
@@ -136,19 +137,22 @@ async def measure() -> dict[str, Any]:
         out["request_us"] = {name: min(times) for name, times in rounds.items()}
 
         body = scenarios["1,000-row JSON"][0][0]
-        served = service.runtime.served
-        rows = served.json_decoder.decode(body).instances
-        n = len(served.features)
+        codec = RowsCodec.of(service.runtime.served)
+        decoder = codec.decoder
+        if decoder is None:
+            raise RuntimeError("the model's features have no typed JSON decoder")
+        rows = decoder.decode(body).instances
+        n = len(codec.features)
 
         def fromiter() -> np.ndarray:
             values = itertools.chain.from_iterable(map(msgspec.structs.astuple, rows))
             return np.fromiter(values, dtype=np.float64, count=len(rows) * n).reshape(-1, n)
 
-        if not np.array_equal(fromiter(), served.matrix(rows)):
-            raise RuntimeError("Served.matrix and the baseline disagree")
+        if not np.array_equal(fromiter(), codec.matrix(rows)):
+            raise RuntimeError("RowsCodec.matrix and the baseline disagree")
         out["json_1000_us"] = {
-            "decode": best_us(lambda: served.json_decoder.decode(body), 200),
-            "matrix": best_us(lambda: served.matrix(rows), 500),
+            "decode": best_us(lambda: decoder.decode(body), 200),
+            "matrix": best_us(lambda: codec.matrix(rows), 500),
             "matrix_fromiter": best_us(fromiter, 500),
         }
 

@@ -56,7 +56,7 @@ BUG_DANGLING_REFS = (
     "under components.schemas: /docs cannot render those bodies and generators cannot use them"
 )
 BUG_V2_BOOL_DATA = (
-    "V2 tensor data of JSON booleans is accepted as 1.0/0.0 (runtime.tensor_rows' np.asarray "
+    "V2 tensor data of JSON booleans is accepted as 1.0/0.0 (codecs.v2.tensor_rows' np.asarray "
     "fast path), while /predict refuses booleans"
 )
 BUG_V2_BOOL_SHAPE = (

@@ -17,6 +17,15 @@ from tests.conftest import DATA, SIGNING_KEY, publish_trained
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 
 
+def assert_error(response, status: int, *fragments: str) -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "type"}, body
+    for fragment in fragments:
+        assert fragment in body["error"], body
+    assert "Traceback" not in response.text
+
+
 def serving_settings(**kw: object) -> ServingSettings:
     defaults: dict[str, object] = {
         "signing_key": SIGNING_KEY.decode(),

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
+import gc
 import gzip
 import io
 import json
 import logging
-import threading
 import time
 import warnings
 from typing import Any
@@ -19,24 +18,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mlplatform_common import datalog, keys
-from mlplatform_common.errors import StorageUnavailable
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.schema import embed, embedding_columns
 from mlplatform_common.storage import Store
 from mlplatform_retrainer import onnx_export
+from mlplatform_serving import process
 from mlplatform_serving.app import create_app
+from mlplatform_serving.codecs.json_rows import RowsCodec
 from tests.conftest import SIGNING_KEY, publish_trained
-from tests.services.serving.conftest import ADMIN, serving_settings
-
-
-def assert_error(response, status: int, *fragments: str) -> None:  # type: ignore[no-untyped-def]
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "type"}, body
-    for fragment in fragments:
-        assert fragment in body["error"], body
-    assert "Traceback" not in response.text
-
+from tests.services.serving.conftest import ADMIN, assert_error, serving_settings
+from tests.services.serving.test_dataplane import Broken
 
 # -- health ----------------------------------------------------------------------------
 
@@ -58,6 +49,17 @@ def test_not_ready_without_a_model_and_says_why(local_store: Store) -> None:
         assert c.get("/health").json()["model_loaded"] is False
         assert_error(c.get("/ready"), 503, "no model is in production yet")
         assert_error(c.post("/predict", json={"features": {}}), 503)
+
+
+def test_the_lifespan_tunes_each_serving_process(local_store: Store) -> None:
+    # The lifespan runs in every uvicorn worker: the GC thresholds (process.py) hold there.
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)  # Python's defaults
+    try:
+        with TestClient(create_app(serving_settings(), local_store)):
+            assert gc.get_threshold() == process.GC_THRESHOLDS
+    finally:
+        gc.set_threshold(*before)
 
 
 def test_admin_unpin_lifts_the_hold_and_needs_the_token(model_store: Store) -> None:
@@ -136,254 +138,7 @@ def test_predict_many_rows_matches_the_pipeline(client: TestClient, rows, traine
     assert len({p["prediction_id"] for p in body["predictions"]}) == 50
 
 
-def test_predict_csv_with_and_without_header(client: TestClient, rows, trained) -> None:
-    frame = pd.DataFrame(rows[:5])
-    expected = trained.pipeline.predict(frame).tolist()
-    with_header = frame[list(reversed(frame.columns))].to_csv(index=False)  # any column order
-    without = frame.to_csv(index=False, header=False)
-    old_mac = without.replace("\n", "\r")  # lines ended by \r alone
-    for body in (with_header, without, old_mac):
-        r = client.post("/predict", content=body, headers={"content-type": "text/csv"})
-        assert r.status_code == 200, r.text
-        assert [p["label"] for p in r.json()["predictions"]] == expected
-
-
-class Broken:
-    """A primary engine that raises: the backup answers."""
-
-    name = "onnxruntime"
-
-    def run(self, X):  # type: ignore[no-untyped-def]
-        raise RuntimeError("primary is broken")
-
-
-def test_backup_answers_when_the_primary_raises(client: TestClient, rows, trained) -> None:
-    runtime = client.app.state.service.runtime  # type: ignore[attr-defined]
-
-    runtime.served.engine = Broken()
-    body = client.post("/predict", json={"instances": rows[:3]}).json()
-    assert body["backup"] is True
-    assert all(p["backup"] for p in body["predictions"])
-    assert [p["label"] for p in body["predictions"]] == trained.backup.predict(
-        pd.DataFrame(rows[:3])
-    ).tolist()
-    assert "mlplatform_backup_predictions_total" in client.get("/metrics").text
-
-
-# -- bad input: 4xx naming the field, never 500 -----------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("make_body", "fragments"),
-    [
-        (lambda r: {"features": {**r, "colour": 1}}, ["features: unknown feature 'colour'"]),
-        (
-            lambda r: {"features": {k: v for k, v in r.items() if k != "mean_radius"}},
-            ["missing feature 'mean_radius'"],
-        ),
-        (
-            lambda r: {"features": {**r, "mean_radius": "big"}},
-            ["features.mean_radius: must be a number"],
-        ),
-        (
-            lambda r: {"features": {**r, "mean_radius": True}},
-            ["features.mean_radius: must be a number"],
-        ),
-        (
-            lambda r: {"features": {**r, "mean_radius": None}},
-            ["features.mean_radius: must be a number, got null (an empty value)"],
-        ),
-        (
-            lambda r: {"features": {**r, "mean_radius": "big"}},
-            ['features.mean_radius: must be a number, got a string "big"'],
-        ),
-        (lambda r: {"instances": [r, {**r, "mean_area": [1]}]}, ["instances[1].mean_area"]),
-        (lambda r: {"instances": []}, ["instances: empty batch"]),
-        (lambda r: {"instances": [r] * 11}, ["11 rows is over the limit of 10"]),
-        (lambda r: {"instances": [1, 2]}, ["instances[0]: must be an object"]),
-        (
-            lambda r: {"instances": [r, {**r, "mean_area": 1e200}]},
-            ["instances[1].mean_area: 1e+200 is beyond ±1e+150, too large to predict or train on"],
-        ),
-        (lambda r: {"features": {**r, "mean_radius": -1e151}}, ["features.mean_radius: -1e+151"]),
-        (lambda r: {"features": r, "instances": [r]}, ["exactly one of"]),
-        (lambda r: {}, ["exactly one of"]),
-        (lambda r: {"rows": [r]}, ["rows: Extra inputs are not permitted"]),
-        (lambda r: [r], ["body"]),
-    ],
-)
-def test_bad_json_input_is_a_422_naming_the_field(
-    model_store: Store, rows, make_body, fragments
-) -> None:
-    with TestClient(create_app(serving_settings(max_batch_rows=10), model_store)) as c:
-        assert_error(c.post("/predict", json=make_body(rows[0])), 422, *fragments)
-
-
-@pytest.mark.parametrize(
-    ("raw", "fragment"),
-    [
-        (b'{"features": {"mean_radius": NaN}}', "features.mean_radius: must be a finite number"),
-        (b'{"features": {"mean_radius": Infinity}}', "must be a finite number"),
-        (b'{"features": {"mean_radius": 1e999}}', "must be a finite number"),
-        (b'{"features": {"mean_radius": ' + b"9" * 400 + b"}}", "too large"),
-        (b'{"features": ', "not valid JSON"),
-        (b"", "body: empty"),
-        (b"[" * 100_000 + b"]" * 100_000, "body"),
-        (
-            '{"features": {"r\u00e9sum\u00e9 \U0001f600": 1}}'.encode(),
-            "unknown feature 'r\u00e9sum\u00e9 \U0001f600'",
-        ),
-        (b"\xff\xfe", "not valid JSON"),
-        # invalid UTF-8 in a key: msgspec raised UnicodeDecodeError, which was a 500
-        (b'{"features": {"\xff": 1}}', "not valid JSON"),
-        (b'{"instances": [{"\xc3": 1}]}', "not valid JSON"),
-        (b'{"feat\xffures": {}}', "not valid JSON"),
-    ],
-)
-def test_hostile_json_bodies(client: TestClient, raw: bytes, fragment: str) -> None:
-    response = client.post("/predict", content=raw, headers={"content-type": "application/json"})
-    assert_error(response, 422, fragment)
-
-
-@pytest.mark.parametrize(
-    ("to_class", "datatype"),
-    [(float, "FP64"), (bool, "BOOL"), (lambda y: f"class {y}", "BYTES")],
-)
-def test_the_v2_label_datatype_is_that_of_the_classes(
-    local_store: Store, shipped_dataset, rows, to_class: Any, datatype: str
-) -> None:
-    """Classes 0.0/1.0 were typed INT64 (and True/False too): a typed client misread them."""
-    from mlplatform_retrainer.train import TrainConfig, train
-
-    data = dataclasses.replace(shipped_dataset, y=shipped_dataset.y.map(to_class))
-    publish_trained(
-        ModelRegistry(local_store, SIGNING_KEY), train(data.X, data.y, TrainConfig()), data
-    )
-    with TestClient(create_app(serving_settings(), local_store)) as c:
-        outputs = c.get("/v2/models/mlplatform").json()["outputs"]
-        assert outputs[0] == {"name": "label", "datatype": datatype, "shape": [-1]}
-        X = [[r[f] for f in data.features] for r in rows[:20]]
-        body = {"inputs": [{"name": "x", "shape": [20, 30], "datatype": "FP64", "data": X}]}
-        label = c.post("/v2/models/mlplatform/infer", json=body).json()["outputs"][0]
-        answers = c.post("/predict", json={"instances": rows[:20]}).json()["predictions"]
-        # in binary, on the versioned path (FastAPI's route, not the hot path)
-        binary = {**body, "outputs": [{"name": "label", "parameters": {"binary_data": True}}]}
-        head, blob = _binary_answer(c.post("/v2/models/mlplatform/versions/v1/infer", json=binary))
-    assert label["datatype"] == datatype
-    assert label["data"] == [a["label"] for a in answers]
-    assert {type(v) for v in label["data"]} == {type(to_class(0))}
-    assert head["outputs"][0]["datatype"] == datatype
-    if datatype == "BYTES":
-        texts = []
-        while blob:
-            n = int.from_bytes(blob[:4], "little")
-            texts.append(blob[4 : 4 + n].decode())
-            blob = blob[4 + n :]
-        assert texts == label["data"]
-    else:
-        assert np.frombuffer(blob, {"FP64": "<f8", "BOOL": "?"}[datatype]).tolist() == label["data"]
-
-
-@pytest.mark.parametrize(
-    ("csv", "fragment"),
-    [
-        ("1,2,3\n", "csv line 1: expected 30 values, got 3"),
-        ("", "csv: no data rows"),
-        ("\n\n", "csv: no data rows"),
-        ('"unterminated,1\n', "csv"),
-        ("abc," * 29 + "abc\n", "csv line 1, column 'mean_radius': 'abc' is not a number"),
-        ("nan," * 29 + "nan\n", "must be a finite number"),
-        ("mean_radius,mean_texture\n1,2\n", "csv header: missing feature"),
-        ("mean_radius,colour\n1,2\n", "csv header: unknown column 'colour'"),
-        (
-            ",mean_radius,mean_texture\n0,1,2\n",
-            "csv header: column 1 has no name (an index column?",
-        ),
-        ("1e200," + "1," * 28 + "1\n", "column 'mean_radius': '1e200' is beyond ±1e+150"),
-        # float() reads both, numpy's reader neither: digit separators, non-ASCII digits
-        ("1_000," + "1," * 28 + "1\n", "column 'mean_radius': '1_000' is not a number"),
-        ("\u0663," + "1," * 28 + "1\n", "column 'mean_radius': '\u0663' is not a number"),
-        ("1," * 29 + '"1"2\n', "csv: malformed"),
-    ],
-)
-def test_malformed_csv_is_a_422(client: TestClient, csv: str, fragment: str) -> None:
-    response = client.post("/predict", content=csv.encode(), headers={"content-type": "text/csv"})
-    assert_error(response, 422, fragment)
-
-
-def test_csv_over_the_row_limit_is_refused_before_the_rest_is_read(
-    model_store: Store, rows
-) -> None:
-    line = ",".join(map(str, rows[0].values()))
-    header = ",".join(rows[0])
-    csv_ct = {"content-type": "text/csv"}
-    with TestClient(create_app(serving_settings(max_batch_rows=10), model_store)) as c:
-        ok = c.post("/predict", content="\n".join([header] + [line] * 10), headers=csv_ct)
-        assert ok.status_code == 200 and len(ok.json()["predictions"]) == 10, ok.text
-        r = c.post("/predict", content="\n".join([line] * 11), headers=csv_ct)
-        assert_error(r, 422, "csv: 11 rows is over the limit of 10 per request")
-        # Reading stopped at the limit: the malformed end of the body was never parsed.
-        body = "\n".join([line] * 12 + ['"unterminated,1'])
-        r = c.post("/predict", content=body, headers=csv_ct)
-        assert_error(
-            r, 422, "csv: over the limit of 10 rows per request (reading stopped at line 12)"
-        )
-        # Blank lines count too, twice the limit (they were read without end).
-        r = c.post("/predict", content=line + "\n" * 30 + '"unterminated,1', headers=csv_ct)
-        assert_error(
-            r, 422, "csv: over the limit of 10 rows per request (reading stopped at line 23)"
-        )
-
-
-def test_a_big_csv_is_parsed_off_the_event_loop_with_the_same_answer(
-    client: TestClient, rows, trained
-) -> None:
-    from mlplatform_serving.routes.predict import CSV_ON_THE_LOOP_BYTES
-
-    runtime = client.app.state.service.runtime  # type: ignore[attr-defined]
-    parse, threads = runtime.parse_csv, []
-
-    def parse_csv(*args: Any) -> Any:
-        threads.append(threading.get_ident())
-        return parse(*args)
-
-    runtime.parse_csv = parse_csv
-    one = pd.DataFrame(rows[:1]).to_csv(index=False)
-    assert client.post("/predict", content=one, headers={"content-type": "text/csv"}).is_success
-    frame = pd.DataFrame([rows[i % len(rows)] for i in range(3000)])
-    body = frame.to_csv(index=False)
-    assert len(body) > CSV_ON_THE_LOOP_BYTES
-    r = client.post("/predict", content=body, headers={"content-type": "text/csv"})
-    assert r.status_code == 200, r.text
-    on_the_loop, big = threads
-    assert big != on_the_loop  # a worker thread: the loop kept answering meanwhile
-    labels = [p["label"] for p in r.json()["predictions"]]
-    assert labels == trained.pipeline.predict(frame).tolist()
-    bad = body + "1,2\n"
-    r = client.post("/predict", content=bad, headers={"content-type": "text/csv"})
-    assert_error(r, 422, "csv line 3002: expected 30 values, got 2")
-
-
-def test_csv_rows_with_embedded_quotes_and_wrong_counts(client: TestClient, rows) -> None:
-    good = ",".join(str(v) for v in rows[0].values())
-    body = f'{good}\n"1,5",{good}\n'
-    assert_error(
-        client.post("/predict", content=body.encode(), headers={"content-type": "text/csv"}),
-        422,
-        "csv line 2: expected 30 values, got 31",
-    )
-
-
-def test_unsupported_content_type(client: TestClient, rows) -> None:
-    r = client.post("/predict", content=b"x", headers={"content-type": "application/xml"})
-    assert_error(r, 422, "content-type: 'application/xml' is not supported")
-    # Media types are case-insensitive (RFC 9110).
-    body = json.dumps({"features": rows[0]}).encode()
-    r = client.post("/predict", content=body, headers={"content-type": "Application/JSON"})
-    assert r.status_code == 200, r.text
-    csv_body = ",".join(map(str, rows[0].values())).encode()
-    r = client.post("/predict", content=csv_body, headers={"content-type": "TEXT/CSV"})
-    assert r.status_code == 200, r.text
+# -- bad input: 4xx naming the field, never 500 (each format's own: test_codecs_*) -------
 
 
 @pytest.mark.parametrize("path", ["/predict", "/feedback", "/v2/models/mlplatform/infer"])
@@ -416,121 +171,6 @@ def test_unknown_routes_and_methods_use_the_error_body(client: TestClient) -> No
     assert_error(client.get("/nothing-here"), 404, "Not Found")
     assert_error(client.get("/predict"), 405, "Method Not Allowed")
     assert_error(client.get("/reports?limit=0"), 422, "query.limit")
-
-
-# -- feedback --------------------------------------------------------------------------
-
-
-def test_feedback_by_prediction_id_is_stored_with_its_features(
-    client: TestClient, model_store: Store, rows
-) -> None:
-    pid = client.post("/predict", json={"features": rows[3]}).json()["predictions"][0][
-        "prediction_id"
-    ]
-    r = client.post("/feedback", json={"prediction_id": pid, "target": 1})
-    assert r.status_code == 201, r.text
-    body = r.json()
-    assert body["stored"] is True and body["labelled_since_training"] == 1
-    stored = datalog.read_feedback(model_store)
-    assert list(stored["prediction_id"]) == [pid]
-    assert list(stored["target"]) == ["1"]
-    assert stored.iloc[0]["mean_radius"] == rows[3]["mean_radius"]
-    assert list(stored["feedback_id"]) == [body["feedback_id"]]
-
-
-def test_feedback_is_judged_by_the_version_that_made_the_prediction(
-    client: TestClient, model_store: Store, rows, shipped_dataset
-) -> None:
-    # A reload to a version of other classes and features came between the prediction and
-    # its label: the label was checked against the new classes, and the row stored with no
-    # features at all.
-    from mlplatform_retrainer.train import TrainConfig, train
-
-    answer = client.post("/predict", json={"features": rows[3]}).json()["predictions"][0]
-    X = shipped_dataset.X.rename(columns=lambda c: "x_" + c)
-    y = shipped_dataset.y.map({0: "no", 1: "yes"})
-    other = dataclasses.replace(shipped_dataset, X=X, y=y, class_names={})
-    publish_trained(ModelRegistry(model_store, SIGNING_KEY), train(X, y, TrainConfig()), other)
-    assert client.post("/admin/reload", headers=ADMIN).json()["model_version"] == "v2"
-    pid = answer["prediction_id"]
-    r = client.post("/feedback", json={"prediction_id": pid, "target": "yes"})
-    assert_error(r, 422, "target: 'yes' is not one of the classes [0, 1]", "of model v1")
-    r = client.post("/feedback", json={"prediction_id": pid, "target": "benign"})
-    assert r.status_code == 201 and r.json()["model_version"] == "v1", r.text
-    (stored,) = datalog.read_feedback(model_store).to_dict(orient="records")
-    assert stored["target"] == "1" and stored["prediction"] == str(answer["label"])
-    assert stored["mean_radius"] == rows[3]["mean_radius"]  # v1's features
-    # A row given with its features is the served version's: v2's classes.
-    x_row = {"x_" + k: v for k, v in rows[3].items()}
-    r = client.post("/feedback", json={"features": x_row, "prediction": "no", "target": "yes"})
-    assert r.status_code == 201 and r.json()["model_version"] == "v2", r.text
-
-
-def test_feedback_for_an_id_only_in_the_stored_log(model_store: Store, rows) -> None:
-    with TestClient(create_app(serving_settings(), model_store)) as c:
-        pid = c.post("/predict", json={"features": rows[0]}).json()["predictions"][0][
-            "prediction_id"
-        ]
-    # A new process: empty memory, the id is found in the Parquet log flushed at shutdown.
-    with TestClient(create_app(serving_settings(), model_store)) as c:
-        r = c.post("/feedback", json={"prediction_id": pid, "target": "malignant"})
-        assert r.status_code == 201, r.text
-    assert list(datalog.read_feedback(model_store)["target"]) == ["0"]
-
-
-def test_feedback_with_full_features_and_counting(client: TestClient, rows) -> None:
-    for i in range(3):
-        r = client.post("/feedback", json={"features": rows[i], "prediction": 1, "target": 0})
-        assert r.status_code == 201
-        assert r.json()["labelled_since_training"] == i + 1
-    r = client.post("/feedback", json={"features": rows[4], "target": 1})  # prediction computed
-    assert r.json()["labelled_since_training"] == 4
-
-
-@pytest.mark.parametrize(
-    ("body", "status", "fragment"),
-    [
-        ({"prediction_id": "f" * 32, "target": 1}, 404, "prediction_id 'ffff"),
-        ({"target": 1}, 422, "give prediction_id, or features"),
-        ({"prediction_id": "x"}, 422, "target: Field required"),
-        ({"prediction_id": "x", "features": {}, "target": 1}, 422, "not both"),
-        ({"features": {"mean_radius": 1}, "target": 1}, 422, "features: missing feature"),
-        (
-            {"prediction_id": "x" * 65, "target": 1},
-            422,
-            "prediction_id: String should have at most 64",
-        ),
-        ({"prediction_id": "x", "target": 1, "extra": 1}, 422, "extra: Extra inputs"),
-    ],
-)
-def test_bad_feedback(
-    client: TestClient, model_store: Store, body, status: int, fragment: str
-) -> None:
-    assert_error(client.post("/feedback", json=body), status, fragment)
-    assert datalog.read_feedback(model_store).empty  # nothing half-stored
-
-
-def test_feedback_with_values_no_model_can_train_on_is_refused(
-    client: TestClient, model_store: Store, rows
-) -> None:
-    # With its own prediction, feedback calls no model: the row was stored, and every later
-    # retrain and report failed on it.
-    body = {"features": {**rows[0], "mean_area": 1e308}, "prediction": 0, "target": 0}
-    assert_error(client.post("/feedback", json=body), 422, "features.mean_area: 1e+308 is beyond")
-    assert datalog.read_feedback(model_store).empty
-
-
-def test_retrain_starts_once_per_multiple_of_k(model_store: Store, rows) -> None:
-    started: list[str] = []
-    app = create_app(serving_settings(retrain_every=3), model_store)
-    app.state.service.retrain_launcher = lambda reason, force: started.append(reason) or True
-    with TestClient(app) as c:
-        flags = [
-            c.post("/feedback", json={"features": rows[i], "target": 1}).json()["retrain_started"]
-            for i in range(7)
-        ]
-    assert flags == [False, False, True, False, False, True, False]
-    assert started[0] == "3 labelled rows since v1 (k=3)"
 
 
 # -- models, reports, metrics ----------------------------------------------------------
@@ -735,67 +375,6 @@ def test_v2_endpoints(client: TestClient, rows) -> None:
     assert_error(client.get("/v2/models/other/versions/v1"), 404, "model 'other' does not exist")
 
 
-@pytest.mark.parametrize(
-    ("tensor", "fragment"),
-    [
-        ({"shape": [1, 29], "datatype": "FP64", "data": [0.0] * 29}, "shape: must be [n, 30]"),
-        (
-            {"shape": [2, 30], "datatype": "FP64", "data": [0.0] * 30},
-            "30 values do not fill shape [2, 30]",
-        ),
-        ({"shape": [1, 30], "datatype": "INT8", "data": [0] * 30}, "'INT8' is not supported"),
-        ({"shape": [1, 30], "datatype": "FP64", "data": ["a"] * 30}, "data[0]: must be a number"),
-        ({"shape": [1, 30], "datatype": "FP64"}, "data: missing"),
-        ({"shape": "1,30", "datatype": "FP64", "data": []}, "shape"),
-        (
-            {"shape": [1, 30], "datatype": "FP32", "data": [1e39] * 30},
-            "data[0]: 1e+39 is too large for FP32",
-        ),
-        (
-            {"shape": [1, 30], "datatype": "FP64", "data": [1.0] * 29 + [1e200]},
-            "data[29]: 1e+200 is beyond ±1e+150",
-        ),
-        (
-            {"shape": [1, 30], "datatype": "FP64", "data": [[1.0] * 15, *[1.0] * 15]},
-            "data: must be 30 numbers, flat or as rows of 30",
-        ),
-        (  # ragged: 30 values in all, but not 1 row of 30 (was answered)
-            {"shape": [1, 30], "datatype": "FP64", "data": [[1.0] * 10, [1.0] * 20]},
-            "data: must be 30 numbers, flat or as rows of 30",
-        ),
-    ],
-)
-def test_v2_bad_tensors(client: TestClient, tensor, fragment: str) -> None:
-    r = client.post("/v2/models/mlplatform/infer", json={"inputs": [{"name": "x", **tensor}]})
-    assert_error(r, 422, fragment)
-
-
-def test_v2_binary_framing_that_does_not_add_up_is_refused(client: TestClient) -> None:
-    # Each of these was answered 200, from whichever part of the body the server picked.
-    tensor = np.zeros((1, 30), dtype="<f8").tobytes()
-
-    def post(head: dict[str, Any], binary: bytes) -> Any:
-        raw = json.dumps(head).encode()
-        return client.post(
-            "/v2/models/mlplatform/infer",
-            content=raw + binary,
-            headers={"inference-header-content-length": str(len(raw))},
-        )
-
-    base = {"name": "x", "shape": [1, 30], "datatype": "FP64"}
-    json_only = {"inputs": [{**base, "data": [0.0] * 30}]}
-    assert_error(post(json_only, tensor), 422, "240 bytes follow the JSON header, but no input")
-    both = {"inputs": [{**base, "data": [0.0] * 30, "parameters": {"binary_data_size": 240}}]}
-    assert_error(post(both, tensor), 422, "inputs[x]: give data or parameters.binary_data_size")
-    as_float = {"inputs": [{**base, "parameters": {"binary_data_size": 240.0}}]}
-    assert_error(post(as_float, tensor), 422, "must be a whole number of bytes, got 240.0")
-    short = {"inputs": [{**base, "parameters": {"binary_data_size": 240}}]}
-    assert_error(post(short, tensor[:-8]), 422, "240 bytes, but 232 follow the JSON header")
-    twice = {**json_only, "outputs": [{"name": "label"}, {"name": "label"}]}
-    assert_error(post(twice, b""), 422, "outputs: an output is asked for twice")
-    assert post(short, tensor).status_code == 200
-
-
 # -- the fast path: ONNX Runtime when the version has a checked ONNX file -----------------
 
 
@@ -841,30 +420,6 @@ def test_a_changed_onnx_file_is_refused_like_any_model_file(model_store: Store) 
         assert_error(c.get("/ready"), 503, "models/v1/model.onnx does not match")
 
 
-def test_feedback_by_id_finds_recent_rows_in_memory_and_older_ones_in_the_store(
-    model_store: Store, rows
-) -> None:
-    # 25 recent rows kept in memory: batches of 10 leave the cache whole, oldest first.
-    settings = serving_settings(recent_cache_rows=25, log_flush_seconds=3600)
-    with TestClient(create_app(settings, model_store)) as c:
-        ids = []
-        for i in range(5):
-            r = c.post("/predict", json={"instances": rows[10 * i : 10 * i + 10]})
-            ids.append([p["prediction_id"] for p in r.json()["predictions"]])
-        log = c.app.state.service.log
-        assert all(log.lookup(pid) is None for batch in ids[:2] for pid in batch)
-        assert all(log.lookup(pid) is not None for batch in ids[2:] for pid in batch)
-        assert log.lookup(ids[4][9])["mean_radius"] == rows[49]["mean_radius"]
-        # one batch's key with a row it does not have
-        assert log.lookup(ids[4][0][:26] + "00000a") is None
-        # a row's id only as it was given out (int() would also read "0_9" as 9)
-        assert log.lookup(ids[4][9][:-3] + "0_9") is None
-        # evicted from memory, still found once the log is written: read back from the store
-        assert log.flush() == 50
-        r = c.post("/feedback", json={"prediction_id": ids[0][3], "target": 1})
-        assert r.status_code == 201, r.text
-
-
 def test_the_recent_cache_is_bounded_by_memory_too(model_store: Store, rows) -> None:
     # A one-row request costs ~2.5 kB in the cache: 100,000 of them took 250 MB.
     from mlplatform_serving.predlog import ENTRY_BYTES, REQUEST_BYTES
@@ -904,46 +459,6 @@ def test_fastapi_looks_for_opentelemetry_only_when_it_is_enabled(
             for _ in range(3):
                 assert c.post("/predict", json={"features": rows[0]}).status_code == 200
         assert (len(looked) >= 3) if enabled else (looked == []), (enabled, len(looked))
-
-
-def test_the_typed_json_decoder_reads_what_the_checked_path_reads(model_store: Store, rows) -> None:
-    with TestClient(create_app(serving_settings(), model_store)) as c:
-        runtime = c.app.state.service.runtime
-        first = next(iter(rows[0]))
-        good = [
-            rows[0],
-            {k: int(v) for k, v in rows[1].items()},  # integers are numbers too
-            {**rows[2], first: 10**30},
-            dict(reversed(list(rows[3].items()))),  # any key order
-        ]
-        body = json.dumps({"instances": good}).encode()
-        X, field = runtime.decode_json(body)
-        assert field == "instances"
-        assert np.array_equal(X, runtime.validate_rows(json.loads(body)["instances"]))
-        X, field = runtime.decode_json(json.dumps({"features": rows[4]}).encode())
-        assert field == "features" and np.array_equal(X, runtime.validate_rows([rows[4]]))
-        # Anything else is left to the checked path, which names the problem (tests above).
-        no_first = {k: v for k, v in rows[0].items() if k != first}
-        refused = [
-            {"instances": []},
-            {},
-            {"features": rows[0], "instances": [rows[1]]},
-            {"instances": [rows[0], {**rows[1], "extra": 1}]},
-            {"instances": [rows[0], {**rows[1], first: True}]},
-            {"instances": [{**rows[0], first: "1.5"}]},
-            {"features": no_first},
-            {"features": None},
-            {"instances": rows[0]},
-            [rows[0]],
-        ]
-        bodies = [json.dumps(b).encode() for b in refused] + [
-            json.dumps({"features": {**rows[0], first: 1.0}}).replace("1.0", "1e400").encode(),
-            json.dumps({"features": {**rows[0], first: 1.0}}).replace("1.0", "NaN").encode(),
-            b"",
-            b"not json",
-        ]
-        for b in bodies:
-            assert runtime.decode_json(b) is None, b[:80]
 
 
 def test_a_backlog_is_written_in_objects_of_bounded_size(model_store: Store, rows) -> None:
@@ -1084,72 +599,18 @@ def test_a_flush_writes_what_was_buffered_when_it_started(
     with TestClient(create_app(settings, model_store)) as c:
         service = c.app.state.service
         c.post("/predict", json={"instances": rows[:10]})
-        X = service.runtime.validate_rows([rows[0]])
+        X = RowsCodec.of(service.runtime.served).validate([rows[0]])
         arrivals = []
         real_put = model_store.put
 
         def put(key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
             real_put(key, data, content_type)
             if key.startswith(keys.PREDICTIONS) and len(arrivals) < 5:
-                arrivals.append(service.predict(X))  # a request answered meanwhile
+                arrivals.append(service.plane.predict(X))  # a request answered meanwhile
 
         monkeypatch.setattr(model_store, "put", put)
         assert service.log.flush() == 10
         assert service.log.pending_rows == 1 and len(arrivals) == 1
-
-
-def test_requests_wait_for_a_writer_that_is_behind_but_not_for_a_store_that_is_down(
-    model_store: Store, rows, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Backpressure instead of dropping rows when the writer (not the store) is behind.
-    settings = serving_settings(log_flush_seconds=3600, log_buffer_max_rows=40)
-    with TestClient(create_app(settings, model_store)) as c:
-        log = c.app.state.service.log
-        c.post("/predict", json={"instances": rows[:30]})
-        assert log.backlogged()  # 30 of 40 waiting, the store fine
-        flusher = threading.Timer(0.3, log.flush)
-        flusher.start()
-        started = time.monotonic()
-        r = c.post("/predict", json={"instances": rows[:5]})
-        waited = time.monotonic() - started
-        flusher.join()
-        assert r.status_code == 200 and 0.25 < waited < 2.0  # held until the flush, not longer
-        assert log.dropped_rows == 0 and log.pending_rows == 5
-
-        def down(*args: object, **kwargs: object) -> None:
-            raise StorageUnavailable("store down (test)")
-
-        monkeypatch.setattr(model_store, "put", down)
-        c.post("/predict", json={"instances": rows[:30]})
-        assert log.flush() == 0 and not log.store_ok  # rows kept, and no waiting for them
-        started = time.monotonic()
-        assert c.post("/predict", json={"instances": rows[:5]}).status_code == 200
-        assert time.monotonic() - started < 0.25
-
-
-def test_feature_names_with_quotes_backslashes_and_spaces_are_served(
-    local_store: Store, shipped_dataset
-) -> None:
-    # msgspec refuses '"' and '\' in a struct's field names: the serving exited at start-up
-    # with such a version (and /admin/reload to it was a 500). Its JSON now takes the checked
-    # path. A CSV header kept the spaces around a name and was not recognised.
-    from mlplatform_retrainer.train import TrainConfig, train
-
-    names = {"mean_radius": 'mean "radius"', "mean_texture": "texture\\cm", "mean_area": " area "}
-    X = shipped_dataset.X.rename(columns=names)
-    trained = train(X, shipped_dataset.y, TrainConfig())
-    dataset = dataclasses.replace(shipped_dataset, X=X)
-    publish_trained(ModelRegistry(local_store, SIGNING_KEY), trained, dataset)
-    with TestClient(create_app(serving_settings(), local_store)) as c:
-        assert c.get("/ready").status_code == 200
-        rows = X.head(3)
-        expected = trained.pipeline.predict(rows).tolist()
-        r = c.post("/predict", json={"instances": rows.to_dict(orient="records")})
-        assert [p["label"] for p in r.json()["predictions"]] == expected, r.text
-        with_header = rows[list(reversed(rows.columns))].to_csv(index=False)
-        assert '"mean ""radius"""' in with_header and ", area ," in with_header
-        r = c.post("/predict", content=with_header, headers={"content-type": "text/csv"})
-        assert [p["label"] for p in r.json()["predictions"]] == expected, r.text
 
 
 def test_the_openapi_document_has_unique_operations_and_json_errors(model_store: Store) -> None:
@@ -1202,56 +663,6 @@ def test_the_examples_of_the_docs_page_are_accepted_as_they_are(client: TestClie
     row = schemas["PredictRequest"]["properties"]["features"]["examples"][0]
     assert client.post("/predict", json={"features": row}).status_code == 200
     assert schemas["RowPrediction"]["properties"]["model_version"]["examples"] == ["v1"]
-
-
-def _binary_answer(r: Any) -> tuple[dict[str, Any], bytes]:
-    n = int(r.headers["inference-header-content-length"])
-    assert r.headers["content-type"] == "application/octet-stream"
-    return json.loads(r.content[:n]), r.content[n:]
-
-
-def test_v2_binary_outputs_are_the_json_ones_as_bytes(client: TestClient, rows) -> None:
-    """binary_data_output (all outputs) and binary_data (one output) were ignored: the answer
-    was JSON whatever the client asked for."""
-    X = [list(r.values()) for r in rows[:4]]
-    inputs = [{"name": "x", "shape": [4, 30], "datatype": "FP64", "data": X}]
-    url = "/v2/models/mlplatform/infer"
-    plain = client.post(url, json={"inputs": inputs}).json()["outputs"]
-    label, proba, ids = (o["data"] for o in plain)
-    head, blob = _binary_answer(
-        client.post(url, json={"inputs": inputs, "parameters": {"binary_data_output": True}})
-    )
-    sizes = [o["parameters"]["binary_data_size"] for o in head["outputs"]]
-    assert [o["name"] for o in head["outputs"]] == ["label", "probabilities", "prediction_id"]
-    assert all("data" not in o for o in head["outputs"]) and sum(sizes) == len(blob)
-    assert np.frombuffer(blob[: sizes[0]], "<i8").tolist() == label
-    assert np.frombuffer(blob[sizes[0] : sizes[0] + sizes[1]], "<f8").tolist() == proba
-    texts, rest = [], blob[sizes[0] + sizes[1] :]
-    while rest:  # BYTES: a 4-byte little-endian length, then the bytes
-        n = int.from_bytes(rest[:4], "little")
-        texts.append(rest[4 : 4 + n].decode())
-        rest = rest[4 + n :]
-    key = texts[0][:26]
-    assert [datalog.prediction_batch(t) for t in texts] == [(key, i) for i in range(4)]
-    assert [len(i) for i in ids] == [len(t) for t in texts]
-    # One output in binary, the others as JSON; the order is the one asked for.
-    outputs = [
-        {"name": "probabilities", "parameters": {"binary_data": True}},
-        {"name": "label"},
-        {"name": "prediction_id", "parameters": {"binary_data": False}},
-    ]
-    head, blob = _binary_answer(client.post(url, json={"inputs": inputs, "outputs": outputs}))
-    assert [o["name"] for o in head["outputs"]] == ["probabilities", "label", "prediction_id"]
-    assert np.frombuffer(blob, "<f8").tolist() == proba
-    assert head["outputs"][1]["data"] == label and len(head["outputs"][2]["data"]) == 4
-    # Asked for none: JSON as before.
-    r = client.post(url, json={"inputs": inputs, "parameters": {"binary_data_output": False}})
-    assert r.headers["content-type"] == "application/json"
-    assert "inference-header-content-length" not in r.headers
-    bad = {"inputs": inputs, "outputs": [{"name": "label", "parameters": {"binary_data": "y"}}]}
-    assert_error(
-        client.post(url, json=bad), 422, "outputs[label].parameters.binary_data: must be true or"
-    )
 
 
 def test_the_docs_page_stays_up_for_a_manifest_without_feature_statistics(

@@ -224,7 +224,7 @@ def test_a_version_whose_feature_has_a_log_column_name_is_not_served(name: str) 
 FAULTS = """
 import io, resource, sys, threading
 import numpy as np
-from mlplatform_serving.service import keep_freed_memory
+from mlplatform_serving.process import keep_freed_memory
 
 if sys.argv[1] == "kept":
     assert keep_freed_memory()

@@ -13,25 +13,22 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mlplatform_common.errors import MLPlatformError
+from mlplatform_common.errors import InvalidInput, MLPlatformError
 from mlplatform_common.registry import LoadedModel
 from mlplatform_common.storage import Store, open_store
 from mlplatform_serving import observability as obs
+from mlplatform_serving import process
+from mlplatform_serving.codecs.v2 import V2Request
+from mlplatform_serving.errors import error_response, response_for
 from mlplatform_serving.hotpath import HotRoutes
 from mlplatform_serving.launcher import make_launcher
 from mlplatform_serving.routes import admin, feedback, health, metrics, models, predict, v2
-from mlplatform_serving.schemas import (
-    FeedbackRequest,
-    PredictRequest,
-    ReloadRequest,
-    error_body,
-    internal_error_body,
-)
+from mlplatform_serving.schemas import FeedbackRequest, PredictRequest, ReloadRequest
 from mlplatform_serving.service import Service
 from mlplatform_serving.settings import ServingSettings, get_settings
 
@@ -108,19 +105,14 @@ class ObservabilityMiddleware:
                     f"content-encoding: {encoding.decode('latin-1')!r:.40} is not supported; "
                     "send the body uncompressed"
                 )
-                await JSONResponse(error_body(message, "UnsupportedMediaType"), status_code=415)(
-                    scope, receive, send
-                )
+                await error_response(415, message, "UnsupportedMediaType")(scope, receive, send)
                 return
             await self.app(scope, receive_wrapper, send_wrapper)
         except _BodyTooLarge:
             if not response_started:
                 status = 413
-                response = JSONResponse(
-                    error_body(f"body: over the limit of {self.max_body} bytes", "PayloadTooLarge"),
-                    status_code=413,
-                )
-                await response(scope, receive, send)
+                message = f"body: over the limit of {self.max_body} bytes"
+                await error_response(413, message, "PayloadTooLarge")(scope, receive, send)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
@@ -205,6 +197,7 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        process.tune()  # here: the lifespan runs in every uvicorn worker process
         service.start()
         yield
         service.stop()
@@ -224,32 +217,23 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
     app.state.service = service
 
     @app.exception_handler(MLPlatformError)
-    async def platform_error(_: Request, exc: MLPlatformError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        return JSONResponse(
-            error_body(exc.message, exc.type), status_code=exc.status_code, headers=headers
-        )
+    async def platform_error(_: Request, exc: MLPlatformError) -> Response:
+        return response_for(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
         err: dict[str, Any] = exc.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ())) or "request"
-        return JSONResponse(
-            error_body(f"{where}: {err.get('msg')}", "InvalidInput"), status_code=422
-        )
+        return response_for(InvalidInput(f"{where}: {err.get('msg')}"))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            error_body(str(exc.detail), "HTTPException"),
-            status_code=exc.status_code,
-            headers=exc.headers,
-        )
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        return error_response(exc.status_code, str(exc.detail), "HTTPException", exc.headers)
 
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> Response:
         logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(internal_error_body(), status_code=500)
+        return response_for(exc)
 
     for module in (predict, feedback, models, health, metrics, admin, v2):
         app.include_router(module.router)
@@ -257,7 +241,7 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             add_body_schemas(
-                FastAPI.openapi(app), (PredictRequest, FeedbackRequest, ReloadRequest, v2.V2Request)
+                FastAPI.openapi(app), (PredictRequest, FeedbackRequest, ReloadRequest, V2Request)
             )
         schema: dict[str, Any] = app.openapi_schema  # type: ignore[assignment]
         model = service.runtime.model if service.runtime.ready else None
@@ -270,7 +254,7 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
     app.openapi = openapi  # type: ignore[method-assign]
     # Added first, so it runs inside the observability middleware (counted and timed).
     routes = {route.path: route for m in (predict, v2) for route in m.router.routes}
-    app.add_middleware(HotRoutes, service=service, routes=routes)
+    app.add_middleware(HotRoutes, plane=service.plane, routes=routes)
     app.add_middleware(
         ObservabilityMiddleware, stats=service.stats, max_body_bytes=settings.max_body_bytes
     )

@@ -7,11 +7,12 @@ and a thread hop per dependency per request cost more than the whole prediction.
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from mlplatform_common.errors import Unauthorized
+from mlplatform_serving.codecs.common import parse_json
 from mlplatform_serving.runtime import ModelRuntime
 from mlplatform_serving.service import Service
 from mlplatform_serving.settings import ServingSettings
@@ -30,6 +31,11 @@ async def get_runtime(request: Request) -> ModelRuntime:
 async def get_settings_dep(request: Request) -> ServingSettings:
     settings: ServingSettings = request.app.state.service.settings
     return settings
+
+
+async def read_json(request: Request) -> Any:
+    """A request's JSON body, with errors a client can act on."""
+    return parse_json(await request.body())
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]

@@ -2,10 +2,10 @@
 
 ``POST /predict`` and ``POST /v2/models/{name}/infer`` are answered here from the request's
 headers and body by the same functions their FastAPI routes call (``predict.answer``,
-``v2.infer_answer``), with the same error bodies as the app's exception handlers. Going
-through the router, its dependency resolution and the request and response objects cost more
-than validating and predicting one row did (~100 µs of ~170 µs per request, see
-bench/BENCHMARKS.md). Every other path, and the OpenAPI document, stay with FastAPI.
+``v2.infer_answer``), errors by the same function as the app's exception handlers
+(``errors.response_for``). Going through the router, its dependency resolution and the
+request and response objects cost more than validating and predicting one row did
+(bench/BENCHMARKS.md). Every other path, and the OpenAPI document, stay with FastAPI.
 """
 
 from __future__ import annotations
@@ -14,22 +14,22 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlplatform_common.errors import MLPlatformError
+from mlplatform_serving.dataplane import DataPlane
+from mlplatform_serving.errors import response_for
 from mlplatform_serving.routes import predict, v2
-from mlplatform_serving.schemas import Reply, error_body, internal_error_body
-from mlplatform_serving.service import Service
+from mlplatform_serving.schemas import Reply
 
 logger = logging.getLogger("mlplatform.serving")
 
-Handler = Callable[[Service, str, Headers, bytes], Awaitable[Reply]]
+Handler = Callable[[DataPlane, str, Headers, bytes], Awaitable[Reply]]
 
 
-async def _predict(service: Service, _: str, headers: Headers, body: bytes) -> Reply:
-    return Reply(await predict.answer(service, headers, body))
+async def _predict(plane: DataPlane, _: str, headers: Headers, body: bytes) -> Reply:
+    return Reply(await predict.answer(plane, headers, body))
 
 
 def route_path(scope: Scope) -> str:
@@ -48,9 +48,9 @@ class HotRoutes:
     the same route template either way.
     """
 
-    def __init__(self, app: ASGIApp, service: Service, routes: dict[str, Any]) -> None:
+    def __init__(self, app: ASGIApp, plane: DataPlane, routes: dict[str, Any]) -> None:
         self.app = app
-        self.service = service
+        self.plane = plane
         self.predict_route = routes["/predict"]
         self.infer_route = routes["/v2/models/{name}/infer"]
 
@@ -82,19 +82,15 @@ class HotRoutes:
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        status = 200
         try:
-            answer = await handler(self.service, name, Headers(scope=scope), body)
-        except MLPlatformError as exc:
-            status, answer = (
-                exc.status_code,
-                Reply(orjson.dumps(error_body(exc.message, exc.type))),
-            )
-        except Exception:
-            logger.exception("unhandled error on POST %s", scope["path"])
-            status, answer = 500, Reply(orjson.dumps(internal_error_body()))
+            answer = await handler(self.plane, name, Headers(scope=scope), body)
+        except Exception as exc:
+            if not isinstance(exc, MLPlatformError):
+                logger.exception("unhandled error on POST %s", scope["path"])
+            await response_for(exc)(scope, receive, send)
+            return
         content = answer.body
         headers = [(k.encode(), v.encode()) for k, v in answer.headers()]
         headers.append((b"content-length", str(len(content)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": content})

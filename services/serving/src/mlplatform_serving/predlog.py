@@ -244,7 +244,7 @@ class PredictionLog:
 
     def add(self, result: BatchResult, id_groups: list[datalog.PredictionIds], ts: float) -> None:
         """Queue an answered batch (cheap: no I/O, no pandas): ``result`` holds the rows of
-        one or more requests (``Service.predict_many``), ``id_groups`` their ids in order."""
+        one or more requests (``DataPlane.predict_many``), ``id_groups`` their ids in order."""
         entry = Entry(result, ts)
         for ids in id_groups:
             entry.requests[ids.batch] = len(entry.requests)

@@ -108,16 +108,6 @@ class Reply(NamedTuple):
         ]
 
 
-def error_body(message: str, type_: str) -> dict[str, str]:
-    """Every error's body (``ErrorResponse``)."""
-    return {"error": message, "type": type_}
-
-
-def internal_error_body() -> dict[str, str]:
-    """The body of a 500: the details go to the server log, not to the client."""
-    return error_body("internal error; see the server log", "InternalError")
-
-
 class ReloadRequest(Strict):
     version: str | None = Field(
         default=None,

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from mlplatform_common.errors import ConfigurationError
-from mlplatform_serving.deps import ServiceDep, require_admin
-from mlplatform_serving.routes.predict import parse_model, read_json
+from mlplatform_serving.codecs.common import parse_model
+from mlplatform_serving.deps import ServiceDep, read_json, require_admin
 from mlplatform_serving.schemas import ERRORS, ReloadRequest, ReloadResponse
 
 router = APIRouter(

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from mlplatform_serving.deps import ServiceDep
-from mlplatform_serving.routes.predict import parse_model, read_json
+from mlplatform_serving.codecs.common import parse_model
+from mlplatform_serving.deps import ServiceDep, read_json
 from mlplatform_serving.schemas import ERRORS, FeedbackRequest, FeedbackResponse
 
 router = APIRouter(tags=["feedback"])
@@ -36,5 +36,5 @@ async def feedback(request: Request, service: ServiceDep) -> dict[str, Any]:
     req: FeedbackRequest = parse_model(FeedbackRequest, await read_json(request))
     # Store I/O: in the threadpool, so a slow store never stalls the event loop.
     return await run_in_threadpool(
-        service.feedback, req.target, req.prediction_id, req.features, req.prediction
+        service.feedback.record, req.target, req.prediction_id, req.features, req.prediction
     )

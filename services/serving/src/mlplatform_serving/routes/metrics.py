@@ -54,7 +54,7 @@ def kpis(runtime: RuntimeDep, service: ServiceDep) -> dict[str, Any]:
         "model_version": runtime.model.version,
         **service.stats.kpis(),
         "low_confidence_threshold": service.settings.low_confidence_threshold,
-        "labelled_since_training": service.labelled_since_training(),
+        "labelled_since_training": service.feedback.labelled_since_training(),
     }
 
 

@@ -1,0 +1,206 @@
+"""Feedback: the true label of a prediction, stored durably, counted, and the retrain it
+starts every ``retrain_every`` labelled rows. Plain Python; the route runs it in the
+threadpool (it reads and writes the store)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from mlplatform_common import datalog, keys
+from mlplatform_common.errors import InvalidInput, MLPlatformError, NotFound, NotYet
+from mlplatform_common.registry import ModelRegistry
+from mlplatform_common.storage import Store
+from mlplatform_serving import observability as obs
+from mlplatform_serving.codecs.json_rows import RowsCodec
+from mlplatform_serving.predlog import PredictionLog
+from mlplatform_serving.runtime import ModelRuntime
+from mlplatform_serving.settings import ServingSettings
+
+logger = logging.getLogger("mlplatform.serving")
+
+
+class Feedback:
+    """Resolves a prediction id (or a row given in full), stores the labelled row, counts the
+    rows since training and starts a retrain when due."""
+
+    def __init__(
+        self,
+        settings: ServingSettings,
+        store: Store,
+        registry: ModelRegistry,
+        runtime: ModelRuntime,
+        log: PredictionLog,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.runtime = runtime
+        self.log = log
+        # Starts one retrain without waiting: (reason, force) -> started.
+        self.retrain_launcher: Callable[[str, bool], bool] | None = None
+        self._counter: tuple[str, datalog.FeedbackCounter] | None = None
+
+    def record(
+        self,
+        target: Any,
+        prediction_id: str | None,
+        features: dict[str, Any] | None,
+        prediction: Any | None,
+    ) -> dict[str, Any]:
+        """Store one labelled row durably and say how many arrived since training."""
+        model = self.runtime.model
+        if prediction_id is not None and features is not None:
+            raise InvalidInput("prediction_id: give either prediction_id or features, not both")
+        if prediction_id is not None:
+            logged = self._logged(prediction_id)
+            # Judged by the version that made the prediction, which a retrain or a reload
+            # may since have replaced with one of other classes or features.
+            version = str(logged["model_version"])
+            made_by = self._manifest_of(version)
+            target = self._class_of(target, "target", made_by)
+            names = [f["name"] for f in made_by["feature_schema"]]
+            row_features = {f: float(logged[f]) for f in names if f in logged}
+            predicted = str(logged["prediction"])
+        elif features is not None:
+            target = self._class_of(target, "target")
+            X = RowsCodec.of(self.runtime.served).validate([features], "features")
+            row_features = dict(zip(model.features, X[0].tolist(), strict=True))
+            if prediction is None:
+                predicted = str(self.runtime.predict(X).labels[0])
+            else:
+                predicted = str(self._class_of(prediction, "prediction"))
+            version = model.version
+        else:
+            raise InvalidInput("prediction_id: give prediction_id, or features with the target")
+        key = datalog.write_feedback(
+            self.store,
+            {
+                "prediction_id": prediction_id,
+                "model_version": version,
+                "prediction": predicted,
+                "target": str(target),
+                "features": row_features,
+            },
+        )
+        obs.FEEDBACK.inc()
+        # The row is stored: from here on nothing may turn the answer into an error, or a
+        # client that retries would store it twice.
+        count: int | None
+        try:
+            counter = self._feedback_counter()
+            counter.note(key)
+            count = counter.count(max_age=self.settings.feedback_count_max_age)
+            started = self._maybe_retrain(count, model.version)
+        except MLPlatformError as exc:
+            logger.warning("feedback stored; counting labelled rows failed: %s", exc.message)
+            count, started = None, False
+        return {
+            "feedback_id": key.rsplit("/", 1)[-1].split("-", 1)[1].removesuffix(".json"),
+            "prediction_id": prediction_id,
+            "stored": True,
+            "model_version": version,
+            "labelled_since_training": count,
+            "retrain_every": self.settings.retrain_every,
+            "retrain_started": started,
+        }
+
+    def _class_of(self, value: Any, field: str, manifest: dict[str, Any] | None = None) -> Any:
+        """``value`` as one of the classes of the served model, or of the version whose
+        ``manifest`` is given (the one that made a prediction)."""
+        manifest = manifest or self.runtime.model.manifest
+        classes = list(manifest["classes"])
+        names = manifest.get("class_names") or []
+        for i, cls in enumerate(classes):
+            if str(cls) == str(value) or (i < len(names) and names[i] == value):
+                return cls
+        raise InvalidInput(
+            f"{field}: {value!r:.40} is not one of the classes {classes}"
+            + (f" (names {names})" if names else "")
+            + f" of model {manifest['version']}"
+        )
+
+    def _manifest_of(self, version: str) -> dict[str, Any]:
+        """The manifest of the version that made a logged prediction (the served one's
+        without a store read)."""
+        model = self.runtime.model
+        if version == model.version:
+            return model.manifest
+        try:
+            return self.registry.manifest(version)
+        except MLPlatformError as exc:  # deleted or unreadable: judge by the served model
+            logger.warning(
+                "manifest of %s not readable (%s); using %s's", version, exc, model.version
+            )
+            return model.manifest
+
+    def _logged(self, prediction_id: str) -> dict[str, Any]:
+        """The logged row of a prediction, made by this replica or another one. Another
+        replica's prediction reaches the store at its next log flush: an id younger than
+        ``feedback_wait_seconds`` is looked for until then, and one still missing but younger
+        than ``feedback_pending_seconds`` is ``NotYet`` (409, Retry-After), not unknown."""
+        settings = self.settings
+        logged = self.log.lookup(prediction_id)
+        made = datalog.prediction_time(prediction_id)
+        while logged is None:
+            logged = datalog.find_prediction(
+                self.store, prediction_id, settings.feedback_lookup_days
+            )
+            age = time.time() - made if made is not None else float("inf")
+            if logged is not None or not -60 < age < settings.feedback_wait_seconds:
+                break  # found, waited long enough, or a time no replica gave (clocks skew <60s)
+            time.sleep(min(0.25, settings.feedback_wait_seconds - age))
+            logged = self.log.lookup(prediction_id)
+        if logged is not None:
+            return logged
+        if made is not None and -60 < time.time() - made < settings.feedback_pending_seconds:
+            raise NotYet(
+                f"prediction_id {prediction_id!r:.70} is not in the prediction log yet: it was "
+                f"made {time.time() - made:.0f}s ago, and the replica that made it writes its "
+                "log every few seconds (longer while the store is down); retry"
+            )
+        raise NotFound(
+            f"prediction_id {prediction_id!r:.70} is unknown (not among recent predictions "
+            f"nor in the last {settings.feedback_lookup_days} days of the log)"
+        )
+
+    def _feedback_counter(self) -> datalog.FeedbackCounter:
+        model = self.runtime.model
+        if self._counter is None or self._counter[0] != model.version:
+            since = datetime.fromisoformat(model.manifest["created_at"]).timestamp()
+            self._counter = (model.version, datalog.FeedbackCounter(self.store, since))
+        return self._counter[1]
+
+    def labelled_since_training(self) -> int:
+        """Labelled rows stored since the serving model was trained, by every replica."""
+        return self._feedback_counter().count(max_age=self.settings.feedback_count_max_age)
+
+    def _maybe_retrain(self, count: int, version: str) -> bool:
+        """Start one retrain per multiple of k per model version, across replicas: the
+        replica that creates the marker object starts it."""
+        k = self.settings.retrain_every
+        if k <= 0 or count < k:
+            return False
+        return self.start_once(
+            f"{version}-{count // k * k}", f"{count} labelled rows since {version} (k={k})"
+        )
+
+    def start_once(self, marker: str, reason: str) -> bool:
+        """Start one retrainer run for ``marker`` across replicas: the replica that creates
+        the marker object starts it (the k-row trigger here, ``Service.check_alias``)."""
+        if self.retrain_launcher is None:
+            return False
+        safe = "".join(c if c.isalnum() or c in "-." else "-" for c in marker)
+        if not self.store.put_if_absent(
+            keys.trigger(safe), json.dumps({"reason": reason}).encode()
+        ):
+            return False
+        try:
+            return self.retrain_launcher(reason, False)
+        except MLPlatformError as exc:
+            logger.error("could not start a retrain: %s", exc.message)
+            return False

@@ -1,0 +1,168 @@
+"""The Open Inference Protocol v2 codec (``codecs/v2``): JSON and binary tensors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from mlplatform_common import datalog
+from mlplatform_common.registry import ModelRegistry
+from mlplatform_common.storage import Store
+from mlplatform_serving.app import create_app
+from tests.conftest import SIGNING_KEY, publish_trained
+from tests.services.serving.conftest import assert_error, serving_settings
+
+
+@pytest.mark.parametrize(
+    ("to_class", "datatype"),
+    [(float, "FP64"), (bool, "BOOL"), (lambda y: f"class {y}", "BYTES")],
+)
+def test_the_v2_label_datatype_is_that_of_the_classes(
+    local_store: Store, shipped_dataset, rows, to_class: Any, datatype: str
+) -> None:
+    """Classes 0.0/1.0 were typed INT64 (and True/False too): a typed client misread them."""
+    from mlplatform_retrainer.train import TrainConfig, train
+
+    data = dataclasses.replace(shipped_dataset, y=shipped_dataset.y.map(to_class))
+    publish_trained(
+        ModelRegistry(local_store, SIGNING_KEY), train(data.X, data.y, TrainConfig()), data
+    )
+    with TestClient(create_app(serving_settings(), local_store)) as c:
+        outputs = c.get("/v2/models/mlplatform").json()["outputs"]
+        assert outputs[0] == {"name": "label", "datatype": datatype, "shape": [-1]}
+        X = [[r[f] for f in data.features] for r in rows[:20]]
+        body = {"inputs": [{"name": "x", "shape": [20, 30], "datatype": "FP64", "data": X}]}
+        label = c.post("/v2/models/mlplatform/infer", json=body).json()["outputs"][0]
+        answers = c.post("/predict", json={"instances": rows[:20]}).json()["predictions"]
+        # in binary, on the versioned path (FastAPI's route, not the hot path)
+        binary = {**body, "outputs": [{"name": "label", "parameters": {"binary_data": True}}]}
+        head, blob = _binary_answer(c.post("/v2/models/mlplatform/versions/v1/infer", json=binary))
+    assert label["datatype"] == datatype
+    assert label["data"] == [a["label"] for a in answers]
+    assert {type(v) for v in label["data"]} == {type(to_class(0))}
+    assert head["outputs"][0]["datatype"] == datatype
+    if datatype == "BYTES":
+        texts = []
+        while blob:
+            n = int.from_bytes(blob[:4], "little")
+            texts.append(blob[4 : 4 + n].decode())
+            blob = blob[4 + n :]
+        assert texts == label["data"]
+    else:
+        assert np.frombuffer(blob, {"FP64": "<f8", "BOOL": "?"}[datatype]).tolist() == label["data"]
+
+
+@pytest.mark.parametrize(
+    ("tensor", "fragment"),
+    [
+        ({"shape": [1, 29], "datatype": "FP64", "data": [0.0] * 29}, "shape: must be [n, 30]"),
+        (
+            {"shape": [2, 30], "datatype": "FP64", "data": [0.0] * 30},
+            "30 values do not fill shape [2, 30]",
+        ),
+        ({"shape": [1, 30], "datatype": "INT8", "data": [0] * 30}, "'INT8' is not supported"),
+        ({"shape": [1, 30], "datatype": "FP64", "data": ["a"] * 30}, "data[0]: must be a number"),
+        ({"shape": [1, 30], "datatype": "FP64"}, "data: missing"),
+        ({"shape": "1,30", "datatype": "FP64", "data": []}, "shape"),
+        (
+            {"shape": [1, 30], "datatype": "FP32", "data": [1e39] * 30},
+            "data[0]: 1e+39 is too large for FP32",
+        ),
+        (
+            {"shape": [1, 30], "datatype": "FP64", "data": [1.0] * 29 + [1e200]},
+            "data[29]: 1e+200 is beyond ±1e+150",
+        ),
+        (
+            {"shape": [1, 30], "datatype": "FP64", "data": [[1.0] * 15, *[1.0] * 15]},
+            "data: must be 30 numbers, flat or as rows of 30",
+        ),
+        (  # ragged: 30 values in all, but not 1 row of 30 (was answered)
+            {"shape": [1, 30], "datatype": "FP64", "data": [[1.0] * 10, [1.0] * 20]},
+            "data: must be 30 numbers, flat or as rows of 30",
+        ),
+    ],
+)
+def test_v2_bad_tensors(client: TestClient, tensor, fragment: str) -> None:
+    r = client.post("/v2/models/mlplatform/infer", json={"inputs": [{"name": "x", **tensor}]})
+    assert_error(r, 422, fragment)
+
+
+def test_v2_binary_framing_that_does_not_add_up_is_refused(client: TestClient) -> None:
+    # Each of these was answered 200, from whichever part of the body the server picked.
+    tensor = np.zeros((1, 30), dtype="<f8").tobytes()
+
+    def post(head: dict[str, Any], binary: bytes) -> Any:
+        raw = json.dumps(head).encode()
+        return client.post(
+            "/v2/models/mlplatform/infer",
+            content=raw + binary,
+            headers={"inference-header-content-length": str(len(raw))},
+        )
+
+    base = {"name": "x", "shape": [1, 30], "datatype": "FP64"}
+    json_only = {"inputs": [{**base, "data": [0.0] * 30}]}
+    assert_error(post(json_only, tensor), 422, "240 bytes follow the JSON header, but no input")
+    both = {"inputs": [{**base, "data": [0.0] * 30, "parameters": {"binary_data_size": 240}}]}
+    assert_error(post(both, tensor), 422, "inputs[x]: give data or parameters.binary_data_size")
+    as_float = {"inputs": [{**base, "parameters": {"binary_data_size": 240.0}}]}
+    assert_error(post(as_float, tensor), 422, "must be a whole number of bytes, got 240.0")
+    short = {"inputs": [{**base, "parameters": {"binary_data_size": 240}}]}
+    assert_error(post(short, tensor[:-8]), 422, "240 bytes, but 232 follow the JSON header")
+    twice = {**json_only, "outputs": [{"name": "label"}, {"name": "label"}]}
+    assert_error(post(twice, b""), 422, "outputs: an output is asked for twice")
+    assert post(short, tensor).status_code == 200
+
+
+def _binary_answer(r: Any) -> tuple[dict[str, Any], bytes]:
+    n = int(r.headers["inference-header-content-length"])
+    assert r.headers["content-type"] == "application/octet-stream"
+    return json.loads(r.content[:n]), r.content[n:]
+
+
+def test_v2_binary_outputs_are_the_json_ones_as_bytes(client: TestClient, rows) -> None:
+    """binary_data_output (all outputs) and binary_data (one output) were ignored: the answer
+    was JSON whatever the client asked for."""
+    X = [list(r.values()) for r in rows[:4]]
+    inputs = [{"name": "x", "shape": [4, 30], "datatype": "FP64", "data": X}]
+    url = "/v2/models/mlplatform/infer"
+    plain = client.post(url, json={"inputs": inputs}).json()["outputs"]
+    label, proba, ids = (o["data"] for o in plain)
+    head, blob = _binary_answer(
+        client.post(url, json={"inputs": inputs, "parameters": {"binary_data_output": True}})
+    )
+    sizes = [o["parameters"]["binary_data_size"] for o in head["outputs"]]
+    assert [o["name"] for o in head["outputs"]] == ["label", "probabilities", "prediction_id"]
+    assert all("data" not in o for o in head["outputs"]) and sum(sizes) == len(blob)
+    assert np.frombuffer(blob[: sizes[0]], "<i8").tolist() == label
+    assert np.frombuffer(blob[sizes[0] : sizes[0] + sizes[1]], "<f8").tolist() == proba
+    texts, rest = [], blob[sizes[0] + sizes[1] :]
+    while rest:  # BYTES: a 4-byte little-endian length, then the bytes
+        n = int.from_bytes(rest[:4], "little")
+        texts.append(rest[4 : 4 + n].decode())
+        rest = rest[4 + n :]
+    key = texts[0][:26]
+    assert [datalog.prediction_batch(t) for t in texts] == [(key, i) for i in range(4)]
+    assert [len(i) for i in ids] == [len(t) for t in texts]
+    # One output in binary, the others as JSON; the order is the one asked for.
+    outputs = [
+        {"name": "probabilities", "parameters": {"binary_data": True}},
+        {"name": "label"},
+        {"name": "prediction_id", "parameters": {"binary_data": False}},
+    ]
+    head, blob = _binary_answer(client.post(url, json={"inputs": inputs, "outputs": outputs}))
+    assert [o["name"] for o in head["outputs"]] == ["probabilities", "label", "prediction_id"]
+    assert np.frombuffer(blob, "<f8").tolist() == proba
+    assert head["outputs"][1]["data"] == label and len(head["outputs"][2]["data"]) == 4
+    # Asked for none: JSON as before.
+    r = client.post(url, json={"inputs": inputs, "parameters": {"binary_data_output": False}})
+    assert r.headers["content-type"] == "application/json"
+    assert "inference-header-content-length" not in r.headers
+    bad = {"inputs": inputs, "outputs": [{"name": "label", "parameters": {"binary_data": "y"}}]}
+    assert_error(
+        client.post(url, json=bad), 422, "outputs[label].parameters.binary_data: must be true or"
+    )
