@@ -144,6 +144,9 @@ kind-load: ## Load the four built images into kind
 
 .PHONY: deploy
 deploy: ## Install or upgrade the chart, wait for it, run its helm test
+	@# The namespace first: Helm renders before --create-namespace makes it, and the chart
+	@# generates its Secrets only where its lookup sees the release namespace.
+	kubectl create namespace $(NAMESPACE) --dry-run=client -o yaml | kubectl apply -f -
 	helm upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --create-namespace --wait --timeout 10m
 	helm test $(RELEASE) --namespace $(NAMESPACE)
 

@@ -1,7 +1,10 @@
 """Chart fixtures: the chart rendered by Helm's own engine (helm-python-sdk), per values variant.
 
-Variants are the chart's defaults plus every ``charts/mlplatform/ci/*-values.yaml``. Rendering is
-offline, so ``lookup`` returns nothing (a fresh install).
+Variants are the chart's defaults plus every ``charts/mlplatform/ci/*-values.yaml``. ``render``
+is ``helm install`` against a cluster: Helm's ``lookup`` reaches a stand-in Kubernetes API
+(FakeCluster) where the release namespace exists and holds the Secrets given (none: a fresh
+install). ``render(..., cluster=False)`` renders with no cluster at all, as ``helm template`` and
+Argo CD do.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.services.retrainer.conftest import NOT_FOUND, JsonApi
 
 CHART = REPO / "charts" / "mlplatform"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -39,12 +43,83 @@ def variant_values(variant: str) -> dict[str, Any]:
     return {} if path is None else yaml.safe_load(path.read_text()) or {}
 
 
-def render(values: dict[str, Any] | None = None, **opts: Any) -> dict[str, str]:
-    """Template path -> rendered text (raises the Helm error on a failed render)."""
+class FakeCluster(JsonApi):
+    """The API calls Helm's ``lookup`` makes: discovery of v1, the release namespace, and GETs
+    of the Secrets in ``secrets`` (name -> data, base64 values); anything else is not found."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: dict[str, dict[str, str]] = {}
+        self.thread.start()
+
+    def answer(self, request: dict[str, Any]) -> tuple[int, Any]:
+        path = request["path"].split("?")[0]
+        if path == "/api/v1":
+            kinds = [("namespaces", "Namespace", False), ("secrets", "Secret", True)]
+            resources = [
+                {
+                    "name": n,
+                    "singularName": k.lower(),
+                    "namespaced": ns,
+                    "kind": k,
+                    "verbs": ["get"],
+                }
+                for n, k, ns in kinds
+            ]
+            return 200, {"kind": "APIResourceList", "groupVersion": "v1", "resources": resources}
+        if path == f"/api/v1/namespaces/{NAMESPACE}":
+            return 200, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+        prefix = f"/api/v1/namespaces/{NAMESPACE}/secrets/"
+        if path.startswith(prefix) and path[len(prefix) :] in self.secrets:
+            name = path[len(prefix) :]
+            meta = {"name": name, "namespace": NAMESPACE}
+            return 200, {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": meta,
+                "data": self.secrets[name],
+            }
+        return NOT_FOUND
+
+    def kubeconfig(self) -> str:
+        return yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                "users": [{"name": "fake", "user": {"token": "fake"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                "current-context": "fake",
+            }
+        )
+
+
+@cache
+def fake_cluster() -> FakeCluster:
+    return FakeCluster()  # one per test session; its thread is a daemon
+
+
+def render(
+    values: dict[str, Any] | None = None,
+    *,
+    cluster: bool = True,
+    secrets: dict[str, dict[str, str]] | None = None,
+    **opts: Any,
+) -> dict[str, str]:
+    """Template path -> rendered text (raises the Helm error on a failed render).
+
+    ``cluster``: ``helm install``/``upgrade`` against the stand-in cluster holding ``secrets``;
+    false: no cluster (``helm template``, Argo CD).
+    """
     options: dict[str, Any] = {"name": RELEASE, "namespace": NAMESPACE, "is_install": True}
     options.update(opts)
     with helm.Chart.load(CHART) as chart:
-        return chart.render(values or {}, **options)
+        if not cluster:
+            return chart.render(values or {}, **options)
+        api = fake_cluster()
+        api.secrets = secrets or {}
+        with helm.Config(kubeconfig_content=api.kubeconfig(), namespace=NAMESPACE) as config:
+            return config.render(chart, values or {}, **options)
 
 
 def objects(manifests: dict[str, str]) -> list[Obj]:

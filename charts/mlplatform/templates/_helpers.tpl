@@ -238,15 +238,34 @@ seccompProfile:
 {{- default (include "mlplatform.componentName" (list . "store")) .Values.store.existingSecret }}
 {{- end }}
 
+{{- define "mlplatform.grafanaSecret" -}}
+{{- default (include "mlplatform.componentName" (list . "grafana")) .Values.grafana.existingSecret }}
+{{- end }}
+
 {{/*
-A generated secret value that survives upgrades: the value already in the cluster if there is
-one (lookup), else a new random one. (dict "ctx" $ "name" <secret> "key" <key> "length" <n>)
+A generated secret value, created once and kept: the value already in the cluster (lookup), else
+a new random one, but only where a new one cannot replace a kept one unseen:
+- `lookup` must reach the cluster (the release namespace is found). `helm template` and Argo CD
+  render without one: a random value there would differ at every render, and a new signing key
+  fails every stored model's verification, so the render fails and names the setting to use.
+- `keep`: never generated on an upgrade (the Secret should be there: someone deleted it, or the
+  release used an existing Secret before).
+A lint (neither install nor upgrade) is never applied: it gets a random value.
+(dict "ctx" $ "name" <secret> "key" <key> "length" <n> "setting" <values key> "keep" <bool>)
 */}}
 {{- define "mlplatform.secretValue" -}}
-{{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace .name }}
+{{- $release := .ctx.Release }}
+{{- $existing := lookup "v1" "Secret" $release.Namespace .name }}
 {{- if and $existing (hasKey (default dict $existing.data) .key) }}
 {{- index $existing.data .key }}
 {{- else }}
+{{- $deploying := or $release.IsInstall $release.IsUpgrade }}
+{{- if and $deploying (not $existing) (not (lookup "v1" "Namespace" "" $release.Namespace)) }}
+{{- fail (printf "Secret %s: no cluster to read it from (helm template, Argo CD), and a value generated here would change at every render: create it once and set %s, or helm install against the cluster (into an existing namespace)" .name .setting) }}
+{{- end }}
+{{- if and $release.IsUpgrade (not $existing) .keep }}
+{{- fail (printf "Secret %s is missing on an upgrade: restore it or set %s (a new signing key would fail every stored model's verification)" .name .setting) }}
+{{- end }}
 {{- randAlphaNum (int .length) | b64enc }}
 {{- end }}
 {{- end }}
