@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -138,6 +140,124 @@ def objects(manifests: dict[str, str]) -> list[Obj]:
 @cache
 def rendered_variant(variant: str) -> tuple[Obj, ...]:
     return tuple(objects(render(variant_values(variant))))
+
+
+# The prometheus-operator CRDs' fields the chart uses (monitoring.coreos.com/v1; kubernetes-validate
+# has only Kubernetes' own kinds): a strict shape, so a misspelt field fails as it would on apply.
+_STR = {"type": "string"}
+_STRMAP = {"type": "object", "additionalProperties": _STR}
+_RELABEL = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "sourceLabels": {"type": "array", "items": _STR},
+        "separator": _STR,
+        "targetLabel": _STR,
+        "regex": _STR,
+        "replacement": _STR,
+        "action": {"enum": ["replace", "keep", "drop", "labelmap", "labeldrop", "labelkeep"]},
+    },
+}
+_ENDPOINT = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "port": _STR,
+        "path": _STR,
+        "scheme": {"enum": ["http", "https"]},
+        "interval": {"type": "string", "pattern": "^(0|(([0-9]+)(ms|s|m|h|d|w|y))+)$"},
+        "scrapeTimeout": _STR,
+        "honorLabels": {"type": "boolean"},
+        "relabelings": {"type": "array", "items": _RELABEL},
+    },
+}
+_SELECTORS = {
+    "selector": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"matchLabels": _STRMAP},
+    },
+    "namespaceSelector": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"matchNames": {"type": "array", "items": _STR}, "any": {"type": "boolean"}},
+    },
+}
+_RULE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["expr"],
+    "properties": {
+        "alert": _STR,
+        "record": _STR,
+        "expr": _STR,
+        "for": _STR,
+        "keep_firing_for": _STR,
+        "labels": _STRMAP,
+        "annotations": _STRMAP,
+    },
+}
+_SPECS = {
+    "ServiceMonitor": {
+        "required": ["selector", "endpoints"],
+        "properties": {
+            **_SELECTORS,
+            "jobLabel": _STR,
+            "endpoints": {"type": "array", "items": _ENDPOINT},
+        },
+    },
+    "PodMonitor": {
+        "required": ["selector", "podMetricsEndpoints"],
+        "properties": {
+            **_SELECTORS,
+            "podMetricsEndpoints": {"type": "array", "items": _ENDPOINT, "minItems": 1},
+        },
+    },
+    "PrometheusRule": {
+        "required": ["groups"],
+        "properties": {
+            "groups": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name", "rules"],
+                    "properties": {
+                        "name": _STR,
+                        "interval": _STR,
+                        "rules": {"type": "array", "items": _RULE, "minItems": 1},
+                    },
+                },
+            }
+        },
+    },
+}
+
+
+def validate(obj: Obj, version: str) -> None:
+    """Strict validation: Kubernetes' kinds by kubernetes-validate, prometheus-operator's by
+    the CRD shapes above (raises on an invalid object, an unknown field or an unknown kind)."""
+    if obj.get("apiVersion") == "monitoring.coreos.com/v1" and obj.get("kind") in _SPECS:
+        schema = {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["apiVersion", "kind", "metadata", "spec"],
+            "properties": {
+                "apiVersion": _STR,
+                "kind": _STR,
+                "metadata": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name"],
+                    "properties": {"name": _STR, "labels": _STRMAP, "annotations": _STRMAP},
+                },
+                "spec": {"type": "object", "additionalProperties": False, **_SPECS[obj["kind"]]},
+            },
+        }
+        jsonschema.validate(obj, schema)
+        return
+    kubernetes_validate.validate(obj, version, strict=True)
 
 
 def clean(obj: Obj) -> Obj:

@@ -27,6 +27,7 @@ from tests.chart.conftest import (
     pod_labels,
     render,
     rendered_variant,
+    validate,
     variant_values,
     workloads,
 )
@@ -50,7 +51,7 @@ def test_every_object_validates_strictly(rendered: tuple[Obj, ...], version: str
     assert len(rendered) > 10
     for obj in rendered:
         # raises on an invalid object, an unknown field (strict) and an unknown kind
-        kubernetes_validate.validate(clean(obj), version, strict=True)
+        validate(clean(obj), version)
 
 
 def test_an_unknown_kind_fails_instead_of_warning() -> None:

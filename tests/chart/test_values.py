@@ -38,7 +38,8 @@ def _walk_schema(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[s
 # the chart passes through for Kubernetes to validate (affinity terms, a valueFrom, a
 # labelSelector); `global` is shared with a parent chart.
 STRING_MAPS = ("ingress.annotations", "store.serviceAccountAnnotations")
-STRING_MAP_KEYS = ("podLabels", "podAnnotations", "nodeSelector", "serviceAccount.annotations")
+STRING_MAP_KEYS = ("podLabels", "podAnnotations", "nodeSelector", "annotations", "Monitor.labels")
+STRING_MAP_KEYS = (*STRING_MAP_KEYS, "prometheusRule.labels")
 PASSED_THROUGH = ("nodeAffinity", "podAffinity", "podAntiAffinity", "valueFrom", "labelSelector")
 
 

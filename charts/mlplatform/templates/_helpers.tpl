@@ -171,6 +171,39 @@ envFrom:
 {{- end }}
 {{- end }}
 
+{{/* A component's data volume: its PVC when persistence is on, else a sized emptyDir.
+(dict "ctx" $ "component" "grafana" "persistence" .Values.grafana.persistence "sizeLimit" "512Mi") */}}
+{{- define "mlplatform.dataVolume" -}}
+- name: data
+  {{- if .persistence.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ include "mlplatform.componentName" (list .ctx .component) }}
+  {{- else }}
+  emptyDir:
+    sizeLimit: {{ .sizeLimit }}
+  {{- end }}
+{{- end }}
+
+{{/* The PVC of a component's data, when persistence is on (same dict as dataVolume). */}}
+{{- define "mlplatform.dataClaim" -}}
+{{- if .persistence.enabled }}
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: {{ include "mlplatform.componentName" (list .ctx .component) }}
+  labels:
+    {{- include "mlplatform.componentLabels" (list .ctx .component) | nindent 4 }}
+spec:
+  accessModes: ["ReadWriteOnce"]
+  {{- with .persistence.storageClass }}
+  storageClassName: {{ . }}
+  {{- end }}
+  resources:
+    requests:
+      storage: {{ .persistence.size }}
+{{- end }}
+{{- end }}
+
 {{/* Name of a component's service account: (list $ "serving" .Values.serving) */}}
 {{- define "mlplatform.serviceAccountName" -}}
 {{- $sa := (index . 2).serviceAccount | default dict }}
