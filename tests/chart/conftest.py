@@ -1,7 +1,10 @@
 """Chart fixtures: the chart rendered by Helm's own engine (helm-python-sdk), per values variant.
 
-Variants are the chart's defaults plus every ``charts/mlplatform/ci/*-values.yaml``. Rendering is
-offline, so ``lookup`` returns nothing (a fresh install).
+Variants are the chart's defaults plus every ``charts/mlplatform/ci/*-values.yaml``. ``render``
+is ``helm install`` against a cluster: Helm's ``lookup`` reaches a stand-in Kubernetes API
+(FakeCluster) where the release namespace exists and holds the Secrets given (none: a fresh
+install). ``render(..., cluster=False)`` renders with no cluster at all, as ``helm template`` and
+Argo CD do.
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.services.retrainer.conftest import NOT_FOUND, JsonApi
 
 CHART = REPO / "charts" / "mlplatform"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -39,12 +45,83 @@ def variant_values(variant: str) -> dict[str, Any]:
     return {} if path is None else yaml.safe_load(path.read_text()) or {}
 
 
-def render(values: dict[str, Any] | None = None, **opts: Any) -> dict[str, str]:
-    """Template path -> rendered text (raises the Helm error on a failed render)."""
+class FakeCluster(JsonApi):
+    """The API calls Helm's ``lookup`` makes: discovery of v1, the release namespace, and GETs
+    of the Secrets in ``secrets`` (name -> data, base64 values); anything else is not found."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: dict[str, dict[str, str]] = {}
+        self.thread.start()
+
+    def answer(self, request: dict[str, Any]) -> tuple[int, Any]:
+        path = request["path"].split("?")[0]
+        if path == "/api/v1":
+            kinds = [("namespaces", "Namespace", False), ("secrets", "Secret", True)]
+            resources = [
+                {
+                    "name": n,
+                    "singularName": k.lower(),
+                    "namespaced": ns,
+                    "kind": k,
+                    "verbs": ["get"],
+                }
+                for n, k, ns in kinds
+            ]
+            return 200, {"kind": "APIResourceList", "groupVersion": "v1", "resources": resources}
+        if path == f"/api/v1/namespaces/{NAMESPACE}":
+            return 200, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+        prefix = f"/api/v1/namespaces/{NAMESPACE}/secrets/"
+        if path.startswith(prefix) and path[len(prefix) :] in self.secrets:
+            name = path[len(prefix) :]
+            meta = {"name": name, "namespace": NAMESPACE}
+            return 200, {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": meta,
+                "data": self.secrets[name],
+            }
+        return NOT_FOUND
+
+    def kubeconfig(self) -> str:
+        return yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                "users": [{"name": "fake", "user": {"token": "fake"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                "current-context": "fake",
+            }
+        )
+
+
+@cache
+def fake_cluster() -> FakeCluster:
+    return FakeCluster()  # one per test session; its thread is a daemon
+
+
+def render(
+    values: dict[str, Any] | None = None,
+    *,
+    cluster: bool = True,
+    secrets: dict[str, dict[str, str]] | None = None,
+    **opts: Any,
+) -> dict[str, str]:
+    """Template path -> rendered text (raises the Helm error on a failed render).
+
+    ``cluster``: ``helm install``/``upgrade`` against the stand-in cluster holding ``secrets``;
+    false: no cluster (``helm template``, Argo CD).
+    """
     options: dict[str, Any] = {"name": RELEASE, "namespace": NAMESPACE, "is_install": True}
     options.update(opts)
     with helm.Chart.load(CHART) as chart:
-        return chart.render(values or {}, **options)
+        if not cluster:
+            return chart.render(values or {}, **options)
+        api = fake_cluster()
+        api.secrets = secrets or {}
+        with helm.Config(kubeconfig_content=api.kubeconfig(), namespace=NAMESPACE) as config:
+            return config.render(chart, values or {}, **options)
 
 
 def objects(manifests: dict[str, str]) -> list[Obj]:
@@ -63,6 +140,124 @@ def objects(manifests: dict[str, str]) -> list[Obj]:
 @cache
 def rendered_variant(variant: str) -> tuple[Obj, ...]:
     return tuple(objects(render(variant_values(variant))))
+
+
+# The prometheus-operator CRDs' fields the chart uses (monitoring.coreos.com/v1; kubernetes-validate
+# has only Kubernetes' own kinds): a strict shape, so a misspelt field fails as it would on apply.
+_STR = {"type": "string"}
+_STRMAP = {"type": "object", "additionalProperties": _STR}
+_RELABEL = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "sourceLabels": {"type": "array", "items": _STR},
+        "separator": _STR,
+        "targetLabel": _STR,
+        "regex": _STR,
+        "replacement": _STR,
+        "action": {"enum": ["replace", "keep", "drop", "labelmap", "labeldrop", "labelkeep"]},
+    },
+}
+_ENDPOINT = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "port": _STR,
+        "path": _STR,
+        "scheme": {"enum": ["http", "https"]},
+        "interval": {"type": "string", "pattern": "^(0|(([0-9]+)(ms|s|m|h|d|w|y))+)$"},
+        "scrapeTimeout": _STR,
+        "honorLabels": {"type": "boolean"},
+        "relabelings": {"type": "array", "items": _RELABEL},
+    },
+}
+_SELECTORS = {
+    "selector": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"matchLabels": _STRMAP},
+    },
+    "namespaceSelector": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"matchNames": {"type": "array", "items": _STR}, "any": {"type": "boolean"}},
+    },
+}
+_RULE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["expr"],
+    "properties": {
+        "alert": _STR,
+        "record": _STR,
+        "expr": _STR,
+        "for": _STR,
+        "keep_firing_for": _STR,
+        "labels": _STRMAP,
+        "annotations": _STRMAP,
+    },
+}
+_SPECS = {
+    "ServiceMonitor": {
+        "required": ["selector", "endpoints"],
+        "properties": {
+            **_SELECTORS,
+            "jobLabel": _STR,
+            "endpoints": {"type": "array", "items": _ENDPOINT},
+        },
+    },
+    "PodMonitor": {
+        "required": ["selector", "podMetricsEndpoints"],
+        "properties": {
+            **_SELECTORS,
+            "podMetricsEndpoints": {"type": "array", "items": _ENDPOINT, "minItems": 1},
+        },
+    },
+    "PrometheusRule": {
+        "required": ["groups"],
+        "properties": {
+            "groups": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name", "rules"],
+                    "properties": {
+                        "name": _STR,
+                        "interval": _STR,
+                        "rules": {"type": "array", "items": _RULE, "minItems": 1},
+                    },
+                },
+            }
+        },
+    },
+}
+
+
+def validate(obj: Obj, version: str) -> None:
+    """Strict validation: Kubernetes' kinds by kubernetes-validate, prometheus-operator's by
+    the CRD shapes above (raises on an invalid object, an unknown field or an unknown kind)."""
+    if obj.get("apiVersion") == "monitoring.coreos.com/v1" and obj.get("kind") in _SPECS:
+        schema = {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["apiVersion", "kind", "metadata", "spec"],
+            "properties": {
+                "apiVersion": _STR,
+                "kind": _STR,
+                "metadata": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name"],
+                    "properties": {"name": _STR, "labels": _STRMAP, "annotations": _STRMAP},
+                },
+                "spec": {"type": "object", "additionalProperties": False, **_SPECS[obj["kind"]]},
+            },
+        }
+        jsonschema.validate(obj, schema)
+        return
+    kubernetes_validate.validate(obj, version, strict=True)
 
 
 def clean(obj: Obj) -> Obj:

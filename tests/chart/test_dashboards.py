@@ -207,7 +207,8 @@ def _feed(stack: PromStack, serving: ServingProcess, store: LocalStore) -> None:
     worker = threading.Thread(target=_traffic, args=(serving.url, rows, 40, 2))
     worker.start()
     worker.join(timeout=120)
-    stack.wait_for('count(mlplatform_retrain_runs_total{job="mlplatform-retrainer"})', 5)
+    # one series per outcome: promoted, held, rejected, skipped, locked, failed (retrain._push)
+    stack.wait_for('count(mlplatform_retrain_runs_total{job="mlplatform-retrainer"})', 6)
     stack.wait_for('count(mlplatform_drift_share{job="mlplatform-reporter"})', 2)
     time.sleep(2)
 

@@ -22,8 +22,9 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "bootstrap": RetrainerSettings,
 }
 
-# Settings the chart leaves at their defaults on purpose, per container. Anything a settings
-# class reads must be set by the chart or listed here, so a new setting gets a decision.
+# Settings the chart has no named value for, per container (each can still be set through the
+# component's `extraEnv`, test_readme_settings). Anything a settings class reads must be set by
+# the chart or listed here, so a new setting gets a decision.
 TUNING = {"s3_region", "s3_timeout_seconds", "s3_retries"}
 LEFT_AT_DEFAULT: dict[str, set[str]] = {
     "serving": TUNING
@@ -31,11 +32,8 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "dev_mode",  # never in a cluster: secrets have no defaults there
         "model_version",  # the retrainer patches MODEL_VERSION in; unset = production alias
         "model_name",
-        "access_log",  # metrics count every request
         "opentelemetry",  # the chart's telemetry is Prometheus; no OpenTelemetry SDK in the image
         "keep_alive_seconds",
-        "max_batch_rows",
-        "max_body_bytes",
         "load_retry_seconds",
         "log_flush_rows",
         "log_flush_seconds",
@@ -72,9 +70,6 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "dev_mode",
         "push_timeout_seconds",
         "feedback_lookback_hours",
-        "drift_method",
-        "drift_threshold",
-        "drift_share_threshold",
         "min_drift_rows",
         "schedule_minutes",  # local `schedule` command only; the CronJob has its own
         "evidently_project",
@@ -83,8 +78,6 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
     | {
         "dev_mode",
         "dataset_name",
-        "n_components",
-        "estimator",
         "seed",
         "quality_metric",
         "holdout_feedback_share",
@@ -107,7 +100,9 @@ LEFT_AT_DEFAULT["bootstrap"] = LEFT_AT_DEFAULT["retrainer"] | {
     "quality_threshold",
     "gate_tolerance",
 }
-NOT_MLPLATFORM = {"HOME"}  # for libraries that cache under ~ (the root filesystem is read-only)
+# HOME: for libraries that cache under ~ (the root filesystem is read-only); TZ: the extraEnv of
+# ci/scheduling-values.yaml
+NOT_MLPLATFORM = {"HOME", "TZ"}
 
 
 def env_of(settings: type[BaseSettings]) -> dict[str, str]:

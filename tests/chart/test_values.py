@@ -16,13 +16,31 @@ VALUES_TEXT = (CHART / "values.yaml").read_text()
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 
 
+def _resolve(node: dict[str, Any]) -> dict[str, Any]:
+    """The node with its local ``$ref`` (``#/definitions/<name>``) merged in."""
+    if "$ref" not in node:
+        return node
+    target = SCHEMA["definitions"][node["$ref"].removeprefix("#/definitions/")]
+    return {**_resolve(target), **{k: v for k, v in node.items() if k != "$ref"}}
+
+
 def _walk_schema(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    node = _resolve(node)
     out = [(path, node)]
     for key, child in node.get("properties", {}).items():
         out += _walk_schema(child, f"{path}.{key}" if path else key)
     if isinstance(node.get("items"), dict):
         out += _walk_schema(node["items"], f"{path}[]")
     return out
+
+
+# Maps of names to strings (labels, annotations, node selectors), and the parts of a pod spec
+# the chart passes through for Kubernetes to validate (affinity terms, a valueFrom, a
+# labelSelector); `global` is shared with a parent chart.
+STRING_MAPS = ("ingress.annotations", "store.serviceAccountAnnotations")
+STRING_MAP_KEYS = ("podLabels", "podAnnotations", "nodeSelector", "annotations", "Monitor.labels")
+STRING_MAP_KEYS = (*STRING_MAP_KEYS, "prometheusRule.labels")
+PASSED_THROUGH = ("nodeAffinity", "podAffinity", "podAntiAffinity", "valueFrom", "labelSelector")
 
 
 def test_values_file_starts_with_the_schema_modeline() -> None:
@@ -49,20 +67,28 @@ def test_every_object_in_the_schema_refuses_unknown_keys() -> None:
     objects = [(p, n) for p, n in _walk_schema(SCHEMA) if n.get("type") == "object"]
     assert len(objects) > 30
     for path, node in objects:
-        if path in ("ingress.annotations", "store.serviceAccountAnnotations"):  # string maps
-            assert node["additionalProperties"] == {"type": "string"}
-            continue
-        assert node.get("additionalProperties") is False, path
+        if path in STRING_MAPS or path.endswith(STRING_MAP_KEYS):
+            assert node["additionalProperties"] == {"type": "string"}, path
+        elif path == "global":
+            assert node["additionalProperties"] is True
+        elif path.endswith(PASSED_THROUGH):
+            assert "properties" not in node, path
+        else:
+            assert node.get("additionalProperties") is False, path
 
 
 def test_schema_covers_every_default_value() -> None:
     defaults = yaml.safe_load(VALUES_TEXT)
 
     def walk(values: dict[str, Any], schema: dict[str, Any], path: str) -> None:
-        assert set(values) == set(schema["properties"]), path
+        if path.endswith((".affinity", ".resources")):  # Kubernetes' optional fields
+            assert set(values) <= set(schema["properties"]), path
+        else:
+            assert set(values) == set(schema["properties"]), path
         for key, value in values.items():
             sub = schema["properties"][key]
             assert "description" in sub, f"{path}.{key}"
+            sub = _resolve(sub)
             if isinstance(value, dict) and "properties" in sub:
                 walk(value, sub, f"{path}.{key}")
 
