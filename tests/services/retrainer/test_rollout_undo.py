@@ -34,6 +34,8 @@ from tests.services.retrainer.conftest import NOT_FOUND, JsonApi, add_feedback, 
 from tests.services.serving.conftest import serving_settings
 
 NAMESPACE, SERVING = "ml", "mlplatform-serving"
+# kubectl v1.37.1, installed by `make test-deps` (scripts/chart_tools.py)
+KUBECTL = str(REPO / ".tools" / "bin" / "kubectl")
 CRONJOB = json.loads((REPO / "tests/testdata/retrainer-cronjob.json").read_text())
 
 
@@ -74,7 +76,7 @@ class ClusterStandIn(JsonApi):
             json.dump(self.deployment, f)
             f.flush()
             merged = subprocess.run(
-                ["kubectl", "patch", "--local", "-f", f.name, "--type", "strategic", "-p",
+                [KUBECTL, "patch", "--local", "-f", f.name, "--type", "strategic", "-p",
                  json.dumps(patch), "-o", "json"],
                 check=True, capture_output=True, text=True,
             ).stdout  # fmt: skip
