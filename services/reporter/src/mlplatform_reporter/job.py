@@ -24,10 +24,11 @@ from typing import Any
 import pandas as pd
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
-from mlplatform_common import datalog, keys
+from mlplatform_common import datalog, keys, reports
 from mlplatform_common import metric_names as m
 from mlplatform_common.errors import ModelNotFound, ObjectNotFound, StorageUnavailable
 from mlplatform_common.registry import ModelRegistry
+from mlplatform_common.reports import ReportArchive
 from mlplatform_common.storage import Store, open_store
 from mlplatform_reporter.report import (
     DriftConfig,
@@ -65,24 +66,13 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
 
 
-def latest_summary(store: Store) -> dict[str, Any] | None:
-    """The summary of the most recent complete report, or None."""
-    for rid in reversed(store.list_dirs(keys.REPORTS)):
-        try:
-            summary: dict[str, Any] = store.get_json(keys.report_file(rid, "summary.json"))
-            return summary
-        except (ObjectNotFound, ValueError):
-            continue  # incomplete or unreadable: look further back
-    return None
-
-
 def window(settings: ReporterSettings, store: Store, now: float) -> dict[str, Any]:
     """The window of this run: the last N hours, or since the previous report."""
     if settings.window_hours > 0:
         since: float | None = now - settings.window_hours * 3600
         mode = f"last {settings.window_hours:g} hours"
     else:
-        previous = latest_summary(store)
+        previous = ReportArchive(store).latest()
         since = (previous or {}).get("window", {}).get("until")
         mode = "since the previous report" if since else "everything (first report)"
     return {
@@ -159,10 +149,8 @@ def build(settings: ReporterSettings, store: Store, now: float) -> tuple[ReportR
 
 def archive(store: Store, result: ReportResult, rid: str) -> None:
     """Write ``report.html``, then ``summary.json`` (the marker of a complete report)."""
-    store.put(keys.report_file(rid, "report.html"), result.html.encode(), "text/html")
-    summary = {"id": rid, **result.summary()}
-    store.put_json(keys.report_file(rid, "summary.json"), summary)
-    logger.info("wrote %s", keys.report_file(rid, "report.html"))
+    ReportArchive(store).write(rid, result.html, {"id": rid, **result.summary()})
+    logger.info("wrote %s", keys.report_file(rid, reports.HTML))
 
 
 def metrics_registry(result: ReportResult, success_ts: float) -> CollectorRegistry:

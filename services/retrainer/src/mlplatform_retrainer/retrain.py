@@ -21,6 +21,7 @@ from mlplatform_common import metric_names as names
 from mlplatform_common.errors import MLPlatformError, ModelNotFound, ObjectNotFound
 from mlplatform_common.lock import LockHeld, StoreLock
 from mlplatform_common.registry import ModelRegistry, utcnow, version_number
+from mlplatform_common.reports import ReportArchive
 from mlplatform_common.schema import FEATURE_LIMIT, Dataset, complete_rows, parse_dataset
 from mlplatform_common.storage import Store, open_store
 from mlplatform_retrainer.gate import GateResult, decide, recent_split
@@ -79,17 +80,6 @@ def _since(store: Store, registry: ModelRegistry) -> float:
         return 0.0
 
 
-def latest_report(store: Store) -> dict[str, Any] | None:
-    """The newest complete report summary."""
-    for rid in reversed(store.list_dirs(keys.REPORTS)):
-        try:
-            summary: dict[str, Any] = store.get_json(keys.report_file(rid, "summary.json"))
-            return summary
-        except (ObjectNotFound, ValueError):
-            continue
-    return None
-
-
 def _acted_on(store: Store) -> str | None:
     """The report whose numbers the last retrain already answered (in the watermark)."""
     try:
@@ -110,7 +100,7 @@ def triggers(
     k = settings.retrain_every
     if k > 0 and new_rows >= k:
         reasons.append(f"{new_rows} new labelled rows (k={k})")
-    report = latest_report(store)
+    report = ReportArchive(store).latest()
     report_id = str(report["id"]) if report and report.get("id") is not None else None
     if report and report_id is not None and report_id == _acted_on(store):
         logger.info("report %s was answered by a retrain already", report_id)
