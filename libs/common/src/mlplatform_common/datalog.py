@@ -25,7 +25,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
 from typing import Any, overload
 
 import numpy as np
@@ -165,25 +164,10 @@ def prediction_time(prediction_id: str) -> float | None:
     return int(prediction_id[:12], 16) / 1000
 
 
-def _day(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
-
-
-def _object_name(ts: float, suffix: str) -> str:
-    return f"{int(ts * 1000):015d}-{suffix}"
-
-
-def _ts_of(key: str) -> float:
-    """The write time encoded in a log object's name (0 if the name is foreign)."""
-    name = key.rsplit("/", 1)[-1]
-    head = name.split("-", 1)[0]
-    return int(head) / 1000 if head.isdigit() else 0.0
-
-
 def _keys_between(store: Store, prefix: str, since: float | None, until: float | None) -> list[str]:
     out = []
     for key in store.list_keys(prefix):
-        ts = _ts_of(key)
+        ts = keys.written_at(key)
         if (since is None or ts > since) and (until is None or ts <= until):
             out.append(key)
     return out
@@ -192,7 +176,7 @@ def _keys_between(store: Store, prefix: str, since: float | None, until: float |
 def write_predictions(store: Store, rows: pd.DataFrame, ts: float | None = None) -> str:
     """Write one batch of the prediction log as a new Parquet object; return its key."""
     ts = time.time() if ts is None else ts
-    key = keys.predictions_batch(_day(ts), _object_name(ts, new_id()[:12]))
+    key = keys.predictions_batch(ts, new_id()[:12])
     buf = io.BytesIO()
     # No column statistics and declared string columns: a third less CPU per write, measured
     # (bench/BENCHMARKS.md); readers here filter in pandas, not by Parquet statistics. Only
@@ -284,7 +268,7 @@ def write_feedback(store: Store, row: dict[str, Any], ts: float | None = None) -
     ts = time.time() if ts is None else ts
     feedback_id = row.get("feedback_id") or new_id()
     record = {**row, "feedback_id": feedback_id, "ts": ts}
-    key = keys.feedback_row(_day(ts), _object_name(ts, feedback_id))
+    key = keys.feedback_row(ts, feedback_id)
     store.put(key, json_bytes(record), "application/json")
     return key
 
@@ -324,7 +308,7 @@ class FeedbackCounter:
 
     def note(self, key: str) -> None:
         """Count a row this process just wrote, without listing."""
-        ts = _ts_of(key)
+        ts = keys.written_at(key)
         with self._lock:
             if ts > self.since and key not in self._seen:
                 self._seen[key] = ts
@@ -339,12 +323,12 @@ class FeedbackCounter:
             self._listed_at = time.monotonic()
             day = self.since - self.since % 86_400
             while day <= time.time():
-                prefix = f"{keys.FEEDBACK}dt={_day(day)}/"
+                prefix = keys.feedback_day(day)
                 floor = self._floor.get(prefix)
-                start = prefix + _object_name(floor, "") if floor is not None else None
+                start = prefix + keys.object_name(floor, "") if floor is not None else None
                 newest = floor
                 for key in self.store.list_keys(prefix, start_after=start):
-                    ts = _ts_of(key)
+                    ts = keys.written_at(key)
                     newest = ts if newest is None else max(newest, ts)
                     if ts > self.since and key not in self._seen:
                         self._seen[key] = ts
@@ -415,17 +399,17 @@ def find_prediction(
         day = since - since % 86_400
         candidates = []
         while day <= now:
-            prefix = f"{keys.PREDICTIONS}dt={_day(day)}/"
-            candidates += store.list_keys(prefix, start_after=prefix + _object_name(since, ""))
+            prefix = keys.predictions_day(day)
+            candidates += store.list_keys(prefix, start_after=prefix + keys.object_name(since, ""))
             day += 86_400
         # Its batch was written after it: those first, oldest first; the clock-skew margin
         # (another replica's clock) only after them, nearest first.
-        candidates.sort(key=lambda k: (_ts_of(k) < made, abs(_ts_of(k) - made)))
+        candidates.sort(key=lambda k: (keys.written_at(k) < made, abs(keys.written_at(k) - made)))
     else:
         candidates = [
             key
             for d in range(days)
-            for key in reversed(store.list_keys(f"{keys.PREDICTIONS}dt={_day(now - d * 86_400)}/"))
+            for key in reversed(store.list_keys(keys.predictions_day(now - d * 86_400)))
         ]
     for key in candidates:
         try:

@@ -1,21 +1,35 @@
-"""Object store layout (DESIGN.md section 4): every key the platform reads or writes."""
+"""Object store layout: every key the platform reads or writes (docs/architecture.md,
+"Object store layout").
+
+Nothing else spells a key or a prefix, and nothing else takes one apart: the prediction log and
+the labelled rows are partitioned by UTC day (``dt=YYYY-MM-DD/``) and their object names start
+with the write time in milliseconds, so a time window is a filter on names (``written_at``)
+before any object is read.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 MODELS = "models/"
+DATASETS = "datasets/"
 PRODUCTION_ALIAS = "registry/production.json"
 PREDICTIONS = "production/predictions/"
 FEEDBACK = "production/feedback/"
 PROD_DATA = "production/prod_data.csv"
 REPORTS = "reports/"
 RETRAIN_LOCK = "state/retrain.lock"
+RETRAIN_RUNS = "state/retrain-runs/"
+RETRAIN_STATS = "state/retrain-stats.json"
 WATERMARK = "state/watermark.json"
 TRIGGERS = "state/triggers/"
+
+_TIME_DIGITS = 15  # milliseconds since the epoch, zero-padded so names sort by time
 
 
 def dataset(name: str, filename: str = "raw.csv") -> str:
     """A shipped or uploaded training data set."""
-    return f"datasets/{name}/{filename}"
+    return f"{DATASETS}{name}/{filename}"
 
 
 def model_file(version: str, filename: str) -> str:
@@ -23,19 +37,61 @@ def model_file(version: str, filename: str) -> str:
     return f"{MODELS}{version}/{filename}"
 
 
-def predictions_batch(day: str, batch_id: str) -> str:
-    """One batch of the prediction log (``day`` is ``YYYY-MM-DD``)."""
-    return f"{PREDICTIONS}dt={day}/{batch_id}.parquet"
+def model_version_of(key: str) -> str:
+    """The version a ``model_file`` key belongs to (``models/v3/manifest.json`` -> ``v3``)."""
+    return key.removeprefix(MODELS).split("/", 1)[0]
 
 
-def feedback_row(day: str, row_id: str) -> str:
-    """One labelled row."""
-    return f"{FEEDBACK}dt={day}/{row_id}.json"
+def day(ts: float) -> str:
+    """The UTC day of a time, as its partitions name it (``YYYY-MM-DD``)."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+def object_name(ts: float, suffix: str) -> str:
+    """A log object's name: its write time in milliseconds, then ``suffix``. With an empty
+    suffix, the name every object written after ``ts`` sorts after (S3 ``StartAfter``)."""
+    return f"{int(ts * 1000):0{_TIME_DIGITS}d}-{suffix}"
+
+
+def written_at(key: str) -> float:
+    """The write time encoded in a log object's name (0 if the name is foreign)."""
+    head = key.rsplit("/", 1)[-1].split("-", 1)[0]
+    return int(head) / 1000 if head.isdigit() else 0.0
+
+
+def predictions_day(ts: float) -> str:
+    """The prefix of the prediction log batches written on the UTC day of ``ts``."""
+    return f"{PREDICTIONS}dt={day(ts)}/"
+
+
+def predictions_batch(ts: float, batch_id: str) -> str:
+    """One batch of the prediction log, written at ``ts``."""
+    return predictions_day(ts) + object_name(ts, f"{batch_id}.parquet")
+
+
+def feedback_day(ts: float) -> str:
+    """The prefix of the labelled rows written on the UTC day of ``ts``."""
+    return f"{FEEDBACK}dt={day(ts)}/"
+
+
+def feedback_row(ts: float, feedback_id: str) -> str:
+    """One labelled row, written at ``ts``."""
+    return feedback_day(ts) + object_name(ts, f"{feedback_id}.json")
+
+
+def feedback_id(key: str) -> str:
+    """The feedback id a ``feedback_row`` key was made with."""
+    return key.rsplit("/", 1)[-1].split("-", 1)[1].removesuffix(".json")
 
 
 def report_file(report_id: str, filename: str) -> str:
     """One file of an archived report (``report.html`` or ``summary.json``)."""
     return f"{REPORTS}{report_id}/{filename}"
+
+
+def retrain_run(stamp: str) -> str:
+    """The record of one retrainer run (``stamp`` sorts by time)."""
+    return f"{RETRAIN_RUNS}{stamp}.json"
 
 
 def trigger(name: str) -> str:

@@ -1,4 +1,5 @@
-"""Prometheus metric names (DESIGN.md section 7), shared by serving, jobs, rules and dashboards.
+"""Prometheus metric names, shared by serving, jobs, rules and dashboards (docs/architecture.md,
+"Metric names").
 
 Prefix ``mlplatform_``, base units, ``_total`` on counters (prometheus-client adds it to a
 Counter's name), bounded labels only.

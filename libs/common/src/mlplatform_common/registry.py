@@ -1,4 +1,4 @@
-"""The signed model registry (DESIGN.md section 5).
+"""The signed model registry (docs/architecture.md, "Models and versions").
 
 A version ``vN`` is a folder of files under ``models/vN/`` plus a ``manifest.json`` written
 last, which lists the sha256 of every file and is signed with HMAC-SHA256. A version without a
@@ -124,7 +124,9 @@ class ModelRegistry:
     def versions(self) -> list[str]:
         """Published versions (those with a manifest), oldest first."""
         found = [
-            k.split("/")[1] for k in self.store.list_keys(keys.MODELS) if k.endswith("/" + MANIFEST)
+            keys.model_version_of(k)
+            for k in self.store.list_keys(keys.MODELS)
+            if k.endswith("/" + MANIFEST)
         ]
         return sorted((v for v in found if _VERSION_RE.match(v)), key=version_number)
 

@@ -212,7 +212,7 @@ def embed(pipeline: Any, X: pd.DataFrame) -> pd.DataFrame:
     """Apply a fitted pipeline's embedding step: raw features -> ``PCA_1..PCA_n``.
 
     Every version carries its own embedding, so reference and production rows are always
-    embedded by the same version (DESIGN.md section 5).
+    embedded by the same version (docs/architecture.md, "Models and versions").
     """
     Z = pipeline.named_steps["embedding"].transform(X)
     return pd.DataFrame(Z, columns=embedding_columns(Z.shape[1]), index=X.index)

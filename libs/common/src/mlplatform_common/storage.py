@@ -1,6 +1,7 @@
 """The object store: one interface, a local filesystem backend and an S3 backend (boto3).
 
-Keys are ``/``-separated paths as in DESIGN.md section 4. S3 has no append and no rename, so
+Keys are ``/``-separated paths (docs/architecture.md, "Object store layout"). S3 has no
+append and no rename, so
 the interface offers only whole-object writes: ``put`` (atomic overwrite) and ``put_if_absent``
 (atomic create, the building block of version numbers and locks).
 """

@@ -5,8 +5,9 @@ One run:
 1. load the production model version (verified) and its reference data;
 2. read the window's prediction log and labelled rows;
 3. build the report (``report.py``);
-4. write ``reports/<id>/report.html``, then ``summary.json`` last (a report without a summary
-   is incomplete), and ``production/prod_data.csv`` in the course format;
+4. write ``production/prod_data.csv`` in the course format (``write_prod_data``), then archive
+   the report (``mlplatform_common.reports``): its HTML, then its summary last (a report
+   without a summary is incomplete);
 5. push the numbers to the Pushgateway under ``{job="mlplatform-reporter",
    instance="mlplatform"}``, replacing the previous run's; ``last_success`` is part of that push,
    so it only ever moves when a run got this far.
@@ -24,10 +25,11 @@ from typing import Any
 import pandas as pd
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
-from mlplatform_common import datalog, keys
+from mlplatform_common import datalog, keys, reports
 from mlplatform_common import metric_names as m
 from mlplatform_common.errors import ModelNotFound, ObjectNotFound, StorageUnavailable
-from mlplatform_common.registry import ModelRegistry
+from mlplatform_common.registry import LoadedModel, ModelRegistry
+from mlplatform_common.reports import ReportArchive
 from mlplatform_common.storage import Store, open_store
 from mlplatform_reporter.report import (
     DriftConfig,
@@ -65,24 +67,13 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
 
 
-def latest_summary(store: Store) -> dict[str, Any] | None:
-    """The summary of the most recent complete report, or None."""
-    for rid in reversed(store.list_dirs(keys.REPORTS)):
-        try:
-            summary: dict[str, Any] = store.get_json(keys.report_file(rid, "summary.json"))
-            return summary
-        except (ObjectNotFound, ValueError):
-            continue  # incomplete or unreadable: look further back
-    return None
-
-
 def window(settings: ReporterSettings, store: Store, now: float) -> dict[str, Any]:
     """The window of this run: the last N hours, or since the previous report."""
     if settings.window_hours > 0:
         since: float | None = now - settings.window_hours * 3600
         mode = f"last {settings.window_hours:g} hours"
     else:
-        previous = latest_summary(store)
+        previous = ReportArchive(store).latest()
         since = (previous or {}).get("window", {}).get("until")
         mode = "since the previous report" if since else "everything (first report)"
     return {
@@ -110,19 +101,26 @@ def _reference_raw(store: Store, manifest: dict[str, Any], features: list[str]) 
     return frame[features]
 
 
-def build(settings: ReporterSettings, store: Store, now: float) -> tuple[ReportResult, int]:
-    """Read everything, run the report, write ``prod_data.csv``; return the report and the
-    number of rows in ``prod_data.csv``."""
-    win = window(settings, store, now)
+def _production_model(settings: ReporterSettings, store: Store) -> LoadedModel | None:
+    """The production version, verified and loaded; None before the first model."""
     registry = ModelRegistry(store, settings.require_signing_key())
     try:
         version = registry.production_version()
     except ModelNotFound as exc:
         logger.warning("%s", exc.message)
-        return empty_report("no model is in production yet", win), 0
-    model = registry.load(version)
-    logger.info("report for model %s, window %s .. %s", version, win["since_iso"], win["until_iso"])
+        return None
+    return registry.load(version)
 
+
+def build(
+    settings: ReporterSettings, store: Store, model: LoadedModel | None, win: dict[str, Any]
+) -> ReportResult:
+    """Read the window's predictions and labelled rows and run the report (reads only)."""
+    if model is None:
+        return empty_report("no model is in production yet", win)
+    logger.info(
+        "report for model %s, window %s .. %s", model.version, win["since_iso"], win["until_iso"]
+    )
     since, until = win["since"], win["until"]
     lookback = since - settings.feedback_lookback_hours * 3600 if since else None
     predictions = datalog.read_predictions(store, lookback, until)
@@ -132,7 +130,7 @@ def build(settings: ReporterSettings, store: Store, now: float) -> tuple[ReportR
     logger.info("read %d predictions and %d labelled rows", len(in_window), len(labelled))
 
     data = ReportInput(
-        model_version=version,
+        model_version=model.version,
         classes=model.classes,
         features=model.features,
         reference_embedding=model.ref_data,
@@ -147,26 +145,27 @@ def build(settings: ReporterSettings, store: Store, now: float) -> tuple[ReportR
         share_threshold=settings.drift_share_threshold,
         min_rows=settings.min_drift_rows,
     )
-    result = build_report(data, config, model.pipeline)
+    return build_report(data, config, model.pipeline)
 
-    # The course's prod_data.csv: every labelled row so far, in this version's embedding.
+
+def write_prod_data(store: Store, model: LoadedModel) -> int:
+    """Write the course's ``prod_data.csv``: every labelled row so far, in this version's
+    embedding. Returns its number of rows."""
     everything = datalog.read_feedback(store, one_per_prediction=True)
     export = prod_data(model.pipeline, everything, model.features)
     store.put(keys.PROD_DATA, export.to_csv(index=False).encode(), "text/csv")
     logger.info("wrote %s (%d rows)", keys.PROD_DATA, len(export))
-    return result, len(export)
+    return len(export)
 
 
 def archive(store: Store, result: ReportResult, rid: str) -> None:
     """Write ``report.html``, then ``summary.json`` (the marker of a complete report)."""
-    store.put(keys.report_file(rid, "report.html"), result.html.encode(), "text/html")
-    summary = {"id": rid, **result.summary()}
-    store.put_json(keys.report_file(rid, "summary.json"), summary)
-    logger.info("wrote %s", keys.report_file(rid, "report.html"))
+    ReportArchive(store).write(rid, result.html, {"id": rid, **result.summary()})
+    logger.info("wrote %s", keys.report_file(rid, reports.HTML))
 
 
 def metrics_registry(result: ReportResult, success_ts: float) -> CollectorRegistry:
-    """The report's numbers as Prometheus gauges (DESIGN.md section 7)."""
+    """The report's numbers as Prometheus gauges (docs/architecture.md, "Metric names")."""
     reg = CollectorRegistry()
     rows = Gauge(m.REPORT_ROWS, "Rows in the last report, by data set.", ["dataset"], registry=reg)
     for dataset, n in result.rows.items():
@@ -251,7 +250,10 @@ def run(
     """One report: build, archive, push. Raises on any failure (nothing is pushed then)."""
     now = time.time() if now is None else now
     store = store or open_store(settings, ensure=True)
-    result, exported = build(settings, store, now)
+    win = window(settings, store, now)
+    model = _production_model(settings, store)
+    result = build(settings, store, model, win)
+    exported = write_prod_data(store, model) if model is not None else 0
     rid = report_id(now)
     archive(store, result, rid)
     try:

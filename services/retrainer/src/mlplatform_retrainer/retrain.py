@@ -1,7 +1,11 @@
 """One retrain run: triggers, lock, candidate training, the gate, publishing and rollout.
 
 ``run`` is what the CronJob (and serving, every k labelled rows) starts. It holds the store
-lock for its whole duration, so at most one retrain runs at a time.
+lock for its whole duration, so at most one retrain runs at a time. ``retrain`` is its steps:
+gather the candidate's data (``_labelled_rows``, ``_candidate_data``), train, score and gate
+(``_score_and_gate``), publish and promote (``_publish_and_promote``), mark the rows answered
+(``_write_watermark``), roll out (``_roll_out_or_restore``); ``run`` then records the run
+(``_write_run_record``, ``_count_and_push_metrics``).
 """
 
 from __future__ import annotations
@@ -20,19 +24,17 @@ from mlplatform_common import datalog, keys
 from mlplatform_common import metric_names as names
 from mlplatform_common.errors import MLPlatformError, ModelNotFound, ObjectNotFound
 from mlplatform_common.lock import LockHeld, StoreLock
-from mlplatform_common.registry import ModelRegistry, utcnow, version_number
+from mlplatform_common.registry import LoadedModel, ModelRegistry, utcnow, version_number
+from mlplatform_common.reports import ReportArchive
 from mlplatform_common.schema import FEATURE_LIMIT, Dataset, complete_rows, parse_dataset
 from mlplatform_common.storage import Store, open_store
 from mlplatform_retrainer.gate import GateResult, decide, recent_split
 from mlplatform_retrainer.job import publish, train_with_progress
 from mlplatform_retrainer.rollout import RolloutFailed, roll_out, served_version
 from mlplatform_retrainer.settings import RetrainerSettings
-from mlplatform_retrainer.train import TrainConfig, evaluate, split
+from mlplatform_retrainer.train import Splits, TrainConfig, TrainingResult, evaluate, split
 
 logger = logging.getLogger("mlplatform.retrainer")
-
-RUNS = "state/retrain-runs/"
-STATS = "state/retrain-stats.json"
 
 
 @dataclass
@@ -79,17 +81,6 @@ def _since(store: Store, registry: ModelRegistry) -> float:
         return 0.0
 
 
-def latest_report(store: Store) -> dict[str, Any] | None:
-    """The newest complete report summary."""
-    for rid in reversed(store.list_dirs(keys.REPORTS)):
-        try:
-            summary: dict[str, Any] = store.get_json(keys.report_file(rid, "summary.json"))
-            return summary
-        except (ObjectNotFound, ValueError):
-            continue
-    return None
-
-
 def _acted_on(store: Store) -> str | None:
     """The report whose numbers the last retrain already answered (in the watermark)."""
     try:
@@ -110,7 +101,7 @@ def triggers(
     k = settings.retrain_every
     if k > 0 and new_rows >= k:
         reasons.append(f"{new_rows} new labelled rows (k={k})")
-    report = latest_report(store)
+    report = ReportArchive(store).latest()
     report_id = str(report["id"]) if report and report.get("id") is not None else None
     if report and report_id is not None and report_id == _acted_on(store):
         logger.info("report %s was answered by a retrain already", report_id)
@@ -189,14 +180,17 @@ def _reference(store: Store, dataset_name: str) -> Any:
     )
 
 
-def _push(settings: RetrainerSettings, store: Store, result: RunResult, success: bool) -> None:
-    """Push the run's metrics; counts accumulate in the store (the lock makes this safe)."""
+def _count_and_push_metrics(
+    settings: RetrainerSettings, store: Store, result: RunResult, success: bool
+) -> None:
+    """Count the run's outcome in the store (the lock makes this safe) and push the counts to
+    the Pushgateway."""
     try:
-        stats: dict[str, Any] = store.get_json(STATS)
+        stats: dict[str, Any] = store.get_json(keys.RETRAIN_STATS)
     except ObjectNotFound:
         stats = {}
     stats[result.outcome] = int(stats.get(result.outcome, 0)) + 1
-    store.put_json(STATS, stats)
+    store.put_json(keys.RETRAIN_STATS, stats)
     if not settings.pushgateway_url:
         return
     registry = CollectorRegistry()
@@ -223,7 +217,7 @@ def _push(settings: RetrainerSettings, store: Store, result: RunResult, success:
         logger.warning("could not push metrics to %s: %s", settings.pushgateway_url, exc)
 
 
-def _record(store: Store, result: RunResult) -> None:
+def _write_run_record(store: Store, result: RunResult) -> None:
     record = {
         "at": utcnow(),
         "outcome": result.outcome,
@@ -235,12 +229,14 @@ def _record(store: Store, result: RunResult) -> None:
         "rollout": result.rollout,
         "followed": result.followed,
     }
-    store.put_json(f"{RUNS}{datetime.now().strftime('%Y%m%dT%H%M%S%f')}.json", record)
+    store.put_json(keys.retrain_run(datetime.now().strftime("%Y%m%dT%H%M%S%f")), record)
 
 
-def _answered(store: Store, feedback: pd.DataFrame, outcome: str, report_id: str | None) -> None:
-    """The watermark: the labelled rows up to the newest read, and the latest report, are
-    answered by this run (they trigger no other)."""
+def _write_watermark(
+    store: Store, feedback: pd.DataFrame, outcome: str, report_id: str | None
+) -> None:
+    """Mark the labelled rows up to the newest read, and the latest report, as answered by this
+    run (they trigger no other)."""
     newest = float(feedback["ts"].max()) if not feedback.empty else time.time()
     store.put_json(
         keys.WATERMARK,
@@ -252,6 +248,205 @@ def _answered(store: Store, feedback: pd.DataFrame, outcome: str, report_id: str
             "report_id": report_id,
         },
     )
+
+
+@dataclass
+class CandidateData:
+    """What a candidate is trained on and gated with."""
+
+    training: Dataset
+    """The reference rows outside its test split, and the older labelled rows."""
+    hold_X: pd.DataFrame
+    """The gate's holdout: the reference test split, and the newest labelled rows."""
+    hold_y: pd.Series
+    reference_X: pd.DataFrame
+    """The reference test split alone (``line_best`` compares versions on it)."""
+    reference_y: pd.Series
+    reference_rows: int
+    feedback_rows: int
+
+
+def _labelled_rows(
+    store: Store, features: list[str], reference_test: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every labelled row (the run answers them all), and those a candidate may train on."""
+    feedback = datalog.read_feedback(store, one_per_prediction=True)
+    # Rows labelled for another feature set (a data set change), or with a value no model can
+    # train on (stored before the API refused them), cannot be used.
+    usable = complete_rows(feedback, features)
+    if len(usable) < len(feedback):
+        logger.warning(
+            "left out %d of %d labelled rows: a feature missing, not finite or beyond ±%g",
+            len(feedback) - len(usable),
+            len(feedback),
+            FEATURE_LIMIT,
+        )
+    # A labelled row that is a row of the reference test split (the traffic simulator replays
+    # that split) would put the gate's held-out rows into training: not trained on.
+    held_out = pd.MultiIndex.from_frame(reference_test[features].astype(float))
+    leak = pd.MultiIndex.from_frame(usable[features]).isin(held_out)
+    if leak.any():
+        logger.info(
+            "left out %d labelled rows that are rows of the reference test split (the gate "
+            "holds them out)",
+            int(leak.sum()),
+        )
+        usable = usable.loc[~leak]
+    return feedback, usable
+
+
+def _candidate_data(
+    settings: RetrainerSettings,
+    reference: Dataset,
+    ref_parts: Splits,
+    usable: pd.DataFrame,
+    current: LoadedModel,
+) -> CandidateData:
+    """The reference rows and the usable labelled rows, split into training and holdout: the
+    newest labelled rows are held out with the reference test split."""
+    ref_pool_X = pd.concat([ref_parts.X_train, ref_parts.X_val])
+    ref_pool_y = pd.concat([ref_parts.y_train, ref_parts.y_val])
+    fb_X = usable[current.features].astype(float).reset_index(drop=True)
+    fb_y = pd.Series(
+        [datalog.label_of(t, current.classes) for t in usable["target"]], dtype=reference.y.dtype
+    )
+    fb_ts = usable["ts"].astype(float).reset_index(drop=True)
+    train_fb_X, train_fb_y, hold_fb_X, hold_fb_y = recent_split(
+        fb_X, fb_y, fb_ts, settings.holdout_feedback_share
+    )
+    logger.info(
+        "candidate: %d reference + %d labelled rows for training; holdout %d + %d rows",
+        len(ref_pool_X),
+        len(train_fb_X),
+        len(ref_parts.X_test),
+        len(hold_fb_X),
+    )
+    training = Dataset(
+        name=reference.name,
+        X=pd.concat([ref_pool_X, train_fb_X], ignore_index=True),
+        y=pd.concat([ref_pool_y, train_fb_y], ignore_index=True),
+        target=reference.target,
+        class_names=reference.class_names,
+        sha256=reference.sha256,
+        raw=b"",
+    )
+    return CandidateData(
+        training=training,
+        hold_X=pd.concat([ref_parts.X_test, hold_fb_X], ignore_index=True),
+        hold_y=pd.concat([ref_parts.y_test, hold_fb_y], ignore_index=True),
+        reference_X=ref_parts.X_test,
+        reference_y=ref_parts.y_test,
+        reference_rows=len(ref_pool_X),
+        feedback_rows=len(train_fb_X),
+    )
+
+
+def _score_and_gate(
+    settings: RetrainerSettings,
+    registry: ModelRegistry,
+    production: str,
+    current: LoadedModel,
+    candidate: TrainingResult,
+    data: CandidateData,
+    seed: int,
+) -> GateResult:
+    """Score the candidate and production on the holdout and on the reference test split, and
+    decide whether the candidate may replace production."""
+
+    def scores(model: Any) -> dict[str, dict[str, float]]:
+        return {
+            "holdout": evaluate(model, data.hold_X, data.hold_y),
+            "reference": evaluate(model, data.reference_X, data.reference_y),
+        }
+
+    metric = settings.quality_metric
+    gate = decide(
+        scores(candidate.pipeline),
+        scores(current.pipeline),
+        metric,
+        settings.gate_tolerance,
+        len(data.hold_X),
+        reference_best=line_best(registry, production, metric, data.training.sha256, seed),
+    )
+    logger.info("gate %s", gate.reason)
+    return gate
+
+
+def _publish_and_promote(
+    registry: ModelRegistry,
+    result: RunResult,
+    gate: GateResult,
+    candidate: TrainingResult,
+    data: CandidateData,
+    config: TrainConfig,
+    hold: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """Publish the candidate that passed the gate and, unless production is held, move the
+    alias to it (``result`` says which). Returns the alias as it was before the promotion
+    (None if not promoted)."""
+    production, reasons = result.production, result.reasons
+    version = publish(
+        registry,
+        candidate,
+        data.training,
+        config,
+        parent=production,
+        extra={
+            "trigger": reasons,
+            "gate": asdict(gate),
+            "training_data": {
+                "dataset": data.training.name,
+                "sha256": data.training.sha256,
+                "rows": len(data.training.X),
+                "reference_rows": data.reference_rows,
+                "feedback_rows": data.feedback_rows,
+                # the gate's reference rows were kept out (line_best trusts only this)
+                "held_out_excluded": True,
+                "split_seed": config.seed,
+            },
+        },
+    )
+    result.version = version
+    if hold:
+        # A rollback or a pin holds: the candidate is kept for review, not promoted.
+        result.reasons = [
+            *reasons,
+            f"held: {hold.get('reason')}; {version} is kept for review "
+            f"(promote it: python -m mlplatform_retrainer promote {version}; "
+            "let automation promote again: ... unpin)",
+        ]
+        return None
+    before = registry.production()
+    registry.promote(version)
+    result.production = version
+    return before
+
+
+def _roll_out_or_restore(
+    settings: RetrainerSettings,
+    registry: ModelRegistry,
+    result: RunResult,
+    version: str,
+    previous: str,
+    before: dict[str, Any] | None,
+) -> None:
+    """Roll the promoted ``version`` out. When a Kubernetes rollout fails the Deployment still
+    runs ``previous``, so the alias is restored to ``before`` to say so too; the failure is
+    kept in ``result`` (``run`` records, pushes and then raises it)."""
+    try:
+        result.rollout = roll_out(settings, version, registry.signature(version), previous)
+    except RolloutFailed as exc:
+        if settings.resolved_rollout() == "kubernetes" and before is not None:
+            registry.restore(before)
+            result.production = previous
+            where = f"published, and production stays {previous}"
+        else:
+            where = (
+                "published and in production; serving loads it when it restarts "
+                "(`make rollback` undoes the promotion)"
+            )
+        result.rollout_error = f"{exc.message} -- {version} is {where}"
+        result.rollout = "failed"
 
 
 def retrain(
@@ -267,95 +462,26 @@ def retrain(
     production = registry.production_version()
     current = registry.load(production)
     reference = _reference(store, settings.dataset_name)
-    features = current.features
     config = TrainConfig(
         n_components=settings.n_components, estimator=settings.estimator, seed=settings.seed
     )
     ref_parts = split(reference.X, reference.y, config)
-    ref_pool_X = pd.concat([ref_parts.X_train, ref_parts.X_val])
-    ref_pool_y = pd.concat([ref_parts.y_train, ref_parts.y_val])
 
-    feedback = datalog.read_feedback(store, one_per_prediction=True)
-    # Rows labelled for another feature set (a data set change), or with a value no model can
-    # train on (stored before the API refused them), cannot be used.
-    usable = complete_rows(feedback, features)
-    if len(usable) < len(feedback):
-        logger.warning(
-            "left out %d of %d labelled rows: a feature missing, not finite or beyond ±%g",
-            len(feedback) - len(usable),
-            len(feedback),
-            FEATURE_LIMIT,
-        )
-    # A labelled row that is a row of the reference test split (the traffic simulator replays
-    # that split) would put the gate's held-out rows into training: not trained on.
-    held_out = pd.MultiIndex.from_frame(ref_parts.X_test[features].astype(float))
-    leak = pd.MultiIndex.from_frame(usable[features]).isin(held_out)
-    if leak.any():
-        logger.info(
-            "left out %d labelled rows that are rows of the reference test split (the gate "
-            "holds them out)",
-            int(leak.sum()),
-        )
-        usable = usable.loc[~leak]
+    feedback, usable = _labelled_rows(store, current.features, ref_parts.X_test)
     if usable.empty and "forced" not in reasons:
         # The candidate would be the production model again (same data, same seed).
         logger.info("no labelled row to train on is left: nothing to retrain")
-        _answered(store, feedback, "skipped", report_id)
+        _write_watermark(store, feedback, "skipped", report_id)
         return RunResult(
             "skipped",
             [*reasons, "but no labelled row is usable for training"],
             production=production,
             new_rows=new_rows,
         )
-    fb_X = usable[features].astype(float).reset_index(drop=True)
-    fb_y = pd.Series(
-        [datalog.label_of(t, current.classes) for t in usable["target"]], dtype=reference.y.dtype
-    )
-    fb_ts = usable["ts"].astype(float).reset_index(drop=True)
-    train_fb_X, train_fb_y, hold_fb_X, hold_fb_y = recent_split(
-        fb_X, fb_y, fb_ts, settings.holdout_feedback_share
-    )
+    data = _candidate_data(settings, reference, ref_parts, usable, current)
+    candidate = train_with_progress(data.training, config, test=(data.hold_X, data.hold_y))
 
-    train_X = pd.concat([ref_pool_X, train_fb_X], ignore_index=True)
-    train_y = pd.concat([ref_pool_y, train_fb_y], ignore_index=True)
-    hold_X = pd.concat([ref_parts.X_test, hold_fb_X], ignore_index=True)
-    hold_y = pd.concat([ref_parts.y_test, hold_fb_y], ignore_index=True)
-    logger.info(
-        "candidate: %d reference + %d labelled rows for training; holdout %d + %d rows",
-        len(ref_pool_X),
-        len(train_fb_X),
-        len(ref_parts.X_test),
-        len(hold_fb_X),
-    )
-
-    combined = Dataset(
-        name=reference.name,
-        X=train_X,
-        y=train_y,
-        target=reference.target,
-        class_names=reference.class_names,
-        sha256=reference.sha256,
-        raw=b"",
-    )
-    candidate = train_with_progress(combined, config, test=(hold_X, hold_y))
-
-    def scores(model: Any) -> dict[str, dict[str, float]]:
-        return {
-            "holdout": evaluate(model, hold_X, hold_y),
-            "reference": evaluate(model, ref_parts.X_test, ref_parts.y_test),
-        }
-
-    gate = decide(
-        scores(candidate.pipeline),
-        scores(current.pipeline),
-        settings.quality_metric,
-        settings.gate_tolerance,
-        len(hold_X),
-        reference_best=line_best(
-            registry, production, settings.quality_metric, reference.sha256, config.seed
-        ),
-    )
-    logger.info("gate %s", gate.reason)
+    gate = _score_and_gate(settings, registry, production, current, candidate, data, config.seed)
     hold = registry.hold() if gate.promote else None
     result = RunResult(
         "rejected" if not gate.promote else "held" if hold else "promoted",
@@ -366,62 +492,11 @@ def retrain(
     )
     before: dict[str, Any] | None = None  # the alias, until a promotion moves it
     if gate.promote:
-        version = publish(
-            registry,
-            candidate,
-            combined,
-            config,
-            parent=production,
-            extra={
-                "trigger": reasons,
-                "gate": asdict(gate),
-                "training_data": {
-                    "dataset": reference.name,
-                    "sha256": reference.sha256,
-                    "rows": len(train_X),
-                    "reference_rows": len(ref_pool_X),
-                    "feedback_rows": len(train_fb_X),
-                    # the gate's reference rows were kept out (line_best trusts only this)
-                    "held_out_excluded": True,
-                    "split_seed": config.seed,
-                },
-            },
-        )
-        result.version = version
-        if hold:
-            # A rollback or a pin holds: the candidate is kept for review, not promoted.
-            result.reasons = [
-                *reasons,
-                f"held: {hold.get('reason')}; {version} is kept for review "
-                f"(promote it: python -m mlplatform_retrainer promote {version}; "
-                "let automation promote again: ... unpin)",
-            ]
-        else:
-            before = registry.production()
-            registry.promote(version)
-            result.production = version
+        before = _publish_and_promote(registry, result, gate, candidate, data, config, hold)
     # The watermark first: these rows are answered even if the rollout below fails.
-    _answered(store, feedback, result.outcome, report_id)
+    _write_watermark(store, feedback, result.outcome, report_id)
     if result.outcome == "promoted" and result.version is not None:
-        try:
-            result.rollout = roll_out(
-                settings, result.version, registry.signature(result.version), production
-            )
-        except RolloutFailed as exc:
-            # Recorded and pushed as what it is (promoted, rollout failed) by run(), which
-            # then raises it.
-            if settings.resolved_rollout() == "kubernetes" and before is not None:
-                # The Deployment still runs the old version: the alias says so too.
-                registry.restore(before)
-                result.production = production
-                where = f"published, and production stays {production}"
-            else:
-                where = (
-                    "published and in production; serving loads it when it restarts "
-                    "(`make rollback` undoes the promotion)"
-                )
-            result.rollout_error = f"{exc.message} -- {result.version} is {where}"
-            result.rollout = "failed"
+        _roll_out_or_restore(settings, registry, result, result.version, production, before)
     return result
 
 
@@ -474,10 +549,10 @@ def run(settings: RetrainerSettings, force: bool = False, store: Store | None = 
             logger.info("retrain triggered: %s", "; ".join(reasons))
             result = retrain(settings, store, registry, reasons, new_rows, report_id)
         result.followed = followed
-        _record(store, result)
-        _push(settings, store, result, success=result.rollout_error is None)
+        _write_run_record(store, result)
+        _count_and_push_metrics(settings, store, result, success=result.rollout_error is None)
     except BaseException:
-        _push(settings, store, result, success=False)
+        _count_and_push_metrics(settings, store, result, success=False)
         raise
     finally:
         lock.release()

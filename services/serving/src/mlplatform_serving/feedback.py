@@ -100,7 +100,7 @@ class Feedback:
             logger.warning("feedback stored; counting labelled rows failed: %s", exc.message)
             count, started = None, False
         return {
-            "feedback_id": key.rsplit("/", 1)[-1].split("-", 1)[1].removesuffix(".json"),
+            "feedback_id": keys.feedback_id(key),
             "prediction_id": prediction_id,
             "stored": True,
             "model_version": version,

@@ -147,7 +147,8 @@ def given_embedding(entries: list[Entry]) -> list[np.ndarray] | None:
 
 
 def to_frame(entries: list[Entry]) -> pd.DataFrame:
-    """The prediction log rows of some batches of one model version (DESIGN.md section 4;
+    """The prediction log rows of some batches of one model version (docs/architecture.md,
+    "Object store layout";
     ``flush`` writes an object per version), as the serving writes them: no Python object per
     row (``datalog``'s compact columns). The embedding is the one the model's runs returned
     with the rows; when they did not, it runs here, once for all the entries, however many

@@ -5,7 +5,6 @@ HTTP.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -16,13 +15,11 @@ import numpy as np
 
 from mlplatform_common import keys
 from mlplatform_common.errors import (
-    InvalidInput,
     MLPlatformError,
-    NotFound,
-    ObjectNotFound,
 )
 from mlplatform_common.lock import StoreLock
 from mlplatform_common.registry import ModelRegistry
+from mlplatform_common.reports import ReportArchive
 from mlplatform_common.storage import Store
 from mlplatform_serving import observability as obs
 from mlplatform_serving.dataplane import DataPlane
@@ -163,22 +160,12 @@ class Service:
     # -- reports and summaries ------------------------------------------------------------
 
     def reports(self, limit: int = 50) -> list[dict[str, Any]]:
-        out = []
-        for report_id in reversed(self.store.list_dirs(keys.REPORTS)):
-            try:
-                summary = self.store.get_json(keys.report_file(report_id, "summary.json"))
-            except (ObjectNotFound, json.JSONDecodeError):
-                continue  # a report still being written, or not a report
-            out.append({"id": report_id, "summary": summary})
-            if len(out) >= limit:
-                break
-        return out
+        """Up to ``limit`` complete reports, newest first."""
+        newest = ReportArchive(self.store).newest(limit)
+        return [{"id": report.id, "summary": report.summary} for report in newest]
 
     def report_file(self, report_id: str, filename: str) -> bytes:
-        try:
-            return self.store.get(keys.report_file(report_id, filename))
-        except (ObjectNotFound, InvalidInput):
-            raise NotFound(f"report {report_id!r:.80} does not exist") from None
+        return ReportArchive(self.store).file(report_id, filename)
 
     def feature_distribution(self, page: int, page_size: int) -> dict[str, Any]:
         schema = self.runtime.model.manifest["feature_schema"]

@@ -15,7 +15,8 @@ router = APIRouter(tags=["metrics"])
 
 @router.get("/metrics", response_class=Response, summary="Prometheus exposition")
 def metrics() -> Response:
-    """Every metric of DESIGN.md section 7 that serving owns, across worker processes."""
+    """Every metric serving owns (docs/architecture.md, "Metric names"), across worker
+    processes."""
     body, content_type = obs.exposition()
     return Response(body, media_type=content_type)
 
