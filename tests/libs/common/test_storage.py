@@ -189,6 +189,41 @@ def test_unreachable_endpoint_is_storage_unavailable_not_a_hang() -> None:
     assert time.monotonic() - started < 15
 
 
+def test_a_server_answering_5xx_is_an_unavailable_object_store() -> None:
+    # SeaweedFS shutting down answered 500 InternalError: that is the store being down (503,
+    # "object store ... is unavailable"), as for one that does not answer at all.
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Failing(BaseHTTPRequestHandler):
+        def _fail(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            body = (
+                b"<?xml version='1.0'?><Error><Code>InternalError</Code>"
+                b"<Message>We encountered an internal error</Message></Error>"
+            )
+            self.send_response(500)
+            self.send_header("content-type", "application/xml")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_PUT = do_HEAD = _fail
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        store = S3Store("bucket", f"127.0.0.1:{server.server_address[1]}", "k", "s", retries=0)
+        for call in (lambda: store.put("a", b"x"), lambda: store.get("a")):
+            with pytest.raises(StorageUnavailable, match=r"object store .* is unavailable"):
+                call()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_server_stopped_mid_suite_turns_into_storage_unavailable() -> None:
     server = S3Server().start()
     store = server.store(timeout=1.0, retries=2)

@@ -274,6 +274,13 @@ class S3Store(Store):
     def _failed(self, exc: ClientError, doing: str) -> StorageUnavailable:
         if _code(exc) == "NoSuchBucket":
             return StorageUnavailable(f"bucket {self.bucket!r} does not exist at {self.endpoint}")
+        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
+            # A server answering 5xx after the retries (one shutting down, overloaded) is down
+            # for the caller, as one that does not answer at all.
+            return StorageUnavailable(
+                f"object store {self.url} at {self.endpoint} is unavailable ({doing} it): "
+                f"{_code(exc)}: {exc}"
+            )
         return StorageUnavailable(f"{doing} {self.url} failed: {_code(exc)}: {exc}")
 
     def ensure(self) -> None:
