@@ -137,7 +137,7 @@ class LocalStore(Store):
                 os.fsync(fh.fileno())
                 # Every object is written for other processes, to be read later: out of the
                 # page cache, or the log's stream of new objects makes it grow into fresh
-                # memory (an 18 MB write took 43 ms instead of 4, bench/BENCHMARKS.md).
+                # memory, which made each write about ten times slower (bench/BENCHMARKS.md).
                 if hasattr(os, "posix_fadvise"):
                     os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         except BaseException:

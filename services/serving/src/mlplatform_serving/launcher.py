@@ -35,8 +35,8 @@ class LaunchFailed(MLPlatformError):
 class KubernetesApi:
     """The two Kubernetes API calls serving makes, over httpx with the pod's service account.
 
-    Not the ``kubernetes`` client: it is 90 MB with its dependencies, a quarter of the serving
-    image, for two requests. Method names follow that client's, so a reader (and the chart's
+    Not the ``kubernetes`` client: with its dependencies it is a quarter of the serving image,
+    for two requests. Method names follow that client's, so a reader (and the chart's
     RBAC test) sees the same verbs.
     """
 

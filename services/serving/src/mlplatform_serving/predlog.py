@@ -32,9 +32,9 @@ from mlplatform_serving.runtime import BatchResult, top_of
 logger = logging.getLogger("mlplatform.serving")
 
 
-# What an entry costs besides its arrays: its result and index objects, ~2 kB for a one-row
-# request (100,000 of them took 250 MB, measured), of which a request's key and offset are
-# ~256 bytes (the rest is shared by the requests of one event-loop turn).
+# What an entry costs besides its arrays (its result and index objects, measured for a
+# one-row request), of which a request's key and offset are the part not shared by the
+# requests of one event-loop turn.
 ENTRY_BYTES = 1792
 REQUEST_BYTES = 256
 
@@ -47,9 +47,9 @@ class Entry:
     ts: float
     # Each request's ids' shared part -> its index k; its rows are offsets[k]:offsets[k + 1].
     # A dict of strings and ints is not tracked by the cyclic collector: a tuple per request
-    # was, and with 100,000 cached requests each full collection took 10-20 ms
-    # (bench/BENCHMARKS.md). No id strings are kept: a row's id is its request's part and
-    # its row number (``datalog.prediction_id``).
+    # was, and each full collection then walked every cached request (bench/BENCHMARKS.md).
+    # No id strings are kept: a row's id is its request's part and its row number
+    # (``datalog.prediction_id``).
     requests: dict[str, int] = field(default_factory=dict)
     offsets: list[int] = field(default_factory=lambda: [0])
     nbytes: int = 0
@@ -101,9 +101,9 @@ def columns_and_embedding(
     ``Z.T``, C-contiguous), made a block of rows at a time. ``embedded``: each array's
     embedding as the model's run returned it; without it, ``embedding.transform`` computes it.
     - the flush is never stacked whole: a block is stacked, embedded and transposed while it
-      is in the cache (a whole-matrix transpose of a 200,000-row flush missed the cache on
-      every value, ~7x slower, measured);
-    - ONNX Runtime keeps the memory of its largest run: one 50,000-row run kept ~40 MB.
+      is in the cache (a whole-matrix transpose of a large flush missed the cache on every
+      value, several times slower);
+    - ONNX Runtime keeps the memory of its largest run (bench/BENCHMARKS.md).
     """
     n = sum(len(a) for a in arrays)
     XT = np.empty((arrays[0].shape[1], n))

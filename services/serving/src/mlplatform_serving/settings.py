@@ -33,8 +33,8 @@ class ServingSettings(CommonSettings):
     """FastAPI's native OpenTelemetry spans, metrics and logs, for a process where an
     OpenTelemetry SDK is configured (for example under ``opentelemetry-instrument``). Off by
     default: the platform's metrics are Prometheus (``/metrics``), and FastAPI's check for a
-    configured provider, on every request, costs 10-20 µs: a tenth to a sixth of a one-row
-    prediction in process (``make bench``, bench/BENCHMARKS.md)."""
+    configured provider runs on every request and costs a good share of a one-row
+    prediction (bench/BENCHMARKS.md, "Figures moved out of the code")."""
 
     keep_alive_seconds: int = 120
     """Idle keep-alive timeout. Longer than a proxy's or client pool's idle timeout (Traefik
@@ -68,8 +68,8 @@ class ServingSettings(CommonSettings):
 
     log_flush_rows: int = 50_000
     """The prediction log is written when this many rows are buffered ... (a Parquet write
-    costs ~10 ms for 1,000 rows and ~17 ms for 10,000: fewer, larger objects; 50,000 rather
-    than 10,000 gave 1,000-row JSON batches ~20% more rows/s, bench/BENCHMARKS.md)"""
+    costs little more for many rows than for few: fewer, larger objects are faster;
+    bench/BENCHMARKS.md, "Figures moved out of the code")"""
 
     log_flush_seconds: float = 2.0
     """... or when the oldest buffered row is this old."""
@@ -80,11 +80,11 @@ class ServingSettings(CommonSettings):
 
     log_buffer_max_rows: int = 100_000
     """Rows kept while the store is down; beyond this the oldest are dropped and counted...
-    (200,000 put one serving process past 250 MB at its peak with binary V2 batches, whose
-    requests outrun the writer; bench/BENCHMARKS.md)"""
+    (binary V2 requests outrun the writer, and a larger bound put one serving process past
+    its memory target; bench/BENCHMARKS.md)"""
 
     log_buffer_max_mb: float = 128.0
-    """... and beyond about this much memory (one-row requests cost ~2.5 kB each). Requests
+    """... and beyond about this much memory (a one-row request costs a few kB). Requests
     wait for a writer that is behind past half of either bound."""
 
     recent_cache_rows: int = 100_000
@@ -92,10 +92,10 @@ class ServingSettings(CommonSettings):
     are found in the stored log)..."""
 
     recent_cache_mb: float = 16.0
-    """... and at most about this much memory for them: one-row requests cost ~2.5 kB each,
-    so 100,000 of them took 250 MB. Under full load 16 MB hold the last second or two;
-    32 MB cost one serving process ~14 MB more at its peak under 1,000-row JSON load (238
-    against 224 MB, bench/BENCHMARKS.md)."""
+    """... and at most about this much memory for them: the row bound alone let one-row
+    requests take far more. Under full load the default holds the last second or two; more
+    raised the peak memory of a serving process (bench/BENCHMARKS.md, "Figures moved out of
+    the code")."""
 
     feedback_lookup_days: int = 7
     """How many days of the prediction log ``/feedback`` searches for an unknown id."""
