@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -25,11 +26,12 @@ from fastapi.testclient import TestClient
 
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import Store
-from mlplatform_retrainer.retrain import run, unpin
+from mlplatform_retrainer.retrain import promote, run, unpin
+from mlplatform_retrainer.rollout import RolloutFailed
 from mlplatform_serving.app import create_app
 from mlplatform_serving.launcher import KubernetesApi, kubernetes_launcher
 from tests.chart.conftest import one, rendered_variant
-from tests.conftest import REPO, SIGNING_KEY
+from tests.conftest import REPO, SIGNING_KEY, free_port
 from tests.services.retrainer.conftest import NOT_FOUND, JsonApi, add_feedback, retrainer_settings
 from tests.services.serving.conftest import serving_settings
 
@@ -213,3 +215,40 @@ def test_a_failed_patch_leaves_the_alias_on_what_the_deployment_runs(
     registry = ModelRegistry(v1_store, SIGNING_KEY)
     assert registry.production_version() == "v1"  # v2 is published, not served
     assert "v2" in registry.versions()
+
+
+def test_an_unreachable_api_server_fails_the_rollout_cleanly_and_leaves_the_alias(
+    v1_store: Store, cluster: ClusterStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # urllib3's MaxRetryError was not a RolloutFailed: the alias stayed promoted over a
+    # Deployment still running v1, and the next run "followed" it back as a rollout undo.
+    nowhere = yaml.safe_load(Path(os.environ["KUBECONFIG"]).read_text())
+    nowhere["clusters"][0]["cluster"]["server"] = f"http://127.0.0.1:{free_port()}"
+    (tmp_path / "nowhere").write_text(yaml.safe_dump(nowhere))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nowhere"))
+    add_feedback(v1_store, 40)
+    with pytest.raises(RolloutFailed, match="Kubernetes API was not reached"):
+        run(settings(), store=v1_store)
+    registry = ModelRegistry(v1_store, SIGNING_KEY)
+    assert registry.production_version() == "v1" and registry.hold() is None
+
+
+def test_a_failed_promotion_by_hand_leaves_the_alias_and_a_bad_pin_stops_no_run(
+    v1_store: Store, cluster: ClusterStandIn
+) -> None:
+    registry = ModelRegistry(v1_store, SIGNING_KEY)
+    assert run(settings(), store=v1_store, force=True).outcome == "promoted"  # v2
+    wrong = settings().model_copy(update={"serving_deployment": "not-there"})
+    with pytest.raises(RolloutFailed, match="not-there"):
+        promote(wrong, "v1", store=v1_store)
+    assert registry.production_version() == "v2" and registry.hold() is None
+    # A Deployment pinned by hand to a version that does not exist: logged, not followed,
+    # and the run goes on (it used to fail every scheduled run).
+    cluster.apply(
+        {"spec": {"template": {"spec": {"containers": [
+            {"name": "serving", "env": [{"name": "MODEL_VERSION", "value": "v9"}]}
+        ]}}}}
+    )  # fmt: skip
+    result = run(settings(), store=v1_store)
+    assert result.outcome == "skipped" and result.followed is None
+    assert registry.production_version() == "v2"

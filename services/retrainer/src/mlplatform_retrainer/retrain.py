@@ -515,11 +515,15 @@ def follow_deployment(settings: RetrainerSettings, registry: ModelRegistry) -> s
         return None
     if served is None or alias is None or served == alias["version"]:
         return None
-    registry.follow(
-        served,
-        f"deployment/{settings.serving_deployment} serves {served} while the alias named "
-        f"{alias['version']} (kubectl rollout undo)",
-    )
+    try:
+        registry.follow(
+            served,
+            f"deployment/{settings.serving_deployment} serves {served} while the alias named "
+            f"{alias['version']} (kubectl rollout undo)",
+        )
+    except MLPlatformError as exc:  # a pinned version that is no verified version (a typo)
+        logger.error("the alias cannot follow the Deployment to %s: %s", served, exc.message)
+        return None
     return served
 
 
@@ -570,13 +574,20 @@ def _move(
     store = store or open_store(settings)
     registry = ModelRegistry(store, settings.require_signing_key())
     with StoreLock(store, keys.RETRAIN_LOCK, settings.lock_ttl_seconds):
+        # A rollout undo no run has followed yet: the move starts from what is served.
+        follow_deployment(settings, registry)
         before = registry.production()
         alias = move(registry)
         version = alias["version"]
         was = before["version"] if before else None
         how = "unchanged"
         if version != was:
-            how = roll_out(settings, version, registry.signature(version), was)
+            try:
+                how = roll_out(settings, version, registry.signature(version), was)
+            except RolloutFailed:
+                if settings.resolved_rollout() == "kubernetes" and before is not None:
+                    registry.restore(before)  # the Deployment still runs `was`
+                raise
     logger.info("production is %s (was %s; rollout: %s)", version, was, how)
     return {**alias, "rollout": how}
 

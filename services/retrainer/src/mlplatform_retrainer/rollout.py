@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 
@@ -20,6 +21,7 @@ from mlplatform_retrainer.settings import RetrainerSettings
 logger = logging.getLogger("mlplatform.retrainer")
 
 VERSION_ANNOTATION = "mlplatform.io/model-version"
+T = TypeVar("T")
 
 
 class RolloutFailed(MLPlatformError):
@@ -65,20 +67,30 @@ def _pinned(deployment: Any, container: str) -> str | None:
     return None
 
 
+def _call(what: str, call: Callable[[], T]) -> T:
+    """One Kubernetes API call; any way it fails (refused, unreachable, no credentials) is a
+    ``RolloutFailed`` naming it, which the callers handle (the alias is put back)."""
+    import urllib3
+    from kubernetes import client, config
+
+    try:
+        return call()
+    except client.ApiException as exc:
+        raise RolloutFailed(f"{what} failed: {exc.status} {exc.reason}") from None
+    except (urllib3.exceptions.HTTPError, OSError, config.ConfigException) as exc:
+        raise RolloutFailed(
+            f"{what} failed: the Kubernetes API was not reached ({type(exc).__name__}: {exc})"
+        ) from None
+
+
 def served_version(settings: RetrainerSettings, api_client: Any = None) -> str | None:
     """The version the serving Deployment's pod template pins (None: it follows the alias).
     After ``kubectl rollout undo`` this is the version rolled back to."""
-    from kubernetes import client
-
-    try:
-        deployment = _apps(api_client).read_namespaced_deployment(
-            settings.serving_deployment, settings.namespace
-        )
-    except client.ApiException as exc:
-        raise RolloutFailed(
-            f"reading deployment/{settings.serving_deployment} in {settings.namespace} failed: "
-            f"{exc.status} {exc.reason}"
-        ) from None
+    name, namespace = settings.serving_deployment, settings.namespace
+    deployment = _call(
+        f"reading deployment/{name} in {namespace}",
+        lambda: _apps(api_client).read_namespaced_deployment(name, namespace),
+    )
     return _pinned(deployment, settings.serving_container)
 
 
@@ -92,22 +104,17 @@ def rollout_kubernetes(
     version yet (the chart's own) first gets ``replacing`` pinned, in a revision of its own:
     ``kubectl rollout undo`` then returns to a template that serves ``replacing``, not to one
     that follows the alias (which names ``version`` by then)."""
-    from kubernetes import client
-
-    apps = _apps(api_client)
+    apps = _call("connecting to the Kubernetes API", lambda: _apps(api_client))
     name, namespace = settings.serving_deployment, settings.namespace
-    try:
-        pins = [version]
-        if replacing and replacing != version and served_version(settings, apps.api_client) is None:
-            pins.insert(0, replacing)
-        for pin in pins:
-            apps.patch_namespaced_deployment(
-                name, namespace, deployment_patch(settings.serving_container, pin)
-            )
-    except client.ApiException as exc:
-        raise RolloutFailed(
-            f"patching deployment/{name} in {namespace} failed: {exc.status} {exc.reason}"
-        ) from None
+    pins = [version]
+    if replacing and replacing != version and served_version(settings, apps.api_client) is None:
+        pins.insert(0, replacing)
+    for pin in pins:
+        patch = deployment_patch(settings.serving_container, pin)
+        _call(
+            f"patching deployment/{name} in {namespace}",
+            lambda: apps.patch_namespaced_deployment(name, namespace, patch),  # noqa: B023
+        )
     if len(pins) > 1:
         logger.info("pinned %s in deployment/%s first, for rollout undo", replacing, name)
     logger.info("patched deployment/%s: MODEL_VERSION=%s", name, version)

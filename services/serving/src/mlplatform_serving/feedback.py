@@ -146,14 +146,18 @@ class Feedback:
         settings = self.settings
         logged = self.log.lookup(prediction_id)
         made = datalog.prediction_time(prediction_id)
+        age = time.time() - made if made is not None else float("inf")
+        # Wait at most until the id is feedback_wait_seconds old, counted from now for an id
+        # from a clock ahead of ours (never longer than the wait itself); none for other ids.
+        waiting = settings.feedback_wait_seconds - max(age, 0.0) if age > -60 else 0.0
+        deadline = time.monotonic() + max(waiting, 0.0)
         while logged is None:
             logged = datalog.find_prediction(
                 self.store, prediction_id, settings.feedback_lookup_days
             )
-            age = time.time() - made if made is not None else float("inf")
-            if logged is not None or not -60 < age < settings.feedback_wait_seconds:
-                break  # found, waited long enough, or a time no replica gave (clocks skew <60s)
-            time.sleep(min(0.25, settings.feedback_wait_seconds - age))
+            if logged is not None or time.monotonic() >= deadline:
+                break
+            time.sleep(min(0.5, deadline - time.monotonic()))
             logged = self.log.lookup(prediction_id)
         if logged is not None:
             return logged

@@ -96,7 +96,10 @@ class Service:
         interval = self.settings.alias_check_seconds
         while not self._stop.wait(min(interval, self.settings.load_retry_seconds)):
             if self.runtime.ready and time.monotonic() >= self.alias_state.get("next", 0.0):
-                self.check_alias()
+                try:
+                    self.check_alias()
+                except Exception:  # a store or API blip must not stop the checks for good
+                    logger.exception("checking the production alias failed")
                 self.alias_state["next"] = time.monotonic() + interval
 
     def check_alias(self) -> dict[str, Any]:
