@@ -141,7 +141,13 @@ def test_store_outage_predictions_answer_feedback_503_and_all_recovers_without_r
         assert logged["prediction_id"].is_unique
         assert set(logged["prediction_id"]) <= answered
         assert system["dropped_rows"] > 0, system
-        assert len(logged) + system["dropped_rows"] == len(answered), (len(logged), system)
+        # Every answered row is counted once, written, dropped or pending, and every row
+        # counted as written is stored. The store may hold a few more: a write that reached the server as
+        # it went down can lose its answer, and its rows are then counted as dropped (seen on
+        # SeaweedFS; moto's instant stop never showed it).
+        counted = system["written_rows"] + system["dropped_rows"] + system["pending_rows"]
+        assert counted == len(answered), system  # pending: written when serving stops
+        assert len(logged) >= system["written_rows"], (len(logged), system)
         assert "Traceback" not in output, output[-3000:]
     finally:
         server.stop()
