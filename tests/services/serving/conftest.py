@@ -15,6 +15,7 @@ from mlplatform_serving.settings import ServingSettings
 from tests.conftest import DATA, SIGNING_KEY, publish_trained
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
+WRITER = {"Authorization": "Bearer test-writer-token"}
 
 
 def assert_error(response, status: int, *fragments: str) -> None:  # type: ignore[no-untyped-def]
@@ -30,6 +31,7 @@ def serving_settings(**kw: object) -> ServingSettings:
     defaults: dict[str, object] = {
         "signing_key": SIGNING_KEY.decode(),
         "admin_token": "test-admin-token",
+        "writer_token": "test-writer-token",
         "log_flush_seconds": 0.2,
         "load_retry_seconds": 0.2,
     }

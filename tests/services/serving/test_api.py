@@ -26,7 +26,7 @@ from mlplatform_serving import process
 from mlplatform_serving.app import create_app
 from mlplatform_serving.codecs.json_rows import RowsCodec
 from tests.conftest import SIGNING_KEY, publish_trained
-from tests.services.serving.conftest import ADMIN, assert_error, serving_settings
+from tests.services.serving.conftest import ADMIN, WRITER, assert_error, serving_settings
 from tests.services.serving.test_dataplane import Broken
 
 # -- health ----------------------------------------------------------------------------
@@ -149,7 +149,7 @@ def test_a_compressed_body_is_a_415_naming_the_encoding(client: TestClient, path
         headers={"content-type": "application/json", "content-encoding": "gzip"},
     )
     assert_error(r, 415, "content-encoding: 'gzip' is not supported; send the body uncompressed")
-    r = client.post(path, content=b"{}", headers={"content-encoding": "identity"})
+    r = client.post(path, content=b"{}", headers={"content-encoding": "identity", **WRITER})
     assert r.status_code == 422, r.text  # identity is no encoding: the body is read
 
 
@@ -222,7 +222,7 @@ def sample(text: str, name: str, **labels: str) -> float:
 def test_prometheus_metrics_have_the_design_names(client: TestClient, rows) -> None:
     before = client.get("/metrics").text
     client.post("/predict", json={"instances": rows[:4]})
-    client.post("/feedback", json={"features": rows[0], "target": 0})
+    client.post("/feedback", headers=WRITER, json={"features": rows[0], "target": 0})
     text = client.get("/metrics").text
     route = {"route": "/predict", "method": "POST", "status": "200"}
     assert (
@@ -277,6 +277,10 @@ def test_json_summaries(client: TestClient, rows) -> None:
 def test_admin_needs_the_token(client: TestClient) -> None:
     assert_error(client.post("/admin/reload"), 401, "bearer token")
     assert_error(client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}), 401)
+    # the writer key labels rows; it does not reload, retrain or unpin
+    r = client.post("/admin/reload", headers=WRITER)
+    assert_error(r, 401, "admin token")
+    assert r.headers["www-authenticate"] == 'Bearer realm="mlplatform"'
     assert client.post("/admin/reload", headers=ADMIN).status_code == 200
 
 
@@ -434,7 +438,7 @@ def test_the_recent_cache_is_bounded_by_memory_too(model_store: Store, rows) -> 
         log = c.app.state.service.log
         assert [log.lookup(i) is not None for i in ids] == [False] * 6 + [True] * 4
         assert log.flush() == 10  # the others are found in the stored log
-        r = c.post("/feedback", json={"prediction_id": ids[0], "target": 1})
+        r = c.post("/feedback", headers=WRITER, json={"prediction_id": ids[0], "target": 1})
         assert r.status_code == 201, r.text
 
 
@@ -648,7 +652,7 @@ def test_the_examples_of_the_docs_page_are_accepted_as_they_are(client: TestClie
     r = client.post("/predict", content=csv_body, headers={"content-type": "text/csv"})
     assert r.status_code == 200 and len(r.json()["predictions"]) == 2, r.text
     in_full = content("/feedback")["examples"]["a row in full"]["value"]
-    r = client.post("/feedback", json=in_full)
+    r = client.post("/feedback", headers=WRITER, json=in_full)
     assert r.status_code == 201, r.text
     name = next(
         p["example"]

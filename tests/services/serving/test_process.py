@@ -18,6 +18,7 @@ from tests.conftest import S3_KEYS, SIGNING_KEY, S3Server, ServingProcess, publi
 from tests.services.serving.test_api import sample
 
 ADMIN = {"Authorization": "Bearer proc-admin"}
+WRITER = {"Authorization": "Bearer proc-writer"}
 
 
 def serving_env(server: S3Server, bucket: str, **extra: str) -> dict[str, str]:
@@ -28,6 +29,7 @@ def serving_env(server: S3Server, bucket: str, **extra: str) -> dict[str, str]:
         "MLPLATFORM_S3_SECRET_KEY": S3_KEYS["secret_key"],
         "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
         "MLPLATFORM_ADMIN_TOKEN": "proc-admin",
+        "MLPLATFORM_WRITER_TOKEN": "proc-writer",
         "MLPLATFORM_LOG_FLUSH_SECONDS": "0.5",
         "MLPLATFORM_RETRAIN_EVERY": "0",
         **extra,
@@ -58,7 +60,9 @@ def test_predict_log_and_feedback_through_a_real_process(
     r = httpx.post(serving.url + "/predict", json={"instances": rows[:10]})
     assert r.status_code == 200
     ids = [p["prediction_id"] for p in r.json()["predictions"]]
-    fb = httpx.post(serving.url + "/feedback", json={"prediction_id": ids[0], "target": 0})
+    fb = httpx.post(
+        serving.url + "/feedback", headers=WRITER, json={"prediction_id": ids[0], "target": 0}
+    )
     assert fb.status_code == 201
     assert list(datalog.read_feedback(s3_model)["prediction_id"]) == [ids[0]]
     serving.stop()  # graceful shutdown flushes the rest of the log
@@ -72,10 +76,42 @@ def test_predict_log_and_feedback_through_a_real_process(
     assert dict(zip(logged["prediction_id"], logged["prediction"], strict=True)) == labels
 
 
+def test_a_serving_process_stores_labels_only_with_the_writer_key_and_within_its_rate(
+    s3_server: S3Server, s3_model: S3Store, rows
+) -> None:
+    env = serving_env(
+        s3_server, s3_model.bucket, MLPLATFORM_FEEDBACK_RATE="0.1", MLPLATFORM_FEEDBACK_BURST="2"
+    )
+    proc = ServingProcess(env).start()
+    try:
+        url = proc.url + "/feedback"
+        for headers in ({}, {"Authorization": "Bearer proc-writerx"}):
+            r = httpx.post(url, headers=headers, json={"features": rows[0], "target": 1})
+            assert r.status_code == 401, r.text
+            assert r.json()["type"] == "Unauthorized"
+            assert r.headers["www-authenticate"] == 'Bearer realm="mlplatform"'
+        statuses = [
+            httpx.post(url, headers=WRITER, json={"features": rows[i], "target": 1}, timeout=30)
+            for i in range(4)
+        ]
+        assert [r.status_code for r in statuses] == [201, 201, 429, 429], statuses[-1].text
+        assert all(1 <= int(r.headers["retry-after"]) <= 10 for r in statuses[2:])
+        assert statuses[2].json()["type"] == "TooManyRequests"
+    finally:
+        proc.stop()
+    keys = s3_model.list_keys("production/feedback/")
+    assert len(keys) == 2
+    assert sorted(datalog.read_feedback(s3_model)["feedback_id"]) == sorted(
+        r.json()["feedback_id"] for r in statuses[:2]
+    )
+
+
 def test_1000_concurrent_feedback_posts_over_two_processes(
     s3_server: S3Server, s3_model: S3Store, rows
 ) -> None:
-    procs = [ServingProcess(serving_env(s3_server, s3_model.bucket)).start() for _ in range(2)]
+    # the load is the point here, not the rate of one key
+    env = serving_env(s3_server, s3_model.bucket, MLPLATFORM_FEEDBACK_RATE="0")
+    procs = [ServingProcess(env).start() for _ in range(2)]
     try:
 
         async def post_all() -> list[int]:
@@ -86,7 +122,9 @@ def test_1000_concurrent_feedback_posts_over_two_processes(
                 async def one(i: int) -> int:
                     body = {"features": rows[i % len(rows)], "prediction": 1, "target": i % 2}
                     async with sem:
-                        r = await client.post(procs[i % 2].url + "/feedback", json=body)
+                        r = await client.post(
+                            procs[i % 2].url + "/feedback", headers=WRITER, json=body
+                        )
                     return r.status_code
 
                 return await asyncio.gather(*(one(i) for i in range(1000)))
@@ -192,7 +230,7 @@ def test_a_real_v2_client_gets_the_same_predictions(serving: ServingProcess, row
         ids = [i.decode() if isinstance(i, bytes) else i for i in result.as_numpy("prediction_id")]
         assert len(set(ids)) == 25 and all(len(i) == 32 for i in ids)
         assert httpx.post(
-            serving.url + "/feedback", json={"prediction_id": ids[3], "target": 1}
+            serving.url + "/feedback", headers=WRITER, json={"prediction_id": ids[3], "target": 1}
         ).is_success
     client.close()
 
@@ -225,7 +263,12 @@ def test_predictions_keep_answering_while_the_store_is_down(trained, shipped_dat
         assert dropped == 70  # 100 rows, at most 30 kept
         system = httpx.get(proc.url + "/metrics/system").json()["prediction_log"]
         assert system["pending_rows"] <= 30 and system["dropped_rows"] == 70
-        fb = httpx.post(proc.url + "/feedback", json={"features": rows[0], "target": 1}, timeout=30)
+        fb = httpx.post(
+            proc.url + "/feedback",
+            headers=WRITER,
+            json={"features": rows[0], "target": 1},
+            timeout=30,
+        )
         assert fb.status_code == 503 and fb.json()["type"] == "StorageUnavailable"
     finally:
         proc.stop()
@@ -265,6 +308,7 @@ def test_feedback_by_id_works_on_the_replica_that_did_not_predict_it(
             (answer,) = r.json()["predictions"]
             fb = httpx.post(
                 b.url + "/feedback",
+                headers=WRITER,
                 json={"prediction_id": answer["prediction_id"], "target": answer["label"]},
                 timeout=30,
             )
@@ -273,13 +317,17 @@ def test_feedback_by_id_works_on_the_replica_that_did_not_predict_it(
         # A replica that does not wait says "not yet", with when to ask again, never 404.
         r = httpx.post(a.url + "/predict", json={"features": rows[5]})
         pid = r.json()["predictions"][0]["prediction_id"]
-        fb = httpx.post(impatient.url + "/feedback", json={"prediction_id": pid, "target": 0})
+        fb = httpx.post(
+            impatient.url + "/feedback", headers=WRITER, json={"prediction_id": pid, "target": 0}
+        )
         assert fb.status_code == 409, fb.text
         assert (
             fb.json()["type"] == "NotYet" and "not in the prediction log yet" in fb.json()["error"]
         )
         time.sleep(int(fb.headers["retry-after"]) + 1)  # past the 2 s flush
-        again = httpx.post(impatient.url + "/feedback", json={"prediction_id": pid, "target": 0})
+        again = httpx.post(
+            impatient.url + "/feedback", headers=WRITER, json={"prediction_id": pid, "target": 0}
+        )
         assert again.status_code == 201, again.text
         assert len(datalog.read_feedback(s3_model)) == 4  # nothing stored by the 409
     finally:

@@ -22,6 +22,11 @@ class MLPlatformError(Exception):
     def type(self) -> str:
         return type(self).__name__
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries: ``Retry-After`` when the error says when to retry."""
+        return {"Retry-After": str(self.retry_after)} if self.retry_after else {}
+
 
 class InvalidInput(MLPlatformError):
     """The caller sent something the platform cannot use; the message names the field."""
@@ -33,6 +38,21 @@ class Unauthorized(MLPlatformError):
     """A protected operation was called without a valid token."""
 
     status_code = 401
+
+    @property
+    def headers(self) -> dict[str, str]:
+        # RFC 9110: a 401 names the scheme that would be accepted.
+        return {"WWW-Authenticate": 'Bearer realm="mlplatform"'}
+
+
+class TooManyRequests(MLPlatformError):
+    """A key went over its rate; the same request may succeed after ``retry_after`` seconds."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class NotFound(MLPlatformError):

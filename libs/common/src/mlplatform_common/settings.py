@@ -14,6 +14,7 @@ from mlplatform_common.errors import ConfigurationError
 # Only ever used when MLPLATFORM_DEV_MODE is true: a laptop run needs no secret set up.
 DEV_SIGNING_KEY = "mlplatform-dev-signing-key-not-for-production"
 DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105
+DEV_WRITER_TOKEN = "dev-writer-token"  # noqa: S105
 
 
 class CommonSettings(BaseSettings):
@@ -59,6 +60,12 @@ class CommonSettings(BaseSettings):
 
     log_format: str = "text"
     """``text`` for a terminal, ``json`` for a log collector."""
+
+    def secret_or_dev(self, value: SecretStr | None, dev_default: str) -> str | None:
+        """A secret setting's value; unset or empty: ``dev_default`` in dev mode, else None."""
+        if value is not None and value.get_secret_value():
+            return value.get_secret_value()
+        return dev_default if self.dev_mode else None
 
     def require_signing_key(self) -> bytes:
         """Return the manifest signing key, or raise if none is configured outside dev mode."""

@@ -7,11 +7,12 @@ and a thread hop per dependency per request cost more than the whole prediction.
 from __future__ import annotations
 
 import hmac
+import math
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from mlplatform_common.errors import Unauthorized
+from mlplatform_common.errors import TooManyRequests, Unauthorized
 from mlplatform_serving.codecs.common import parse_json
 from mlplatform_serving.runtime import ModelRuntime
 from mlplatform_serving.service import Service
@@ -43,10 +44,38 @@ RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
 SettingsDep = Annotated[ServingSettings, Depends(get_settings_dep)]
 
 
+def _bearer(request: Request) -> bytes | None:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return given.encode() if scheme.lower() == "bearer" and given else None
+
+
 async def require_admin(request: Request, settings: SettingsDep) -> None:
     """Bearer-token check of ``/admin/*``."""
     token = settings.require_admin_token()
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+    given = _bearer(request)
+    if given is None or not hmac.compare_digest(given, token.encode()):
         raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <admin token>)")
+
+
+async def require_writer(request: Request, service: ServiceDep) -> None:
+    """Bearer-token check and rate of the endpoints that write training data: the writer
+    token or the admin token, then one token from that key's bucket (429 over it). Runs
+    before the body is read, so a refused request stores nothing."""
+    keys = service.settings.writer_keys()
+    given = _bearer(request)
+    if given is None:
+        raise Unauthorized("missing bearer token (Authorization: Bearer <writer token>)")
+    matched = None
+    for name, token in keys.items():  # every key compared, so the timing names none
+        if hmac.compare_digest(given, token.encode()):
+            matched = name
+    if matched is None:
+        raise Unauthorized("wrong bearer token (Authorization: Bearer <writer token>)")
+    wait = service.write_limit.take(matched)
+    if wait:
+        limit = service.write_limit
+        raise TooManyRequests(
+            f"the {matched} key is over its write rate ({limit.rate:g}/s, burst "
+            f"{limit.burst:g}); nothing was stored, retry in {max(1, math.ceil(wait))} s",
+            retry_after=max(1, math.ceil(wait)),
+        )

@@ -20,9 +20,8 @@ def error_response(
 
 
 def response_for(exc: BaseException) -> Response:
-    """An ``MLPlatformError``'s status, message and type (and ``Retry-After`` when it says
-    when to retry); any other exception is a 500 whose details stay in the server log."""
+    """An ``MLPlatformError``'s status, message, type and headers (``Retry-After``,
+    ``WWW-Authenticate``); any other exception is a 500 whose details stay in the server log."""
     if isinstance(exc, MLPlatformError):
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        return error_response(exc.status_code, exc.message, exc.type, headers)
+        return error_response(exc.status_code, exc.message, exc.type, exc.headers or None)
     return error_response(500, "internal error; see the server log", "InternalError")

@@ -149,6 +149,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         415: "A compressed body (Content-Encoding); send it uncompressed",
         413: "Body over the size limit",
         422: "Invalid input; the message names the field",
+        429: "The key is over its rate; retry after Retry-After seconds, nothing was stored",
         503: "No model loaded, or the store is unavailable",
     }.items()
 }

@@ -25,6 +25,7 @@ from mlplatform_serving import observability as obs
 from mlplatform_serving.dataplane import DataPlane
 from mlplatform_serving.feedback import Feedback
 from mlplatform_serving.predlog import PredictionLog
+from mlplatform_serving.ratelimit import TokenBuckets
 from mlplatform_serving.runtime import ModelRuntime
 from mlplatform_serving.settings import ServingSettings
 
@@ -53,6 +54,7 @@ class Service:
         )
         self.plane = DataPlane(settings, self.runtime, self.log, self.stats)
         self.feedback = Feedback(settings, store, self.registry, self.runtime, self.log)
+        self.write_limit = TokenBuckets(settings.feedback_rate, settings.feedback_burst)
         self._stop = threading.Event()
         self._loader: threading.Thread | None = None
         # The served version against the production alias (check_alias), for /ready.

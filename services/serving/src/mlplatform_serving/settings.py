@@ -7,7 +7,7 @@ from functools import lru_cache
 from pydantic import AliasChoices, Field, SecretStr
 
 from mlplatform_common.errors import Unauthorized
-from mlplatform_common.settings import DEV_ADMIN_TOKEN, CommonSettings
+from mlplatform_common.settings import DEV_ADMIN_TOKEN, DEV_WRITER_TOKEN, CommonSettings
 
 
 class ServingSettings(CommonSettings):
@@ -52,6 +52,19 @@ class ServingSettings(CommonSettings):
 
     admin_token: SecretStr | None = None
     """Bearer token of ``/admin/*``; required outside dev mode."""
+
+    writer_token: SecretStr | None = None
+    """Bearer token of the endpoints that write training data (``/feedback``), which the web
+    app and the simulator hold; required outside dev mode. The admin token is accepted there
+    too: whoever may retrain and roll back may also label a row."""
+
+    feedback_rate: float = Field(default=10.0, ge=0)
+    """Labelled rows per second one key may write (a token bucket per key, per serving
+    process: with N replicas the cluster takes up to N times this); 0 lifts the limit..."""
+
+    feedback_burst: int = Field(default=100, ge=1)
+    """... and how many it may write at once before the rate applies (the bucket's size).
+    Over them ``/feedback`` answers 429 with ``Retry-After`` and stores nothing."""
 
     max_batch_rows: int = 10_000
     """Most rows one ``/predict`` call may carry."""
@@ -132,11 +145,25 @@ class ServingSettings(CommonSettings):
 
     def require_admin_token(self) -> str:
         """The admin token; dev mode falls back to a well-known token."""
-        if self.admin_token is not None and self.admin_token.get_secret_value():
-            return self.admin_token.get_secret_value()
-        if self.dev_mode:
-            return DEV_ADMIN_TOKEN
-        raise Unauthorized("admin endpoints are disabled: MLPLATFORM_ADMIN_TOKEN is not set")
+        token = self.secret_or_dev(self.admin_token, DEV_ADMIN_TOKEN)
+        if token is None:
+            raise Unauthorized("admin endpoints are disabled: MLPLATFORM_ADMIN_TOKEN is not set")
+        return token
+
+    def writer_keys(self) -> dict[str, str]:
+        """The tokens the write endpoints accept, by the key's name (``writer``, ``admin``);
+        dev mode falls back to the well-known tokens."""
+        keys = {
+            "writer": self.secret_or_dev(self.writer_token, DEV_WRITER_TOKEN),
+            "admin": self.secret_or_dev(self.admin_token, DEV_ADMIN_TOKEN),
+        }
+        found = {name: token for name, token in keys.items() if token is not None}
+        if not found:
+            raise Unauthorized(
+                "writing is disabled: neither MLPLATFORM_WRITER_TOKEN nor MLPLATFORM_ADMIN_TOKEN "
+                "is set"
+            )
+        return found
 
 
 @lru_cache

@@ -1,0 +1,44 @@
+"""The rate of the write endpoints: one token bucket per key, in this process.
+
+pyrate-limiter is in the lock (through schemathesis), but it keeps a log of every request in
+each window, runs a leak thread, and its non-blocking ``try_acquire`` says no without saying
+when to come back, which ``Retry-After`` needs; a token bucket is a few lines.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+class TokenBuckets:
+    """Buckets of ``burst`` tokens filled at ``rate`` per second, one per key name.
+
+    Only authenticated key names reach it (``writer``, ``admin``), so the dict stays small.
+    Per process: uvicorn workers and replicas each hold their own buckets.
+    """
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when counted)
+
+    def take(self, key: str) -> float:
+        """Take one token from ``key``'s bucket: 0.0 if it had one, else the seconds until it
+        will (nothing is taken then). A rate of 0 means no limit."""
+        if self.rate <= 0:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            tokens, then = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - then) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate
