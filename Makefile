@@ -103,7 +103,7 @@ report: sync ## Build one drift + quality report now (archived in the store; met
 
 .PHONY: simulate
 simulate: sync ## Replay held-out rows against the API: make simulate [SIM_ARGS="--shift 1 --feedback-fraction 0.3"]
-	@$(RUN) python -m mlplatform_reporter simulate --url $(API_URL) $(SIM_ARGS)
+	@$(DEV_ENV) $(RUN) python -m mlplatform_reporter simulate --url $(API_URL) $(SIM_ARGS)
 
 .PHONY: retrain
 retrain: sync ## Retrain now if a trigger fires (FORCE=1: retrain anyway); make dev's serving reloads

@@ -121,3 +121,56 @@ def test_replay_reports_an_unreachable_api(heldout: pd.DataFrame) -> None:
     assert summary.errors == 3
     with pytest.raises(ValueError, match="feedback needs the true labels"):
         replay(client, heldout.iloc[:1], [], None, feedback_fraction=0.5, progress=False)
+
+
+def test_cli_simulate_labels_with_the_writer_token_and_waits_out_the_rate(
+    tmp_path, trained, shipped_dataset, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Against a real serving that asks for the writer key and allows 2 labels a second after
+    a burst of 3: every label is stored, the refused ones sent again after Retry-After."""
+    from mlplatform_common.registry import ModelRegistry
+    from mlplatform_common.storage import LocalStore
+    from mlplatform_reporter.__main__ import main
+    from mlplatform_reporter.settings import get_settings
+    from tests.conftest import SIGNING_KEY, ServingProcess, publish_trained
+
+    store = LocalStore(tmp_path / "store")
+    store.ensure()
+    publish_trained(ModelRegistry(store, SIGNING_KEY), trained, shipped_dataset)
+    env = {
+        "MLPLATFORM_STORE_URL": f"file://{store.root}",
+        "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
+        "MLPLATFORM_WRITER_TOKEN": "sim-writer",
+        "MLPLATFORM_FEEDBACK_RATE": "2",
+        "MLPLATFORM_FEEDBACK_BURST": "3",
+        "MLPLATFORM_RETRAIN_EVERY": "0",
+        "MLPLATFORM_DEV_MODE": "false",
+    }
+    serving = ServingProcess(env).start()
+    args = ["simulate", "--url", serving.url, "--data", str(DATA), "--rows", "8"]
+    args += ["--rate", "0", "--feedback-fraction", "1"]
+    monkeypatch.setenv("MLPLATFORM_DEV_MODE", "false")
+    try:
+        monkeypatch.setenv("MLPLATFORM_WRITER_TOKEN", "not-the-key")
+        get_settings.cache_clear()
+        assert main(args) == 0
+        assert "feedback: 0 sent, 8 failed" in capsys.readouterr().out
+        assert store.list_keys("production/feedback/") == []
+
+        monkeypatch.setenv("MLPLATFORM_WRITER_TOKEN", "sim-writer")
+        get_settings.cache_clear()
+        assert main(args) == 0
+        assert "feedback: 8 sent, 0 failed" in capsys.readouterr().out
+        refused = [
+            line
+            for line in httpx.get(serving.url + "/metrics").text.splitlines()
+            if line.startswith("mlplatform_http_requests_total{")
+            and 'route="/feedback"' in line
+            and 'status="429"' in line
+        ]
+        assert refused and float(refused[0].split()[-1]) > 0  # the rate was met, and waited out
+    finally:
+        serving.stop()
+        get_settings.cache_clear()
+    assert len(store.list_keys("production/feedback/")) == 8
+    assert len(datalog.read_feedback(store)) == 8

@@ -19,6 +19,7 @@ from tests.conftest import SIGNING_KEY, ServingProcess, publish_trained
 
 APP_DIR = Path(__import__("mlplatform_webapp").__file__).resolve().parent
 ADMIN_TOKEN = "webapp-test-admin"
+WRITER_TOKEN = "webapp-test-writer"
 
 # The shape the reporter writes today (report.py ReportResult.summary), and an older, flat one.
 NESTED_SUMMARY = {
@@ -61,6 +62,7 @@ def serving_env(store_dir: Path, **extra: str) -> dict[str, str]:
         "MLPLATFORM_STORE_URL": f"file://{store_dir}",
         "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
         "MLPLATFORM_ADMIN_TOKEN": ADMIN_TOKEN,
+        "MLPLATFORM_WRITER_TOKEN": WRITER_TOKEN,
         "MLPLATFORM_RETRAIN_EVERY": "0",
         "MLPLATFORM_LOG_FLUSH_SECONDS": "0.5",
         "MLPLATFORM_LOAD_RETRY_SECONDS": "0.2",
@@ -96,13 +98,15 @@ def serving(model_store: LocalStore) -> Iterator[ServingProcess]:
 
 @pytest.fixture
 def webapp_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    """A clean environment for the app's settings and empty Streamlit caches.
+    """A clean environment for the app's settings and empty Streamlit caches; the app holds
+    the writer token, as the chart gives it.
 
     Streamlit runs a page script as ``__main__``; the test's own ``__main__`` is put back, or
     a later test's ``spawn`` child would import that page as its main module and fail."""
     monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
     for name in ("MLPLATFORM_API_URL", "MLPLATFORM_GRAFANA_URL", "MLPLATFORM_ADMIN_TOKEN"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLPLATFORM_WRITER_TOKEN", WRITER_TOKEN)
     monkeypatch.setenv("MLPLATFORM_DEV_MODE", "false")
     monkeypatch.setenv("MLPLATFORM_RETRY_SECONDS", "0.5")
     get_settings.cache_clear()

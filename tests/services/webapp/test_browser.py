@@ -23,7 +23,7 @@ from mlplatform_common import datalog
 from mlplatform_common.storage import LocalStore
 from mlplatform_webapp import samples
 from tests.conftest import CHROMIUM, CHROMIUM_ARGS, REPO, ServingProcess, free_port
-from tests.services.webapp.conftest import serving_env
+from tests.services.webapp.conftest import WRITER_TOKEN, serving_env
 
 BASE_PATH = "app"
 
@@ -42,6 +42,7 @@ class WebappProcess:
             "MLPLATFORM_RETRY_SECONDS": "1",
             "MLPLATFORM_CACHE_TTL_SECONDS": "2",
             "MLPLATFORM_DEV_MODE": "false",
+            "MLPLATFORM_WRITER_TOKEN": WRITER_TOKEN,
         }
         self.proc: subprocess.Popen[str] | None = None
 

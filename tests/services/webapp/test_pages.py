@@ -16,6 +16,7 @@ from tests.services.webapp.conftest import (
     ADMIN_TOKEN,
     APP_DIR,
     PARTIAL_NOTE,
+    WRITER_TOKEN,
     page,
     serving_env,
     texts,
@@ -122,6 +123,23 @@ def test_label_stores_a_true_label_by_id_and_names_an_unknown_id(
     at.button(key="FormSubmitter:label_form-Send label").click().run()
     assert len(at.error) == 1 and "no-such-id" in at.error[0].value
     assert "unknown" in at.error[0].value
+
+
+def test_label_without_the_writer_token_says_so_and_stores_nothing(
+    serving, model_store, webapp_env
+) -> None:
+    row = samples.held_out().drop(columns="target").iloc[1].to_dict()
+    prediction_id = httpx.post(serving.url + "/predict", json={"features": row}).json()[
+        "predictions"
+    ][0]["prediction_id"]
+    webapp_env.setenv("MLPLATFORM_WRITER_TOKEN", WRITER_TOKEN + "-old")  # a rotated Secret
+    before = model_store.list_keys("production/feedback/")
+    at = page("label", serving.url, webapp_env).run()
+    at.text_input(key="label_prediction_id").input(prediction_id)
+    at.button(key="FormSubmitter:label_form-Send label").click().run()
+    assert not at.exception and not at.success
+    assert len(at.error) == 1 and "Not stored: wrong bearer token" in at.error[0].value
+    assert model_store.list_keys("production/feedback/") == before
 
 
 def test_model_page_shows_versions_metrics_and_production(serving, webapp_env) -> None:

@@ -70,8 +70,8 @@ def schedule(settings: ReporterSettings) -> int:
     return 0
 
 
-def simulate(args: argparse.Namespace) -> int:
-    """Replay rows of a CSV against the serving API."""
+def simulate(args: argparse.Namespace, settings: ReporterSettings) -> int:
+    """Replay rows of a CSV against the serving API (labels with the writer token)."""
     frame = pd.read_csv(args.data)
     target = args.target if args.target in frame.columns else None
     if args.target and target is None:
@@ -96,7 +96,9 @@ def simulate(args: argparse.Namespace) -> int:
         drifted = args.drift_features.split(",") if args.drift_features else features
         frame = shift_scale(frame, drifted, args.shift, args.scale, stats=stats)
     logger.info("replaying %d rows from %s to %s", len(frame), args.data, args.url)
-    with httpx.Client(base_url=args.url, timeout=args.timeout) as client:
+    token = settings.writer()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=args.url, timeout=args.timeout, headers=headers) as client:
         summary = replay(
             client,
             frame,
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schedule":
         return schedule(settings)
     try:
-        return simulate(args)
+        return simulate(args, settings)
     except (ValueError, OSError, httpx.HTTPError) as exc:
         logger.error("simulation failed: %s", exc)
         return 1

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from mlplatform_common.settings import CommonSettings
+from pydantic import SecretStr
+
+from mlplatform_common.settings import DEV_WRITER_TOKEN, CommonSettings
 
 
 class ReporterSettings(CommonSettings):
@@ -13,6 +15,10 @@ class ReporterSettings(CommonSettings):
     pushgateway_url: str = "localhost:9091"
     """Prometheus Pushgateway (``host:port`` or URL) that receives the report's metrics;
     empty disables pushing."""
+
+    writer_token: SecretStr | None = None
+    """The serving API's writer token, which ``simulate`` sends with its labels
+    (``/feedback``); in dev mode it falls back to the dev token."""
 
     push_timeout_seconds: float = 10.0
     """Timeout of the push to the Pushgateway."""
@@ -46,6 +52,10 @@ class ReporterSettings(CommonSettings):
 
     evidently_project: str = "mlplatform"
     """Evidently UI project that receives the snapshots."""
+
+    def writer(self) -> str | None:
+        """The configured writer token (the dev token in dev mode), or None."""
+        return self.secret_or_dev(self.writer_token, DEV_WRITER_TOKEN)
 
 
 @lru_cache

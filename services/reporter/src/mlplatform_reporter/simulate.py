@@ -231,7 +231,8 @@ def replay(
                 if r.status_code in (200, 201):
                     summary.feedback_sent += 1
                 elif retry_after.isdigit() and seq < FEEDBACK_RETRIES * len(rows):
-                    # Not logged by the replica that predicted it yet: nothing was stored.
+                    # Not logged by the replica that predicted it yet (409), or over the key's
+                    # rate (429): nothing was stored.
                     again = (time.monotonic() + int(retry_after), seq + len(rows))
                     heapq.heappush(pending, (*again, prediction_id, truth))
                 else:

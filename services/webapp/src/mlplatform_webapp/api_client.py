@@ -54,8 +54,16 @@ def _reason(response: httpx.Response) -> str:
 class ApiClient:
     """The serving API's endpoints that the web app uses."""
 
-    def __init__(self, base_url: str, timeout: float = 10.0, transport: Any = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 10.0,
+        transport: Any = None,
+        writer_token: str | None = None,
+    ) -> None:
+        """``writer_token``: sent with ``/feedback``, which the API refuses without it."""
         self.base_url = base_url.rstrip("/")
+        self._writer = {"Authorization": f"Bearer {writer_token}"} if writer_token else {}
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
 
     def close(self) -> None:
@@ -169,10 +177,10 @@ class ApiClient:
         deadline = time.monotonic() + FEEDBACK_RETRY_SECONDS
         while True:
             try:
-                return dict(self._json("POST", "/feedback", json=body))
+                return dict(self._json("POST", "/feedback", json=body, headers=self._writer))
             except ApiRejected as exc:
-                # 409 + Retry-After: a prediction another replica has not logged yet; nothing
-                # was stored, so asking again is safe.
+                # Retry-After on a 409 (a prediction another replica has not logged yet) or a
+                # 429 (over the key's rate): nothing was stored, so asking again is safe.
                 wait = exc.retry_after
                 if wait is None or time.monotonic() + wait > deadline:
                     raise

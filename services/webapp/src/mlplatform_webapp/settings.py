@@ -6,7 +6,7 @@ from functools import lru_cache
 
 from pydantic import SecretStr, field_validator
 
-from mlplatform_common.settings import DEV_ADMIN_TOKEN, CommonSettings
+from mlplatform_common.settings import DEV_ADMIN_TOKEN, DEV_WRITER_TOKEN, CommonSettings
 
 
 class WebappSettings(CommonSettings):
@@ -25,6 +25,10 @@ class WebappSettings(CommonSettings):
     admin_token: SecretStr | None = None
     """Bearer token for ``/admin/*`` (the serving API's token). Unset: the Admin page asks for
     it; in dev mode it falls back to the dev token."""
+
+    writer_token: SecretStr | None = None
+    """Bearer token the serving API asks of ``/feedback`` (the Predict and Label pages'
+    labels); in dev mode it falls back to the dev token."""
 
     base_url_path: str = ""
     """Path prefix the app is served under behind an ingress, e.g. ``/app`` (empty: ``/``)."""
@@ -59,9 +63,11 @@ class WebappSettings(CommonSettings):
 
     def token(self) -> str | None:
         """The configured admin token (the dev token in dev mode), or None."""
-        if self.admin_token is not None and self.admin_token.get_secret_value():
-            return self.admin_token.get_secret_value()
-        return DEV_ADMIN_TOKEN if self.dev_mode else None
+        return self.secret_or_dev(self.admin_token, DEV_ADMIN_TOKEN)
+
+    def writer(self) -> str | None:
+        """The configured writer token (the dev token in dev mode), or None."""
+        return self.secret_or_dev(self.writer_token, DEV_WRITER_TOKEN)
 
 
 @lru_cache

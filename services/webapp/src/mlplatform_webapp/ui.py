@@ -13,14 +13,14 @@ TTL = get_settings().cache_ttl_seconds
 
 
 @st.cache_resource(show_spinner=False)
-def _client(api_url: str, timeout: float) -> ApiClient:
-    return ApiClient(api_url, timeout)
+def _client(api_url: str, timeout: float, writer_token: str | None) -> ApiClient:
+    return ApiClient(api_url, timeout, writer_token=writer_token)
 
 
 def client() -> ApiClient:
-    """The API client of the configured URL, shared by every session."""
+    """The API client of the configured URL and writer token, shared by every session."""
     settings = get_settings()
-    return _client(settings.api_url, settings.request_timeout_seconds)
+    return _client(settings.api_url, settings.request_timeout_seconds, settings.writer())
 
 
 # Each cached read takes the API URL so that a changed URL never answers from another's cache.
