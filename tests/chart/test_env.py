@@ -73,6 +73,7 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "min_drift_rows",
         "schedule_minutes",  # local `schedule` command only; the CronJob has its own
         "evidently_project",
+        "writer_token",  # `simulate` only, a tool run by hand; the report writes no label
     },
     "retrainer": TUNING
     | {

@@ -443,12 +443,12 @@ def test_secrets_are_generated_and_kept_across_upgrades(defaults: tuple[Obj, ...
     source = (CHART / "templates" / "_helpers.tpl").read_text()
     assert 'lookup "v1" "Secret" $release.Namespace .name' in source
     secrets_tpl = (CHART / "templates" / "secrets.yaml").read_text()
-    assert secrets_tpl.count('include "mlplatform.secretValue"') == 5
+    assert secrets_tpl.count('include "mlplatform.secretValue"') == 6
     auth = one(defaults, "Secret", "mlplatform-auth")
     store = one(defaults, "Secret", "mlplatform-store")
     for s in (auth, store, one(defaults, "Secret", "mlplatform-grafana")):
         assert s["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    assert set(auth["data"]) == {"admin-token", "signing-key"}
+    assert set(auth["data"]) == {"admin-token", "writer-token", "signing-key"}
     assert set(store["data"]) == {"access-key", "secret-key"}
     # an upgrade reads every value back from the cluster (lookup): nothing rotates
     cluster = {s["metadata"]["name"]: s["data"] for s in find(defaults, "Secret")}

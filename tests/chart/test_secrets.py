@@ -97,9 +97,15 @@ def test_an_upgrade_never_generates_a_new_signing_key() -> None:
     upgrade = {"is_install": False, "is_upgrade": True, "revision": 3}
     with pytest.raises(helm.HelmRenderError, match="mlplatform-auth is missing on an upgrade"):
         render(secrets=installed, **upgrade)
-    # a key the kept Secret lacks (added by a later chart) is generated; the others are kept
+    # a key the kept Secret lacks (added by a later chart: the writer token) is generated; the
+    # others are kept
     partial = secrets_of(objects(render()))
     signing_key = partial["mlplatform-auth"]["signing-key"]
+    admin_token = partial["mlplatform-auth"]["admin-token"]
+    del partial["mlplatform-auth"]["writer-token"]
+    auth = secrets_of(objects(render(secrets=partial, **upgrade)))["mlplatform-auth"]
+    assert auth["signing-key"] == signing_key and auth["admin-token"] == admin_token
+    assert auth["writer-token"] not in ("", admin_token)
     del partial["mlplatform-auth"]["admin-token"]
     auth = secrets_of(objects(render(secrets=partial, **upgrade)))["mlplatform-auth"]
     assert auth["signing-key"] == signing_key and auth["admin-token"]
@@ -107,6 +113,47 @@ def test_an_upgrade_never_generates_a_new_signing_key() -> None:
     without_grafana = {k: v for k, v in partial.items() if k != "mlplatform-grafana"}
     upgraded = secrets_of(objects(render(secrets=without_grafana, **upgrade)))
     assert upgraded["mlplatform-grafana"]["admin-password"]
+
+
+def _token_refs(objs: list[Obj]) -> dict[str, dict[str, tuple[str, str]]]:
+    """Container -> variable -> (Secret, key) of the admin and writer tokens."""
+    out: dict[str, dict[str, tuple[str, str]]] = {}
+    for _, spec in workloads(objs):
+        for c in containers(spec):
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref and e["name"] in ("MLPLATFORM_WRITER_TOKEN", "MLPLATFORM_ADMIN_TOKEN"):
+                    out.setdefault(c["name"], {})[e["name"]] = (ref["name"], ref["key"])
+    return out
+
+
+def test_the_writer_token_is_generated_once_and_reaches_serving_and_the_web_app() -> None:
+    objs = objects(render())
+    auth = secrets_of(objs)["mlplatform-auth"]
+    assert len(auth["writer-token"]) > 40  # 40 random characters
+    assert auth["writer-token"] != auth["admin-token"]
+    writer = ("mlplatform-auth", "writer-token")
+    refs = _token_refs(objs)
+    assert {c for c, env in refs.items() if "MLPLATFORM_WRITER_TOKEN" in env} == {
+        "serving",
+        "webapp",
+    }
+    assert refs["serving"]["MLPLATFORM_WRITER_TOKEN"] == writer
+    assert refs["webapp"]["MLPLATFORM_WRITER_TOKEN"] == writer
+    # the web app holds the writer key, not the admin one, unless asked (webapp.passAdminToken)
+    assert "MLPLATFORM_ADMIN_TOKEN" not in refs["webapp"]
+    # the rate of a key, per pod
+    serving = one(objs, "Deployment", "mlplatform-serving")
+    (c,) = serving["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert (env["MLPLATFORM_FEEDBACK_RATE"], env["MLPLATFORM_FEEDBACK_BURST"]) == ("10", "100")
+    # GitOps: the named Secret supplies it under the same key
+    sealed = _token_refs(objects(render(variant_values("gitops"), cluster=False)))
+    assert sealed["serving"]["MLPLATFORM_WRITER_TOKEN"] == (
+        "mlplatform-auth-sealed",
+        "writer-token",
+    )
+    assert sealed["webapp"]["MLPLATFORM_WRITER_TOKEN"] == ("mlplatform-auth-sealed", "writer-token")
 
 
 def test_grafana_reads_an_existing_secret() -> None:

@@ -61,6 +61,7 @@ def test_the_helm_test_pod_script_passes_against_real_serving(model_store: Store
         {
             "MLPLATFORM_STORE_URL": model_store.url,
             "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
+            "MLPLATFORM_WRITER_TOKEN": "helm-test-writer",
             "MLPLATFORM_RETRAIN_EVERY": "0",
         }
     ).start()
@@ -71,8 +72,10 @@ def test_the_helm_test_pod_script_passes_against_real_serving(model_store: Store
         )
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert "ready:" in ok.stdout and "prediction:" in ok.stdout
+        assert "feedback without the writer token: 401" in ok.stdout
     finally:
         serving.stop()
+    assert model_store.list_keys("production/feedback/") == []
     # and it fails when serving is not there
     down = subprocess.run(
         [sys.executable, "-c", script],

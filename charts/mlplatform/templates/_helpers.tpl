@@ -392,6 +392,16 @@ A lint (neither install nor upgrade) is never applied: it gets a random value.
       key: admin-token
 {{- end }}
 
+{{/* The key of the endpoints that write training data (/feedback): serving checks it, the web
+app sends it. */}}
+{{- define "mlplatform.writerTokenEnv" -}}
+- name: MLPLATFORM_WRITER_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mlplatform.authSecret" . }}
+      key: writer-token
+{{- end }}
+
 {{/* Our images write nothing outside /tmp; HOME points there for libraries that cache. */}}
 {{- define "mlplatform.tmpEnv" -}}
 - name: HOME
