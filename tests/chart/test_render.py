@@ -475,6 +475,7 @@ def test_notes_name_the_urls_and_kubectl_lines() -> None:
     assert "http://localhost/api/docs" in notes
     assert "http://localhost/grafana/" in notes
     assert "create job --from=cronjob/mlplatform-retrainer" in notes
+    assert "get secret mlplatform-auth -o jsonpath='{.data.writer-token}'" in notes
     assert "rollout undo deployment/mlplatform-serving" in notes
     assert "helm test mlplatform" in notes
 
