@@ -32,6 +32,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data" / "breast_cancer.csv"
 KEY = "bench-signing-key"
+WRITER_TOKEN = "bench-writer-token"
 PIN = os.cpu_count() is not None and (os.cpu_count() or 1) >= 2
 
 
@@ -176,6 +177,10 @@ def make_store(tmp: Path) -> dict[str, str]:
         "MLPLATFORM_STORE_URL": f"file://{tmp}/store",
         "MLPLATFORM_SIGNING_KEY": KEY,
         "MLPLATFORM_LOG_LEVEL": "WARNING",
+        # feedback ingestion is measured with the key checked but no rate: the rate would
+        # measure itself
+        "MLPLATFORM_WRITER_TOKEN": WRITER_TOKEN,
+        "MLPLATFORM_FEEDBACK_RATE": "0",
     }
     subprocess.run(
         [sys.executable, "-m", "mlplatform_retrainer", "train"],
@@ -356,7 +361,8 @@ def bench_feedback(server: Server, seconds: float) -> dict[str, Any]:
     try:
         row = pd.read_csv(DATA).drop(columns="target").iloc[0].to_dict()
         body = json.dumps({"features": row, "prediction": 0, "target": 0}).encode()
-        r = wrk(server.url + "/feedback", body, "application/json", 8, seconds)
+        headers = f"application/json\nAuthorization: Bearer {WRITER_TOKEN}"
+        r = wrk(server.url + "/feedback", body, headers, 8, seconds)
     finally:
         server.stop()
     store = LocalStore(server.env["MLPLATFORM_STORE_URL"].removeprefix("file://"))

@@ -138,6 +138,9 @@ def _prometheus_config(serving: str, pushgateway: str, rules: Path) -> dict[str,
     return config  # type: ignore[no-any-return]
 
 
+WRITER = {"Authorization": "Bearer dash-writer"}
+
+
 def _traffic(url: str, rows: pd.DataFrame, n: int, seed: int) -> None:
     """Single and batch predictions, rejected input, and feedback with the true label."""
     sample = rows.sample(n=n, random_state=seed).reset_index(drop=True)
@@ -150,7 +153,9 @@ def _traffic(url: str, rows: pd.DataFrame, n: int, seed: int) -> None:
             pid = r.json()["predictions"][0]["prediction_id"]
             if i % 2 == 0:  # half get labelled, a few wrongly, so quality is not all 1.0
                 target = int(sample["target"].iloc[i]) ^ (1 if i % 10 == 0 else 0)
-                fb = client.post("/feedback", json={"prediction_id": pid, "target": target})
+                fb = client.post(
+                    "/feedback", headers=WRITER, json={"prediction_id": pid, "target": target}
+                )
                 assert fb.status_code == 201, fb.text
         batch = features.head(20).to_dict(orient="records")
         assert client.post("/predict", json={"instances": batch}).status_code == 200
@@ -171,6 +176,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, trained, shipped_dataset) -> 
             "MLPLATFORM_STORE_URL": store.url,
             "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
             "MLPLATFORM_ADMIN_TOKEN": "dash-admin",
+            "MLPLATFORM_WRITER_TOKEN": "dash-writer",
             "MLPLATFORM_RETRAIN_EVERY": "0",
             "MLPLATFORM_LOG_FLUSH_SECONDS": "0.3",
         }

@@ -526,6 +526,7 @@ def exercise(tags: dict[str, str], containers: Containers) -> None:
 
     signing_key = secrets.token_hex(16)
     admin_token = secrets.token_hex(8)
+    writer_token = secrets.token_hex(8)
     s3 = S3Server().start()
     try:
         store = s3.store("mlplatform")
@@ -559,6 +560,7 @@ def exercise(tags: dict[str, str], containers: Containers) -> None:
                 **env,
                 "MLPLATFORM_PORT": str(port),
                 "MLPLATFORM_ADMIN_TOKEN": admin_token,
+                "MLPLATFORM_WRITER_TOKEN": writer_token,
                 "MLPLATFORM_RETRAIN_EVERY": "0",
                 "MLPLATFORM_LOG_FLUSH_SECONDS": "0.5",
             },
@@ -582,6 +584,7 @@ def exercise(tags: dict[str, str], containers: Containers) -> None:
             fb = httpx.post(
                 f"{api}/feedback",
                 json={"prediction_id": prediction["prediction_id"], "target": target},
+                headers={"Authorization": f"Bearer {writer_token}"},
                 timeout=30,
             )
             if fb.status_code != 201:
@@ -594,7 +597,11 @@ def exercise(tags: dict[str, str], containers: Containers) -> None:
         webapp = containers.start(
             "webapp",
             tags["webapp"],
-            {"MLPLATFORM_API_URL": api, "MLPLATFORM_WEBAPP_PORT": str(webapp_port)},
+            {
+                "MLPLATFORM_API_URL": api,
+                "MLPLATFORM_WEBAPP_PORT": str(webapp_port),
+                "MLPLATFORM_WRITER_TOKEN": writer_token,
+            },
             ["--health-interval", "2s", "--health-start-period", "5s"],
         )
         health = wait_http(f"http://127.0.0.1:{webapp_port}/_stcore/health", webapp, timeout=120)

@@ -25,6 +25,10 @@ from tests.conftest import REPO, S3_KEYS, SIGNING_KEY, S3Server
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 ADMIN_TOKEN = "reliability-admin-token-4f1c9e"
+WRITER_TOKEN = "reliability-writer-token-8d2a61"
+WRITER = {"Authorization": f"Bearer {WRITER_TOKEN}"}
+# These tests load /feedback on purpose; the rate of one key is tested in tests/services.
+NO_RATE = {"MLPLATFORM_WRITER_TOKEN": WRITER_TOKEN, "MLPLATFORM_FEEDBACK_RATE": "0"}
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,7 @@ def s3_env(endpoint: str, bucket: str, **extra: str) -> dict[str, str]:
         "MLPLATFORM_S3_SECRET_KEY": S3_KEYS["secret_key"],
         "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
         "MLPLATFORM_ADMIN_TOKEN": ADMIN_TOKEN,
+        **NO_RATE,
         "MLPLATFORM_LOG_FLUSH_SECONDS": "0.5",
         "MLPLATFORM_RETRAIN_EVERY": "0",
         **extra,
@@ -179,6 +184,7 @@ def local_env(root: Path, **extra: str) -> dict[str, str]:
         "MLPLATFORM_STORE_URL": f"file://{root}",
         "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
         "MLPLATFORM_ADMIN_TOKEN": ADMIN_TOKEN,
+        **NO_RATE,
         "MLPLATFORM_LOG_FLUSH_SECONDS": "0.5",
         "MLPLATFORM_RETRAIN_EVERY": "0",
         **extra,

@@ -31,6 +31,7 @@ from mlplatform_common.storage import LocalStore, Store
 from tests.conftest import REPO, SIGNING_KEY, S3Server, ServingProcess, publish_trained
 from tests.reliability.conftest import (
     PROFILE,
+    WRITER,
     Figures,
     admin,
     local_env,
@@ -64,7 +65,7 @@ class Recorder(threading.Thread):
                     kind, r = "predict", c.post("/predict", json={"instances": [row] * 5})
                 else:
                     body = {"features": row, "prediction": 1, "target": self.rng.randrange(2)}
-                    kind, r = "feedback", c.post("/feedback", json=body)
+                    kind, r = "feedback", c.post("/feedback", headers=WRITER, json=body)
                 self.answers.append((time.monotonic(), kind, r.status_code, r.json()))
 
 
@@ -324,7 +325,7 @@ def test_serving_killed_mid_feedback_leaves_only_whole_rows(
             while not halt.is_set():
                 body = {"features": rows[i % len(rows)], "prediction": 1, "target": i % 2}
                 try:
-                    r = c.post(proc.url + "/feedback", json=body)
+                    r = c.post(proc.url + "/feedback", headers=WRITER, json=body)
                 except httpx.HTTPError:
                     return  # the server is gone
                 if r.status_code == 201:

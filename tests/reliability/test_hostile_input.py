@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, settings
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import S3Store
 from tests.conftest import SIGNING_KEY, S3Server, ServingProcess, publish_trained
-from tests.reliability.conftest import PROFILE, Figures, admin, output_so_far, s3_env
+from tests.reliability.conftest import PROFILE, WRITER, Figures, admin, output_so_far, s3_env
 
 pytestmark = pytest.mark.soak
 
@@ -141,6 +141,7 @@ def test_the_served_document_is_the_one_tested(served: ServingProcess) -> None:
 
 
 TRIED: Counter[str] = Counter()
+WRITES = ("/feedback",)  # behind the writer token
 METHOD_PROBES: Counter[str] = Counter()
 
 
@@ -167,9 +168,10 @@ def check_answer(response: Any, where: str) -> None:
 def test_generated_requests_never_get_a_5xx_and_4xx_have_the_error_body(
     served: ServingProcess, case: Any
 ) -> None:
-    # Admin operations get the real token half the time, so their bodies are fuzzed too,
-    # not only the 401 in front of them.
-    headers = admin() if case.path.startswith("/admin") and len(TRIED) % 2 == 0 else None
+    # Admin and writer operations get the real token half the time, so their bodies are
+    # fuzzed too, not only the 401 in front of them.
+    token = admin() if case.path.startswith("/admin") else WRITER if case.path in WRITES else None
+    headers = token if len(TRIED) % 2 == 0 else None
     response = case.call(base_url=served.url, headers=headers, timeout=30)
     TRIED[f"{case.operation.method.upper()} {case.operation.path}"] += 1
     if case.method.upper() != case.operation.method.upper():
@@ -229,12 +231,11 @@ def test_oversized_bodies_are_413_on_every_body_route(
             ("/feedback", big_json, "application/json"),
             ("/v2/models/mlplatform/infer", big_json, "application/json"),
         ]:
-            _error(
-                c.post(path, content=body, headers={"content-type": ctype}), 413, "over the limit"
-            )
+            headers = {"content-type": ctype, **WRITER}  # the writer token: /feedback reads on
+            _error(c.post(path, content=body, headers=headers), 413, "over the limit")
             # Streamed without a content-length (chunked): counted as it arrives.
             chunks = iter([body[i : i + 4096] for i in range(0, len(body), 4096)])
-            _error(c.post(path, content=chunks, headers={"content-type": ctype}), 413)
+            _error(c.post(path, content=chunks, headers=headers), 413)
         # Admin routes check the token first; with it, the size limit still holds.
         _error(c.post("/admin/reload", content=big_json, headers=admin()), 413)
         # A lying content-length far over the limit is refused before any body is read.
@@ -253,7 +254,8 @@ def test_deeply_nested_json_on_every_json_route(served: ServingProcess) -> None:
     with httpx.Client(base_url=served.url, timeout=30) as c:
         for path in ("/predict", "/feedback", "/v2/models/mlplatform/infer"):
             for body in (nested, nested_obj):
-                r = c.post(path, content=body, headers={"content-type": "application/json"})
+                headers = {"content-type": "application/json", **WRITER}
+                r = c.post(path, content=body, headers=headers)
                 _error(r, 422)
         # Nesting inside a valid envelope: the feature value, and a V2 tensor's data.
         deep_value = b'{"features": {"mean_radius": ' + b"[" * 20_000 + b"]" * 20_000 + b"}}"
@@ -283,7 +285,7 @@ def test_huge_and_odd_numbers(served: ServingProcess, rows: list[dict[str, float
         _error(c.post("/v2/models/mlplatform/infer", content=raw), 422, "data[0]")
         raw = json.dumps({"features": rows[0], "target": 1}).encode()
         raw = raw.replace(str(rows[0]["mean_radius"]).encode(), b"1e999", 1)
-        _error(c.post("/feedback", content=raw), 422, "features.mean_radius")
+        _error(c.post("/feedback", headers=WRITER, content=raw), 422, "features.mean_radius")
         # FP32 overflow: finite in JSON, infinite as a float32 tensor.
         tensor = {"name": "x", "shape": [1, 30], "datatype": "FP32", "data": [1e300] * 30}
         r = c.post("/v2/models/mlplatform/infer", json={"inputs": [tensor]})
@@ -304,11 +306,18 @@ def test_unicode_feature_names_and_values(
             r = c.post("/predict", content=json.dumps({"features": features}, ensure_ascii=False))
             body = _error(r, 422, "unknown feature")
             assert name in body["error"] or "\\u" in body["error"]
-            r = c.post("/feedback", content=json.dumps({"features": features, "target": 1}))
+            r = c.post(
+                "/feedback", headers=WRITER, content=json.dumps({"features": features, "target": 1})
+            )
             _error(r, 422, "unknown feature")
         # A lone surrogate escaped in JSON, in a key and as a target.
         _error(c.post("/predict", content=b'{"features": {"\\ud800": 1}}'), 422)
-        _error(c.post("/feedback", content=b'{"prediction_id": "\\udfff", "target": 1}'), 422)
+        _error(
+            c.post(
+                "/feedback", headers=WRITER, content=b'{"prediction_id": "\\udfff", "target": 1}'
+            ),
+            422,
+        )
         # A CSV header with a unicode look-alike: that column is named as unknown.
         header = ",".join(["m\u0435an_radius", *list(rows[0])[1:]])
         line = ",".join(str(v) for v in rows[0].values())
@@ -501,7 +510,7 @@ def test_after_all_hostile_input_the_server_is_healthy_and_quiet(
 @pytest.mark.parametrize("path", ["/predict", "/feedback", "/v2/models/mlplatform/infer"])
 def test_a_4301_digit_integer_is_a_422_not_a_500(served: ServingProcess, path: str) -> None:
     raw = b'{"features": {"mean_radius": ' + b"1" * 4301 + b"}}"
-    _error(httpx.post(served.url + path, content=raw, timeout=30), 422)
+    _error(httpx.post(served.url + path, content=raw, headers=WRITER, timeout=30), 422)
 
 
 def test_a_huge_finite_value_does_not_stop_the_prediction_log(

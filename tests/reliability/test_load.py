@@ -26,6 +26,7 @@ from mlplatform_common.registry import ModelRegistry
 from tests.conftest import SIGNING_KEY, S3Server, ServingProcess, publish_trained
 from tests.reliability.conftest import (
     PROFILE,
+    WRITER,
     Figures,
     percentile,
     rss_kib,
@@ -96,6 +97,8 @@ async def run_traffic(
             full = {"features": row, "prediction": 1, "target": rng.randrange(2)}
             kind, kw, want = "feedback_full", {"json": full}, 201
         path = "/feedback" if kind.startswith("feedback") else "/predict"
+        if path == "/feedback":
+            kw["headers"] = WRITER
         started = time.perf_counter()
         try:
             r = await client.post(url + path, **kw)

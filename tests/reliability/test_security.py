@@ -26,9 +26,16 @@ from tests.reliability.conftest import HERE, Figures, output_so_far
 
 SIGNING_KEY = "sk-RELIABILITY-signing-7d2f0c61e4"
 ADMIN_TOKEN = "at-RELIABILITY-admin-93b1e4a7c2"
+WRITER_TOKEN = "wt-RELIABILITY-writer-5c0e8b21f4"
+WRITER = {"Authorization": f"Bearer {WRITER_TOKEN}"}
 S3_ACCESS = "AKRELIABILITY5A8E21"
 S3_SECRET = "s3-RELIABILITY-secret-0b9f3d7e"
-SECRETS = {"signing key": SIGNING_KEY, "admin token": ADMIN_TOKEN, "S3 secret key": S3_SECRET}
+SECRETS = {
+    "signing key": SIGNING_KEY,
+    "admin token": ADMIN_TOKEN,
+    "writer token": WRITER_TOKEN,
+    "S3 secret key": S3_SECRET,
+}
 
 
 def secret_env(server: S3Server, bucket: str, **extra: str) -> dict[str, str]:
@@ -39,6 +46,7 @@ def secret_env(server: S3Server, bucket: str, **extra: str) -> dict[str, str]:
         "MLPLATFORM_S3_SECRET_KEY": S3_SECRET,
         "MLPLATFORM_SIGNING_KEY": SIGNING_KEY,
         "MLPLATFORM_ADMIN_TOKEN": ADMIN_TOKEN,
+        "MLPLATFORM_WRITER_TOKEN": WRITER_TOKEN,
         "MLPLATFORM_LOG_FLUSH_SECONDS": "0.5",
         "MLPLATFORM_RETRAIN_EVERY": "0",
         "MLPLATFORM_LOG_LEVEL": "DEBUG",
@@ -123,8 +131,39 @@ def test_admin_endpoints_refuse_missing_and_wrong_tokens(
             assert back.status_code == 200
 
 
+def test_feedback_refuses_missing_and_wrong_writer_tokens_and_stores_nothing(
+    secured: ServingProcess, secret_store: S3Store, rows: list[dict[str, float]]
+) -> None:
+    before = secret_store.list_keys("production/feedback/")
+    wrong = [a.replace(ADMIN_TOKEN, WRITER_TOKEN) if a else a for a in WRONG_AUTH]
+    with httpx.Client(base_url=secured.url, timeout=30) as c:
+        for auth in wrong:
+            headers = {} if auth is None else {"Authorization": auth}
+            r = c.post("/feedback", json={"features": rows[0], "target": 1}, headers=headers)
+            assert r.status_code == 401, (auth, r.text)
+            assert r.json()["type"] == "Unauthorized" and set(r.json()) == {"error", "type"}
+            assert r.headers["www-authenticate"].startswith("Bearer ")
+            assert WRITER_TOKEN not in r.text
+        for headers, params in (
+            ({"X-Writer-Token": WRITER_TOKEN}, {}),
+            ({}, {"token": WRITER_TOKEN}),
+            ({"Cookie": f"token={WRITER_TOKEN}"}, {}),
+        ):
+            body = {"features": rows[0], "target": 1}
+            r = c.post("/feedback", json=body, headers=headers, params=params)
+            assert r.status_code == 401, r.text
+        # the writer token opens no admin endpoint
+        for path in ("/admin/reload", "/admin/retrain", "/admin/unpin"):
+            assert c.post(path, headers=WRITER).status_code == 401
+    assert secret_store.list_keys("production/feedback/") == before
+
+
 def test_the_token_is_compared_in_constant_time(
-    local_store: Store, trained: Any, shipped_dataset: Any, monkeypatch: pytest.MonkeyPatch
+    local_store: Store,
+    trained: Any,
+    shipped_dataset: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    rows: list[dict[str, float]],
 ) -> None:
     import hmac
 
@@ -143,11 +182,18 @@ def test_the_token_is_compared_in_constant_time(
         return real(a, b)
 
     monkeypatch.setattr(deps.hmac, "compare_digest", spy)
-    settings = ServingSettings(signing_key=SIGNING_KEY, admin_token=ADMIN_TOKEN)
+    settings = ServingSettings(
+        signing_key=SIGNING_KEY, admin_token=ADMIN_TOKEN, writer_token=WRITER_TOKEN
+    )
     with TestClient(create_app(settings, local_store)) as c:
         wrong = c.post("/admin/reload", headers={"Authorization": "Bearer nope"})
         right = c.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-    assert (wrong.status_code, right.status_code) == (401, 200)
+        assert (wrong.status_code, right.status_code) == (401, 200)
+        pid = c.post("/predict", json={"features": rows[0]}).json()["predictions"][0]
+        body = {"prediction_id": pid["prediction_id"], "target": 0}
+        wrong = c.post("/feedback", json=body, headers={"Authorization": "Bearer nib"})
+        right = c.post("/feedback", json=body, headers=WRITER)
+        assert (wrong.status_code, right.status_code) == (401, 201)
 
     def raw(x: Any) -> bytes:
         return x.encode() if isinstance(x, str) else bytes(x)
@@ -156,6 +202,10 @@ def test_the_token_is_compared_in_constant_time(
     given = [(raw(a), raw(b)) for a, b in calls]
     assert (b"nope", ADMIN_TOKEN.encode()) in given
     assert (ADMIN_TOKEN.encode(), ADMIN_TOKEN.encode()) in given
+    # a writer endpoint compares the given token with every key it accepts, matched or not
+    assert (b"nib", WRITER_TOKEN.encode()) in given and (b"nib", ADMIN_TOKEN.encode()) in given
+    assert (WRITER_TOKEN.encode(), WRITER_TOKEN.encode()) in given
+    assert (WRITER_TOKEN.encode(), ADMIN_TOKEN.encode()) in given
 
 
 # -- secrets never leave the process ---------------------------------------------------------
@@ -184,7 +234,7 @@ def test_secrets_are_never_logged_or_returned(
             bodies[f"GET {path}"] = c.get(path).text
         pid = c.post("/predict", json={"features": rows[0]}).json()["predictions"][0]
         bodies["POST /feedback"] = c.post(
-            "/feedback", json={"prediction_id": pid["prediction_id"], "target": 0}
+            "/feedback", headers=WRITER, json={"prediction_id": pid["prediction_id"], "target": 0}
         ).text
         requests: dict[str, dict[str, Any]] = {
             "bad input": {"json": {"features": {"x": 1}}},
@@ -251,13 +301,16 @@ def test_secrets_are_never_logged_or_returned(
 
 
 def test_settings_never_show_secrets_in_their_repr() -> None:
+    from mlplatform_reporter.settings import ReporterSettings
     from mlplatform_retrainer.settings import RetrainerSettings
     from mlplatform_serving.settings import ServingSettings
+    from mlplatform_webapp.settings import WebappSettings
 
-    for cls in (ServingSettings, RetrainerSettings):
+    for cls in (ServingSettings, RetrainerSettings, WebappSettings, ReporterSettings):
         settings = cls(
             signing_key=SIGNING_KEY,
             admin_token=ADMIN_TOKEN,
+            writer_token=WRITER_TOKEN,
             s3_secret_key=S3_SECRET,
         )
         for text in (repr(settings), str(settings), str(settings.model_dump())):
