@@ -129,7 +129,13 @@ def running_prom_stack(root: Path, config: Callable[[str], dict[str, Any]]) -> I
     try:
         procs.append(
             subprocess.Popen(
-                [str(pushgateway), f"--web.listen-address=127.0.0.1:{pg_port}"],
+                [
+                    str(pushgateway),
+                    f"--web.listen-address=127.0.0.1:{pg_port}",
+                    # Debian's build persists to one file for every instance on the machine,
+                    # so another test run's groups would be here from the start.
+                    f"--persistence.file={root / 'pushgateway.data'}",
+                ],
                 stdout=pg_log.open("wb"),
                 stderr=subprocess.STDOUT,
             )
