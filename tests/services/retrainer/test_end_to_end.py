@@ -32,6 +32,7 @@ def test_k_labelled_rows_retrain_and_serving_swaps_without_failures(
         "MLPLATFORM_STORE_URL": f"file://{store.root}",
         "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
         "MLPLATFORM_ADMIN_TOKEN": "e2e-admin",
+        "MLPLATFORM_WRITER_TOKEN": "e2e-writer",
         "MLPLATFORM_RETRAIN_LAUNCHER": "local",
         "MLPLATFORM_RETRAIN_EVERY": "20",
         "MLPLATFORM_ROLLOUT": "local",
@@ -103,9 +104,11 @@ def _retrain_and_roll_back(
     flowing = threading.Thread(target=traffic)
     flowing.start()
     try:
-        # The traffic simulator replays held-out rows and labels every one of them.
+        # The traffic simulator replays held-out rows and labels every one of them, with the
+        # writer token as `python -m mlplatform_reporter simulate` sends it.
         frame = pd.read_csv(DATA).sample(n=20, random_state=3)
-        with httpx.Client(base_url=serving.url, timeout=30) as client:
+        writer = {"Authorization": "Bearer e2e-writer"}
+        with httpx.Client(base_url=serving.url, timeout=30, headers=writer) as client:
             summary = replay(
                 client,
                 frame,
