@@ -274,6 +274,24 @@ def test_json_summaries(client: TestClient, rows) -> None:
 # -- admin -----------------------------------------------------------------------------
 
 
+def test_the_document_declares_the_tokens_the_routes_check(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["writerToken"]["scheme"] == schemes["adminToken"]["scheme"] == "bearer"
+    secured = {
+        (path, method): op["security"]
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+        if "security" in op
+    }
+    assert secured == {
+        ("/feedback", "post"): [{"writerToken": []}],
+        ("/admin/reload", "post"): [{"adminToken": []}],
+        ("/admin/retrain", "post"): [{"adminToken": []}],
+        ("/admin/unpin", "post"): [{"adminToken": []}],
+    }
+
+
 def test_admin_needs_the_token(client: TestClient) -> None:
     assert_error(client.post("/admin/reload"), 401, "bearer token")
     assert_error(client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}), 401)

@@ -10,7 +10,8 @@ import hmac
 import math
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPBearer
 
 from mlplatform_common.errors import TooManyRequests, Unauthorized
 from mlplatform_serving.codecs.common import parse_json
@@ -44,12 +45,26 @@ RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
 SettingsDep = Annotated[ServingSettings, Depends(get_settings_dep)]
 
 
+# Declared for the OpenAPI document (/docs' "Authorize" button) only: their own parsing strips
+# the token, and the checks below take the header exactly as sent.
+ADMIN_SCHEME = HTTPBearer(
+    scheme_name="adminToken", description="MLPLATFORM_ADMIN_TOKEN", auto_error=False
+)
+WRITER_SCHEME = HTTPBearer(
+    scheme_name="writerToken",
+    description="MLPLATFORM_WRITER_TOKEN (the admin token is accepted too)",
+    auto_error=False,
+)
+
+
 def _bearer(request: Request) -> bytes | None:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     return given.encode() if scheme.lower() == "bearer" and given else None
 
 
-async def require_admin(request: Request, settings: SettingsDep) -> None:
+async def require_admin(
+    request: Request, settings: SettingsDep, _: Annotated[Any, Security(ADMIN_SCHEME)]
+) -> None:
     """Bearer-token check of ``/admin/*``."""
     token = settings.require_admin_token()
     given = _bearer(request)
@@ -57,7 +72,9 @@ async def require_admin(request: Request, settings: SettingsDep) -> None:
         raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <admin token>)")
 
 
-async def require_writer(request: Request, service: ServiceDep) -> None:
+async def require_writer(
+    request: Request, service: ServiceDep, _: Annotated[Any, Security(WRITER_SCHEME)]
+) -> None:
     """Bearer-token check and rate of the endpoints that write training data: the writer
     token or the admin token, then one token from that key's bucket (429 over it). Runs
     before the body is read, so a refused request stores nothing."""
