@@ -281,6 +281,32 @@ def test_cli_run_succeeds_and_fails_with_exit_codes(tmp_path, trained, shipped_d
     assert "MLPLATFORM_SIGNING_KEY is not set" in bad.stderr
 
 
+def test_cli_run_refuses_a_retention_shorter_than_the_window_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = _run_cli(tmp_path / "store", MLPLATFORM_LOG_RETENTION_DAYS="3")
+    assert bad.returncode == 1
+    lines = [line for line in bad.stderr.splitlines() if "MLPLATFORM_LOG_RETENTION_DAYS" in line]
+    assert len(lines) == 1 and "at least 9" in lines[0], bad.stderr  # 24 h + 168 h + 1 day
+    assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("store", ["s3"], indirect=True)
+def test_a_report_deletes_the_expired_days_of_the_log_and_reads_the_rest(
+    store: Store, model: LoadedModel, heldout: pd.DataFrame
+) -> None:
+    now = time.time()
+    # every row labelled: log_traffic returns the ids of the labelled ones
+    old = log_traffic(store, model, heldout.iloc[:20], labelled=1.0, ts=now - 40 * 86_400)
+    recent = log_traffic(store, model, heldout.iloc[20:50], labelled=1.0, ts=now - 3_600)
+    outcome = job.run(reporter_settings(log_retention_days=30), store=store, now=now)
+    assert outcome.expired == {"partitions": 1, "objects": 1}
+    assert outcome.result.rows["production"] == len(recent)
+    left = datalog.read_predictions(store)
+    assert len(left) == len(recent) and not set(left["prediction_id"]) & set(old["prediction_id"])
+    assert len(datalog.read_feedback(store)) == len(old) + len(recent)  # labels are kept
+    kept = job.run(reporter_settings(log_retention_days=0), store=store, now=now)
+    assert kept.expired is None and len(datalog.read_predictions(store)) == len(recent)
+
+
 def test_cli_simulate_replays_with_drift_against_the_api(
     tmp_path, trained, shipped_dataset, capsys
 ) -> None:  # type: ignore[no-untyped-def]

@@ -27,7 +27,12 @@ from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 from mlplatform_common import datalog, keys, reports
 from mlplatform_common import metric_names as m
-from mlplatform_common.errors import ModelNotFound, ObjectNotFound, StorageUnavailable
+from mlplatform_common.errors import (
+    ConfigurationError,
+    ModelNotFound,
+    ObjectNotFound,
+    StorageUnavailable,
+)
 from mlplatform_common.registry import LoadedModel, ModelRegistry
 from mlplatform_common.reports import ReportArchive
 from mlplatform_common.storage import Store, open_store
@@ -55,6 +60,7 @@ class RunOutcome:
     result: ReportResult
     prod_data_rows: int
     pushed: bool
+    expired: dict[str, int] | None = None  # the log's day partitions and objects deleted
 
 
 def report_id(ts: float) -> str:
@@ -247,8 +253,10 @@ def send_to_evidently_ui(settings: ReporterSettings, result: ReportResult) -> No
 def run(
     settings: ReporterSettings, *, store: Store | None = None, now: float | None = None
 ) -> RunOutcome:
-    """One report: build, archive, push. Raises on any failure (nothing is pushed then)."""
+    """One report: build, archive, push, then drop the log's expired days. Raises on any
+    failure (nothing is pushed then)."""
     now = time.time() if now is None else now
+    check_retention(settings)
     store = store or open_store(settings, ensure=True)
     win = window(settings, store, now)
     model = _production_model(settings, store)
@@ -261,7 +269,35 @@ def run(
     except Exception as exc:  # an optional dashboard must not fail the report
         logger.warning("Evidently UI at %s: %s", settings.evidently_ui_url, exc)
     pushed = push(settings, metrics_registry(result, time.time()))
-    return RunOutcome(rid, result, exported, pushed)
+    return RunOutcome(rid, result, exported, pushed, expire_log(settings, store, now))
+
+
+def check_retention(settings: ReporterSettings) -> None:
+    """Refuse a log retention shorter than what a report reads."""
+    keep, floor = settings.log_retention_days, settings.retention_floor_days()
+    if keep < 0 or 0 < keep < floor:
+        raise ConfigurationError(
+            f"MLPLATFORM_LOG_RETENTION_DAYS: {keep:g} days would delete rows a report still "
+            f"reads; use 0 (keep every day) or at least {floor:g} (the window "
+            f"{settings.window_hours:g} h + the feedback lookback "
+            f"{settings.feedback_lookback_hours:g} h + one day partition)"
+        )
+
+
+def expire_log(settings: ReporterSettings, store: Store, now: float) -> dict[str, int] | None:
+    """Delete the prediction log's day partitions older than the retention (None: kept)."""
+    check_retention(settings)
+    if not settings.log_retention_days:
+        return None
+    dropped = datalog.drop_expired_predictions(store, settings.log_retention_days, now)
+    if dropped["partitions"]:
+        logger.info(
+            "prediction log: deleted %d day partitions (%d objects) older than %g days",
+            dropped["partitions"],
+            dropped["objects"],
+            settings.log_retention_days,
+        )
+    return dropped
 
 
 def describe(outcome: RunOutcome) -> str:
@@ -282,4 +318,8 @@ def describe(outcome: RunOutcome) -> str:
         lines.append(f"  quality ({r.quality.status}): {numbers or '-'}")
     lines += [f"  note: {n}" for n in r.notes]
     lines.append(f"  prod_data.csv: {outcome.prod_data_rows} rows; pushed: {outcome.pushed}")
+    if outcome.expired is not None:
+        lines.append(
+            f"  prediction log: {outcome.expired['partitions']} expired day partitions deleted"
+        )
     return "\n".join(lines)
