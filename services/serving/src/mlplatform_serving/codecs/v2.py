@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from mlplatform_serving.runtime import BatchResult
 
 OUTPUTS = ("label", "probabilities", "prediction_id")
+# Below about five rows the general reader is as fast as the typed one (bench/BENCHMARKS.md).
+TYPED_FROM_BYTES = 1024
 
 
 class V2Tensor(BaseModel):
@@ -180,7 +182,7 @@ def decode(
     ``features_of``: the served version's features, asked for once the request is read (a
     malformed request is named as such even while no model is loaded)."""
     typed: np.ndarray | None = None
-    if "inference-header-content-length" not in headers:
+    if "inference-header-content-length" not in headers and len(body) >= TYPED_FROM_BYTES:
         payload, typed = typed_json(body)
     if typed is None:
         payload, binary = split_binary(headers, body)
