@@ -11,7 +11,19 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.chart.conftest import Obj, clean, find, one, pod_labels, rendered_variant, validate
+from tests.chart.conftest import (
+    NAMESPACE,
+    RELEASE,
+    Obj,
+    clean,
+    env_value,
+    find,
+    one,
+    pod_labels,
+    pod_spec,
+    rendered_variant,
+    validate,
+)
 from tests.services.reporter.conftest import ALERTS, PROMTOOL, require_binary
 
 OPERATOR_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
@@ -115,3 +127,10 @@ def test_prometheus_and_grafana_keep_their_data_on_pvcs() -> None:
         for a in default["spec"]["template"]["spec"]["containers"][0]["args"]
         if "retention.size" in a
     ]
+
+
+def test_the_jobs_push_with_the_release_and_namespace(defaults: tuple[Obj, ...]) -> None:
+    for job in ("reporter", "retrainer"):
+        (c,) = pod_spec(one(defaults, "CronJob", f"mlplatform-{job}"))["containers"]  # type: ignore[index]
+        assert env_value(c, "MLPLATFORM_RELEASE") == RELEASE
+        assert env_value(c, "MLPLATFORM_NAMESPACE") == NAMESPACE

@@ -38,6 +38,6 @@ RETRAIN_RUNS = "mlplatform_retrain_runs"  # Counter{outcome} -> _total
 RETRAIN_LAST_SUCCESS = "mlplatform_retrain_last_success_timestamp_seconds"
 MODEL_VERSION_NUMBER = "mlplatform_model_version_number"
 
-# Pushgateway job names (the grouping key is {job, instance="mlplatform"})
+# Pushgateway job names (the rest of the grouping key: CommonSettings.push_grouping_key)
 REPORTER_JOB = "mlplatform-reporter"
 RETRAINER_JOB = "mlplatform-retrainer"
