@@ -137,6 +137,9 @@ def running_prom_stack(root: Path, config: Callable[[str], dict[str, Any]]) -> I
                     str(pushgateway),
                     f"--web.listen-address=127.0.0.1:{pg_port}",
                     "--web.enable-admin-api",  # PromStack.clear wipes every group
+                    # in memory only: Debian's default file is shared by every Pushgateway on
+                    # the machine, so groups pushed by other test runs came back
+                    "--persistence.file=",
                 ],
                 stdout=pg_log.open("wb"),
                 stderr=subprocess.STDOUT,
