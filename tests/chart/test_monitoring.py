@@ -6,12 +6,14 @@ from __future__ import annotations
 import copy
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, Counter, push_to_gateway
 
 from tests.chart.conftest import (
     NAMESPACE,
@@ -20,9 +22,11 @@ from tests.chart.conftest import (
     clean,
     env_value,
     find,
+    objects,
     one,
     pod_labels,
     pod_spec,
+    render,
     rendered_variant,
     validate,
     variant_values,
@@ -30,7 +34,8 @@ from tests.chart.conftest import (
 )
 from tests.chart.test_render import rendered_prometheus
 from tests.conftest import REPO
-from tests.services.reporter.conftest import ALERTS, PROMTOOL, require_binary
+from tests.services.reporter.conftest import ALERTS, PROMTOOL, require_binary, running_prom_stack
+from tests.services.retrainer.conftest import NOT_FOUND, JsonApi
 
 OPERATOR_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
 
@@ -216,3 +221,66 @@ def test_the_jobs_push_with_the_release_and_namespace(defaults: tuple[Obj, ...])
         (c,) = pod_spec(one(defaults, "CronJob", f"mlplatform-{job}"))["containers"]  # type: ignore[index]
         assert env_value(c, "MLPLATFORM_RELEASE") == RELEASE
         assert env_value(c, "MLPLATFORM_NAMESPACE") == NAMESPACE
+
+
+class AlertReceiver(JsonApi):
+    """Where the Alertmanager API v2 takes alerts from Prometheus (``POST /api/v2/alerts``)."""
+
+    def answer(self, request: dict[str, Any]) -> tuple[int, Any]:
+        if request["method"] == "POST" and request["path"] == "/api/v2/alerts":
+            return 200, {}
+        return NOT_FOUND
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return [a for r in self.requests if r["path"] == "/api/v2/alerts" for a in r["body"]]
+
+
+def test_a_firing_alert_reaches_the_alertmanager_with_its_runbook(tmp_path: Path) -> None:
+    receiver = AlertReceiver()
+    receiver.thread.start()
+    try:
+        target = receiver.url.removeprefix("http://")
+        values = {
+            "prometheus": {
+                "alerting": {"alertmanagers": [{"static_configs": [{"targets": [target]}]}]}
+            }
+        }
+        cm = one(objects(render(values)), "ConfigMap", "mlplatform-prometheus")
+        (tmp_path / "alerts.yaml").write_text(cm["data"]["alerts.yaml"])
+
+        def config(pushgateway: str) -> dict[str, Any]:
+            # the chart's prometheus.yml as rendered, only faster, its rules file beside it and
+            # the Pushgateway (the serving pods' discovery is not needed here)
+            rendered = yaml.safe_load(cm["data"]["prometheus.yml"])
+            rendered["global"].update(scrape_interval="1s", evaluation_interval="1s")
+            rendered["rule_files"] = [str(tmp_path / "alerts.yaml")]
+            (push,) = [j for j in rendered["scrape_configs"] if j["job_name"] == "pushgateway"]
+            push["static_configs"] = [{"targets": [pushgateway]}]
+            rendered["scrape_configs"] = [push]
+            return rendered  # type: ignore[no-any-return]
+
+        with running_prom_stack(tmp_path, config) as stack:
+            # a failed retrain run, pushed as the retrainer of this release pushes it
+            registry = CollectorRegistry()
+            runs = Counter("mlplatform_retrain_runs", "runs", ["outcome"], registry=registry)
+            runs.labels("failed").inc()
+            push_to_gateway(
+                stack.pushgateway_url,
+                job="mlplatform-retrainer",
+                grouping_key={"instance": "mlplatform", "release": RELEASE, "namespace": NAMESPACE},
+                registry=registry,
+            )
+            deadline = time.monotonic() + 30
+            while not receiver.alerts() and time.monotonic() < deadline:
+                time.sleep(0.3)
+    finally:
+        receiver.stop()
+    (alert,) = {a["labels"]["alertname"]: a for a in receiver.alerts()}.values()
+    assert alert["labels"] == {
+        "alertname": "MLPlatformRetrainFailing",
+        "namespace": NAMESPACE,
+        "release": RELEASE,
+        "severity": "warning",
+        "platform": "mlplatform",  # the config's external label
+    }
+    assert alert["annotations"]["runbook_url"] == f"{DEFAULT_RUNBOOKS}#mlplatformretrainfailing"
