@@ -9,6 +9,7 @@ Argo CD do.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -258,6 +259,18 @@ def validate(obj: Obj, version: str) -> None:
         jsonschema.validate(obj, schema)
         return
     kubernetes_validate.validate(obj, version, strict=True)
+
+
+def without_runbooks(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The groups with every rule's runbook_url annotation taken out."""
+    out = copy.deepcopy(groups)
+    for group in out:
+        for rule in group["rules"]:
+            annotations = rule.get("annotations", {})
+            annotations.pop("runbook_url", None)
+            if "annotations" in rule and not annotations:
+                del rule["annotations"]
+    return out
 
 
 def clean(obj: Obj) -> Obj:

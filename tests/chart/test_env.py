@@ -48,6 +48,7 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "feedback_count_max_age",
         "alias_check_seconds",
         "low_confidence_threshold",
+        "release",  # pushes nothing: its series get release and namespace from the scrape
     },
     "webapp": {
         "dev_mode",
@@ -64,6 +65,8 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "cache_ttl_seconds",
         "retry_seconds",
         "batch_chunk_rows",
+        "release",  # pushes nothing and acts on no Kubernetes object
+        "namespace",
     },
     "reporter": TUNING
     | {
@@ -90,6 +93,7 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
 LEFT_AT_DEFAULT["bootstrap"] = LEFT_AT_DEFAULT["retrainer"] | {
     # `train --if-missing` neither rolls out nor pushes metrics
     "rollout",
+    "release",
     "namespace",
     "serving_deployment",
     "serving_container",

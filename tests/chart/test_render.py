@@ -29,6 +29,7 @@ from tests.chart.conftest import (
     rendered_variant,
     validate,
     variant_values,
+    without_runbooks,
     workloads,
 )
 from tests.services.reporter.conftest import ALERTS, PROMTOOL, require_binary
@@ -503,7 +504,7 @@ def rendered_prometheus(tmp_path: Path, variant: str = "defaults") -> Path:
     return path
 
 
-@pytest.mark.parametrize("variant", ["defaults", "evidently-ui", "production"])
+@pytest.mark.parametrize("variant", ["defaults", "evidently-ui", "production", "alertmanager"])
 def test_promtool_checks_the_rendered_config_and_rules(tmp_path: Path, variant: str) -> None:
     promtool = str(require_binary(PROMTOOL))
     config = rendered_prometheus(tmp_path, variant)
@@ -542,10 +543,17 @@ def test_prometheus_scrapes_serving_pods_and_the_pushgateway(tmp_path: Path) -> 
     serving_pod = pod_labels(one(rendered_variant("defaults"), "Deployment", "mlplatform-serving"))
     assert serving_pod["app.kubernetes.io/component"] == "serving"
     relabel = jobs["mlplatform-serving"]["relabel_configs"]
+    # the dashboards' and rules' release label, from the pod's instance label
+    assert {
+        "source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+        "target_label": "release",
+    } in relabel
+    assert serving_pod["app.kubernetes.io/instance"] == "mlplatform"
     keep = relabel[0]
     assert keep["source_labels"] == ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"]
     assert keep["action"] == "keep" and keep["regex"] == "true"
     assert jobs["pushgateway"]["honor_labels"] is True
     assert jobs["pushgateway"]["static_configs"][0]["targets"] == ["mlplatform-pushgateway:9091"]
-    # the rules loaded into Prometheus are the tested file, byte for byte
-    assert cm["data"]["alerts.yaml"].strip() == ALERTS.read_text().strip()
+    # the rules loaded into Prometheus are the tested file, with their runbook links added
+    rules = yaml.safe_load(cm["data"]["alerts.yaml"])["groups"]
+    assert without_runbooks(rules) == yaml.safe_load(ALERTS.read_text())["groups"]

@@ -127,6 +127,46 @@ def test_no_production_data_reports_zero_rows_and_succeeds(
 
 
 @pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_releases_sharing_a_pushgateway_keep_their_own_series(
+    store: Store, model: LoadedModel, prom_stack: PromStack
+) -> None:
+    prom_stack.clear()
+    installs = [("blue", "ml"), ("green", "ml"), ("blue", "staging")]
+    pushed: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def run_as(release: str, namespace: str) -> None:
+        settings = reporter_settings(
+            pushgateway_url=prom_stack.pushgateway_url, release=release, namespace=namespace
+        )
+        before = time.time()
+        job.run(settings, store=store)
+        pushed[release, namespace] = (before, time.time())
+
+    for install in installs:
+        run_as(*install)
+    groups = prom_stack.groups()
+    assert sorted((g["release"], g["namespace"]) for g in groups) == sorted(installs)
+    assert {(g["job"], g["instance"]) for g in groups} == {("mlplatform-reporter", "mlplatform")}
+    time.sleep(1.5)  # Prometheus scrapes the first pushes
+    run_as("blue", "ml")  # runs again: only its own group is replaced
+    assert len(prom_stack.groups()) == 3
+    # Prometheus (honor_labels) keeps the pushed release and namespace on every series
+    for (release, namespace), (before, after) in pushed.items():
+        labels = {"release": release, "namespace": namespace}
+        rows = _q("mlplatform_report_rows", dataset="production", **labels)
+        prom_stack.wait_for(rows, 0)
+        stamp = _q("mlplatform_report_last_success_timestamp_seconds", **labels)
+        deadline = time.monotonic() + 20
+        while True:
+            (series,) = prom_stack.query(stamp)
+            if before <= float(series["value"][1]) <= after or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert before <= float(series["value"][1]) <= after, (labels, series)
+    assert len(prom_stack.query("mlplatform_report_last_success_timestamp_seconds")) == 3
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
 def test_no_model_yet_is_an_empty_report_not_a_failure(store: Store) -> None:
     outcome = job.run(reporter_settings(), store=store)
     assert outcome.result.rows["production"] == 0

@@ -60,6 +60,19 @@ class CommonSettings(BaseSettings):
     log_format: str = "text"
     """``text`` for a terminal, ``json`` for a log collector."""
 
+    release: str = "local"
+    """Name of this installation (the chart sets its Helm release): a label on every series the
+    jobs push, so releases sharing a Pushgateway keep their own."""
+
+    namespace: str = "default"
+    """Kubernetes namespace of this installation: where serving and the retrainer find the
+    Deployment and CronJob they act on, and a label on every series the jobs push."""
+
+    def push_grouping_key(self) -> dict[str, str]:
+        """The Pushgateway grouping key besides ``job``: one group per job, release and
+        namespace, so a push replaces only its own release's previous push."""
+        return {"instance": "mlplatform", "release": self.release, "namespace": self.namespace}
+
     def require_signing_key(self) -> bytes:
         """Return the manifest signing key, or raise if none is configured outside dev mode."""
         if self.signing_key is not None and self.signing_key.get_secret_value():

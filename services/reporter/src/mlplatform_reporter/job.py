@@ -8,9 +8,10 @@ One run:
 4. write ``production/prod_data.csv`` in the course format (``write_prod_data``), then archive
    the report (``mlplatform_common.reports``): its HTML, then its summary last (a report
    without a summary is incomplete);
-5. push the numbers to the Pushgateway under ``{job="mlplatform-reporter",
-   instance="mlplatform"}``, replacing the previous run's; ``last_success`` is part of that push,
-   so it only ever moves when a run got this far.
+5. push the numbers to the Pushgateway under ``{job="mlplatform-reporter", instance="mlplatform",
+   release, namespace}`` (``CommonSettings.push_grouping_key``), replacing this release's
+   previous run's; ``last_success`` is part of that push, so it only ever moves when a run got
+   this far.
 """
 
 from __future__ import annotations
@@ -48,8 +49,6 @@ from mlplatform_reporter.report import (
 from mlplatform_reporter.settings import ReporterSettings
 
 logger = logging.getLogger("mlplatform.reporter")
-
-GROUPING_KEY = {"instance": "mlplatform"}
 
 
 @dataclass
@@ -224,7 +223,7 @@ def push(settings: ReporterSettings, reg: CollectorRegistry) -> bool:
         push_to_gateway(
             settings.pushgateway_url,
             job=m.REPORTER_JOB,
-            grouping_key=GROUPING_KEY,
+            grouping_key=settings.push_grouping_key(),
             registry=reg,
             timeout=settings.push_timeout_seconds,
         )

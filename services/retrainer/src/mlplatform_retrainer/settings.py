@@ -59,9 +59,6 @@ class RetrainerSettings(CommonSettings):
     admin_token: SecretStr | None = None
     """Bearer token for serving's /admin/reload (dev mode falls back to the dev token)."""
 
-    namespace: str = "default"
-    """Kubernetes namespace of the serving Deployment."""
-
     serving_deployment: str = "mlplatform-serving"
     """Deployment patched on rollout."""
 
