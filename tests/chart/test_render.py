@@ -361,6 +361,39 @@ def test_ingress_paths_follow_the_root_path_and_grafana() -> None:
     assert ingress_backend(ing, "/ml/api/metrics") == "mlplatform-webapp"
 
 
+def test_grafana_asks_for_the_secrets_login_unless_a_profile_opens_it(
+    defaults: tuple[Obj, ...],
+) -> None:
+    # the ingress publishes Grafana: no anonymous viewer unless the values say so
+    (c,) = one(defaults, "Deployment", "mlplatform-grafana")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert env_value(c, "GF_AUTH_ANONYMOUS_ENABLED") == "false"
+    assert env_value(c, "GF_USERS_ALLOW_SIGN_UP") == "false"
+    secret = one(defaults, "Secret", "mlplatform-grafana")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    for variable, key in (
+        ("GF_SECURITY_ADMIN_USER", "admin-user"),
+        ("GF_SECURITY_ADMIN_PASSWORD", "admin-password"),
+    ):
+        assert env_value(c, variable) == {
+            "secretKeyRef": {"name": "mlplatform-grafana", "key": key}
+        }
+        assert key in secret["data"]
+    gitops = one(rendered_variant("gitops"), "Deployment", "mlplatform-grafana")
+    (g,) = gitops["spec"]["template"]["spec"]["containers"]
+    name = variant_values("gitops")["grafana"]["existingSecret"]
+    assert env_value(g, "GF_SECURITY_ADMIN_PASSWORD")["secretKeyRef"]["name"] == name
+    opened = one(rendered_variant("grafana-anonymous"), "Deployment", "mlplatform-grafana")
+    (o,) = opened["spec"]["template"]["spec"]["containers"]
+    assert env_value(o, "GF_AUTH_ANONYMOUS_ENABLED") == "true"
+    assert env_value(o, "GF_AUTH_ANONYMOUS_ORG_ROLE") == "Viewer"
+    # NOTES.txt tells how to log in, from the Secret Grafana reads
+    notes = render({})["mlplatform/templates/NOTES.txt"]
+    assert "get secret mlplatform-grafana -o jsonpath='{.data.admin-password}' | base64 -d" in notes
+    assert "after logging in" in notes
+
+
 def test_grafana_is_served_under_its_sub_path_with_provisioned_dashboards(
     defaults: tuple[Obj, ...],
 ) -> None:
