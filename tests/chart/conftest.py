@@ -319,6 +319,22 @@ def workloads(objs: tuple[Obj, ...] | list[Obj]) -> Iterator[tuple[Obj, Obj]]:
             yield o, spec
 
 
+def ingress_backend(ingress: Obj, path: str) -> str | None:
+    """The Service an Ingress sends a request path to, by networking.k8s.io/v1's rules: an
+    Exact path matches itself, a Prefix path whole path elements; the longest match wins, and
+    Exact wins a tie."""
+    elements = [e for e in path.split("/") if e]
+    best: tuple[int, bool, str] | None = None
+    for rule in ingress["spec"]["rules"]:
+        for p in rule["http"]["paths"]:
+            exact = p["pathType"] == "Exact"
+            prefix = [e for e in p["path"].split("/") if e]
+            if path == p["path"] if exact else elements[: len(prefix)] == prefix:
+                candidate = (len(p["path"].rstrip("/")), exact, p["backend"]["service"]["name"])
+                best = max(best, candidate) if best else candidate
+    return best[2] if best else None
+
+
 def containers(spec: Obj) -> list[Obj]:
     return [*spec.get("initContainers", []), *spec["containers"]]
 

@@ -86,11 +86,12 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "holdout_feedback_share",
         "lock_ttl_seconds",
         "serving_url",  # local rollout only; in the cluster the Deployment is patched
-        "force",  # set on a Job by serving's /admin/retrain, never in the template
         "schedule_seconds",  # local `schedule` command only
     },
 }
 LEFT_AT_DEFAULT["bootstrap"] = LEFT_AT_DEFAULT["retrainer"] | {
+    # the retrainer's is its pod's mlplatform.io/force annotation (serving's /admin/retrain)
+    "force",
     # `train --if-missing` neither rolls out nor pushes metrics
     "rollout",
     "release",
