@@ -212,9 +212,16 @@ SERVING_ENV := $(CURDIR)/.venv-serving
 serving-env: $(UV) ## Create .venv-serving: the serving package alone, as in its image
 	@UV_PROJECT_ENVIRONMENT=$(SERVING_ENV) $(UV) sync --frozen --no-dev --package mlplatform-serving --compile-bytecode --quiet
 
+MLSERVER_ENV := $(CURDIR)/.venv-mlserver
+
+.PHONY: mlserver-env
+mlserver-env: $(UV) ## Create .venv-mlserver: MLServer 1.7.1, make bench's second baseline (bench/mlserver/requirements.txt)
+	@test -x $(MLSERVER_ENV)/bin/python || $(UV) venv --quiet --python 3.11 $(MLSERVER_ENV)
+	@$(UV) pip sync --quiet --python $(MLSERVER_ENV)/bin/python bench/mlserver/requirements.txt
+
 .PHONY: bench
-bench: test-deps serving-env ## Serving beside the HTTP floor and a naive server (wrk), plus job timings -> bench/BENCHMARKS.md
-	$(RUN) python -m bench.run --serving-python $(SERVING_ENV)/bin/python $(BENCH_ARGS)
+bench: test-deps serving-env mlserver-env ## Serving beside the HTTP floor, a naive server and MLServer (wrk), plus job timings -> bench/BENCHMARKS.md
+	$(RUN) python -m bench.run --serving-python $(SERVING_ENV)/bin/python --mlserver-python $(MLSERVER_ENV)/bin/python $(BENCH_ARGS)
 
 ##@ Quality
 

@@ -77,6 +77,7 @@ class Server:
     cmd: list[str]
     env: dict[str, str]
     ready_path: str
+    ready_only_on_200: bool = False  # MLServer answers 4xx until its model is loaded
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     started_in: float = 0.0
@@ -103,7 +104,8 @@ class Server:
             try:
                 method = httpx.post if self.ready_path == "/predict" else httpx.get
                 kw = {"json": {}} if method is httpx.post else {}
-                if method(self.url + self.ready_path, timeout=0.5, **kw).status_code < 500:
+                status = method(self.url + self.ready_path, timeout=0.5, **kw).status_code
+                if status == 200 or (status < 500 and not self.ready_only_on_200):
                     self.started_in = time.perf_counter() - t0
                     return self
             except httpx.HTTPError:
@@ -154,6 +156,7 @@ def wrk(
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
+    timeouts = re.search(r"Socket errors: .*timeout (\d+)", out)
 
     def pct(p: str) -> float:
         m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
@@ -168,6 +171,8 @@ def wrk(
         "p99_ms": pct("99"),
         "non_2xx": int(errors.group(1)) if errors else 0,
         "socket_errors": socket_errors.group(1) if socket_errors else "",
+        # wrk counts a request unanswered after 2 s as a timeout
+        "timeouts": int(timeouts.group(1)) if timeouts else 0,
     }
 
 
@@ -242,6 +247,7 @@ def bodies() -> dict[str, tuple[list[bytes], str]]:
         ),
         "single CSV": ([csv(X) for X in singles], "text/csv"),
         "1,000-row CSV": ([csv(X) for X in batches], "text/csv"),
+        "single V2 FP64 tensor": ([tensor(X) for X in singles], "application/json"),
         "1,000-row V2 FP64 tensor": ([tensor(X) for X in batches], "application/json"),
         "1,000-row V2 FP64 binary": (
             [binary(X) for X in batches],
@@ -250,7 +256,43 @@ def bodies() -> dict[str, tuple[list[bytes], str]]:
     }
 
 
-def bench_serving(seconds: float, serving_python: str) -> dict[str, Any]:
+def mlserver(tmp: Path, mlserver_python: str) -> Server:
+    """MLServer (mlserver-sklearn) serving the very model file ours serves, as its docs set it
+    up: one process (``parallel_workers=0``), its metrics on their own port."""
+    repo = tmp / "mlserver"
+    repo.mkdir()
+    settings = {
+        "name": "mlplatform",
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": str(tmp / "store/models/v1/model.joblib"), "version": "v1"},
+    }
+    (repo / "model-settings.json").write_text(json.dumps(settings))
+    bin_dir = Path(mlserver_python).parent
+    env = {
+        "MLSERVER_HOST": "127.0.0.1",
+        "MLSERVER_PARALLEL_WORKERS": "0",
+        "MLSERVER_GRPC_PORT": str(free_port()),
+        "MLSERVER_METRICS_PORT": str(free_port()),
+        "MLSERVER_LOGGING_SETTINGS": "",
+        "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+    }
+    cmd = ["env", "MLSERVER_HTTP_PORT={port}", str(bin_dir / "mlserver"), "start", str(repo)]
+    return Server("mlserver", cmd, env, "/v2/models/mlplatform/ready", ready_only_on_200=True)
+
+
+def with_probabilities(body: bytes) -> bytes:
+    """A V2 request asking MLServer for ``predict`` and ``predict_proba``: what ours answers."""
+    request = json.loads(body)
+    request["outputs"] = [{"name": "predict"}, {"name": "predict_proba"}]
+    return json.dumps(request).encode()
+
+
+SHARED_WITH_MLSERVER = ("single V2 FP64 tensor", "1,000-row V2 FP64 tensor")
+
+
+def bench_serving(
+    seconds: float, serving_python: str, mlserver_python: str | None = None
+) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="mlplatform-bench-"))
     try:
         env = make_store(tmp)
@@ -276,6 +318,8 @@ def bench_serving(seconds: float, serving_python: str) -> dict[str, Any]:
                 "/docs",
             ),
         }
+        if mlserver_python:
+            servers["mlserver"] = servers["mlserver+proba"] = mlserver(tmp, mlserver_python)
         cold, ready_rss = [], []
         for _ in range(3):
             cold.append(servers["ours"].start().started_in)
@@ -285,14 +329,19 @@ def bench_serving(seconds: float, serving_python: str) -> dict[str, Any]:
         memory, memory_where, peak, peak_where, dropped = 0.0, "", 0.0, "", 0.0
         for scenario, (sent, ctype) in bodies().items():
             for connections in (1, 32):
-                for name in ("floor", "ours", "naive"):
+                for name in ("floor", "ours", "naive", "mlserver", "mlserver+proba"):
                     if name == "naive" and ("CSV" in scenario or "V2" in scenario):
                         continue
+                    if name.startswith("mlserver") and (
+                        name not in servers or scenario not in SHARED_WITH_MLSERVER
+                    ):
+                        continue
+                    body = [with_probabilities(b) for b in sent] if name.endswith("proba") else sent
                     server = servers[name].start()
                     try:  # a failed measurement must not leave the server running
                         url = server.url + path_of(scenario)
-                        wrk(url, sent, ctype, connections, 1)  # warm-up
-                        r = wrk(url, sent, ctype, connections, seconds)
+                        wrk(url, body, ctype, connections, 1)  # warm-up
+                        r = wrk(url, body, ctype, connections, seconds)
                         if name == "ours":
                             rss = rss_mb(server.proc.pid)  # type: ignore[union-attr]
                             if rss > memory:
@@ -524,6 +573,13 @@ def targets(serving: dict[str, Any], jobs: dict[str, Any]) -> list[str]:
         ),
         ("retraining on 100k rows < 20 s", ret["seconds"] < 20, f"{ret['seconds']:.1f} s"),
     ]
+    if any(r["server"] == "mlserver" for r in res):
+        for scenario in SHARED_WITH_MLSERVER:
+            for c in (1, 32):
+                got = cell(scenario, c)["rps"] / cell(scenario, c, "mlserver")["rps"]
+                rows.append(
+                    (f"{scenario}, {c} conns: ours ÷ MLServer >= 1", got >= 1, f"{got:.2f}×")
+                )
     return [
         "## Against the targets of the benchmark issue (this run)",
         "",
@@ -562,17 +618,26 @@ def write_markdown(
             "Every row sent is a different row (`bench.run.bodies`): 50 bodies of 1,000 rows, 1,000",
             "of one row, sent in turn, so the prediction log holds what real traffic would.",
             "",
-            "| scenario | conns | server | req/s | rows/s | p50 ms | p99 ms | non-2xx | ours ÷ floor | ours ÷ naive |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "*mlserver*: MLServer 1.7.1 (mlserver-sklearn, one process, `make mlserver-env`) serving",
+            "the same model file, sent the same bodies; *mlserver+proba* asks it for `predict` and",
+            "`predict_proba`, what ours always answers.",
+            "",
+            "| scenario | conns | server | req/s | rows/s | p50 ms | p99 ms | timeouts | non-2xx | ours ÷ floor | ours ÷ naive | ours ÷ mlserver | ours ÷ mlserver+proba |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in res:
+            scenario, c = r["scenario"], r["connections"]
             lines.append(
-                f"| {r['scenario']} | {r['connections']} | {r['server']} | {r['rps']:,.0f} | {r['rows_per_s']:,.0f} | "
-                f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_2xx']} | "
+                f"| {scenario} | {c} | {r['server']} | {r['rps']:,.0f} | {r['rows_per_s']:,.0f} | "
+                f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r.get('timeouts', 0)} | {r['non_2xx']} | "
                 + (
-                    f"{ratio(res, r['scenario'], r['connections'], 'floor')} | {ratio(res, r['scenario'], r['connections'], 'naive')} |"
+                    " | ".join(
+                        ratio(res, scenario, c, base)
+                        for base in ("floor", "naive", "mlserver", "mlserver+proba")
+                    )
+                    + " |"
                     if r["server"] == "ours"
-                    else " | |"
+                    else " | | | |"
                 )
             )
         fb = serving["feedback"]
@@ -629,6 +694,11 @@ def main() -> int:
     parser.add_argument("--only", choices=["serving", "jobs"])
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "BENCHMARKS.md")
     parser.add_argument(
+        "--mlserver-python",
+        help="the Python of MLServer's environment (make bench: .venv-mlserver); without it, "
+        "no MLServer baseline",
+    )
+    parser.add_argument(
         "--serving-python",
         default=sys.executable,
         help="the Python of the serving's own environment (make bench: .venv-serving, the "
@@ -641,7 +711,9 @@ def main() -> int:
         )
         return 1
     serving = (
-        bench_serving(args.seconds, args.serving_python) if args.only in (None, "serving") else None
+        bench_serving(args.seconds, args.serving_python, args.mlserver_python)
+        if args.only in (None, "serving")
+        else None
     )
     jobs = bench_jobs() if args.only in (None, "jobs") else None
     command = "make bench" + (

@@ -9,6 +9,7 @@ Argo CD do.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -260,6 +261,18 @@ def validate(obj: Obj, version: str) -> None:
     kubernetes_validate.validate(obj, version, strict=True)
 
 
+def without_runbooks(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The groups with every rule's runbook_url annotation taken out."""
+    out = copy.deepcopy(groups)
+    for group in out:
+        for rule in group["rules"]:
+            annotations = rule.get("annotations", {})
+            annotations.pop("runbook_url", None)
+            if "annotations" in rule and not annotations:
+                del rule["annotations"]
+    return out
+
+
 def clean(obj: Obj) -> Obj:
     """The object as Kubernetes sees it (without the test's template tag)."""
     return {k: v for k, v in obj.items() if k != "__template"}
@@ -304,6 +317,22 @@ def workloads(objs: tuple[Obj, ...] | list[Obj]) -> Iterator[tuple[Obj, Obj]]:
         spec = pod_spec(o)
         if spec is not None:
             yield o, spec
+
+
+def ingress_backend(ingress: Obj, path: str) -> str | None:
+    """The Service an Ingress sends a request path to, by networking.k8s.io/v1's rules: an
+    Exact path matches itself, a Prefix path whole path elements; the longest match wins, and
+    Exact wins a tie."""
+    elements = [e for e in path.split("/") if e]
+    best: tuple[int, bool, str] | None = None
+    for rule in ingress["spec"]["rules"]:
+        for p in rule["http"]["paths"]:
+            exact = p["pathType"] == "Exact"
+            prefix = [e for e in p["path"].split("/") if e]
+            if path == p["path"] if exact else elements[: len(prefix)] == prefix:
+                candidate = (len(p["path"].rstrip("/")), exact, p["backend"]["service"]["name"])
+                best = max(best, candidate) if best else candidate
+    return best[2] if best else None
 
 
 def containers(spec: Obj) -> list[Obj]:

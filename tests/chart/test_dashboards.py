@@ -1,8 +1,9 @@
 """Every Grafana panel's PromQL returns data from a real Prometheus.
 
 The Prometheus runs the chart's own scrape jobs (job names, honor_labels) against a real
-serving process under traffic and a real Pushgateway that a real report run and a real retrainer
-run pushed to. Kubernetes discovery is swapped for the serving process's static address.
+serving process under traffic (and its probes and scrapes) and a real Pushgateway that a real
+report run and a real retrainer run pushed to. Kubernetes discovery is swapped for the serving
+process's static address, with the labels the chart's relabelling gives it.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ import pandas as pd
 import pytest
 import yaml
 
+from mlplatform_common import metric_names
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import LocalStore
 from mlplatform_reporter import job as report_job
 from mlplatform_retrainer import retrain
 from mlplatform_retrainer.job import upload_dataset
-from tests.chart.conftest import CHART, one, rendered_variant
+from tests.chart.conftest import CHART, NAMESPACE, RELEASE, one, rendered_variant
 from tests.conftest import DATA, SIGNING_KEY, ServingProcess, publish_trained
 from tests.services.reporter.conftest import (
+    ALERTS,
     PromStack,
     reporter_settings,
     running_prom_stack,
@@ -39,6 +42,12 @@ from tests.services.retrainer.conftest import retrainer_settings
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 # Grafana's built-in variables, as Grafana would substitute them for a short time range.
 BUILTINS = {"$__rate_interval": "1m", "$__range": "10m", "$__interval": "15s"}
+# The dashboards' own variables, as a user picks the live test's release and its served version.
+VARIABLES = {"$namespace": NAMESPACE, "$release": RELEASE, "$model_version": "v1"}
+# A metric selector of a query: name and matchers.
+SELECTOR = re.compile(r"\b(mlplatform_[a-z0-9_]+|up|ALERTS)\b(?:\{([^}]*)\})?")
+SLI_METRICS = {"mlplatform_http_requests_total", "mlplatform_http_request_duration_seconds_bucket"}
+WITHOUT_PROBES = f'route!~"{metric_names.PROBE_AND_SCRAPE_ROUTES}"'
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -58,8 +67,20 @@ def expressions() -> list[tuple[str, str, str, str]]:
     ]
 
 
+def annotations() -> list[tuple[str, str, str]]:
+    """(dashboard, annotation name, expr) for every annotation query."""
+    return [
+        (p.stem, a["name"], a["expr"]) for p in DASHBOARDS for a in load(p)["annotations"]["list"]
+    ]
+
+
+def panel(dashboard: str, title: str) -> dict[str, Any]:
+    (found,) = [p for d, p in panels() if d == dashboard and p["title"] == title]
+    return found
+
+
 def substitute(expr: str) -> str:
-    for name, value in BUILTINS.items():
+    for name, value in {**BUILTINS, **VARIABLES}.items():
         expr = expr.replace(name, value)
     assert "$" not in expr, f"an unsubstituted variable in {expr}"
     return expr
@@ -96,9 +117,20 @@ def test_the_two_dashboards_and_their_panels() -> None:
 def test_dashboard_is_provisionable(path: Path) -> None:
     dash = load(path)
     assert re.fullmatch(r"mlplatform-[a-z-]+", dash["uid"])
-    # one template variable, the data source: queries never need substituting by a user
-    (var,) = dash["templating"]["list"]
-    assert var["type"] == "datasource" and var["query"] == "prometheus"
+    # the data source, then the release to look at and its model versions, each a query of
+    # that data source over the labels of the series the panels read
+    source, *queries = dash["templating"]["list"]
+    assert source["name"] == "datasource"
+    assert source["type"] == "datasource" and source["query"] == "prometheus"
+    assert [v["name"] for v in queries] == ["namespace", "release", "model_version"]
+    for var in queries:
+        assert var["type"] == "query"
+        assert var["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert re.fullmatch(r"label_values\(.+, (namespace|release|version)\)", var["definition"])
+        assert var["query"]["query"] == var["definition"]
+    assert queries[2]["multi"] and queries[2]["includeAll"] and queries[2]["allValue"] == ".*"
+    for annotation in dash["annotations"]["list"]:
+        assert annotation["enable"] and annotation["datasource"] == source_ref()
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     for panel in dash["panels"]:
@@ -113,6 +145,60 @@ def test_dashboard_is_provisionable(path: Path) -> None:
     assert json.loads(cm["data"][path.name]) == dash
 
 
+def source_ref() -> dict[str, str]:
+    return {"type": "prometheus", "uid": "${datasource}"}
+
+
+def test_every_query_reads_one_release_and_slis_leave_probes_and_scrapes_out() -> None:
+    queries = [(f"{d}: {t}", e) for d, t, e, _ in expressions()]
+    queries += [(f"{d}: annotation {n}", e) for d, n, e in annotations()]
+    for where, expr in queries:
+        for name, matchers in SELECTOR.findall(expr):
+            assert 'namespace="$namespace"' in matchers, (where, name)
+            assert 'release="$release"' in matchers, (where, name)
+            if name in SLI_METRICS:
+                assert WITHOUT_PROBES in matchers, (where, name)
+            # the series that carry a model version are read for the versions picked
+            if name == "mlplatform_predictions_total":
+                assert 'model_version=~"$model_version"' in matchers, where
+            if name == "mlplatform_model_info" and "offset" not in expr:
+                assert 'version=~"$model_version"' in matchers, where
+    # the SLIs of the alert rules leave out the same routes
+    for rule in ("MLPlatformServingErrors", "MLPlatformServingSlow"):
+        (expr,) = [r["expr"] for r in alert_rules() if r["alert"] == rule]
+        for name, matchers in SELECTOR.findall(expr):
+            assert WITHOUT_PROBES in matchers, (rule, name)
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+
+
+# alert -> the panel that draws its threshold
+DRAWN = {
+    "MLPlatformDataDrift": ("model-quality", "Drift share"),
+    "MLPlatformModelF1Low": ("model-quality", "Model quality on labelled rows"),
+    "MLPlatformReportStale": ("model-quality", "Last successful report"),
+    "MLPlatformServingErrors": ("serving", "Error rate"),
+    "MLPlatformServingSlow": ("serving", "Latency p50 / p95 / p99"),
+}
+
+
+@pytest.mark.parametrize("alert", list(DRAWN))
+def test_thresholds_are_drawn_where_the_alerts_fire(alert: str) -> None:
+    (expr,) = [r["expr"] for r in alert_rules() if r["alert"] == alert]
+    # the alert's comparison: `(...) >= 0.5`, `(...) < 0.8`, ...
+    fires_at = float(re.findall(r"\)\s*(?:>=|>|<=|<)\s*([0-9.]+)", expr)[0])
+    drawn = panel(*DRAWN[alert])
+    defaults = drawn["fieldConfig"]["defaults"]
+    steps = defaults["thresholds"]["steps"]
+    assert [s["value"] for s in steps if s["value"] is not None] == [fires_at], alert
+    assert {s["color"] for s in steps} == {"green", "red"}
+    if drawn["type"] == "timeseries":
+        assert defaults["custom"]["thresholdsStyle"]["mode"] in ("dashed", "line", "area")
+    assert alert in drawn["description"]
+
+
 # -- every query returns data from a real Prometheus ---------------------------------------------
 
 
@@ -120,6 +206,8 @@ def test_dashboard_is_provisionable(path: Path) -> None:
 class Live:
     prom: PromStack
     serving_url: str
+    api_requests: int
+    """Requests sent to serving that are not probes or scrapes."""
 
 
 def _prometheus_config(serving: str, pushgateway: str, rules: Path) -> dict[str, Any]:
@@ -132,24 +220,38 @@ def _prometheus_config(serving: str, pushgateway: str, rules: Path) -> dict[str,
     for job in config["scrape_configs"]:
         if job["job_name"] == "mlplatform-serving":
             del job["kubernetes_sd_configs"], job["relabel_configs"]
-            job["static_configs"] = [{"targets": [serving], "labels": {"pod": "serving-0"}}]
+            # the labels the chart's relabelling takes from the pod
+            labels = {"pod": "serving-0", "namespace": NAMESPACE, "release": RELEASE}
+            job["static_configs"] = [{"targets": [serving], "labels": labels}]
         else:
             job["static_configs"] = [{"targets": [pushgateway]}]
     return config  # type: ignore[no-any-return]
 
 
 WRITER = {"Authorization": "Bearer dash-writer"}
+# What kubelet probes and Prometheus scrapes (and KServe-style clients' readiness checks) ask.
+PROBES_AND_SCRAPES = (
+    "/health",
+    "/ready",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2/models/mlplatform/ready",
+    "/metrics",
+)
 
 
-def _traffic(url: str, rows: pd.DataFrame, n: int, seed: int) -> None:
-    """Single and batch predictions, rejected input, and feedback with the true label."""
+def _traffic(url: str, rows: pd.DataFrame, n: int, seed: int) -> int:
+    """Single and batch predictions, rejected input, and feedback with the true label, between
+    probes and scrapes; returns how many requests were not probes or scrapes."""
     sample = rows.sample(n=n, random_state=seed).reset_index(drop=True)
     features = sample.drop(columns="target")
+    sent = 0
     with httpx.Client(base_url=url, timeout=30) as client:
         for i in range(n):
             row = features.iloc[i].to_dict()
             r = client.post("/predict", json={"features": row})
             assert r.status_code == 200, r.text
+            sent += 1
             pid = r.json()["predictions"][0]["prediction_id"]
             if i % 2 == 0:  # half get labelled, a few wrongly, so quality is not all 1.0
                 target = int(sample["target"].iloc[i]) ^ (1 if i % 10 == 0 else 0)
@@ -157,11 +259,15 @@ def _traffic(url: str, rows: pd.DataFrame, n: int, seed: int) -> None:
                     "/feedback", headers=WRITER, json={"prediction_id": pid, "target": target}
                 )
                 assert fb.status_code == 201, fb.text
+                sent += 1
+            probe = PROBES_AND_SCRAPES[i % len(PROBES_AND_SCRAPES)]
+            assert client.get(probe).status_code == 200, probe
         batch = features.head(20).to_dict(orient="records")
         assert client.post("/predict", json={"instances": batch}).status_code == 200
         bad = client.post("/predict", json={"features": {"no_such_feature": 1.0}})
         assert bad.status_code == 422
-        client.get("/ready")
+        sent += 2
+    return sent
 
 
 @pytest.fixture(scope="module")
@@ -189,34 +295,39 @@ def live(tmp_path_factory: pytest.TempPathFactory, trained, shipped_dataset) -> 
                 f"127.0.0.1:{serving.port}", pushgateway, root / "alerts.yaml"
             ),
         ) as stack:
-            _feed(stack, serving, store)
-            yield Live(stack, serving.url)
+            sent = _feed(stack, serving, store)
+            yield Live(stack, serving.url, sent)
     finally:
         serving.stop()
 
 
-def _feed(stack: PromStack, serving: ServingProcess, store: LocalStore) -> None:
-    """Real traffic, a real report and a real retrain, until every series has data."""
+def _feed(stack: PromStack, serving: ServingProcess, store: LocalStore) -> int:
+    """Real traffic, a real report and a real retrain, until every series has data; returns
+    how many requests serving got that were not probes or scrapes."""
     stack.wait_for('up{job="mlplatform-serving"}', 1)
     stack.wait_for('up{job="pushgateway"}', 1)
 
     rows = pd.read_csv(DATA)
-    _traffic(serving.url, rows, 60, seed=1)
+    sent = _traffic(serving.url, rows, 60, seed=1)
     time.sleep(1.5)  # the prediction log is flushed to the store
-    outcome = report_job.run(reporter_settings(pushgateway_url=stack.pushgateway_url), store=store)
+    release = {"release": RELEASE, "namespace": NAMESPACE}  # as the chart sets them
+    reporter = reporter_settings(pushgateway_url=stack.pushgateway_url, **release)
+    outcome = report_job.run(reporter, store=store)
     assert outcome.pushed
-    result = retrain.run(
-        retrainer_settings(pushgateway_url=stack.pushgateway_url), force=True, store=store
-    )
+    retrainer = retrainer_settings(pushgateway_url=stack.pushgateway_url, **release)
+    result = retrain.run(retrainer, force=True, store=store)
     assert result.outcome in ("promoted", "rejected"), result.describe()
     # more traffic after the pushes, spread over scrapes, so every rate has two samples
-    worker = threading.Thread(target=_traffic, args=(serving.url, rows, 40, 2))
+    later: list[int] = []
+    worker = threading.Thread(target=lambda: later.append(_traffic(serving.url, rows, 40, 2)))
     worker.start()
     worker.join(timeout=120)
+    assert later, "the second round of traffic did not finish"
     # one series per outcome: promoted, held, rejected, skipped, locked, failed (retrain._push)
     stack.wait_for('count(mlplatform_retrain_runs_total{job="mlplatform-retrainer"})', 6)
     stack.wait_for('count(mlplatform_drift_share{job="mlplatform-reporter"})', 2)
     time.sleep(2)
+    return sent + later[0]
 
 
 @pytest.mark.parametrize(
@@ -238,10 +349,75 @@ def test_every_panel_query_returns_data(
 
 
 def test_the_pushed_series_keep_their_job_labels(live: Live) -> None:
-    # honor_labels: the Pushgateway's own job label does not overwrite the pushers'
+    # honor_labels: the Pushgateway's own job label does not overwrite the pushers', and their
+    # release and namespace (the grouping key) stay on every series
     f1 = live.prom.query("mlplatform_model_f1")
     assert [r["metric"]["job"] for r in f1] == ["mlplatform-reporter"]
     runs = live.prom.query("mlplatform_retrain_runs_total")
     assert {r["metric"]["job"] for r in runs} == {"mlplatform-retrainer"}
+    pushed = live.prom.query('{job=~"mlplatform-reporter|mlplatform-retrainer"}')
+    assert len(pushed) > 10
+    assert {(r["metric"]["release"], r["metric"]["namespace"]) for r in pushed} == {
+        (RELEASE, NAMESPACE)
+    }
     spaces = {r["metric"]["space"] for r in live.prom.query("mlplatform_feature_drift_score")}
     assert spaces == {"embedding", "raw"}
+
+
+@pytest.mark.parametrize(
+    ("dashboard", "name", "expr"),
+    annotations(),
+    ids=[f"{d}:{n}" for d, n, _ in annotations()],
+)
+def test_promotions_and_retrains_are_marked(
+    live: Live, dashboard: str, name: str, expr: str
+) -> None:
+    # serving started on v1 and the retrainer ran (promoted or rejected) a moment ago
+    result = live.prom.query(substitute(expr))
+    assert result, f"{dashboard} / {name}: no data for {substitute(expr)}"
+    if name == "Promotions":
+        assert [r["metric"]["version"] for r in result] == ["v1"]
+    else:
+        assert {r["metric"]["outcome"] for r in result} <= {"promoted", "rejected"}
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_the_variables_offer_the_live_release(live: Live, path: Path) -> None:
+    queries = load(path)["templating"]["list"][1:]
+    assert len(queries) == 3
+    for var in queries:
+        match = re.fullmatch(r"label_values\((.+), (\w+)\)", var["definition"])
+        assert match, var["definition"]
+        selector, label = substitute(match.group(1)), match.group(2)
+        r = httpx.get(
+            f"{live.prom.prometheus_url}/api/v1/label/{label}/values",
+            params={"match[]": selector},
+            timeout=5,
+        )
+        r.raise_for_status()
+        expected = {"namespace": NAMESPACE, "release": RELEASE, "version": "v1"}[label]
+        assert r.json()["data"] == [expected], (var["name"], selector)
+
+
+def test_the_slis_count_only_the_api_requests(live: Live) -> None:
+    # the probes and scrapes did reach serving and its request counter
+    routes = {r["metric"]["route"] for r in live.prom.query("mlplatform_http_requests_total")}
+    assert (
+        set(PROBES_AND_SCRAPES) - {"/v2/models/mlplatform/ready"} | {"/v2/models/{name}/ready"}
+        <= routes
+    )
+    sli_panels = ("Request rate", "Error rate", "Latency p50 / p95 / p99", "p95 latency by route")
+    checked = 0
+    for title in sli_panels:
+        for target in panel("serving", title)["targets"]:
+            for name, matchers in SELECTOR.findall(substitute(target["expr"])):
+                if "status=" in matchers:
+                    continue  # the error rate's 5xx or 4xx share, not every request
+                # the panel's series, counted since serving started: every API request, no
+                # probe and no scrape
+                counter = name.replace("_bucket", "_count")
+                live.prom.wait_for(f"sum({counter}{{{matchers}}})", live.api_requests)
+                checked += 1
+    assert checked >= 4
+    shown = live.prom.query(substitute(panel("serving", "Request rate")["targets"][0]["expr"]))
+    assert {r["metric"]["route"] for r in shown} == {"/predict", "/feedback"}

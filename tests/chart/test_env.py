@@ -48,6 +48,7 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "feedback_count_max_age",
         "alias_check_seconds",
         "low_confidence_threshold",
+        "release",  # pushes nothing: its series get release and namespace from the scrape
     },
     "webapp": {
         "dev_mode",
@@ -64,6 +65,8 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "cache_ttl_seconds",
         "retry_seconds",
         "batch_chunk_rows",
+        "release",  # pushes nothing and acts on no Kubernetes object
+        "namespace",
     },
     "reporter": TUNING
     | {
@@ -84,13 +87,15 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "holdout_feedback_share",
         "lock_ttl_seconds",
         "serving_url",  # local rollout only; in the cluster the Deployment is patched
-        "force",  # set on a Job by serving's /admin/retrain, never in the template
         "schedule_seconds",  # local `schedule` command only
     },
 }
 LEFT_AT_DEFAULT["bootstrap"] = LEFT_AT_DEFAULT["retrainer"] | {
+    # the retrainer's is its pod's mlplatform.io/force annotation (serving's /admin/retrain)
+    "force",
     # `train --if-missing` neither rolls out nor pushes metrics
     "rollout",
+    "release",
     "namespace",
     "serving_deployment",
     "serving_container",

@@ -234,7 +234,8 @@ def test_global_is_admitted_for_a_parent_chart() -> None:
 NOT_PER_RELEASE = {
     "MLPLATFORM_DEV_MODE": "make dev only: a cluster never runs with well-known dev secrets",
     "MLPLATFORM_MODEL_VERSION": "the retrainer patches it into serving's pod template",
-    "MLPLATFORM_FORCE": "per Job: make retrain-now FORCE=1 (a CronJob with it would always retrain)",
+    "MLPLATFORM_FORCE": "per Job: the pod's mlplatform.io/force annotation (/admin/retrain) or "
+    "make retrain-now FORCE=1 (a CronJob with it would always retrain)",
     "MLPLATFORM_SERVING_URL": "local rollout only; in a cluster the retrainer patches the Deployment",
     "MLPLATFORM_SCHEDULE_MINUTES": "the local `schedule` command; the CronJob has its schedule",
 }

@@ -156,7 +156,10 @@ def test_kubectl_adds_force_to_a_retrain_job_offline() -> None:
     assert out.returncode == 0, out.stderr
     patched = yaml.safe_load(out.stdout)
     (c,) = patched["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
-    assert {"name": "MLPLATFORM_FORCE", "value": "true"} in c["env"]
+    # it replaces the chart's entry (the pod annotation, read by the downward API)
+    assert [e for e in c["env"] if e["name"] == "MLPLATFORM_FORCE"] == [
+        {"name": "MLPLATFORM_FORCE", "value": "true"}
+    ]
 
 
 def _as_tuple(version: str) -> tuple[int, ...]:

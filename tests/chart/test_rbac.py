@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from mlplatform_serving.launcher import job_from_cronjob
 from tests.chart.conftest import VARIANTS, Obj, find, one, pod_spec, rendered_variant, workloads
 from tests.conftest import REPO
 
@@ -47,12 +48,36 @@ def test_the_code_calls_what_the_roles_grant() -> None:
     }
 
 
+# Rules no code calls but an admission plugin checks: OwnerReferencesPermissionEnforcement
+# (OpenShift) admits an object whose ownerReference sets blockOwnerDeletion only from a user who
+# may `update` the owner's finalizers. Each is tied to the code that needs it below.
+ADMISSION_ONLY = {
+    "mlplatform-serving": {("batch", "cronjobs/finalizers", "update", ("mlplatform-retrainer",))}
+}
+
+
+def test_admission_only_rules_are_needed_by_the_code() -> None:
+    # serving's Job is owned by the retrainer CronJob with blockOwnerDeletion; without it the
+    # finalizers rule would be a grant nothing needs, and this fails until it goes
+    job = job_from_cronjob(
+        {
+            "metadata": {"name": "mlplatform-retrainer", "namespace": "ml", "uid": "u"},
+            "spec": {"jobTemplate": {"spec": {"template": {"spec": {"containers": []}}}}},
+        },
+        "k rows",
+    )
+    (owner,) = job["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["blockOwnerDeletion"]) == ("CronJob", True)
+
+
 def test_roles_grant_exactly_those_calls() -> None:
     objs = rendered_variant("defaults")
     assert rules(one(objs, "Role", "mlplatform-serving")) == {
         ("batch", "cronjobs", "get", ("mlplatform-retrainer",)),
-        # a created Job's name is generated: Kubernetes cannot limit `create` by name
+        # a created Job's name is generated: Kubernetes cannot limit `create` by name (the
+        # admission policy narrows it: test_admission_policy.py)
         ("batch", "jobs", "create", ()),
+        *ADMISSION_ONLY["mlplatform-serving"],
     }
     assert rules(one(objs, "Role", "mlplatform-retrainer")) == {
         ("apps", "deployments", "get", ("mlplatform-serving",)),
@@ -74,6 +99,11 @@ def test_roles_grant_exactly_those_calls() -> None:
 def test_nothing_cluster_wide_and_each_binding_matches_its_account(variant: str) -> None:
     objs = rendered_variant(variant)
     assert not find(objs, "ClusterRole") and not find(objs, "ClusterRoleBinding")
+    # the only cluster-scoped objects narrow what serving may do; they grant nothing
+    cluster_scoped = {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    assert {
+        o["kind"] for o in objs if o["kind"].startswith(("Cluster", "Validating", "Mutating"))
+    } <= cluster_scoped
     for binding in find(objs, "RoleBinding"):
         name = binding["metadata"]["name"]
         assert binding["roleRef"] == {

@@ -22,6 +22,7 @@ from tests.chart.conftest import (
     containers,
     env_value,
     find,
+    ingress_backend,
     objects,
     one,
     pod_labels,
@@ -29,6 +30,7 @@ from tests.chart.conftest import (
     rendered_variant,
     validate,
     variant_values,
+    without_runbooks,
     workloads,
 )
 from tests.services.reporter.conftest import ALERTS, PROMTOOL, require_binary
@@ -308,20 +310,89 @@ def test_long_running_workloads_have_probes(rendered: tuple[Obj, ...]) -> None:
             assert "livenessProbe" in c and "readinessProbe" in c, obj["metadata"]["name"]
 
 
-def test_ingress_routes_the_three_paths(defaults: tuple[Obj, ...]) -> None:
+SERVING_PUBLIC = ("/predict", "/feedback", "/health", "/ready", "/docs", "/openapi.json")
+
+
+def test_ingress_publishes_the_web_app_grafana_and_the_prediction_api(
+    defaults: tuple[Obj, ...],
+) -> None:
     ing = one(defaults, "Ingress", "mlplatform")
     assert ing["spec"]["ingressClassName"] == "traefik"
     (rule,) = ing["spec"]["rules"]
-    paths = {p["path"]: p["backend"]["service"]["name"] for p in rule["http"]["paths"]}
-    assert paths == {
-        "/": "mlplatform-webapp",
-        "/api": "mlplatform-serving",
-        "/grafana": "mlplatform-grafana",
+    paths = {
+        (p["path"], p["pathType"]): p["backend"]["service"]["name"] for p in rule["http"]["paths"]
     }
-    assert all(p["pathType"] == "Prefix" for p in rule["http"]["paths"])
+    assert paths == {
+        ("/", "Prefix"): "mlplatform-webapp",
+        ("/grafana", "Prefix"): "mlplatform-grafana",
+        ("/api/v2", "Prefix"): "mlplatform-serving",
+        **{("/api" + p, "Exact"): "mlplatform-serving" for p in SERVING_PUBLIC},
+    }
+    for path in ("/api/predict", "/api/feedback", "/api/v2", "/api/v2/models/mlplatform/infer"):
+        assert ingress_backend(ing, path) == "mlplatform-serving", path
+    # what feeds nobody outside: metrics, versions, reports, admin (the web app's `/` gets them)
+    for path in (
+        "/api/metrics",
+        "/api/metrics/kpis",
+        "/api/model",
+        "/api/models",
+        "/api/reports",
+        "/api/reports/20260604T101500123Z",
+        "/api/admin/reload",
+        "/api/admin/retrain",
+        "/api/v2x",
+        "/api",
+    ):
+        assert ingress_backend(ing, path) == "mlplatform-webapp", path
+    assert ingress_backend(ing, "/grafana/d/serving") == "mlplatform-grafana"
+    assert ingress_backend(ing, "/_stcore/stream") == "mlplatform-webapp"
     prod = one(rendered_variant("production"), "Ingress", "mlplatform")
     assert prod["spec"]["rules"][0]["host"] == "ml.example.com"
     assert prod["spec"]["tls"][0]["secretName"] == "ml-example-com-tls"
+
+
+def test_ingress_paths_follow_the_root_path_and_grafana() -> None:
+    ing = one(
+        objects(render({"serving": {"rootPath": "/ml/api"}, "grafana": {"enabled": False}})),
+        "Ingress",
+        "mlplatform",
+    )
+    served = {p["path"] for p in ing["spec"]["rules"][0]["http"]["paths"]}
+    assert served == {"/", "/ml/api/v2", *("/ml/api" + p for p in SERVING_PUBLIC)}
+    assert ingress_backend(ing, "/ml/api/metrics") == "mlplatform-webapp"
+
+
+def test_grafana_asks_for_the_secrets_login_unless_a_profile_opens_it(
+    defaults: tuple[Obj, ...],
+) -> None:
+    # the ingress publishes Grafana: no anonymous viewer unless the values say so
+    (c,) = one(defaults, "Deployment", "mlplatform-grafana")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert env_value(c, "GF_AUTH_ANONYMOUS_ENABLED") == "false"
+    assert env_value(c, "GF_USERS_ALLOW_SIGN_UP") == "false"
+    secret = one(defaults, "Secret", "mlplatform-grafana")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    for variable, key in (
+        ("GF_SECURITY_ADMIN_USER", "admin-user"),
+        ("GF_SECURITY_ADMIN_PASSWORD", "admin-password"),
+    ):
+        assert env_value(c, variable) == {
+            "secretKeyRef": {"name": "mlplatform-grafana", "key": key}
+        }
+        assert key in secret["data"]
+    gitops = one(rendered_variant("gitops"), "Deployment", "mlplatform-grafana")
+    (g,) = gitops["spec"]["template"]["spec"]["containers"]
+    name = variant_values("gitops")["grafana"]["existingSecret"]
+    assert env_value(g, "GF_SECURITY_ADMIN_PASSWORD")["secretKeyRef"]["name"] == name
+    opened = one(rendered_variant("grafana-anonymous"), "Deployment", "mlplatform-grafana")
+    (o,) = opened["spec"]["template"]["spec"]["containers"]
+    assert env_value(o, "GF_AUTH_ANONYMOUS_ENABLED") == "true"
+    assert env_value(o, "GF_AUTH_ANONYMOUS_ORG_ROLE") == "Viewer"
+    # NOTES.txt tells how to log in, from the Secret Grafana reads
+    notes = render({})["mlplatform/templates/NOTES.txt"]
+    assert "get secret mlplatform-grafana -o jsonpath='{.data.admin-password}' | base64 -d" in notes
+    assert "after logging in" in notes
 
 
 def test_grafana_is_served_under_its_sub_path_with_provisioned_dashboards(
@@ -504,7 +575,7 @@ def rendered_prometheus(tmp_path: Path, variant: str = "defaults") -> Path:
     return path
 
 
-@pytest.mark.parametrize("variant", ["defaults", "evidently-ui", "production"])
+@pytest.mark.parametrize("variant", ["defaults", "evidently-ui", "production", "alertmanager"])
 def test_promtool_checks_the_rendered_config_and_rules(tmp_path: Path, variant: str) -> None:
     promtool = str(require_binary(PROMTOOL))
     config = rendered_prometheus(tmp_path, variant)
@@ -543,10 +614,17 @@ def test_prometheus_scrapes_serving_pods_and_the_pushgateway(tmp_path: Path) -> 
     serving_pod = pod_labels(one(rendered_variant("defaults"), "Deployment", "mlplatform-serving"))
     assert serving_pod["app.kubernetes.io/component"] == "serving"
     relabel = jobs["mlplatform-serving"]["relabel_configs"]
+    # the dashboards' and rules' release label, from the pod's instance label
+    assert {
+        "source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+        "target_label": "release",
+    } in relabel
+    assert serving_pod["app.kubernetes.io/instance"] == "mlplatform"
     keep = relabel[0]
     assert keep["source_labels"] == ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"]
     assert keep["action"] == "keep" and keep["regex"] == "true"
     assert jobs["pushgateway"]["honor_labels"] is True
     assert jobs["pushgateway"]["static_configs"][0]["targets"] == ["mlplatform-pushgateway:9091"]
-    # the rules loaded into Prometheus are the tested file, byte for byte
-    assert cm["data"]["alerts.yaml"].strip() == ALERTS.read_text().strip()
+    # the rules loaded into Prometheus are the tested file, with their runbook links added
+    rules = yaml.safe_load(cm["data"]["alerts.yaml"])["groups"]
+    assert without_runbooks(rules) == yaml.safe_load(ALERTS.read_text())["groups"]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,7 +15,7 @@ from fastapi.testclient import TestClient
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import Store
 from mlplatform_serving.app import create_app
-from tests.chart.conftest import env_value, one, rendered_variant
+from tests.chart.conftest import env_value, ingress_backend, one, rendered_variant
 from tests.conftest import SIGNING_KEY, ServingProcess, publish_trained
 from tests.services.serving.conftest import serving_settings
 
@@ -48,6 +50,66 @@ def test_the_ingress_prefix_reaches_the_api(api_client: TestClient) -> None:
     assert api_client.get("/api/docs").status_code == 200
     assert "/api/openapi.json" in api_client.get("/api/docs").text
     assert api_client.get("/api/openapi.json").json()["servers"] == [{"url": "/api"}]
+
+
+def app_paths(routes: Any, prefix: str = "") -> Iterator[str]:
+    """Every path the app routes, through included routers."""
+    for route in routes:
+        if hasattr(route, "original_router"):  # FastAPI's included router
+            yield from app_paths(
+                route.original_router.routes, prefix + route.include_context.prefix
+            )
+        else:
+            yield prefix + route.path
+
+
+# Serving's public surface: predictions, feedback, health, docs; the V2 protocol is all public.
+PUBLIC = {"/predict", "/feedback", "/health", "/ready", "/docs", "/openapi.json"}
+# Kept in the cluster (the web app and Prometheus use the Service); a new route must be put in
+# one set or the other, and the ingress follow.
+INSIDE = {
+    "/metrics",
+    "/metrics/model",
+    "/metrics/system",
+    "/metrics/kpis",
+    "/metrics/feature-distribution",
+    "/model",
+    "/models",
+    "/reports",
+    "/reports/{report_id}",
+    "/reports/{report_id}/summary",
+    "/admin/reload",
+    "/admin/retrain",
+    "/admin/unpin",
+    "/docs/oauth2-redirect",
+    "/redoc",
+}
+
+
+def test_the_ingress_publishes_exactly_the_public_routes(local_store: Store) -> None:
+    app = create_app(serving_settings(root_path="/api"), local_store)
+    routes = set(app_paths(app.routes))
+    v2 = {r for r in routes if r == "/v2" or r.startswith("/v2/")}
+    assert v2 >= {"/v2/health/live", "/v2/health/ready", "/v2/models/{name}/infer"}
+    assert routes == PUBLIC | INSIDE | v2, "a route to publish or keep inside"
+    ing = one(rendered_variant("defaults"), "Ingress", "mlplatform")
+    to_serving = [
+        p
+        for p in ing["spec"]["rules"][0]["http"]["paths"]
+        if p["backend"]["service"]["name"] == "mlplatform-serving"
+    ]
+    # every path sent to serving is one of its routes (a renamed route fails here)
+    for p in to_serving:
+        rest = p["path"].removeprefix("/api")
+        if p["pathType"] == "Exact":
+            assert rest in routes, p
+        else:
+            assert rest in routes and any(r.startswith(rest + "/") for r in routes), p
+    # and every route reaches serving through the ingress exactly when it is public
+    for route in routes:
+        path = "/api" + re.sub(r"\{[^}]+\}", "x", route)
+        public = route in PUBLIC or route in v2
+        assert (ingress_backend(ing, path) == "mlplatform-serving") is public, route
 
 
 def test_the_helm_test_pod_script_passes_against_real_serving(model_store: Store) -> None:

@@ -41,6 +41,8 @@ STRING_MAPS = ("ingress.annotations", "store.serviceAccountAnnotations")
 STRING_MAP_KEYS = ("podLabels", "podAnnotations", "nodeSelector", "annotations", "Monitor.labels")
 STRING_MAP_KEYS = (*STRING_MAP_KEYS, "prometheusRule.labels")
 PASSED_THROUGH = ("nodeAffinity", "podAffinity", "podAntiAffinity", "valueFrom", "labelSelector")
+# an Alertmanager entry of prometheus.yml: promtool checks it (test_monitoring.py)
+PASSED_THROUGH = (*PASSED_THROUGH, "alertmanagers[]")
 
 
 def test_values_file_starts_with_the_schema_modeline() -> None:

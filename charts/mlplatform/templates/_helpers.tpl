@@ -320,6 +320,15 @@ A lint (neither install nor upgrade) is never applied: it gets a random value.
 {{- end }}
 {{- end }}
 
+{{- /* The jobs' release and namespace: in their Pushgateway grouping key, so releases sharing
+one Pushgateway keep their own series. */}}
+{{- define "mlplatform.pushLabelsEnv" }}
+- name: MLPLATFORM_RELEASE
+  value: {{ .Release.Name | quote }}
+- name: MLPLATFORM_NAMESPACE
+  value: {{ .Release.Namespace | quote }}
+{{- end }}
+
 {{- define "mlplatform.prometheusUrl" -}}
 {{- if .Values.prometheus.enabled }}
 {{- printf "http://%s:%d" (include "mlplatform.componentName" (list . "prometheus")) (int .Values.prometheus.port) }}

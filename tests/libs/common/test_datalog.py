@@ -216,3 +216,38 @@ def test_compact_batches_read_back_with_prediction_ids_and_probabilities(store: 
     assert found["prediction_id"] == ids[2] and found["mean_radius"] == 2.0
     assert found["proba_json"] == "[0.333333,0.666667]"
     assert datalog.find_prediction(store, ids.batch + "000003", now=1001.0) is None  # no row 3
+
+
+DAY = 86_400.0
+
+
+def test_retention_deletes_only_whole_days_older_than_the_window(store: Store) -> None:
+    now = 40 * DAY + 3_600.0  # 01:00 UTC on day 40
+    for day, ids in [(30, ["old"]), (31, ["edge"]), (32, ["kept"]), (40, ["today"])]:
+        datalog.write_predictions(store, _batch(ids, day * DAY + 60), ts=day * DAY + 60)
+    datalog.write_feedback(store, {"prediction_id": "old", "target": "1"}, ts=30 * DAY + 90)
+    # keep 8 days: rows from 32 * DAY + 3,600 on must stay, so day 32 (and 40) stays; day 31
+    # ended at 32 * DAY, before that, and goes with day 30
+    dropped = datalog.drop_expired_predictions(store, keep_days=8, now=now)
+    assert dropped == {"partitions": 2, "objects": 2}
+    assert sorted(datalog.read_predictions(store)["prediction_id"]) == ["kept", "today"]
+    assert list(datalog.read_feedback(store)["prediction_id"]) == ["old"]  # labels stay
+    assert datalog.drop_expired_predictions(store, keep_days=8, now=now)["partitions"] == 0
+
+
+def test_retention_never_deletes_the_current_day(store: Store) -> None:
+    now = 40 * DAY + 60.0
+    datalog.write_predictions(store, _batch(["a"], now - 30), ts=now - 30)
+    datalog.write_predictions(store, _batch(["b"], now - 120), ts=now - 120)  # yesterday
+    assert datalog.drop_expired_predictions(store, keep_days=0.0001, now=now)["partitions"] == 1
+    assert list(datalog.read_predictions(store)["prediction_id"]) == ["a"]
+
+
+def test_retention_leaves_foreign_names_under_the_log_alone(local_store: Store) -> None:
+    local_store.put("production/predictions/README", b"not a partition")
+    local_store.put("production/predictions/dt=garbage/x.parquet", b"not a day")
+    assert datalog.drop_expired_predictions(local_store, keep_days=1, now=40 * DAY) == {
+        "partitions": 0,
+        "objects": 0,
+    }
+    assert local_store.exists("production/predictions/dt=garbage/x.parquet")

@@ -54,3 +54,10 @@ def test_every_fixed_key_lives_under_its_area() -> None:
     assert keys.dataset("x", "meta.json").startswith(keys.DATASETS)
     assert keys.report_file("r1", "summary.json") == "reports/r1/summary.json"
     assert keys.trigger("k") == "state/triggers/k.json"
+
+
+def test_a_day_partition_parses_back_to_its_utc_midnight() -> None:
+    assert keys.partition_start("dt=1970-01-02") == 86_400.0
+    assert keys.partition_start(keys.predictions_day(86_400.0 + 5).split("/")[-2]) == 86_400.0
+    assert keys.partition_start("dt=1970-13-01") is None
+    assert keys.partition_start("README") is None

@@ -107,11 +107,15 @@ class PromStack:
         raise AssertionError(f"{expr}: expected no series, Prometheus has {seen}")
 
     def clear(self) -> None:
-        """Delete the reporter's group from the Pushgateway (state left by another test)."""
-        r = httpx.delete(
-            f"{self.pushgateway_url}/metrics/job/mlplatform-reporter/instance/mlplatform", timeout=5
-        )
+        """Delete every group from the Pushgateway (state left by another test)."""
+        r = httpx.put(f"{self.pushgateway_url}/api/v1/admin/wipe", timeout=5)
         assert r.status_code in (200, 202), r.text
+
+    def groups(self) -> list[dict[str, str]]:
+        """The Pushgateway's groups, each as its grouping key's labels (``job`` included)."""
+        r = httpx.get(f"{self.pushgateway_url}/api/v1/metrics", timeout=5)
+        r.raise_for_status()
+        return [g["labels"] for g in r.json()["data"]]
 
 
 @contextmanager
@@ -132,9 +136,10 @@ def running_prom_stack(root: Path, config: Callable[[str], dict[str, Any]]) -> I
                 [
                     str(pushgateway),
                     f"--web.listen-address=127.0.0.1:{pg_port}",
-                    # Debian's build persists to one file for every instance on the machine,
-                    # so another test run's groups would be here from the start.
-                    f"--persistence.file={root / 'pushgateway.data'}",
+                    "--web.enable-admin-api",  # PromStack.clear wipes every group
+                    # in memory only: Debian's default file is shared by every Pushgateway on
+                    # the machine, so groups pushed by other test runs came back
+                    "--persistence.file=",
                 ],
                 stdout=pg_log.open("wb"),
                 stderr=subprocess.STDOUT,

@@ -127,6 +127,46 @@ def test_no_production_data_reports_zero_rows_and_succeeds(
 
 
 @pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_releases_sharing_a_pushgateway_keep_their_own_series(
+    store: Store, model: LoadedModel, prom_stack: PromStack
+) -> None:
+    prom_stack.clear()
+    installs = [("blue", "ml"), ("green", "ml"), ("blue", "staging")]
+    pushed: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def run_as(release: str, namespace: str) -> None:
+        settings = reporter_settings(
+            pushgateway_url=prom_stack.pushgateway_url, release=release, namespace=namespace
+        )
+        before = time.time()
+        job.run(settings, store=store)
+        pushed[release, namespace] = (before, time.time())
+
+    for install in installs:
+        run_as(*install)
+    groups = prom_stack.groups()
+    assert sorted((g["release"], g["namespace"]) for g in groups) == sorted(installs)
+    assert {(g["job"], g["instance"]) for g in groups} == {("mlplatform-reporter", "mlplatform")}
+    time.sleep(1.5)  # Prometheus scrapes the first pushes
+    run_as("blue", "ml")  # runs again: only its own group is replaced
+    assert len(prom_stack.groups()) == 3
+    # Prometheus (honor_labels) keeps the pushed release and namespace on every series
+    for (release, namespace), (before, after) in pushed.items():
+        labels = {"release": release, "namespace": namespace}
+        rows = _q("mlplatform_report_rows", dataset="production", **labels)
+        prom_stack.wait_for(rows, 0)
+        stamp = _q("mlplatform_report_last_success_timestamp_seconds", **labels)
+        deadline = time.monotonic() + 20
+        while True:
+            (series,) = prom_stack.query(stamp)
+            if before <= float(series["value"][1]) <= after or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert before <= float(series["value"][1]) <= after, (labels, series)
+    assert len(prom_stack.query("mlplatform_report_last_success_timestamp_seconds")) == 3
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
 def test_no_model_yet_is_an_empty_report_not_a_failure(store: Store) -> None:
     outcome = job.run(reporter_settings(), store=store)
     assert outcome.result.rows["production"] == 0
@@ -279,6 +319,32 @@ def test_cli_run_succeeds_and_fails_with_exit_codes(tmp_path, trained, shipped_d
     bad = _run_cli(tmp_path / "store", MLPLATFORM_SIGNING_KEY=None, MLPLATFORM_DEV_MODE="false")
     assert bad.returncode == 1
     assert "MLPLATFORM_SIGNING_KEY is not set" in bad.stderr
+
+
+def test_cli_run_refuses_a_retention_shorter_than_the_window_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = _run_cli(tmp_path / "store", MLPLATFORM_LOG_RETENTION_DAYS="3")
+    assert bad.returncode == 1
+    lines = [line for line in bad.stderr.splitlines() if "MLPLATFORM_LOG_RETENTION_DAYS" in line]
+    assert len(lines) == 1 and "at least 9" in lines[0], bad.stderr  # 24 h + 168 h + 1 day
+    assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("store", ["s3"], indirect=True)
+def test_a_report_deletes_the_expired_days_of_the_log_and_reads_the_rest(
+    store: Store, model: LoadedModel, heldout: pd.DataFrame
+) -> None:
+    now = time.time()
+    # every row labelled: log_traffic returns the ids of the labelled ones
+    old = log_traffic(store, model, heldout.iloc[:20], labelled=1.0, ts=now - 40 * 86_400)
+    recent = log_traffic(store, model, heldout.iloc[20:50], labelled=1.0, ts=now - 3_600)
+    outcome = job.run(reporter_settings(log_retention_days=30), store=store, now=now)
+    assert outcome.expired == {"partitions": 1, "objects": 1}
+    assert outcome.result.rows["production"] == len(recent)
+    left = datalog.read_predictions(store)
+    assert len(left) == len(recent) and not set(left["prediction_id"]) & set(old["prediction_id"])
+    assert len(datalog.read_feedback(store)) == len(old) + len(recent)  # labels are kept
+    kept = job.run(reporter_settings(log_retention_days=0), store=store, now=now)
+    assert kept.expired is None and len(datalog.read_predictions(store)) == len(recent)
 
 
 def test_cli_simulate_replays_with_drift_against_the_api(

@@ -18,6 +18,7 @@ from mlplatform_retrainer.job import upload_dataset
 from mlplatform_retrainer.settings import RetrainerSettings
 from mlplatform_retrainer.train import TrainConfig, split
 from tests.conftest import DATA, SIGNING_KEY, publish_trained
+from tests.services.reporter.conftest import prom_stack  # noqa: F401 (a real Pushgateway and Prometheus, for the push tests)
 
 
 def retrainer_settings(**kw: object) -> RetrainerSettings:

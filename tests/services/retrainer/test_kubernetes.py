@@ -20,7 +20,7 @@ import yaml
 from kubernetes import client
 
 from mlplatform_retrainer.rollout import VERSION_ANNOTATION, rollout_kubernetes
-from mlplatform_serving.launcher import KubernetesApi, kubernetes_launcher
+from mlplatform_serving.launcher import FORCE_ANNOTATION, KubernetesApi, kubernetes_launcher
 from tests.conftest import REPO
 from tests.services.retrainer.conftest import NOT_FOUND, JsonApi, retrainer_settings
 from tests.services.serving.conftest import serving_settings
@@ -139,8 +139,28 @@ def test_admin_retrain_in_a_cluster_forces_the_job(api: FakeApiServer) -> None:
     launch("requested through /admin/retrain", True)
     job = api.requests[-1]["body"]
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
-    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert {"name": "MLPLATFORM_FORCE", "value": "true"} in env
+    # forced by the pod template's annotation, which the CronJob's pod reads as MLPLATFORM_FORCE:
+    # the pod spec stays the CronJob's, as the chart's admission policy requires
+    template = job["spec"]["template"]
+    assert template["metadata"]["annotations"] == {FORCE_ANNOTATION: "true"}
+    assert template["spec"] == CRONJOB["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    cron_template = CRONJOB["spec"]["jobTemplate"]["spec"]["template"]
+    assert template["metadata"]["labels"] == cron_template["metadata"]["labels"]
+    assert "annotations" not in cron_template["metadata"]  # the CronJob's own is not touched
+
+
+@pytest.mark.parametrize(
+    ("env", "force"),
+    [({}, False), ({"MLPLATFORM_FORCE": ""}, False), ({"MLPLATFORM_FORCE": "true"}, True)],
+)
+def test_the_retrainer_reads_force_from_its_pod_annotation(
+    env: dict[str, str], force: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the chart's downward-API entry gives "" when the pod has no mlplatform.io/force annotation
+    monkeypatch.delenv("MLPLATFORM_FORCE", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert retrainer_settings().force is force
 
 
 def test_a_missing_cronjob_is_a_clear_error(api: FakeApiServer) -> None:

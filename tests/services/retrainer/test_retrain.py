@@ -20,6 +20,7 @@ from mlplatform_retrainer.retrain import promote, rollback, run, unpin
 from mlplatform_retrainer.rollout import RolloutFailed
 from mlplatform_retrainer.train import TrainConfig
 from tests.conftest import DATA, SIGNING_KEY, free_port
+from tests.services.reporter.conftest import PromStack
 from tests.services.retrainer.conftest import (
     add_feedback,
     gate_held_out_rows,
@@ -111,6 +112,29 @@ def test_no_trigger_is_a_recorded_skip(v1_store: Store) -> None:
     (record,) = v1_store.list_keys("state/retrain-runs/")
     assert v1_store.get_json(record)["outcome"] == "skipped"
     assert not v1_store.exists(keys.RETRAIN_LOCK)
+
+
+def test_releases_sharing_a_pushgateway_keep_their_own_run_counts(
+    v1_store: Store, prom_stack: PromStack
+) -> None:
+    prom_stack.clear()
+    installs = [("blue", "ml"), ("green", "ml"), ("blue", "staging")]
+    for release, namespace in installs:
+        settings = retrainer_settings(
+            pushgateway_url=prom_stack.pushgateway_url, release=release, namespace=namespace
+        )
+        assert run(settings, store=v1_store).outcome == "skipped"
+    groups = prom_stack.groups()
+    assert sorted((g["release"], g["namespace"]) for g in groups) == sorted(installs)
+    assert {g["job"] for g in groups} == {"mlplatform-retrainer"}
+    # every pushed series carries them in Prometheus: one skipped count per release (the three
+    # share one store, so the counts are 1, 2 and 3)
+    query = 'mlplatform_retrain_runs_total{job="mlplatform-retrainer",outcome="skipped"}'
+    deadline = time.monotonic() + 20
+    while len(found := prom_stack.query(query)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    seen = {(r["metric"]["release"], r["metric"]["namespace"]): r["value"][1] for r in found}
+    assert seen == {("blue", "ml"): "1", ("green", "ml"): "2", ("blue", "staging"): "3"}
 
 
 def test_k_labelled_rows_train_and_promote_v2(v1_store: Store) -> None:

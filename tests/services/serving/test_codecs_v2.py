@@ -81,6 +81,12 @@ def test_the_v2_label_datatype_is_that_of_the_classes(
             {"shape": [1, 30], "datatype": "FP64", "data": [[1.0] * 15, *[1.0] * 15]},
             "data: must be 30 numbers, flat or as rows of 30",
         ),
+        (  # a number first, then a row: the typed reader flattens it, so it falls back
+            {"shape": [1, 30], "datatype": "FP64", "data": [*[1.0] * 15, [1.0] * 15]},
+            "data: must be 30 numbers, flat or as rows of 30",
+        ),
+        ({"shape": [1, 30], "datatype": "FP64", "data": [1.0] * 29 + [True]}, "data[29]: must"),
+        ({"shape": [1, 30], "datatype": "FP64", "data": [1.0] * 29 + [None]}, "data[29]: must"),
         (  # ragged: 30 values in all, but not 1 row of 30 (was answered)
             {"shape": [1, 30], "datatype": "FP64", "data": [[1.0] * 10, [1.0] * 20]},
             "data: must be 30 numbers, flat or as rows of 30",
@@ -166,3 +172,53 @@ def test_v2_binary_outputs_are_the_json_ones_as_bytes(client: TestClient, rows) 
     assert_error(
         client.post(url, json=bad), 422, "outputs[label].parameters.binary_data: must be true or"
     )
+
+
+FLAT = [0, -1, 2.5, 1e-7, -3e2, 123456789, 0.1, 1e150, 7, 18.4027] * 24  # 8 rows of 30
+
+
+@pytest.mark.parametrize(
+    ("text", "typed"),
+    [
+        (json.dumps(FLAT), True),  # flat numbers: read typed, no Python object per value
+        (json.dumps([FLAT[i : i + 30] for i in range(0, 240, 30)]), False),  # rows: general
+        (json.dumps([*FLAT[:239], True]), False),
+        (json.dumps([*FLAT[:239], "1"]), False),
+        (json.dumps([*FLAT[:239], [1.0]]), False),
+        ("[" + ", ".join(["1.5"] * 239) + ", 1e400]", False),
+    ],
+)
+def test_flat_json_tensor_data_is_read_typed_and_equals_the_general_reader(
+    text: str, typed: bool
+) -> None:
+    from mlplatform_serving.codecs import v2
+
+    body = (
+        '{"id": "r1", "parameters": {"binary_data_output": false}, "inputs": [{"name": "x", '
+        '"shape": [8, 30], "datatype": "FP64", "parameters": {}, "data": ' + text + "}]}"
+    ).encode()
+    assert len(body) >= v2.TYPED_FROM_BYTES  # small bodies take the general reader
+    rest, values = v2.typed_json(body)
+    assert (values is not None) is typed
+    if typed:
+        general = json.loads(body)
+        assert values is not None and values.tolist() == [float(v) for v in FLAT]
+        tensor = {k: v for k, v in general["inputs"][0].items() if k != "data"}
+        assert rest == {**general, "inputs": [tensor]}
+        features = [f"f{i}" for i in range(30)]
+        got = v2.decode({}, body, lambda: features, 10)
+        assert got.X.dtype == np.float64 and got.id == "r1"
+        assert got.X.tolist() == [[float(v) for v in FLAT[i : i + 30]] for i in range(0, 240, 30)]
+
+
+def test_a_typed_fp32_tensor_is_rounded_to_fp32_as_before(client: TestClient) -> None:
+    from mlplatform_serving.codecs import v2
+
+    values = [0.1 * i for i in range(120)]
+    body = json.dumps(
+        {"inputs": [{"name": "x", "shape": [4, 30], "datatype": "FP32", "data": values}]}
+    ).encode()
+    assert v2.typed_json(body)[1] is not None
+    got = v2.decode({}, body, lambda: [f"f{i}" for i in range(30)], 10)
+    fp32 = np.asarray(values, dtype=np.float32).astype(np.float64).reshape(4, 30)
+    assert got.X.tolist() == fp32.tolist()

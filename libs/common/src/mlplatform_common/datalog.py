@@ -57,6 +57,8 @@ FEEDBACK_COLUMNS = [
 
 # The serving's compact form of a prediction id: its request's shared part and its row there.
 COMPACT_ID_COLUMNS = ["request_id", "request_row"]
+# The prediction log's Parquet compression, chosen by bench.log_format (bench/BENCHMARKS.md).
+LOG_COMPRESSION: str | None = None
 _OWN_COLUMN = re.compile(r"(PCA|proba)_\d+")
 
 
@@ -173,10 +175,8 @@ def _keys_between(store: Store, prefix: str, since: float | None, until: float |
     return out
 
 
-def write_predictions(store: Store, rows: pd.DataFrame, ts: float | None = None) -> str:
-    """Write one batch of the prediction log as a new Parquet object; return its key."""
-    ts = time.time() if ts is None else ts
-    key = keys.predictions_batch(ts, new_id()[:12])
+def parquet_bytes(rows: pd.DataFrame, compression: str | None) -> memoryview:
+    """One batch of the prediction log as Parquet bytes."""
     buf = io.BytesIO()
     # No column statistics and declared string columns: a third less CPU per write, measured
     # (bench/BENCHMARKS.md); readers here filter in pandas, not by Parquet statistics. Only
@@ -189,10 +189,42 @@ def write_predictions(store: Store, rows: pd.DataFrame, ts: float | None = None)
         object_encoding="utf8",
         stats=False,
         has_nulls="infer",
-        compression=None,
+        compression=compression,
     )
-    store.put(key, buf.getbuffer(), "application/vnd.apache.parquet")  # a view, not a copy
+    return buf.getbuffer()  # a view, not a copy
+
+
+def write_predictions(store: Store, rows: pd.DataFrame, ts: float | None = None) -> str:
+    """Write one batch of the prediction log as a new Parquet object; return its key."""
+    ts = time.time() if ts is None else ts
+    key = keys.predictions_batch(ts, new_id()[:12])
+    store.put(key, parquet_bytes(rows, LOG_COMPRESSION), "application/vnd.apache.parquet")
     return key
+
+
+def expired_prediction_days(store: Store, keep_days: float, now: float) -> list[str]:
+    """The prefixes of the prediction log's day partitions whose whole day ended more than
+    ``keep_days`` days before ``now``: never today's, never one holding a younger row."""
+    oldest_kept = now - keep_days * 86_400
+    starts = (keys.partition_start(name) for name in store.list_dirs(keys.PREDICTIONS))
+    return [
+        keys.predictions_day(start)
+        for start in starts
+        if start is not None and start + 86_400 <= oldest_kept
+    ]
+
+
+def drop_expired_predictions(store: Store, keep_days: float, now: float) -> dict[str, int]:
+    """Delete whole day partitions of the prediction log older than ``keep_days``; the
+    labelled rows (which carry their features) and the reports are kept. Returns how many
+    partitions and objects went."""
+    days = expired_prediction_days(store, keep_days, now)
+    objects = 0
+    for prefix in days:
+        for key in store.list_keys(prefix):
+            store.delete(key)
+            objects += 1
+    return {"partitions": len(days), "objects": objects}
 
 
 def proba_json(proba: np.ndarray) -> list[str]:

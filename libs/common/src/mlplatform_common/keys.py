@@ -59,6 +59,17 @@ def written_at(key: str) -> float:
     return int(head) / 1000 if head.isdigit() else 0.0
 
 
+def partition_start(name: str) -> float | None:
+    """The UTC midnight a day partition (``dt=YYYY-MM-DD``) begins at; None for a foreign name."""
+    if not name.startswith("dt="):
+        return None
+    try:
+        day = datetime.strptime(name.removeprefix("dt=").rstrip("/"), "%Y-%m-%d")
+    except ValueError:
+        return None
+    return day.replace(tzinfo=UTC).timestamp()
+
+
 def predictions_day(ts: float) -> str:
     """The prefix of the prediction log batches written on the UTC day of ``ts``."""
     return f"{PREDICTIONS}dt={day(ts)}/"

@@ -21,6 +21,10 @@ MODEL_ALIAS_MISMATCH = "mlplatform_model_alias_mismatch"  # Gauge: 1 = alias nam
 PREDICTION_LOG_DROPPED = "mlplatform_prediction_log_dropped_rows"  # Counter
 BACKUP_PREDICTIONS = "mlplatform_backup_predictions"  # Counter
 
+# Routes of probes and scrapes (a regex over the `route` label, as PromQL anchors it): the SLIs
+# of the alert rules and dashboards leave them out, as they are not users' requests.
+PROBE_AND_SCRAPE_ROUTES = "/metrics|.*/health(/.*)?|.*/ready|.*/live"
+
 # reporter (pushed to the Pushgateway)
 DRIFT_SHARE = "mlplatform_drift_share"
 DRIFTED_COLUMNS = "mlplatform_drifted_columns"
@@ -38,6 +42,6 @@ RETRAIN_RUNS = "mlplatform_retrain_runs"  # Counter{outcome} -> _total
 RETRAIN_LAST_SUCCESS = "mlplatform_retrain_last_success_timestamp_seconds"
 MODEL_VERSION_NUMBER = "mlplatform_model_version_number"
 
-# Pushgateway job names (the grouping key is {job, instance="mlplatform"})
+# Pushgateway job names (the rest of the grouping key: CommonSettings.push_grouping_key)
 REPORTER_JOB = "mlplatform-reporter"
 RETRAINER_JOB = "mlplatform-retrainer"

@@ -61,6 +61,19 @@ class CommonSettings(BaseSettings):
     log_format: str = "text"
     """``text`` for a terminal, ``json`` for a log collector."""
 
+    release: str = "local"
+    """Name of this installation (the chart sets its Helm release): a label on every series the
+    jobs push, so releases sharing a Pushgateway keep their own."""
+
+    namespace: str = "default"
+    """Kubernetes namespace of this installation: where serving and the retrainer find the
+    Deployment and CronJob they act on, and a label on every series the jobs push."""
+
+    def push_grouping_key(self) -> dict[str, str]:
+        """The Pushgateway grouping key besides ``job``: one group per job, release and
+        namespace, so a push replaces only its own release's previous push."""
+        return {"instance": "mlplatform", "release": self.release, "namespace": self.namespace}
+
     def secret_or_dev(self, value: SecretStr | None, dev_default: str) -> str | None:
         """A secret setting's value; unset or empty: ``dev_default`` in dev mode, else None."""
         if value is not None and value.get_secret_value():

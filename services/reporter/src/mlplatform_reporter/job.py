@@ -8,9 +8,10 @@ One run:
 4. write ``production/prod_data.csv`` in the course format (``write_prod_data``), then archive
    the report (``mlplatform_common.reports``): its HTML, then its summary last (a report
    without a summary is incomplete);
-5. push the numbers to the Pushgateway under ``{job="mlplatform-reporter",
-   instance="mlplatform"}``, replacing the previous run's; ``last_success`` is part of that push,
-   so it only ever moves when a run got this far.
+5. push the numbers to the Pushgateway under ``{job="mlplatform-reporter", instance="mlplatform",
+   release, namespace}`` (``CommonSettings.push_grouping_key``), replacing this release's
+   previous run's; ``last_success`` is part of that push, so it only ever moves when a run got
+   this far.
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 from mlplatform_common import datalog, keys, reports
 from mlplatform_common import metric_names as m
-from mlplatform_common.errors import ModelNotFound, ObjectNotFound, StorageUnavailable
+from mlplatform_common.errors import (
+    ConfigurationError,
+    ModelNotFound,
+    ObjectNotFound,
+    StorageUnavailable,
+)
 from mlplatform_common.registry import LoadedModel, ModelRegistry
 from mlplatform_common.reports import ReportArchive
 from mlplatform_common.storage import Store, open_store
@@ -44,8 +50,6 @@ from mlplatform_reporter.settings import ReporterSettings
 
 logger = logging.getLogger("mlplatform.reporter")
 
-GROUPING_KEY = {"instance": "mlplatform"}
-
 
 @dataclass
 class RunOutcome:
@@ -55,6 +59,7 @@ class RunOutcome:
     result: ReportResult
     prod_data_rows: int
     pushed: bool
+    expired: dict[str, int] | None = None  # the log's day partitions and objects deleted
 
 
 def report_id(ts: float) -> str:
@@ -218,7 +223,7 @@ def push(settings: ReporterSettings, reg: CollectorRegistry) -> bool:
         push_to_gateway(
             settings.pushgateway_url,
             job=m.REPORTER_JOB,
-            grouping_key=GROUPING_KEY,
+            grouping_key=settings.push_grouping_key(),
             registry=reg,
             timeout=settings.push_timeout_seconds,
         )
@@ -247,8 +252,10 @@ def send_to_evidently_ui(settings: ReporterSettings, result: ReportResult) -> No
 def run(
     settings: ReporterSettings, *, store: Store | None = None, now: float | None = None
 ) -> RunOutcome:
-    """One report: build, archive, push. Raises on any failure (nothing is pushed then)."""
+    """One report: build, archive, push, then drop the log's expired days. Raises on any
+    failure (nothing is pushed then)."""
     now = time.time() if now is None else now
+    check_retention(settings)
     store = store or open_store(settings, ensure=True)
     win = window(settings, store, now)
     model = _production_model(settings, store)
@@ -261,7 +268,35 @@ def run(
     except Exception as exc:  # an optional dashboard must not fail the report
         logger.warning("Evidently UI at %s: %s", settings.evidently_ui_url, exc)
     pushed = push(settings, metrics_registry(result, time.time()))
-    return RunOutcome(rid, result, exported, pushed)
+    return RunOutcome(rid, result, exported, pushed, expire_log(settings, store, now))
+
+
+def check_retention(settings: ReporterSettings) -> None:
+    """Refuse a log retention shorter than what a report reads."""
+    keep, floor = settings.log_retention_days, settings.retention_floor_days()
+    if keep < 0 or 0 < keep < floor:
+        raise ConfigurationError(
+            f"MLPLATFORM_LOG_RETENTION_DAYS: {keep:g} days would delete rows a report still "
+            f"reads; use 0 (keep every day) or at least {floor:g} (the window "
+            f"{settings.window_hours:g} h + the feedback lookback "
+            f"{settings.feedback_lookback_hours:g} h + one day partition)"
+        )
+
+
+def expire_log(settings: ReporterSettings, store: Store, now: float) -> dict[str, int] | None:
+    """Delete the prediction log's day partitions older than the retention (None: kept)."""
+    check_retention(settings)
+    if not settings.log_retention_days:
+        return None
+    dropped = datalog.drop_expired_predictions(store, settings.log_retention_days, now)
+    if dropped["partitions"]:
+        logger.info(
+            "prediction log: deleted %d day partitions (%d objects) older than %g days",
+            dropped["partitions"],
+            dropped["objects"],
+            settings.log_retention_days,
+        )
+    return dropped
 
 
 def describe(outcome: RunOutcome) -> str:
@@ -282,4 +317,8 @@ def describe(outcome: RunOutcome) -> str:
         lines.append(f"  quality ({r.quality.status}): {numbers or '-'}")
     lines += [f"  note: {n}" for n in r.notes]
     lines.append(f"  prod_data.csv: {outcome.prod_data_rows} rows; pushed: {outcome.pushed}")
+    if outcome.expired is not None:
+        lines.append(
+            f"  prediction log: {outcome.expired['partitions']} expired day partitions deleted"
+        )
     return "\n".join(lines)

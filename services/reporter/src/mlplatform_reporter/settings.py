@@ -31,6 +31,11 @@ class ReporterSettings(CommonSettings):
     """How far back before the window start a labelled row's prediction is looked up, to recover
     the probabilities the model gave it (for ROC AUC)."""
 
+    log_retention_days: float = 30.0
+    """Days of the prediction log kept: each report then deletes the whole day partitions
+    older than that (``0`` keeps every day). The labelled rows, which carry their features,
+    and the reports are kept. Must cover the window and the feedback lookback (checked)."""
+
     drift_method: str = "ks"
     """Evidently stat test for every numerical column, fixed so scores mean the same thing from
     run to run (``ks``: two-sample Kolmogorov-Smirnov; the score is its p-value)."""
@@ -52,6 +57,11 @@ class ReporterSettings(CommonSettings):
 
     evidently_project: str = "mlplatform"
     """Evidently UI project that receives the snapshots."""
+
+    def retention_floor_days(self) -> float:
+        """The shortest log retention that keeps every row a report reads: the window and the
+        feedback lookback before it, plus the day partition a window starts in."""
+        return (self.window_hours + self.feedback_lookback_hours) / 24 + 1
 
     def writer(self) -> str | None:
         """The configured writer token (the dev token in dev mode), or None."""

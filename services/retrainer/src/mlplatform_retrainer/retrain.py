@@ -209,7 +209,7 @@ def _count_and_push_metrics(
         push_to_gateway(
             settings.pushgateway_url,
             job=names.RETRAINER_JOB,
-            grouping_key={"instance": "mlplatform"},
+            grouping_key=settings.push_grouping_key(),
             registry=registry,
             timeout=10,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from pydantic import SecretStr
+from pydantic import SecretStr, field_validator
 
 from mlplatform_common.errors import ConfigurationError
 from mlplatform_common.settings import DEV_ADMIN_TOKEN, CommonSettings
@@ -59,9 +59,6 @@ class RetrainerSettings(CommonSettings):
     admin_token: SecretStr | None = None
     """Bearer token for serving's /admin/reload (dev mode falls back to the dev token)."""
 
-    namespace: str = "default"
-    """Kubernetes namespace of the serving Deployment."""
-
     serving_deployment: str = "mlplatform-serving"
     """Deployment patched on rollout."""
 
@@ -72,10 +69,18 @@ class RetrainerSettings(CommonSettings):
     """Pushgateway for the retrain metrics (unset: not pushed)."""
 
     force: bool = False
-    """Retrain even without a trigger (set on Jobs started by serving's /admin/retrain)."""
+    """Retrain even without a trigger. In the chart the CronJob's pod reads it from its own
+    annotation ``mlplatform.io/force`` (downward API), which serving's /admin/retrain puts on the
+    Job's pod template; empty (no annotation) is false."""
 
     schedule_seconds: float = 60.0
     """``schedule``: how often the trigger check runs."""
+
+    @field_validator("force", mode="before")
+    @classmethod
+    def _absent_annotation_is_false(cls, value: object) -> object:
+        # the downward API gives "" for an annotation the pod does not carry
+        return False if value == "" else value
 
     def resolved_rollout(self) -> str:
         if self.rollout != "auto":

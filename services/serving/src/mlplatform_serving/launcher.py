@@ -26,6 +26,10 @@ logger = logging.getLogger("mlplatform.serving")
 
 Launcher = Callable[[str, bool], bool]
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+# A forced retrain is this pod-template annotation, which the CronJob's container reads as
+# MLPLATFORM_FORCE (downward API): the Job's pod spec stays the CronJob's exactly, as the chart's
+# admission policy requires of every Job serving creates.
+FORCE_ANNOTATION = "mlplatform.io/force"
 
 
 class LaunchFailed(MLPlatformError):
@@ -94,11 +98,19 @@ class KubernetesApi:
 
 
 def job_from_cronjob(
-    cronjob: dict[str, Any], reason: str, now: float | None = None
+    cronjob: dict[str, Any], reason: str, now: float | None = None, force: bool = False
 ) -> dict[str, Any]:
-    """The Job that ``kubectl create job --from=cronjob/NAME`` would create."""
+    """The Job that ``kubectl create job --from=cronjob/NAME`` would create; ``force`` adds
+    only the pod-template annotation ``FORCE_ANNOTATION``."""
     meta = cronjob["spec"]["jobTemplate"].get("metadata") or {}
     name = cronjob["metadata"]["name"]
+    spec = copy.deepcopy(cronjob["spec"]["jobTemplate"]["spec"])
+    if force:
+        template_meta = spec["template"].setdefault("metadata", {})
+        template_meta["annotations"] = {
+            **(template_meta.get("annotations") or {}),
+            FORCE_ANNOTATION: "true",
+        }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -122,7 +134,7 @@ def job_from_cronjob(
                 }
             ],
         },
-        "spec": copy.deepcopy(cronjob["spec"]["jobTemplate"]["spec"]),
+        "spec": spec,
     }
 
 
@@ -133,13 +145,8 @@ def kubernetes_launcher(settings: ServingSettings, api: KubernetesApi | None = N
     def launch(reason: str, force: bool) -> bool:
         what = f"creating a Job from cronjob/{settings.retrainer_cronjob}"
         cronjob = api.read_namespaced_cron_job(settings.retrainer_cronjob, settings.namespace)
-        job = job_from_cronjob(cronjob, reason)
-        if force:  # /admin/retrain: the Job retrains even without a trigger
-            for container in job["spec"]["template"]["spec"]["containers"]:
-                container["env"] = [
-                    *container.get("env", []),
-                    {"name": "MLPLATFORM_FORCE", "value": "true"},
-                ]
+        # force (/admin/retrain): the Job retrains even without a trigger
+        job = job_from_cronjob(cronjob, reason, force=force)
         api.create_namespaced_job(settings.namespace, job, what)
         logger.info("started job/%s: %s", job["metadata"]["name"], reason)
         return True

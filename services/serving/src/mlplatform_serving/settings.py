@@ -137,9 +137,6 @@ class ServingSettings(CommonSettings):
     """How serving starts a retrain: ``local`` (a process), ``kubernetes`` (a Job from the
     retrainer CronJob) or ``none``."""
 
-    namespace: str = "default"
-    """Kubernetes namespace of the retrainer CronJob."""
-
     retrainer_cronjob: str = "mlplatform-retrainer"
     """CronJob a retrain Job is created from."""
 

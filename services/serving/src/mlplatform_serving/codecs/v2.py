@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
+import simdjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from mlplatform_common import datalog
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from mlplatform_serving.runtime import BatchResult
 
 OUTPUTS = ("label", "probabilities", "prediction_id")
+# Below about five rows the general reader is as fast as the typed one (bench/BENCHMARKS.md).
+TYPED_FROM_BYTES = 1024
 
 
 class V2Tensor(BaseModel):
@@ -78,6 +81,46 @@ def label_datatype(classes: list[Any]) -> str:
 
 
 # -- decode -----------------------------------------------------------------------------------
+
+
+def typed_json(body: bytes) -> tuple[Any, np.ndarray | None]:
+    """A JSON request whose one input holds flat numeric ``data``: the request without that
+    data, and the data as float64 read straight from the text (simdjson), with no Python
+    object per value. Anything else (nested rows, a boolean, a string, invalid JSON) gives
+    ``(None, None)``: the caller parses it as before, which words every error."""
+    try:
+        doc = simdjson.Parser().parse(body)  # a parser per call: no view outlives its parse
+        if not isinstance(doc, simdjson.Object):
+            return None, None
+        inputs = doc.get("inputs")
+        if not isinstance(inputs, simdjson.Array) or len(inputs) != 1:
+            return None, None
+        tensor = inputs[0]
+        data = tensor.get("data") if isinstance(tensor, simdjson.Object) else None
+        if not isinstance(data, simdjson.Array) or (len(data) and not _is_number(data[0])):
+            return None, None
+        values = np.frombuffer(data.as_buffer(of_type="d"), dtype=np.float64)
+        # by key: items() would turn the data into Python objects too
+        rest = {k: _plain(doc[k]) for k in doc.keys() if k != "inputs"}  # noqa: SIM118
+        rest["inputs"] = [{k: _plain(tensor[k]) for k in tensor.keys() if k != "data"}]  # noqa: SIM118
+    except (ValueError, TypeError):  # invalid JSON, or a value that is not a number
+        return None, None
+    # as_buffer flattens arrays nested in the data: the data is flat only if its "[" is the
+    # one bracket the body has beyond the rest's (an escape could hide one: not taken)
+    if b"\\" in body or body.count(b"[") != orjson.dumps(rest).count(b"[") + 1:
+        return None, None
+    return rest, values
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _plain(value: Any) -> Any:
+    """A simdjson value as Python objects."""
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    return value.as_list() if isinstance(value, simdjson.Array) else value
 
 
 def split_binary(headers: Mapping[str, str], body: bytes) -> tuple[Any, bytes]:
@@ -138,12 +181,18 @@ def decode(
 
     ``features_of``: the served version's features, asked for once the request is read (a
     malformed request is named as such even while no model is loaded)."""
-    payload, binary = split_binary(headers, body)
+    typed: np.ndarray | None = None
+    if "inference-header-content-length" not in headers and len(body) >= TYPED_FROM_BYTES:
+        payload, typed = typed_json(body)
+    if typed is None:
+        payload, binary = split_binary(headers, body)
+    else:
+        binary = b""
     req: V2Request = parse_model(V2Request, payload)
     if len(req.inputs) != 1:
         raise InvalidInput(f"inputs: expected one tensor [n, n_features], got {len(req.inputs)}")
     tensor = req.inputs[0]
-    data = tensor.data
+    data = tensor.data if typed is None else typed
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is not None and data is not None:
         raise InvalidInput(
@@ -206,8 +255,9 @@ def tensor_rows(data: Any, shape: Any, datatype: str, name: str, features: list[
     try:
         # Flat data (or one level of rows) gets the same C-level type pass as JSON rows:
         # numbers only, bool is not one. Deeper nesting goes to the slow, exact check.
-        if isinstance(data, np.ndarray):  # binary tensor data: already numbers
-            arr = data.reshape(-1)
+        if isinstance(data, np.ndarray):  # binary or typed JSON data: already numbers
+            with np.errstate(over="ignore"):  # beyond FP32: inf, named below
+                arr = data.reshape(-1).astype(dtype, copy=False)
         else:
             nested = isinstance(data, list) and data and isinstance(data[0], list)
             if nested and (len(data) != shape[0] or set(map(len, data)) != {shape[1]}):
