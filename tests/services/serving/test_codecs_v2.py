@@ -186,6 +186,8 @@ FLAT = [0, -1, 2.5, 1e-7, -3e2, 123456789, 0.1, 1e150, 7, 18.4027] * 24  # 8 row
         (json.dumps([*FLAT[:239], "1"]), False),
         (json.dumps([*FLAT[:239], [1.0]]), False),
         ("[" + ", ".join(["1.5"] * 239) + ", 1e400]", False),
+        ("[" + ", ".join(["1.5"] * 239) + ", " + "9" * 4301 + "]", False),  # past 64 bits
+        (json.dumps(FLAT) + ', "deep": ' + "[" * 5000 + "]" * 5000, False),  # too deep
     ],
 )
 def test_flat_json_tensor_data_is_read_typed_and_equals_the_general_reader(

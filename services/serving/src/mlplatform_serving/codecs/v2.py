@@ -103,7 +103,8 @@ def typed_json(body: bytes) -> tuple[Any, np.ndarray | None]:
         # by key: items() would turn the data into Python objects too
         rest = {k: _plain(doc[k]) for k in doc.keys() if k != "inputs"}  # noqa: SIM118
         rest["inputs"] = [{k: _plain(tensor[k]) for k in tensor.keys() if k != "data"}]  # noqa: SIM118
-    except (ValueError, TypeError):  # invalid JSON, or a value that is not a number
+    # invalid JSON, a value that is not a number; RuntimeError: too deep, an integer past 64 bits
+    except (ValueError, TypeError, RuntimeError):
         return None, None
     # as_buffer flattens arrays nested in the data: the data is flat only if its "[" is the
     # one bracket the body has beyond the rest's (an escape could hide one: not taken)
