@@ -252,6 +252,14 @@ def publish_trained(registry: ModelRegistry, trained, dataset, promote: bool = T
     return version
 
 
+def published_local_store(root: Path, trained, dataset) -> LocalStore:  # type: ignore[no-untyped-def]
+    """A local store at ``root`` with ``trained`` published as v1, in production."""
+    store = LocalStore(root)
+    store.ensure()
+    publish_trained(ModelRegistry(store, SIGNING_KEY), trained, dataset)
+    return store
+
+
 class ServingProcess:
     """A real ``python -m mlplatform_serving`` (uvicorn) on a free port."""
 

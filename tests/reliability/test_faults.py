@@ -28,7 +28,14 @@ from mlplatform_common.errors import ModelNotFound
 from mlplatform_common.lock import StoreLock
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import LocalStore, Store
-from tests.conftest import REPO, SIGNING_KEY, S3Server, ServingProcess, publish_trained
+from tests.conftest import (
+    REPO,
+    SIGNING_KEY,
+    S3Server,
+    ServingProcess,
+    publish_trained,
+    published_local_store,
+)
 from tests.reliability.conftest import (
     PROFILE,
     WRITER,
@@ -312,9 +319,7 @@ def test_serving_killed_mid_feedback_leaves_only_whole_rows(
     rows: list[dict[str, float]],
     figures: Figures,
 ) -> None:
-    store = LocalStore(tmp_path / "store")
-    store.ensure()
-    publish_trained(ModelRegistry(store, SIGNING_KEY), trained, shipped_dataset)
+    store = published_local_store(tmp_path / "store", trained, shipped_dataset)
     proc = ServingProcess(local_env(store.root)).start()
     acknowledged: list[str] = []
     halt = threading.Event()

@@ -307,12 +307,9 @@ def _run_cli(store_dir: Path, **env: str | None) -> subprocess.CompletedProcess[
 
 
 def test_cli_run_succeeds_and_fails_with_exit_codes(tmp_path, trained, shipped_dataset) -> None:  # type: ignore[no-untyped-def]
-    from mlplatform_common.registry import ModelRegistry
-    from tests.conftest import publish_trained
+    from tests.conftest import published_local_store
 
-    store = LocalStore(tmp_path / "store")
-    store.ensure()
-    publish_trained(ModelRegistry(store, SIGNING_KEY), trained, shipped_dataset)
+    published_local_store(tmp_path / "store", trained, shipped_dataset)
     ok = _run_cli(tmp_path / "store")
     assert ok.returncode == 0, ok.stderr
     assert "(model v1): 0 predictions, 0 labelled" in ok.stdout
@@ -394,12 +391,9 @@ def test_cli_simulate_replays_with_drift_against_the_api(
 
 
 def test_cli_schedule_reports_on_an_interval(tmp_path, trained, shipped_dataset) -> None:  # type: ignore[no-untyped-def]
-    from mlplatform_common.registry import ModelRegistry
-    from tests.conftest import publish_trained
+    from tests.conftest import published_local_store
 
-    store = LocalStore(tmp_path / "store")
-    store.ensure()
-    publish_trained(ModelRegistry(store, SIGNING_KEY), trained, shipped_dataset)
+    store = published_local_store(tmp_path / "store", trained, shipped_dataset)
     env = {
         **os.environ,
         "MLPLATFORM_STORE_URL": f"file://{tmp_path / 'store'}",

@@ -128,15 +128,11 @@ def test_cli_simulate_labels_with_the_writer_token_and_waits_out_the_rate(
 ) -> None:  # type: ignore[no-untyped-def]
     """Against a real serving that asks for the writer key and allows 2 labels a second after
     a burst of 3: every label is stored, the refused ones sent again after Retry-After."""
-    from mlplatform_common.registry import ModelRegistry
-    from mlplatform_common.storage import LocalStore
     from mlplatform_reporter.__main__ import main
     from mlplatform_reporter.settings import get_settings
-    from tests.conftest import SIGNING_KEY, ServingProcess, publish_trained
+    from tests.conftest import SIGNING_KEY, ServingProcess, published_local_store
 
-    store = LocalStore(tmp_path / "store")
-    store.ensure()
-    publish_trained(ModelRegistry(store, SIGNING_KEY), trained, shipped_dataset)
+    store = published_local_store(tmp_path / "store", trained, shipped_dataset)
     env = {
         "MLPLATFORM_STORE_URL": f"file://{store.root}",
         "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),

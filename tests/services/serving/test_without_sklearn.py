@@ -18,7 +18,7 @@ from mlplatform_common import datalog
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.schema import embed
 from mlplatform_common.storage import LocalStore
-from tests.conftest import SIGNING_KEY, ServingProcess, publish_trained
+from tests.conftest import SIGNING_KEY, ServingProcess, publish_trained, published_local_store
 from tests.services.serving.test_api import assert_error
 
 # Make `import sklearn` / `import scipy` fail (and importlib.util.find_spec return None), as in
@@ -34,9 +34,7 @@ ADMIN = {"Authorization": "Bearer no-sklearn-admin"}
 
 @pytest.fixture
 def store(tmp_path: Path, trained, shipped_dataset) -> LocalStore:
-    store = LocalStore(tmp_path / "store")
-    store.ensure()
-    publish_trained(ModelRegistry(store, SIGNING_KEY), trained, shipped_dataset)
+    store = published_local_store(tmp_path / "store", trained, shipped_dataset)
     return store
 
 

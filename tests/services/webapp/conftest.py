@@ -12,10 +12,9 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from mlplatform_common import keys
-from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import LocalStore
 from mlplatform_webapp.settings import get_settings
-from tests.conftest import SIGNING_KEY, ServingProcess, publish_trained
+from tests.conftest import SIGNING_KEY, ServingProcess, published_local_store
 
 APP_DIR = Path(__import__("mlplatform_webapp").__file__).resolve().parent
 ADMIN_TOKEN = "webapp-test-admin"
@@ -80,9 +79,9 @@ def write_report(store: LocalStore, report_id: str, summary: dict[str, object]) 
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory, trained, shipped_dataset) -> LocalStore:  # type: ignore[no-untyped-def]
-    store = LocalStore(tmp_path_factory.mktemp("webapp") / "store")
-    store.ensure()
-    publish_trained(ModelRegistry(store, SIGNING_KEY), trained, shipped_dataset)
+    store = published_local_store(
+        tmp_path_factory.mktemp("webapp") / "store", trained, shipped_dataset
+    )
     write_report(store, "20251231T000000Z", PARTIAL_SUMMARY)
     write_report(store, "20260101T000000Z", FLAT_SUMMARY)
     write_report(store, "20260102T000000Z", NESTED_SUMMARY)
