@@ -82,10 +82,9 @@ class CommonSettings(BaseSettings):
 
     def require_signing_key(self) -> bytes:
         """Return the manifest signing key, or raise if none is configured outside dev mode."""
-        if self.signing_key is not None and self.signing_key.get_secret_value():
-            return self.signing_key.get_secret_value().encode()
-        if self.dev_mode:
-            return DEV_SIGNING_KEY.encode()
+        key = self.secret_or_dev(self.signing_key, DEV_SIGNING_KEY)
+        if key is not None:
+            return key.encode()
         raise ConfigurationError(
             "MLPLATFORM_SIGNING_KEY is not set: model manifests cannot be signed or verified "
             "(set it, or MLPLATFORM_DEV_MODE=true for local development)"

@@ -88,11 +88,12 @@ class RetrainerSettings(CommonSettings):
         return "kubernetes" if os.environ.get("KUBERNETES_SERVICE_HOST") else "local"
 
     def require_admin_token(self) -> str:
-        if self.admin_token is not None and self.admin_token.get_secret_value():
-            return self.admin_token.get_secret_value()
-        if self.dev_mode:
-            return DEV_ADMIN_TOKEN
-        raise ConfigurationError("MLPLATFORM_ADMIN_TOKEN is not set: cannot tell serving to reload")
+        token = self.secret_or_dev(self.admin_token, DEV_ADMIN_TOKEN)
+        if token is None:
+            raise ConfigurationError(
+                "MLPLATFORM_ADMIN_TOKEN is not set: cannot tell serving to reload"
+            )
+        return token
 
 
 @lru_cache
