@@ -57,7 +57,9 @@ def test_every_fixed_key_lives_under_its_area() -> None:
 
 
 def test_a_day_partition_parses_back_to_its_utc_midnight() -> None:
-    assert keys.partition_start("dt=1970-01-02") == 86_400.0
-    assert keys.partition_start(keys.predictions_day(86_400.0 + 5).split("/")[-2]) == 86_400.0
-    assert keys.partition_start("dt=1970-13-01") is None
-    assert keys.partition_start("README") is None
+    assert keys.partition_start(keys.PREDICTIONS + "dt=1970-01-02/x.parquet") == 86_400.0
+    assert keys.partition_start(keys.predictions_batch(86_400.0 + 5, "b")) == 86_400.0
+    assert keys.partition_start(keys.feedback_row(86_400.0 + 5, "f"), keys.FEEDBACK) == 86_400.0
+    assert keys.partition_start(keys.PREDICTIONS + "dt=1970-13-01/x.parquet") is None
+    assert keys.partition_start(keys.PREDICTIONS + "README") is None
+    assert keys.partition_start(keys.FEEDBACK + "dt=1970-01-02/x.json") is None  # not the log

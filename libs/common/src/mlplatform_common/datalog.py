@@ -202,27 +202,18 @@ def write_predictions(store: Store, rows: pd.DataFrame, ts: float | None = None)
     return key
 
 
-def expired_prediction_days(store: Store, keep_days: float, now: float) -> list[str]:
-    """The prefixes of the prediction log's day partitions whose whole day ended more than
-    ``keep_days`` days before ``now``: never today's, never one holding a younger row."""
-    oldest_kept = now - keep_days * 86_400
-    starts = (keys.partition_start(name) for name in store.list_dirs(keys.PREDICTIONS))
-    return [
-        keys.predictions_day(start)
-        for start in starts
-        if start is not None and start + 86_400 <= oldest_kept
-    ]
-
-
 def drop_expired_predictions(store: Store, keep_days: float, now: float) -> dict[str, int]:
-    """Delete whole day partitions of the prediction log older than ``keep_days``; the
+    """Delete the prediction log's whole day partitions whose day ended more than
+    ``keep_days`` days before ``now``: never today's, never one holding a younger row. The
     labelled rows (which carry their features) and the reports are kept. Returns how many
     partitions and objects went."""
-    days = expired_prediction_days(store, keep_days, now)
-    objects = 0
-    for prefix in days:
-        for key in store.list_keys(prefix):
+    oldest_kept = now - keep_days * 86_400
+    days, objects = set(), 0
+    for key in store.list_keys(keys.PREDICTIONS):  # one listing for every day
+        start = keys.partition_start(key)
+        if start is not None and start + 86_400 <= oldest_kept:
             store.delete(key)
+            days.add(start)
             objects += 1
     return {"partitions": len(days), "objects": objects}
 

@@ -59,12 +59,14 @@ def written_at(key: str) -> float:
     return int(head) / 1000 if head.isdigit() else 0.0
 
 
-def partition_start(name: str) -> float | None:
-    """The UTC midnight a day partition (``dt=YYYY-MM-DD``) begins at; None for a foreign name."""
+def partition_start(key: str, prefix: str = PREDICTIONS) -> float | None:
+    """The UTC midnight the day partition (``<prefix>dt=YYYY-MM-DD/``) of a log key begins at;
+    None for a key outside one."""
+    name = key.removeprefix(prefix).split("/", 1)[0] if key.startswith(prefix) else ""
     if not name.startswith("dt="):
         return None
     try:
-        day = datetime.strptime(name.removeprefix("dt=").rstrip("/"), "%Y-%m-%d")
+        day = datetime.strptime(name.removeprefix("dt="), "%Y-%m-%d")
     except ValueError:
         return None
     return day.replace(tzinfo=UTC).timestamp()

@@ -284,8 +284,8 @@ def check_retention(settings: ReporterSettings) -> None:
 
 
 def expire_log(settings: ReporterSettings, store: Store, now: float) -> dict[str, int] | None:
-    """Delete the prediction log's day partitions older than the retention (None: kept)."""
-    check_retention(settings)
+    """Delete the prediction log's day partitions older than the retention (None: kept); the
+    retention was checked when the run began (``check_retention``)."""
     if not settings.log_retention_days:
         return None
     dropped = datalog.drop_expired_predictions(store, settings.log_retention_days, now)
