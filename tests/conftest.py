@@ -125,6 +125,10 @@ class S3Server:
             "-webdav=false",
             "-admin.ui=false",
             "-master.telemetry=false",
+            # Every bucket is a collection with volumes of its own, and by default the volume
+            # count is free disk / 1 GiB: a full test run (a bucket per test) used them all up
+            # on a fuller disk and writes failed with InternalError. Volumes are sparse files.
+            "-volume.max=5000",
             # As AWS does: a write to a missing bucket fails instead of creating it.
             "-s3.autoCreateBucket=false",
             f"-filer.localSocket={self.dir / 'filer.sock'}",
