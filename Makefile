@@ -5,7 +5,8 @@ SHELL := /bin/bash
 UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen
-DATA ?= data/breast_cancer.csv
+DATASET ?= breast_cancer
+DATA ?= data/$(DATASET).csv
 TARGET ?=
 # Debian packages the test suite runs for real (installed by `make test-deps` when root on Debian).
 TEST_APT_PACKAGES := prometheus prometheus-pushgateway chromium shellcheck wrk
@@ -90,8 +91,8 @@ endif
 	  $(RUN) honcho -f $(DEV_DIR)/Procfile -d . start
 
 .PHONY: train
-train: sync ## Train and publish a model: make train [DATA=path.csv] [TARGET=column]
-	@$(DEV_ENV) $(RUN) python -m mlplatform_retrainer train --data $(DATA) $(if $(TARGET),--target $(TARGET))
+train: sync ## Train and publish a model: make train [DATASET=breast_cancer|diabetes|penguins] [DATA=path.csv] [TARGET=column] [TASK=classification|regression]
+	@$(DEV_ENV) $(RUN) python -m mlplatform_retrainer train --data $(DATA) $(if $(TARGET),--target $(TARGET)) $(if $(TASK),--task $(TASK))
 
 PUSHGATEWAY ?= $(if $(shell command -v prometheus-pushgateway 2>/dev/null),127.0.0.1:$(DEV_PUSHGATEWAY_PORT),)
 API_URL ?= http://127.0.0.1:$(DEV_SERVING_PORT)

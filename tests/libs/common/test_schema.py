@@ -9,9 +9,13 @@ import pytest
 from mlplatform_common.errors import DatasetError
 from mlplatform_common.schema import (
     FEATURE_LIMIT,
+    UNKNOWN,
     complete_rows,
+    decode,
+    encode,
     feature_schema,
     in_range,
+    infer_task,
     load_dataset,
     parse_dataset,
 )
@@ -45,16 +49,22 @@ def test_a_valid_csv_parses() -> None:
     [
         (GOOD, "label", r"target column 'label' not found; the columns are \['a', 'b', 'y'\]"),
         (
-            ["a,b,y", "1,x,0", *GOOD[1:]],
+            ["a,b,y"] + [f"{i},id{i},{i % 2}" for i in range(120)],
             "y",
-            r"feature column 'b' is not numeric \(value 'x' at lines 2\)",
+            r"feature column 'b' has 120 distinct text values, more than the 100 a category",
         ),
+        (["a,b,y"] + [f"{i},,{i % 2}" for i in range(12)], "y", r"column 'b' has no values"),
         ([*GOOD[:3], ",,", *GOOD[3:]], "y", r"empty rows at lines 4"),
         (["a,b,y"] + [f"{i},{i},1" for i in range(12)], "y", r"single class \(1\)"),
         (["a,b,y"], "y", r"header but no rows"),
         ([""], "y", r"not a readable CSV"),
-        ([*GOOD[:2], "3,,1", *GOOD[2:]], "y", r"feature column 'b' has missing values at lines 3"),
-        ([*GOOD, "1,2,2"], "y", r"classes \[2\] .* fewer than 5 rows"),
+        ([*GOOD[:2], "3,4,", *GOOD[2:]], "y", r"target column 'y' is empty at lines 3"),
+        (
+            [*GOOD, "1,2,2"],
+            "y",
+            r"classes \[2\] .* fewer than 5 rows.* \(the task was read as classification: its "
+            r"values are 3 distinct whole numbers, at most 20; set --task / MLPLATFORM_TASK",
+        ),
         (
             [*GOOD[:2], "1,inf,0", *GOOD[2:]],
             "y",
@@ -108,9 +118,77 @@ def test_complete_rows_keeps_the_rows_a_job_can_use() -> None:
             "target": ["0", "1", "0", "1", "0"],
         }
     )
-    kept = complete_rows(frame, ["a", "b"])
+    numbers = [{"name": "a", "dtype": "float"}, {"name": "b", "dtype": "float"}]
+    kept = complete_rows(frame, numbers)
     assert kept["a"].tolist() == [1.0] and kept["b"].tolist() == [0.5]
     assert kept["target"].tolist() == ["0"]
+    # where the schema allows a missing value, the row with one is kept too
+    nullable = [numbers[0], {**numbers[1], "nullable": True}]
+    assert complete_rows(frame, nullable)["a"].tolist() == [1.0, 3.0]
+    # a category takes any text; a missing one only where allowed
+    categories = [numbers[0], {"name": "b", "dtype": "category", "categories": ["x"]}]
+    assert complete_rows(frame, categories)["a"].tolist() == [1.0, 2.0, 4.0, 5.0]
     # rows of another feature set: none, with the features as columns
-    assert list(complete_rows(frame, ["a", "c"]).columns) == ["a", "b", "target", "c"]
-    assert complete_rows(frame, ["a", "c"]).empty
+    other = [numbers[0], {"name": "c", "dtype": "float"}]
+    assert list(complete_rows(frame, other).columns) == ["a", "b", "target", "c"]
+    assert complete_rows(frame, other).empty
+
+
+def test_the_task_is_read_from_the_target_and_says_why() -> None:
+    assert infer_task(pd.Series([0, 1, 1, 0])) == (
+        "classification",
+        "its values are 2 distinct whole numbers, at most 20",
+    )
+    assert infer_task(pd.Series(["cat", "dog"]))[0] == "classification"
+    assert infer_task(pd.Series([True, False]))[0] == "classification"
+    assert infer_task(pd.Series([0.5, 1.25, 3.0])) == (
+        "regression",
+        "its values are numbers with fractions with 3 distinct values",
+    )
+    assert infer_task(pd.Series(range(21)))[0] == "regression"
+    diabetes = load_dataset(DATA.parent / "diabetes.csv")
+    assert diabetes.task == "regression" and diabetes.y.dtype == float
+    assert "214 distinct values" in diabetes.task_reason
+    # asked for explicitly: a regression on a 0/1 target; a classification of a quantity
+    assert parse_dataset(_csv(GOOD + GOOD[1:]), "y", task="regression").task == "regression"
+    with pytest.raises(
+        DatasetError, match=r"classes \[.*\] and 199 more of target 'progression' have fewer"
+    ):
+        load_dataset(DATA.parent / "diabetes.csv", task="classification")
+    with pytest.raises(DatasetError, match=r"must be numbers for regression; 'red' at lines 2"):
+        parse_dataset(
+            _csv(["a,y", "1,red", *[f"{i},{i}" for i in range(30)]]), "y", task="regression"
+        )
+    with pytest.raises(DatasetError, match=r"task 'clustering' is not one of"):
+        parse_dataset(_csv(GOOD), "y", task="clustering")
+
+
+def test_categories_and_missing_cells_are_read_into_the_schema() -> None:
+    penguins = load_dataset(DATA.parent / "penguins.csv")
+    assert penguins.task == "classification"
+    assert sorted(set(penguins.y)) == ["Adelie", "Chinstrap", "Gentoo"]
+    schema = {f["name"]: f for f in feature_schema(penguins.X)}
+    assert schema["island"]["dtype"] == "category" and not schema["island"]["nullable"]
+    assert schema["island"]["categories"] == ["Biscoe", "Dream", "Torgersen"]
+    assert schema["sex"]["dtype"] == "category" and schema["sex"]["nullable"]
+    assert schema["bill_length_mm"]["dtype"] == "float" and schema["bill_length_mm"]["nullable"]
+    assert schema["year"]["dtype"] == "float" and not schema["year"]["nullable"]
+    assert abs(sum(schema["island"]["shares"]) - 1) < 1e-6
+
+
+def test_encode_gives_floats_codes_and_nan_and_decode_inverts_it() -> None:
+    schema = feature_schema(pd.DataFrame({"a": [1.0, np.nan], "c": ["red", "blue"]}))
+    rows = pd.DataFrame({"a": [2.5, None, 1.0], "c": ["blue", None, "green"]})
+    X = encode(rows, schema)
+    # blue is value 0 of ["blue", "red"]; green, never seen, is one past the last value
+    np.testing.assert_array_equal(X, [[2.5, 0.0], [np.nan, np.nan], [1.0, 2.0]])
+    back = decode(X, schema)
+    assert back["c"].tolist() == ["blue", None, UNKNOWN]
+    assert back["a"].tolist()[0] == 2.5 and np.isnan(back["a"].tolist()[1])
+    # a whole number in a category column is the same value as its text
+    assert (
+        encode(
+            pd.DataFrame({"a": [1.0], "c": [3.0]}), [schema[0], {**schema[1], "categories": ["3"]}]
+        )[0, 1]
+        == 0
+    )

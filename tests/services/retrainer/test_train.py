@@ -92,7 +92,7 @@ def test_train_command_publishes_v1_and_says_where(tmp_path: Path) -> None:
     # No serving runs (make dev trains v1 before it starts one): said, and not an error.
     assert "serving not told (serving at http://127.0.0.1:" in proc.stdout
     assert "did not answer" in proc.stdout and "it loads v1 when it starts" in proc.stdout
-    assert "training breast_cancer: classifier done" in proc.stderr
+    assert "training breast_cancer: estimator done" in proc.stderr
     registry = ModelRegistry(LocalStore(store), DEV_SIGNING_KEY.encode())
     assert registry.production_version() == "v1"
     assert LocalStore(store).exists("datasets/breast_cancer/raw.csv")
@@ -121,7 +121,7 @@ def test_train_command_works_on_any_tabular_csv(tmp_path: Path) -> None:
     ("content", "target", "message"),
     [
         ("a,b\n1,2\n", "target", "target column 'target' not found"),
-        ("a,target\nx,1\ny,0\n", "target", "feature column 'a' is not numeric"),
+        ("a,b,target\n,1,1\n,2,0\n", "target", "feature column 'a' has no values at all"),
         ("a,target\n" + "1,1\n" * 10, "target", "single class"),
     ],
 )

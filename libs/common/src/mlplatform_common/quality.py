@@ -1,4 +1,4 @@
-"""Classification quality, computed the same way by training, the gate and the reporter."""
+"""Quality metrics per task, computed the same way by training, the gate and the reporter."""
 
 from __future__ import annotations
 
@@ -39,3 +39,46 @@ def classification_metrics(
         else:
             out["roc_auc"] = skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=classes)
     return {k: round(float(v), 6) for k, v in out.items()}
+
+
+def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
+    """MAE, RMSE, R² and (when no true value is 0, where it is undefined) MAPE."""
+    from sklearn import metrics as skm
+
+    y_true = np.asarray(y_true, dtype=float)
+    y_pred = np.asarray(y_pred, dtype=float)
+    out = {
+        "mae": skm.mean_absolute_error(y_true, y_pred),
+        "rmse": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
+        "r2": skm.r2_score(y_true, y_pred) if len(y_true) > 1 else float("nan"),
+    }
+    if len(y_true) and not (y_true == 0).any():
+        out["mape"] = skm.mean_absolute_percentage_error(y_true, y_pred)
+    return {k: round(float(v), 6) for k, v in out.items() if np.isfinite(v)}
+
+
+HIGHER_IS_BETTER = {
+    "accuracy": True,
+    "balanced_accuracy": True,
+    "precision": True,
+    "recall": True,
+    "f1": True,
+    "roc_auc": True,
+    "r2": True,
+    "mae": False,
+    "rmse": False,
+    "mape": False,
+}
+"""Each quality metric's direction: the gate and the triggers compare by it."""
+
+DEFAULT_METRIC = {"classification": "f1", "regression": "rmse"}
+"""The metric the gate and the quality trigger use for a task when none is set."""
+
+
+def better(metric: str, a: float, b: float, tolerance: float = 0.0) -> bool:
+    """Whether ``a`` is not worse than ``b`` by more than ``tolerance`` in ``metric``'s
+    direction: absolute for scores (0 to 1), relative for errors, which are in the target's
+    units (an RMSE of 52.1 against 52.0 with tolerance 0.01 is within 1%)."""
+    if HIGHER_IS_BETTER[metric]:
+        return a >= b - tolerance
+    return a <= b * (1 + tolerance) + 1e-12

@@ -202,7 +202,7 @@ def attach_probabilities(feedback: pd.DataFrame, predictions: pd.DataFrame) -> p
 def prod_data(pipeline: Any, feedback: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     """The course's ``prod_data.csv``: ``PCA_1..PCA_n,target,prediction`` of every labelled row,
     embedded with the given version's embedding from the raw features that were logged."""
-    rows = complete_rows(feedback, features)
+    rows = complete_rows(feedback, [{"name": f} for f in features])
     probe = pd.DataFrame(np.zeros((1, len(features))), columns=features)
     n = pipeline.named_steps["embedding"].transform(probe).shape[1]
     if rows.empty:
@@ -474,7 +474,7 @@ def build_report(data: ReportInput, config: DriftConfig, pipeline: Any) -> Repor
         pipeline: the model version's fitted pipeline (its embedding step is used).
     """
     notes: list[str] = []
-    production = complete_rows(data.production, data.features)
+    production = complete_rows(data.production, [{"name": f} for f in data.features])
     if len(production) < len(data.production):
         notes.append(
             f"{len(data.production) - len(production)} logged rows lack some feature, or have "

@@ -30,6 +30,8 @@ def _train(settings: RetrainerSettings, args: argparse.Namespace) -> int:
         if alias:
             print(f"model {alias['version']} is already in production at {registry.store.url}")
             return 0
+    if args.task:
+        settings = settings.model_copy(update={"task": args.task})
     published = train_from_file(settings, args.data, args.target, promote=not args.no_promote)
     store = open_store(settings)
     print(describe(published, store.url))
@@ -98,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train a model from a CSV and publish it")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="training CSV")
     p.add_argument("--target", help="target column (default: from <csv>.meta.json, else 'target')")
+    p.add_argument(
+        "--task",
+        choices=["classification", "regression"],
+        help="default: MLPLATFORM_TASK, else <csv>.meta.json, else read from the target "
+        "(text or at most 20 distinct whole numbers: classification; other numbers: regression)",
+    )
     p.add_argument(
         "--no-promote", action="store_true", help="publish without moving the production alias"
     )

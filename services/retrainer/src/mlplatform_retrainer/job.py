@@ -15,11 +15,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mlplatform_common import keys
 from mlplatform_common.registry import BACKUP, MODEL, REF_DATA, ModelRegistry
-from mlplatform_common.schema import Dataset, load_dataset
+from mlplatform_common.schema import Dataset, encoded_frame, load_dataset
 from mlplatform_common.storage import Store, open_store
 from mlplatform_retrainer import onnx_export
 from mlplatform_retrainer.settings import RetrainerSettings
-from mlplatform_retrainer.train import STEPS, TrainConfig, TrainingResult, train
+from mlplatform_retrainer.train import BACKUP_ESTIMATOR, STEPS, TrainConfig, TrainingResult, train
 
 logger = logging.getLogger("mlplatform.retrainer")
 
@@ -56,13 +56,18 @@ def train_with_progress(
             progress.update(task, advance=1, description=f"{dataset.name}: {name}")
             logger.info("training %s: %s done", dataset.name, name)
 
-        return train(dataset.X, dataset.y, config, on_step=step, test=test)
+        return train(dataset.X, dataset.y, config, on_step=step, test=test, task=dataset.task)
 
 
 def upload_dataset(store: Store, dataset: Dataset) -> None:
     """Keep the training data in the store, so retraining in a cluster can read it."""
     store.put(keys.dataset(dataset.name), dataset.raw, "text/csv")
-    meta = {"target": dataset.target, "class_names": dataset.class_names, "sha256": dataset.sha256}
+    meta = {
+        "target": dataset.target,
+        "task": dataset.task,
+        "class_names": dataset.class_names,
+        "sha256": dataset.sha256,
+    }
     store.put_json(keys.dataset(dataset.name, "meta.json"), meta)
 
 
@@ -82,18 +87,21 @@ def publish(
         REF_DATA: result.ref_data.to_csv(index=False).encode(),
     }
     # Checked against scikit-learn on every row of the data set before it is published.
-    onnx_files, onnx_info = onnx_export.convert(result.pipeline, dataset.X)
+    onnx_files, onnx_info = onnx_export.convert(
+        result.pipeline, encoded_frame(dataset.X, result.schema), result.task
+    )
     files.update(onnx_files)
     class_names = [dataset.class_names.get(str(c), str(c)) for c in result.classes]
     manifest = {
         "parent": parent,
+        "task": result.task,
         "target": dataset.target,
         "feature_schema": result.schema,
         "classes": result.classes,
         "class_names": class_names,
         "n_components": result.n_components,
-        "estimator": config.estimator,
-        "backup_estimator": "gaussian_nb",
+        "estimator": result.estimator,
+        "backup_estimator": BACKUP_ESTIMATOR[result.task],
         "metrics": result.metrics,
         "split": {**result.split_sizes, "seed": config.seed},
         "training_data": {
@@ -116,18 +124,19 @@ def train_from_file(
     promote: bool = True,
 ) -> Published:
     """``make train``: validate a CSV, upload it, train, publish and (by default) promote."""
-    dataset = load_dataset(data, target)
+    dataset = load_dataset(data, target, settings.task)
     store = open_store(settings, ensure=True)
     registry = ModelRegistry(store, settings.require_signing_key())
     config = TrainConfig(
         n_components=settings.n_components, estimator=settings.estimator, seed=settings.seed
     )
     logger.info(
-        "training on %s: %d rows, %d features, target %r",
+        "training on %s: %d rows, %d features, target %r, %s",
         data,
         len(dataset.X),
         len(dataset.features),
         dataset.target,
+        dataset.task_reason,
     )
     result = train_with_progress(dataset, config)
     upload_dataset(store, dataset)

@@ -81,7 +81,9 @@ def _failed(what: str, exc: Exception) -> dict[str, Any]:
     return {"error": f"{type(exc).__name__}: {exc}"[:500]}
 
 
-def convert(pipeline: Any, X_check: pd.DataFrame) -> tuple[dict[str, bytes], dict[str, Any]]:
+def convert(
+    pipeline: Any, X_check: pd.DataFrame, task: str = "classification"
+) -> tuple[dict[str, bytes], dict[str, Any]]:
     """The checked ONNX files of a pipeline and what the checks found (for the manifest).
 
     Graphs take one float64 tensor ``input`` of shape ``[n, n_features]`` and compute in
@@ -91,6 +93,8 @@ def convert(pipeline: Any, X_check: pd.DataFrame) -> tuple[dict[str, bytes], dic
     ``info["embedding_output_error"]`` why the joined graph was not kept (the whole
     pipeline's graph, without the embedding output, then is).
     """
+    if task != "classification":
+        return {}, {"error": f"{task} graphs are not converted (served by scikit-learn)"}
     X = X_check.to_numpy(dtype=np.float64)
     expected = pipeline.predict_proba(X_check)
     files: dict[str, bytes] = {}

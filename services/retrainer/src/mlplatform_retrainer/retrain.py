@@ -26,7 +26,13 @@ from mlplatform_common.errors import MLPlatformError, ModelNotFound, ObjectNotFo
 from mlplatform_common.lock import LockHeld, StoreLock
 from mlplatform_common.registry import LoadedModel, ModelRegistry, utcnow, version_number
 from mlplatform_common.reports import ReportArchive
-from mlplatform_common.schema import FEATURE_LIMIT, Dataset, complete_rows, parse_dataset
+from mlplatform_common.schema import (
+    FEATURE_LIMIT,
+    Dataset,
+    complete_rows,
+    encoded_frame,
+    parse_dataset,
+)
 from mlplatform_common.storage import Store, open_store
 from mlplatform_retrainer.gate import GateResult, decide, recent_split
 from mlplatform_retrainer.job import publish, train_with_progress
@@ -267,13 +273,14 @@ class CandidateData:
 
 
 def _labelled_rows(
-    store: Store, features: list[str], reference_test: pd.DataFrame
+    store: Store, schema: list[dict[str, Any]], reference_test: pd.DataFrame
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every labelled row (the run answers them all), and those a candidate may train on."""
     feedback = datalog.read_feedback(store, one_per_prediction=True)
+    features = [f["name"] for f in schema]
     # Rows labelled for another feature set (a data set change), or with a value no model can
     # train on (stored before the API refused them), cannot be used.
-    usable = complete_rows(feedback, features)
+    usable = complete_rows(feedback, schema)
     if len(usable) < len(feedback):
         logger.warning(
             "left out %d of %d labelled rows: a feature missing, not finite or beyond ±%g",
@@ -353,16 +360,17 @@ def _score_and_gate(
     """Score the candidate and production on the holdout and on the reference test split, and
     decide whether the candidate may replace production."""
 
-    def scores(model: Any) -> dict[str, dict[str, float]]:
+    def scores(model: Any, schema: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+        # Each version encodes rows by its own schema (its categories may differ).
         return {
-            "holdout": evaluate(model, data.hold_X, data.hold_y),
-            "reference": evaluate(model, data.reference_X, data.reference_y),
+            "holdout": evaluate(model, encoded_frame(data.hold_X, schema), data.hold_y),
+            "reference": evaluate(model, encoded_frame(data.reference_X, schema), data.reference_y),
         }
 
     metric = settings.quality_metric
     gate = decide(
-        scores(candidate.pipeline),
-        scores(current.pipeline),
+        scores(candidate.pipeline, candidate.schema),
+        scores(current.pipeline, current.manifest["feature_schema"]),
         metric,
         settings.gate_tolerance,
         len(data.hold_X),
@@ -467,7 +475,7 @@ def retrain(
     )
     ref_parts = split(reference.X, reference.y, config)
 
-    feedback, usable = _labelled_rows(store, current.features, ref_parts.X_test)
+    feedback, usable = _labelled_rows(store, current.manifest["feature_schema"], ref_parts.X_test)
     if usable.empty and "forced" not in reasons:
         # The candidate would be the production model again (same data, same seed).
         logger.info("no labelled row to train on is left: nothing to retrain")

@@ -20,8 +20,14 @@ class RetrainerSettings(CommonSettings):
     n_components: int = 10
     """PCA components of the embedding."""
 
-    estimator: str = "logistic_regression"
-    """Primary classifier: ``logistic_regression`` or ``random_forest``."""
+    estimator: str | None = None
+    """Primary estimator. Classification: ``logistic_regression`` (default),
+    ``random_forest``, ``hist_gradient_boosting``; regression: ``ridge`` (default),
+    ``random_forest``, ``hist_gradient_boosting``."""
+
+    task: str | None = None
+    """``classification`` or ``regression`` for ``train``; default: read from the target
+    (``schema.infer_task``). Retraining keeps the task of the version in production."""
 
     seed: int = 42
     """Seed of the stratified split and of the estimators."""
