@@ -246,6 +246,36 @@ def trained(shipped_dataset):  # type: ignore[no-untyped-def]
     return train(shipped_dataset.X, shipped_dataset.y, TrainConfig())
 
 
+@pytest.fixture(scope="session")
+def diabetes_dataset():  # type: ignore[no-untyped-def]
+    """A regression data set (numbers only)."""
+    from mlplatform_common.schema import load_dataset
+
+    return load_dataset(DATA.parent / "diabetes.csv")
+
+
+@pytest.fixture(scope="session")
+def penguins_dataset():  # type: ignore[no-untyped-def]
+    """A classification data set with text classes, categories and missing cells."""
+    from mlplatform_common.schema import load_dataset
+
+    return load_dataset(DATA.parent / "penguins.csv")
+
+
+@pytest.fixture(scope="session")
+def diabetes_trained(diabetes_dataset):  # type: ignore[no-untyped-def]
+    from mlplatform_retrainer.train import TrainConfig, train
+
+    return train(diabetes_dataset.X, diabetes_dataset.y, TrainConfig(), task="regression")
+
+
+@pytest.fixture(scope="session")
+def penguins_trained(penguins_dataset):  # type: ignore[no-untyped-def]
+    from mlplatform_retrainer.train import TrainConfig, train
+
+    return train(penguins_dataset.X, penguins_dataset.y, TrainConfig())
+
+
 def publish_trained(registry: ModelRegistry, trained, dataset, promote: bool = True) -> str:  # type: ignore[no-untyped-def]
     from mlplatform_retrainer.job import publish
     from mlplatform_retrainer.train import TrainConfig
