@@ -84,6 +84,8 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "dataset_name",
         "seed",
         "quality_metric",
+        # set only when retrainer.qualityThreshold is given: null keeps the task's default
+        "quality_threshold",
         "holdout_feedback_share",
         "lock_ttl_seconds",
         "serving_url",  # local rollout only; in the cluster the Deployment is patched

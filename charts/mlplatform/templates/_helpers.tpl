@@ -380,6 +380,8 @@ one Pushgateway keep their own series. */}}
 
 {{/* How a model is trained: the retrainer's and the bootstrap's first model alike. */}}
 {{- define "mlplatform.trainingEnv" -}}
+- name: MLPLATFORM_TASK
+  value: {{ .Values.retrainer.task | quote }}
 - name: MLPLATFORM_ESTIMATOR
   value: {{ .Values.retrainer.estimator | quote }}
 - name: MLPLATFORM_N_COMPONENTS
