@@ -269,3 +269,28 @@ def test_regression_quality_leaves_out_what_a_window_does_not_define() -> None:
     quality = regression_quality(pd.DataFrame({"target": ["4.0"], "prediction": ["2.0"]}))
     assert quality.r2 is None and quality.rmse == pytest.approx(2.0)
     assert "no R²" in (quality.note() or "")
+
+
+def test_a_category_missing_in_every_row_of_the_window_is_left_out_and_said(
+    penguins_trained, penguins_dataset
+) -> None:  # type: ignore[no-untyped-def]
+    # Evidently refuses a column with no value ("An empty column 'sex' was provided"): the
+    # whole report died on a window where a nullable feature was never sent.
+    X = penguins_dataset.X.sample(n=60, random_state=4).reset_index(drop=True)
+    X["sex"] = None
+    data = ReportInput(
+        model_version="v1",
+        classes=penguins_trained.classes,
+        schema=penguins_trained.schema,
+        reference_embedding=penguins_trained.ref_data,
+        reference_raw=penguins_dataset.X,
+        production=X,
+        labelled=pd.DataFrame(),
+    )
+    result = build_report(data, DriftConfig(), penguins_trained.pipeline, min_labelled_rows=30)
+    raw = result.drift["raw"]
+    assert raw.untested == {"sex": "no value in the production window (every cell missing)"}
+    assert "sex" not in raw.scores and len(raw.scores) == len(penguins_dataset.features) - 1
+    assert raw.column_types["island"] == "categorical"
+    assert "raw feature sex is not tested for drift" in " ".join(result.notes)
+    assert result.rows["production"] == 60
