@@ -130,7 +130,7 @@ def test_categories_and_missing_cells_drift_by_their_type(
     stormy_rows.loc[:19, "sex"] = "unknown-sex"
     stormy_rows.loc[20:34, "sex"] = None
     stormy_rows.loc[35:44, "bill_length_mm"] = np.nan
-    log_traffic(store, model, stormy_rows, seed=2)
+    log_traffic(store, model, stormy_rows, seed=2, ts=time.time())  # after the calm report
     stormy = job.run(settings, store=store, now=time.time() + 1)
 
     column_types = {
@@ -143,6 +143,7 @@ def test_categories_and_missing_cells_drift_by_their_type(
         "categorical": {"method": "chisquare", "threshold": 0.05},
     }
     for outcome in (calm, stormy):
+        assert "raw" in outcome.result.drift, outcome.result.notes
         raw = outcome.result.summary()["drift"]["raw"]
         assert raw["column_types"] == column_types
         assert raw["tests"] == tests
