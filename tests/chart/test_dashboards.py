@@ -30,12 +30,15 @@ from mlplatform_reporter import job as report_job
 from mlplatform_retrainer import retrain
 from mlplatform_retrainer.job import upload_dataset
 from tests.chart.conftest import CHART, NAMESPACE, RELEASE, one, rendered_variant
-from tests.conftest import DATA, SIGNING_KEY, ServingProcess, publish_trained
+from tests.conftest import DATA, SIGNING_KEY, ServingProcess, free_port, publish_trained
 from tests.services.reporter.conftest import (
     ALERTS,
     PromStack,
+    log_traffic,
+    published,
     reporter_settings,
     running_prom_stack,
+    split_rows,
 )
 from tests.services.retrainer.conftest import retrainer_settings
 
@@ -107,6 +110,8 @@ def test_the_two_dashboards_and_their_panels() -> None:
         "Feature drift score, embedding space",
         "Feature drift score, raw features",
         "Model quality on labelled rows",
+        "Regression error on labelled rows",
+        "Regression R² and MAPE on labelled rows",
         "Labelled rows (time range)",
         "Retrain runs by outcome",
         "Model version history",
@@ -178,6 +183,7 @@ def alert_rules() -> list[dict[str, Any]]:
 DRAWN = {
     "MLPlatformDataDrift": ("model-quality", "Drift share"),
     "MLPlatformModelF1Low": ("model-quality", "Model quality on labelled rows"),
+    "MLPlatformModelR2Low": ("model-quality", "Regression R² and MAPE on labelled rows"),
     "MLPlatformReportStale": ("model-quality", "Last successful report"),
     "MLPlatformServingErrors": ("serving", "Error rate"),
     "MLPlatformServingSlow": ("serving", "Latency p50 / p95 / p99"),
@@ -330,22 +336,67 @@ def _feed(stack: PromStack, serving: ServingProcess, store: LocalStore) -> int:
     return sent + later[0]
 
 
+REGRESSION_ONLY = 'task="regression"'
+CLASSIFICATION_ONLY = 'task="classification"'
+
+
+@pytest.fixture(scope="module")
+def regression_live(
+    tmp_path_factory: pytest.TempPathFactory, diabetes_trained, diabetes_dataset
+) -> Iterator[PromStack]:  # type: ignore[no-untyped-def]
+    """A real report of a regression version (diabetes), pushed to a Pushgateway that a
+    Prometheus with the chart's configuration scrapes. A release serves one task at a time,
+    so the regression panels are read here and the classifier's in ``live``."""
+    root = tmp_path_factory.mktemp("dashboards-regression")
+    store = LocalStore(root / "store")
+    store.ensure()
+    model = published(store, diabetes_trained, diabetes_dataset)
+    log_traffic(store, model, split_rows(diabetes_dataset, "regression"), labelled=1.0)
+    with running_prom_stack(
+        root,
+        lambda pushgateway: _prometheus_config(
+            f"127.0.0.1:{free_port()}", pushgateway, root / "alerts.yaml"
+        ),
+    ) as stack:
+        stack.wait_for('up{job="pushgateway"}', 1)
+        release = {"release": RELEASE, "namespace": NAMESPACE}
+        reporter = reporter_settings(pushgateway_url=stack.pushgateway_url, **release)
+        assert report_job.run(reporter, store=store).pushed
+        stack.wait_for('count(mlplatform_model_rmse{job="mlplatform-reporter"})', 1)
+        yield stack
+
+
 @pytest.mark.parametrize(
     ("dashboard", "title", "expr", "legend"),
     expressions(),
     ids=[f"{d}:{t}:{i}" for i, (d, t, _, _) in enumerate(expressions())],
 )
 def test_every_panel_query_returns_data(
-    live: Live, dashboard: str, title: str, expr: str, legend: str
+    live: Live, request: pytest.FixtureRequest, dashboard: str, title: str, expr: str, legend: str
 ) -> None:
     query = substitute(expr)
-    result = live.prom.query(query)
+    prom = request.getfixturevalue("regression_live") if REGRESSION_ONLY in expr else live.prom
+    result = prom.query(query)
     assert result, f"{dashboard} / {title}: no data for {query}"
     values = [float(r["value"][1]) for r in result]
     assert any(math.isfinite(v) for v in values), f"{title}: only NaN/Inf for {query}: {result}"
     # every label the legend names is on every series, so no legend renders empty
     for label in re.findall(r"\{\{\s*(\w+)\s*\}\}", legend):
         assert all(label in r["metric"] for r in result), f"{title}: no {label} in {result}"
+
+
+def test_each_task_shows_its_own_quality_panels(live: Live, regression_live: PromStack) -> None:
+    # a classifier's report fills the classification panel only, a regression's the
+    # regression panels only: the panels are told apart by the task label
+    quality = [e for _, t, e, _ in expressions() if "labelled rows" in t and "_model_" in e]
+    regression = [e for e in quality if REGRESSION_ONLY in e]
+    classification = [e for e in quality if CLASSIFICATION_ONLY in e]
+    assert len(regression) == 4 and len(classification) == 6
+    assert len(regression) + len(classification) == len(quality)
+    for expr in regression:
+        assert live.prom.query(substitute(expr)) == [], expr
+    for expr in classification:
+        assert regression_live.query(substitute(expr)) == [], expr
 
 
 def test_the_pushed_series_keep_their_job_labels(live: Live) -> None:

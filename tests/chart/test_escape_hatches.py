@@ -304,6 +304,7 @@ def test_named_values_reach_their_variables() -> None:
             "driftMethod": "wasserstein",
             "driftThreshold": 0.1,
             "driftShareThreshold": 0.3,
+            "minLabelledRows": 10,
         },
         "retrainer": {"estimator": "random_forest", "nComponents": 5},
     }
@@ -316,6 +317,7 @@ def test_named_values_reach_their_variables() -> None:
     assert env_value(reporter, "MLPLATFORM_DRIFT_METHOD") == "wasserstein"
     assert env_value(reporter, "MLPLATFORM_DRIFT_THRESHOLD") == "0.1"
     assert env_value(reporter, "MLPLATFORM_DRIFT_SHARE_THRESHOLD") == "0.3"
+    assert env_value(reporter, "MLPLATFORM_MIN_LABELLED_ROWS") == "10"
     for name in ("retrainer", "bootstrap-1"):  # the first model is trained the same way
         (c,) = workload(objs, name)[1]["containers"]
         assert env_value(c, "MLPLATFORM_ESTIMATOR") == "random_forest"

@@ -104,7 +104,7 @@ def test_the_prometheus_rule_is_the_tested_alert_file(variant: str, tmp_path: Pa
     assert rule["spec"]["groups"] == bundled_rules("defaults")  # one source, both ways
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
-    assert "SUCCESS: 6 rules found" in promtool("check", "rules", str(path))
+    assert "SUCCESS: 7 rules found" in promtool("check", "rules", str(path))
 
 
 # -- alerts reach someone, with a runbook -------------------------------------------------------
@@ -120,7 +120,7 @@ DEFAULT_RUNBOOKS = "https://github.com/mlplatform/mlplatform/blob/main/docs/runb
 def test_every_alert_links_its_runbook(variant: str, base: str, tmp_path: Path) -> None:
     groups = bundled_rules(variant)
     alerts = [r for g in groups for r in g["rules"] if "alert" in r]
-    assert len(alerts) == 6
+    assert len(alerts) == 7
     # the chart adds only the link: the rest is the promtool-tested file
     assert without_runbooks(groups) == yaml.safe_load(ALERTS.read_text())["groups"]
     sections = {
@@ -133,14 +133,14 @@ def test_every_alert_links_its_runbook(variant: str, base: str, tmp_path: Path) 
         assert anchor in sections, f"docs/runbooks.md has no section for {rule['alert']}"
     path = tmp_path / "alerts.yaml"
     path.write_text(yaml.safe_dump({"groups": groups}))
-    assert "SUCCESS: 6 rules found" in promtool("check", "rules", str(path))
+    assert "SUCCESS: 7 rules found" in promtool("check", "rules", str(path))
 
 
 def _checked_config(variant: str, tmp_path: Path) -> dict[str, Any]:
     """The rendered prometheus.yml (rules beside it, discovery made static), passed by promtool."""
     path = rendered_prometheus(tmp_path, variant)
     out = promtool("check", "config", str(path))
-    assert "SUCCESS: 6 rules found" in out, out
+    assert "SUCCESS: 7 rules found" in out, out
     return yaml.safe_load(path.read_text())  # type: ignore[no-any-return]
 
 

@@ -583,7 +583,7 @@ def test_promtool_checks_the_rendered_config_and_rules(tmp_path: Path, variant: 
         [promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 6 rules found" in out.stdout
+    assert "SUCCESS: 7 rules found" in out.stdout
     rules = subprocess.run(
         [promtool, "check", "rules", str(tmp_path / "alerts.yaml")],
         capture_output=True,

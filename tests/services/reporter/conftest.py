@@ -25,7 +25,7 @@ import pytest
 from mlplatform_common import datalog
 from mlplatform_common.quality import to_builtin
 from mlplatform_common.registry import LoadedModel, ModelRegistry
-from mlplatform_common.schema import embed
+from mlplatform_common.schema import UNKNOWN, category_value, embed, encoded_frame, is_category
 from mlplatform_common.storage import Store
 from mlplatform_reporter.settings import ReporterSettings
 from tests.conftest import REPO, SIGNING_KEY, free_port, publish_trained
@@ -187,26 +187,35 @@ def prom_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PromStack]:
 # -- a published model and its traffic ---------------------------------------------------------
 
 
-@pytest.fixture
-def model(store: Store, trained, shipped_dataset) -> LoadedModel:  # type: ignore[no-untyped-def]
-    """The shipped model, published and promoted, with its training data in the store."""
+def published(store: Store, trained, dataset) -> LoadedModel:  # type: ignore[no-untyped-def]
+    """``trained`` published and promoted, with its training data in the store."""
     from mlplatform_retrainer.job import upload_dataset
 
     registry = ModelRegistry(store, SIGNING_KEY)
-    upload_dataset(store, shipped_dataset)
-    version = publish_trained(registry, trained, shipped_dataset)
-    return registry.load(version)
+    upload_dataset(store, dataset)
+    return registry.load(publish_trained(registry, trained, dataset))
+
+
+def split_rows(dataset, task: str = "classification") -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    """The retrainer's test split of a data set: features as read and ``target``."""
+    from mlplatform_retrainer.train import TrainConfig, split
+
+    parts = split(dataset.X, dataset.y, TrainConfig(), task=task)
+    out = parts.X_test.copy()
+    out["target"] = parts.y_test.to_numpy()
+    return out.reset_index(drop=True)
+
+
+@pytest.fixture
+def model(store: Store, trained, shipped_dataset) -> LoadedModel:  # type: ignore[no-untyped-def]
+    """The shipped model, published and promoted, with its training data in the store."""
+    return published(store, trained, shipped_dataset)
 
 
 @pytest.fixture
 def heldout(shipped_dataset) -> pd.DataFrame:  # type: ignore[no-untyped-def]
     """The retrainer's test split of the shipped data: features and ``target``."""
-    from mlplatform_retrainer.train import TrainConfig, split
-
-    parts = split(shipped_dataset.X, shipped_dataset.y, TrainConfig())
-    out = parts.X_test.copy()
-    out["target"] = parts.y_test.to_numpy()
-    return out.reset_index(drop=True)
+    return split_rows(shipped_dataset)
 
 
 def reporter_settings(**kw: Any) -> ReporterSettings:
@@ -216,6 +225,32 @@ def reporter_settings(**kw: Any) -> ReporterSettings:
         "window_hours": 24.0,
     }
     return ReporterSettings(**{**base, **kw})
+
+
+def _cell(value: Any, spec: dict[str, Any]) -> Any:
+    """One feature value as the serving logs it (the contract of issue 26): a number as a
+    float (None when missing), a category as its text, ``UNKNOWN`` for one the version never
+    saw, None when missing."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if is_category(spec):
+        text = category_value(value)
+        return text if text in spec["categories"] else UNKNOWN
+    return float(value)
+
+
+def logged_features(X: pd.DataFrame, schema: list[dict[str, Any]]) -> pd.DataFrame:
+    """Raw features in the prediction log's format: numbers float64 (NaN when missing),
+    categories as text (None when missing, ``UNKNOWN`` when unseen)."""
+    out = pd.DataFrame(index=X.index)
+    for spec in schema:
+        cells = [_cell(v, spec) for v in X[spec["name"]]]
+        out[spec["name"]] = (
+            pd.Series(cells, index=X.index, dtype=object)
+            if is_category(spec)
+            else pd.Series(cells, index=X.index, dtype=float)
+        )
+    return out
 
 
 def log_traffic(
@@ -230,40 +265,46 @@ def log_traffic(
 ) -> pd.DataFrame:
     """Log predictions for ``rows`` as serving does, and feedback for a share of them.
 
+    The log is written in the serving's format for the version's task (issue 26's contract):
+    categories as text, ``UNKNOWN`` for a value the version never saw; classification rows
+    with their label and probabilities; regression rows with the predicted value (float64) as
+    ``prediction`` and no probability columns. Feedback stores the target as text.
+
     Args:
         labelled: share of rows that get feedback with their true ``target``.
-        flip: share of the labelled rows whose true label is replaced by the other class
-            (so quality numbers are not all 1.0).
+        flip: share of the labelled rows whose true label is replaced by another class
+            (so quality numbers are not all 1.0); classification only.
 
     Returns:
-        The labelled rows as sent: ``prediction_id``, ``target``, ``prediction``, probabilities.
+        The labelled rows as sent: ``prediction_id``, ``target``, ``prediction``, probabilities
+        (classification).
     """
     rng = np.random.default_rng(seed)
+    schema = model.manifest["feature_schema"]
+    regression = model.manifest.get("task") == "regression"
     features = model.features
-    X = rows[features].reset_index(drop=True)
-    pred = model.pipeline.predict(X)
-    proba = model.pipeline.predict_proba(X)
+    X = logged_features(rows[features].reset_index(drop=True), schema)
+    Xe = encoded_frame(X, schema)
+    pred = model.pipeline.predict(Xe)
     ids = [datalog.new_id() for _ in range(len(X))]
     now = time.time() - 5 if ts is None else ts  # feedback follows within a second
-    log = pd.DataFrame(
-        {
-            "prediction_id": ids,
-            "ts": now,
-            "model_version": model.version,
-            "prediction": [str(p) for p in pred],
-            "probability": proba.max(axis=1),
-            "proba_json": [json.dumps([float(v) for v in p]) for p in proba],
-            "backup": False,
-        }
-    )
-    log = pd.concat([log, X, embed(model.pipeline, X)], axis=1)
+    log = pd.DataFrame({"prediction_id": ids, "ts": now, "model_version": model.version})
+    if regression:
+        log["prediction"] = pred.astype(np.float64)
+    else:
+        proba = model.pipeline.predict_proba(Xe)
+        log["prediction"] = [str(p) for p in pred]
+        log["probability"] = proba.max(axis=1)
+        log["proba_json"] = [json.dumps([float(v) for v in p]) for p in proba]
+    log["backup"] = False
+    log = pd.concat([log, X, embed(model.pipeline, Xe)], axis=1)
     datalog.write_predictions(store, log, ts=now)
     sent = []
     classes = [str(c) for c in model.classes]
     for i in np.flatnonzero(rng.random(len(X)) < labelled):
         truth = str(rows["target"].iloc[i])
-        if rng.random() < flip:
-            truth = classes[1 - classes.index(truth)]
+        if not regression and rng.random() < flip:
+            truth = classes[(classes.index(truth) + 1) % len(classes)]
         datalog.write_feedback(
             store,
             {
@@ -271,18 +312,20 @@ def log_traffic(
                 "model_version": model.version,
                 "prediction": str(pred[i]),
                 "target": truth,
-                "features": {f: float(X[f].iloc[i]) for f in features},
+                "features": {
+                    f: _cell(X[f].iloc[i], spec) for f, spec in zip(features, schema, strict=True)
+                },
             },
             ts=now + 0.001 * (i + 1),
         )
-        sent.append(
-            {
-                "prediction_id": ids[i],
-                "target": truth,
-                "prediction": str(pred[i]),
-                "proba": proba[i],
-            }
-        )
+        row: dict[str, Any] = {
+            "prediction_id": ids[i],
+            "target": truth,
+            "prediction": float(pred[i]) if regression else str(pred[i]),
+        }
+        if not regression:
+            row["proba"] = proba[i]
+        sent.append(row)
     return pd.DataFrame(sent)
 
 

@@ -81,8 +81,11 @@ def test_report_numbers_reach_prometheus(
         ("mlplatform_model_recall", "recall"),
         ("mlplatform_model_accuracy", "accuracy"),
         ("mlplatform_model_balanced_accuracy", "balanced_accuracy"),
+        ("mlplatform_model_roc_auc", "roc_auc"),  # computed, and now pushed too
     ]:
-        stack.wait_for(_q(name), q[key])
+        stack.wait_for(_q(name, task="classification"), q[key])
+    assert summary["task"] == "classification" and q["min_rows"] == 30
+    stack.wait_absent(_q("mlplatform_model_rmse"))
     assert set(summary["drift"]) == {"embedding", "raw"}
     for space, drift in summary["drift"].items():
         stack.wait_for(_q("mlplatform_drift_share", space=space), drift["share"])
@@ -312,7 +315,7 @@ def test_cli_run_succeeds_and_fails_with_exit_codes(tmp_path, trained, shipped_d
     published_local_store(tmp_path / "store", trained, shipped_dataset)
     ok = _run_cli(tmp_path / "store")
     assert ok.returncode == 0, ok.stderr
-    assert "(model v1): 0 predictions, 0 labelled" in ok.stdout
+    assert "(model v1, classification): 0 predictions, 0 labelled" in ok.stdout
     bad = _run_cli(tmp_path / "store", MLPLATFORM_SIGNING_KEY=None, MLPLATFORM_DEV_MODE="false")
     assert bad.returncode == 1
     assert "MLPLATFORM_SIGNING_KEY is not set" in bad.stderr
@@ -538,7 +541,8 @@ def test_three_rows_of_one_class_all_predicted_right_keep_drift_and_say_why(
     sent = log_traffic(store, model, three, labelled=1.0)
     assert len(sent) == 3 and set(sent["target"]) == set(sent["prediction"]) == {label}
 
-    settings = reporter_settings(pushgateway_url=prom_stack.pushgateway_url)
+    # three rows are below the default minimum: this test is about what they define
+    settings = reporter_settings(pushgateway_url=prom_stack.pushgateway_url, min_labelled_rows=1)
     with caplog.at_level("WARNING", logger="mlplatform.reporter"):
         outcome = job.run(settings, store=store)
     summary = store.get_json(keys.report_file(outcome.report_id, "summary.json"))
@@ -581,7 +585,7 @@ def test_cli_run_exits_zero_on_a_window_of_one_class_predicted_right(
     predicted = model.pipeline.predict(heldout[model.features]).astype(str)
     right = (predicted == heldout["target"].astype(str)) & (predicted == "1")
     log_traffic(store, model, heldout[right].iloc[:3], labelled=1.0)
-    ok = _run_cli(tmp_path / "store")
+    ok = _run_cli(tmp_path / "store", MLPLATFORM_MIN_LABELLED_ROWS="1")
     assert ok.returncode == 0, ok.stderr
     assert "3 labelled" in ok.stdout and "drift embedding" in ok.stdout
-    assert "quality (partial): accuracy=1.000" in ok.stdout
+    assert "quality (partial, 3 labelled rows, at least 1): accuracy=1.000" in ok.stdout

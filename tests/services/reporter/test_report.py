@@ -30,7 +30,7 @@ def _input(trained, shipped_dataset, production, labelled=None):  # type: ignore
     return ReportInput(
         model_version="v1",
         classes=trained.classes,
-        features=shipped_dataset.features,
+        schema=trained.schema,
         reference_embedding=trained.ref_data,
         reference_raw=shipped_dataset.X,
         production=production,
@@ -167,6 +167,7 @@ def test_undrifted_traffic_is_not_drift(trained, shipped_dataset, heldout) -> No
         _input(trained, shipped_dataset, heldout.drop(columns="target")),
         DriftConfig(),
         trained.pipeline,
+        min_labelled_rows=1,
     )
     for space in ("embedding", "raw"):
         assert not result.drift[space].detected, result.drift[space]
@@ -184,7 +185,10 @@ def test_simulated_covariate_drift_is_drift(
     X = heldout.drop(columns="target")
     drifted = shift_scale(X, list(X.columns), shift=shift, scale=scale)
     result = build_report(
-        _input(trained, shipped_dataset, drifted), DriftConfig(), trained.pipeline
+        _input(trained, shipped_dataset, drifted),
+        DriftConfig(),
+        trained.pipeline,
+        min_labelled_rows=1,
     )
     for space in ("embedding", "raw"):
         assert result.drift[space].detected, result.drift[space]
@@ -197,6 +201,7 @@ def test_class_balance_change_is_drift(trained, shipped_dataset, heldout) -> Non
         _input(trained, shipped_dataset, skewed.drop(columns="target")),
         DriftConfig(),
         trained.pipeline,
+        min_labelled_rows=1,
     )
     assert result.drift["embedding"].detected
     assert result.drift["raw"].detected
@@ -210,7 +215,12 @@ def test_embedding_drift_uses_the_versions_embedding_from_raw_features(
     # logged PCA_* columns that disagree with the raw features must be ignored
     for i in range(1, 11):
         wrong[f"PCA_{i}"] = 100.0
-    result = build_report(_input(trained, shipped_dataset, wrong), DriftConfig(), trained.pipeline)
+    result = build_report(
+        _input(trained, shipped_dataset, wrong),
+        DriftConfig(),
+        trained.pipeline,
+        min_labelled_rows=1,
+    )
     assert not result.drift["embedding"].detected
 
 
@@ -219,6 +229,7 @@ def test_no_production_data_says_so(trained, shipped_dataset) -> None:  # type: 
         _input(trained, shipped_dataset, pd.DataFrame(columns=shipped_dataset.features)),
         DriftConfig(),
         trained.pipeline,
+        min_labelled_rows=1,
     )
     assert result.drift == {}
     assert result.quality is None
@@ -232,7 +243,7 @@ def test_no_production_data_says_so(trained, shipped_dataset) -> None:  # type: 
 def test_raw_drift_skipped_without_training_data(trained, shipped_dataset, heldout) -> None:  # type: ignore[no-untyped-def]
     data = _input(trained, shipped_dataset, heldout.drop(columns="target"))
     data.reference_raw = None
-    result = build_report(data, DriftConfig(), trained.pipeline)
+    result = build_report(data, DriftConfig(), trained.pipeline, min_labelled_rows=1)
     assert set(result.drift) == {"embedding"}
     assert any("no raw-feature drift" in n for n in result.notes)
 
@@ -242,7 +253,7 @@ def test_prod_data_is_the_course_format(trained, shipped_dataset, heldout) -> No
     feedback = X.copy()
     feedback["target"] = heldout["target"].astype(str)
     feedback["prediction"] = trained.pipeline.predict(X).astype(str)
-    out = prod_data(trained.pipeline, feedback, shipped_dataset.features)
+    out = prod_data(trained.pipeline, feedback, trained.schema)
     n = trained.n_components
     assert list(out.columns) == [*[f"PCA_{i}" for i in range(1, n + 1)], "target", "prediction"]
     np.testing.assert_allclose(
@@ -250,7 +261,7 @@ def test_prod_data_is_the_course_format(trained, shipped_dataset, heldout) -> No
         embed(trained.pipeline, X).to_numpy(),
     )
     assert list(out["target"]) == list(feedback["target"])
-    empty = prod_data(trained.pipeline, feedback.iloc[0:0], shipped_dataset.features)
+    empty = prod_data(trained.pipeline, feedback.iloc[0:0], trained.schema)
     assert list(empty.columns) == list(out.columns)
     assert empty.empty
 
@@ -263,13 +274,15 @@ def test_rows_with_values_too_large_to_embed_are_left_out_and_noted(
     X = heldout.drop(columns="target").reset_index(drop=True)
     X.loc[0, "mean_area"] = 1e308
     X.loc[1, "mean_radius"] = -1e200
-    result = build_report(_input(trained, shipped_dataset, X), DriftConfig(), trained.pipeline)
+    result = build_report(
+        _input(trained, shipped_dataset, X), DriftConfig(), trained.pipeline, min_labelled_rows=1
+    )
     assert result.rows["production"] == len(X) - 2
     assert any(n.startswith("2 logged rows lack some feature, or have one") for n in result.notes)
     feedback = X.copy()
     feedback["target"] = heldout["target"].astype(str).to_numpy()
     feedback["prediction"] = feedback["target"]
-    out = prod_data(trained.pipeline, feedback, shipped_dataset.features)
+    out = prod_data(trained.pipeline, feedback, trained.schema)
     assert len(out) == len(X) - 2 and np.isfinite(out.filter(like="PCA_").to_numpy()).all()
 
 
@@ -280,7 +293,10 @@ def test_quality_is_the_reported_versions_own(trained, shipped_dataset, heldout)
     labelled, _ = _labelled(trained, X, y, flip=0.3)
     labelled["model_version"] = ["v0" if i % 3 == 0 else "v1" for i in range(len(labelled))]
     result = build_report(
-        _input(trained, shipped_dataset, X, labelled), DriftConfig(), trained.pipeline
+        _input(trained, shipped_dataset, X, labelled),
+        DriftConfig(),
+        trained.pipeline,
+        min_labelled_rows=1,
     )
     own = labelled[labelled["model_version"] == "v1"]
     assert result.rows["labelled"] == len(own) < len(labelled)
@@ -326,7 +342,7 @@ def test_any_small_labelled_window_reports_drift_and_says_what_quality_lacks(
     # Issue 22: one class predicted right killed the whole report (drift too) on a cluster.
     data = _input(trained, shipped_dataset, heldout.drop(columns="target").iloc[:30], labelled)
     data.reference_raw = None  # the embedding's drift is enough here, and twice as fast
-    result = build_report(data, DriftConfig(), trained.pipeline)
+    result = build_report(data, DriftConfig(), trained.pipeline, min_labelled_rows=1)
 
     assert set(result.drift) == {"embedding"}
     assert "Data drift: embedding space" in result.html

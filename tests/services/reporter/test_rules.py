@@ -22,7 +22,7 @@ def test_rules_pass_promtool_check() -> None:
         timeout=60,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 6 rules found" in out.stdout
+    assert "SUCCESS: 7 rules found" in out.stdout
 
 
 def test_rules_pass_their_unit_tests() -> None:
@@ -43,6 +43,7 @@ def test_every_alert_has_a_unit_test_and_uses_known_metrics() -> None:
     assert names == {
         "MLPlatformDataDrift",
         "MLPlatformModelF1Low",
+        "MLPlatformModelR2Low",
         "MLPlatformReportStale",
         "MLPlatformServingErrors",
         "MLPlatformServingSlow",

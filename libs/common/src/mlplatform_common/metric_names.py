@@ -25,7 +25,8 @@ BACKUP_PREDICTIONS = "mlplatform_backup_predictions"  # Counter
 # of the alert rules and dashboards leave them out, as they are not users' requests.
 PROBE_AND_SCRAPE_ROUTES = "/metrics|.*/health(/.*)?|.*/ready|.*/live"
 
-# reporter (pushed to the Pushgateway)
+# reporter (pushed to the Pushgateway); every series but the success time has a `task` label
+# (classification or regression), the quality gauges are one name per metric
 DRIFT_SHARE = "mlplatform_drift_share"
 DRIFTED_COLUMNS = "mlplatform_drifted_columns"
 FEATURE_DRIFT_SCORE = "mlplatform_feature_drift_score"  # {feature, space}
@@ -34,6 +35,11 @@ MODEL_PRECISION = "mlplatform_model_precision"
 MODEL_RECALL = "mlplatform_model_recall"
 MODEL_ACCURACY = "mlplatform_model_accuracy"
 MODEL_BALANCED_ACCURACY = "mlplatform_model_balanced_accuracy"
+MODEL_ROC_AUC = "mlplatform_model_roc_auc"
+MODEL_MAE = "mlplatform_model_mae"  # regression, in the target's units
+MODEL_RMSE = "mlplatform_model_rmse"
+MODEL_R2 = "mlplatform_model_r2"
+MODEL_MAPE = "mlplatform_model_mape"  # a fraction
 REPORT_ROWS = "mlplatform_report_rows"  # {dataset}
 REPORT_LAST_SUCCESS = "mlplatform_report_last_success_timestamp_seconds"
 

@@ -16,7 +16,6 @@ One run:
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from dataclasses import dataclass
@@ -30,12 +29,14 @@ from mlplatform_common import datalog, keys, reports
 from mlplatform_common import metric_names as m
 from mlplatform_common.errors import (
     ConfigurationError,
+    DatasetError,
     ModelNotFound,
     ObjectNotFound,
     StorageUnavailable,
 )
 from mlplatform_common.registry import LoadedModel, ModelRegistry
 from mlplatform_common.reports import ReportArchive
+from mlplatform_common.schema import CLASSIFICATION, parse_dataset
 from mlplatform_common.storage import Store, open_store
 from mlplatform_reporter.report import (
     DriftConfig,
@@ -90,20 +91,30 @@ def window(settings: ReporterSettings, store: Store, now: float) -> dict[str, An
     }
 
 
-def _reference_raw(store: Store, manifest: dict[str, Any], features: list[str]) -> pd.DataFrame:
-    """The version's training data (raw features), if it is still in the store."""
+def _reference_raw(store: Store, manifest: dict[str, Any]) -> pd.DataFrame:
+    """The version's training data (raw features, as ``parse_dataset`` reads them: numbers as
+    floats, categories as text, missing as NaN), if it is still in the store and readable."""
     name = (manifest.get("training_data") or {}).get("dataset")
     if not name:
         return pd.DataFrame()
     try:
-        frame = pd.read_csv(io.BytesIO(store.get(keys.dataset(name))))
+        raw = store.get(keys.dataset(name))
+        meta = store.get_json(keys.dataset(name, "meta.json"))
     except ObjectNotFound:
         logger.warning("training data %s of the production model is not in the store", name)
         return pd.DataFrame()
-    if any(f not in frame.columns for f in features):
+    target = meta.get("target") or manifest.get("target") or "target"
+    task = meta.get("task") or manifest.get("task")
+    try:
+        dataset = parse_dataset(raw, target, name=name, task=task)
+    except DatasetError as exc:
+        logger.warning("training data of the production model is not readable: %s", exc)
+        return pd.DataFrame()
+    features = [f["name"] for f in manifest["feature_schema"]]
+    if any(f not in dataset.X.columns for f in features):
         logger.warning("training data %s lacks some of the model's features", name)
         return pd.DataFrame()
-    return frame[features]
+    return dataset.X[features]
 
 
 def _production_model(settings: ReporterSettings, store: Store) -> LoadedModel | None:
@@ -137,12 +148,13 @@ def build(
     data = ReportInput(
         model_version=model.version,
         classes=model.classes,
-        features=model.features,
+        schema=model.manifest["feature_schema"],
         reference_embedding=model.ref_data,
-        reference_raw=_reference_raw(store, model.manifest, model.features),
+        reference_raw=_reference_raw(store, model.manifest),
         production=in_window,
         labelled=labelled,
         window=win,
+        task=model.manifest.get("task", CLASSIFICATION),
     )
     config = DriftConfig(
         method=settings.drift_method,
@@ -150,14 +162,14 @@ def build(
         share_threshold=settings.drift_share_threshold,
         min_rows=settings.min_drift_rows,
     )
-    return build_report(data, config, model.pipeline)
+    return build_report(data, config, model.pipeline, min_labelled_rows=settings.min_labelled_rows)
 
 
 def write_prod_data(store: Store, model: LoadedModel) -> int:
     """Write the course's ``prod_data.csv``: every labelled row so far, in this version's
     embedding. Returns its number of rows."""
     everything = datalog.read_feedback(store, one_per_prediction=True)
-    export = prod_data(model.pipeline, everything, model.features)
+    export = prod_data(model.pipeline, everything, model.manifest["feature_schema"])
     store.put(keys.PROD_DATA, export.to_csv(index=False).encode(), "text/csv")
     logger.info("wrote %s (%d rows)", keys.PROD_DATA, len(export))
     return len(export)
@@ -169,45 +181,72 @@ def archive(store: Store, result: ReportResult, rid: str) -> None:
     logger.info("wrote %s", keys.report_file(rid, reports.HTML))
 
 
+QUALITY_GAUGES = {
+    "f1": (m.MODEL_F1, "F1"),
+    "precision": (m.MODEL_PRECISION, "Precision"),
+    "recall": (m.MODEL_RECALL, "Recall"),
+    "accuracy": (m.MODEL_ACCURACY, "Accuracy"),
+    "balanced_accuracy": (m.MODEL_BALANCED_ACCURACY, "Balanced accuracy"),
+    "roc_auc": (m.MODEL_ROC_AUC, "ROC AUC"),
+    "mae": (m.MODEL_MAE, "Mean absolute error (target units)"),
+    "rmse": (m.MODEL_RMSE, "Root mean squared error (target units)"),
+    "r2": (m.MODEL_R2, "R² (coefficient of determination)"),
+    "mape": (m.MODEL_MAPE, "Mean absolute percentage error (a fraction: 0.2 is 20%)"),
+}
+"""Each quality number's gauge: ``mlplatform_model_<metric>``, as the classification ones
+always were, every one labelled with the task."""
+
+
 def metrics_registry(result: ReportResult, success_ts: float) -> CollectorRegistry:
-    """The report's numbers as Prometheus gauges (docs/architecture.md, "Metric names")."""
+    """The report's numbers as Prometheus gauges (docs/architecture.md, "Metric names"), each
+    labelled with the model's task (``classification`` or ``regression``) but the success
+    time; an empty ``task`` (no model yet) is no label."""
     reg = CollectorRegistry()
-    rows = Gauge(m.REPORT_ROWS, "Rows in the last report, by data set.", ["dataset"], registry=reg)
+    task = result.task
+    rows = Gauge(
+        m.REPORT_ROWS,
+        "Rows in the last report, by data set.",
+        ["dataset", "task"],
+        registry=reg,
+    )
     for dataset, n in result.rows.items():
-        rows.labels(dataset=dataset).set(n)
+        rows.labels(dataset=dataset, task=task).set(n)
     if result.drift:
         share = Gauge(
-            m.DRIFT_SHARE, "Share of drifted columns in the last report.", ["space"], registry=reg
+            m.DRIFT_SHARE,
+            "Share of drifted columns in the last report.",
+            ["space", "task"],
+            registry=reg,
         )
         count = Gauge(
-            m.DRIFTED_COLUMNS, "Drifted columns in the last report.", ["space"], registry=reg
+            m.DRIFTED_COLUMNS,
+            "Drifted columns in the last report.",
+            ["space", "task"],
+            registry=reg,
         )
         score = Gauge(
             m.FEATURE_DRIFT_SCORE,
-            "Per-column drift score of the fixed stat test (ks: p-value, lower is more drift).",
-            ["feature", "space"],
+            "Per-column drift score of the column type's fixed stat test (ks and chisquare: "
+            "p-value, lower is more drift), the test in `method`.",
+            ["feature", "space", "method", "task"],
             registry=reg,
         )
         for space, drift in result.drift.items():
-            share.labels(space=space).set(drift.share)
-            count.labels(space=space).set(drift.drifted_columns)
+            share.labels(space=space, task=task).set(drift.share)
+            count.labels(space=space, task=task).set(drift.drifted_columns)
             for feature, value in drift.scores.items():
-                score.labels(feature=feature, space=space).set(value)
+                kind = drift.column_types.get(feature, "numerical")
+                method = (drift.tests.get(kind) or {}).get("method", drift.method)
+                score.labels(feature=feature, space=space, method=method, task=task).set(value)
     if result.quality is not None:
         # Only the numbers the window defines: an undefined one pushed as 0 would read as a
-        # model that got everything wrong (and fire the quality alert and trigger).
-        defined = result.quality.numbers()
-        for name, key, what in (
-            (m.MODEL_F1, "f1", "F1"),
-            (m.MODEL_PRECISION, "precision", "Precision"),
-            (m.MODEL_RECALL, "recall", "Recall"),
-            (m.MODEL_ACCURACY, "accuracy", "Accuracy"),
-            (m.MODEL_BALANCED_ACCURACY, "balanced_accuracy", "Balanced accuracy"),
-        ):
-            if key in defined:
-                Gauge(name, f"{what} on the labelled rows of the last report.", registry=reg).set(
-                    defined[key]
-                )
+        # model that got everything wrong (and fire the quality alert and trigger). Below the
+        # minimum of labelled rows there are none.
+        for key, value in result.quality.numbers().items():
+            name, what = QUALITY_GAUGES[key]
+            Gauge(
+                name, f"{what} on the labelled rows of the last report.", ["task"], registry=reg
+            ).labels(task=task).set(value)
     Gauge(m.REPORT_LAST_SUCCESS, "When the last report succeeded (Unix time).", registry=reg).set(
         success_ts
     )
@@ -303,7 +342,7 @@ def describe(outcome: RunOutcome) -> str:
     """A short summary for the terminal."""
     r = outcome.result
     lines = [
-        f"report {outcome.report_id} (model {r.model_version or '-'}): "
+        f"report {outcome.report_id} (model {r.model_version or '-'}, {r.task or '-'}): "
         f"{r.rows['production']} predictions, {r.rows['labelled']} labelled"
     ]
     for space, d in r.drift.items():
@@ -314,7 +353,10 @@ def describe(outcome: RunOutcome) -> str:
         )
     if r.quality:
         numbers = " ".join(f"{k}={v:.3f}" for k, v in r.quality.numbers().items())
-        lines.append(f"  quality ({r.quality.status}): {numbers or '-'}")
+        lines.append(
+            f"  quality ({r.quality.status}, {r.quality.rows} labelled rows, at least "
+            f"{r.quality.min_rows}): {numbers or '-'}"
+        )
     lines += [f"  note: {n}" for n in r.notes]
     lines.append(f"  prod_data.csv: {outcome.prod_data_rows} rows; pushed: {outcome.pushed}")
     if outcome.expired is not None:

@@ -3,18 +3,23 @@
 Nothing here touches the store or the network. Three Evidently reports make one page:
 
 - data drift in embedding space (``PCA_*``), the model version's reference set against the
-  production window, both embedded with that version's embedding;
-- data drift on the raw features, the version's training data against the production window;
-- classification quality on the labelled rows of the window (with probabilities, so ROC AUC).
+  production window, both embedded with that version's embedding (rows encoded by the
+  version's typed schema first, ``schema.encoded_frame``);
+- data drift on the raw features, the version's training data against the production window,
+  each column tested by its type (``DriftConfig``: numbers and categories);
+- the task's quality on the labelled rows of the window: classification (with probabilities,
+  so ROC AUC) or regression (MAE, RMSE, R², MAPE and Evidently's error distribution), once the
+  window has ``min_labelled_rows`` of them.
 
 Drift numbers are read from the Evidently snapshots. Quality numbers are computed here with
-scikit-learn (``quality_metrics``, which also decides which of them a window defines); the
-Evidently quality preset only draws its section, and a failure there (a window of one class
-predicted right) loses that section alone, never the drift or the numbers.
+scikit-learn (``quality_metrics`` and ``regression_quality``, which also decide which of them a
+window defines); the Evidently quality preset only draws its section, and a failure there (a
+window of one class predicted right) loses that section alone, never the drift or the numbers.
 
-The drift test is fixed explicitly (settings), never left to Evidently's size-based choice, so
-a score means the same thing in every run. Drift numbers are read from each snapshot by metric
-name and parameters (``ValueDrift`` of column ``PCA_3``), never by position.
+The drift tests are fixed explicitly (settings and ``DriftConfig``), never left to Evidently's
+size-based choice, so a score means the same thing in every run. Drift numbers are read from
+each snapshot by metric name and parameters (``ValueDrift`` of column ``PCA_3``), never by
+position.
 """
 
 from __future__ import annotations
@@ -33,14 +38,27 @@ from evidently import (
     DataDefinition,
     Dataset,
     MulticlassClassification,
+    Regression,
     Report,
 )
 from evidently.core.metric_types import render_widgets
 from evidently.core.report import Snapshot
 from evidently.legacy.renderers.html_widgets import group_widget, text_widget
-from evidently.presets import ClassificationPreset, DataDriftPreset
+from evidently.presets import ClassificationPreset, DataDriftPreset, RegressionPreset
 
-from mlplatform_common.schema import FEATURE_LIMIT, complete_rows, embed, embedding_columns
+from mlplatform_common.quality import regression_metrics
+from mlplatform_common.schema import (
+    CLASSIFICATION,
+    FEATURE_LIMIT,
+    REGRESSION,
+    UNKNOWN,
+    category_value,
+    complete_rows,
+    embed,
+    embedding_columns,
+    encoded_frame,
+    is_category,
+)
 
 logger = logging.getLogger("mlplatform.reporter")
 
@@ -50,14 +68,49 @@ TARGET = "target"
 PREDICTION = "prediction"
 
 
+NUMERICAL, CATEGORICAL = "numerical", "categorical"  # Evidently's column types
+
+CATEGORY_METHOD = "chisquare"
+CATEGORY_THRESHOLD = 0.05
+
+
 @dataclass(frozen=True)
 class DriftConfig:
-    """How drift is tested: one stat test for every column, and the share that means drift."""
+    """How drift is tested: one fixed stat test per column type, and the share that means drift.
+
+    - Numbers (every embedding column, and the raw number features): ``method`` at
+      ``threshold``, from the settings (default ``ks``, two-sample Kolmogorov-Smirnov, a
+      column drifts when its p-value < 0.05).
+    - Categories (raw category features, told to Evidently as categorical): always
+      ``chisquare``, Pearson's chi-square test of the window's value counts against the
+      reference's shares, drifting when p < 0.05. Chosen over Jensen-Shannon because its
+      score is a p-value read against the same 0.05 as ``ks``, so every
+      ``mlplatform_feature_drift_score`` reads one way (lower is more drift); and because a
+      value the version never saw (the log's ``schema.UNKNOWN``) has an expected count of 0,
+      which gives p = 0: an unseen value always shows as drift, where Jensen-Shannon would
+      weigh it by its share. Evidently's own choice switches to Jensen-Shannon above 1000
+      rows; fixing it keeps one test at every window size.
+
+    Missing cells are left out of both tests (Evidently drops them); a column with no value
+    at all on one side is not tested and the report says so.
+    """
 
     method: str = "ks"
     threshold: float = 0.05
     share_threshold: float = 0.5
     min_rows: int = 5
+    category_method: str = CATEGORY_METHOD
+    category_threshold: float = CATEGORY_THRESHOLD
+
+    def tests(self) -> dict[str, dict[str, Any]]:
+        """The test of each column type, as the report JSON records it."""
+        return {
+            NUMERICAL: {"method": self.method, "threshold": self.threshold},
+            CATEGORICAL: {"method": self.category_method, "threshold": self.category_threshold},
+        }
+
+    def method_of(self, column_type: str) -> str:
+        return self.category_method if column_type == CATEGORICAL else self.method
 
 
 @dataclass
@@ -74,20 +127,32 @@ class DriftResult:
     share: float
     detected: bool
     scores: dict[str, float] = field(default_factory=dict)
+    column_types: dict[str, str] = field(default_factory=dict)
+    """Each tested column's type (``numerical`` or ``categorical``): which test it got."""
+    tests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The test of each column type present: ``{"categorical": {"method", "threshold"}}``."""
+    untested: dict[str, str] = field(default_factory=dict)
+    """Columns left out of the test, and why (no value on one side)."""
 
 
 QUALITY_METRICS = ("accuracy", "precision", "recall", "f1", "balanced_accuracy", "roc_auc")
+REGRESSION_METRICS = ("mae", "rmse", "r2", "mape")
+TASK_METRICS = {CLASSIFICATION: QUALITY_METRICS, REGRESSION: REGRESSION_METRICS}
 COMPLETE, PARTIAL, EMPTY = "complete", "partial", "empty"
 
 
 @dataclass
 class QualityResult:
-    """Classification quality on the labelled rows of the window.
+    """The task's quality on the labelled rows of the window.
 
     A number the window cannot define is None, and ``missing`` says why (metric -> reason).
+    Below ``min_rows`` labelled rows no number is reported at all (``withheld``).
     """
 
     rows: int
+    task: str = CLASSIFICATION
+    min_rows: int = 0
+    """The labelled rows quality needs (``MLPLATFORM_MIN_LABELLED_ROWS``)."""
     accuracy: float | None = None
     precision: float | None = None
     recall: float | None = None
@@ -95,22 +160,49 @@ class QualityResult:
     balanced_accuracy: float | None = None
     roc_auc: float | None = None
     roc_auc_rows: int = 0  # the labelled rows with probabilities it is computed on
+    mae: float | None = None
+    rmse: float | None = None
+    r2: float | None = None
+    mape: float | None = None  # a fraction (0.2 = 20%), as training records it
     missing: dict[str, str] = field(default_factory=dict)
     unknown_labels: list[str] = field(default_factory=list)
+    unusable: int = 0
+    """Regression: labelled rows left out because their label or prediction is not a number."""
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return TASK_METRICS[self.task]
+
+    @property
+    def withheld(self) -> bool:
+        """Too few labelled rows: no number is reported."""
+        return self.rows < self.min_rows
 
     def numbers(self) -> dict[str, float]:
         """The defined metrics only, by name (what is pushed and stored)."""
-        values = {name: getattr(self, name) for name in QUALITY_METRICS}
+        values = {name: getattr(self, name) for name in self.metrics}
         return {name: v for name, v in values.items() if v is not None}
 
     @property
     def status(self) -> str:
         """``complete`` (every metric), ``partial`` (some) or ``empty`` (none)."""
         defined = len(self.numbers())
-        return COMPLETE if defined == len(QUALITY_METRICS) else PARTIAL if defined else EMPTY
+        return COMPLETE if defined == len(self.metrics) else PARTIAL if defined else EMPTY
+
+    def withhold(self) -> None:
+        """Drop every number: too few rows to mean anything (one row right is "F1 = 1")."""
+        for name in self.metrics:
+            setattr(self, name, None)
+        self.roc_auc_rows = 0
+        self.missing = dict.fromkeys(self.metrics, f"fewer than {self.min_rows} labelled rows")
 
     def note(self) -> str | None:
         """One line on what is left out and why; None when nothing is."""
+        if self.withheld:
+            return (
+                f"quality needs at least {self.min_rows} labelled rows "
+                f"(MLPLATFORM_MIN_LABELLED_ROWS); the window has {self.rows}: no quality numbers"
+            )
         if not self.missing:
             return None
         by_reason: dict[str, list[str]] = {}
@@ -127,6 +219,10 @@ _LABELS = {
     "f1": "F1",
     "balanced_accuracy": "balanced accuracy",
     "roc_auc": "ROC AUC",
+    "mae": "MAE",
+    "rmse": "RMSE",
+    "r2": "R²",
+    "mape": "MAPE",
 }
 
 
@@ -136,16 +232,29 @@ class ReportInput:
 
     model_version: str
     classes: list[Any]
-    features: list[str]
+    schema: list[dict[str, Any]]
+    """The version's typed ``feature_schema`` (manifest): names, types, category values."""
     reference_embedding: pd.DataFrame
     """The version's ``ref_data.csv`` (``PCA_*`` and target)."""
     reference_raw: pd.DataFrame | None
-    """The version's training data (raw features), or None if it is not in the store."""
+    """The version's training data as ``parse_dataset`` reads it (numbers as floats,
+    categories as text, missing as NaN), or None if it is not in the store."""
     production: pd.DataFrame
-    """Logged predictions of the window: raw features (``PCA_*`` is recomputed here)."""
+    """Logged predictions of the window: raw features, categories as text (``PCA_*`` is
+    recomputed here)."""
     labelled: pd.DataFrame
-    """Labelled rows of the window: ``target``, ``prediction`` and ``proba_json`` (may be NaN)."""
+    """Labelled rows of the window: ``target``, ``prediction`` and ``proba_json`` (may be NaN);
+    for regression both are numbers, possibly as text."""
     window: dict[str, Any] = field(default_factory=dict)
+    task: str = CLASSIFICATION
+
+    @property
+    def features(self) -> list[str]:
+        return [f["name"] for f in self.schema]
+
+    @property
+    def categorical(self) -> list[str]:
+        return [f["name"] for f in self.schema if is_category(f)]
 
 
 @dataclass
@@ -162,6 +271,7 @@ class ReportResult:
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
     quality_note: str | None = None
     """Why quality is empty or partial, or its section is not drawn; None when all is there."""
+    task: str = CLASSIFICATION
 
     def summary(self) -> dict[str, Any]:
         """The JSON-ready summary stored beside the HTML.
@@ -171,14 +281,18 @@ class ReportResult:
         what is left out and why.
         """
         q = self.quality
+        counts: dict[str, Any] = {}
+        if q is not None:
+            counts = {"rows": q.rows, "min_rows": q.min_rows}
+            if q.task == CLASSIFICATION:
+                counts["roc_auc_rows"] = q.roc_auc_rows
         return {
             "model_version": self.model_version,
+            "task": self.task,
             "window": self.window,
             "rows": self.rows,
             "drift": {space: asdict(d) for space, d in self.drift.items()},
-            "quality": (
-                {"rows": q.rows, "roc_auc_rows": q.roc_auc_rows, **q.numbers()} if q else None
-            ),
+            "quality": {**counts, **q.numbers()} if q else None,
             "quality_status": q.status if q else EMPTY,
             "quality_note": self.quality_note,
             "notes": self.notes,
@@ -199,15 +313,37 @@ def attach_probabilities(feedback: pd.DataFrame, predictions: pd.DataFrame) -> p
     return out
 
 
-def prod_data(pipeline: Any, feedback: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+def raw_features(frame: pd.DataFrame, schema: list[dict[str, Any]]) -> pd.DataFrame:
+    """The raw features as the drift compares them: numbers as floats, categories as text
+    (``category_value``), a value outside the version's categories as ``UNKNOWN``, missing
+    cells as NaN. The log already writes categories so; training data gets the same form."""
+    out = pd.DataFrame(index=frame.index)
+    for spec in schema:
+        name, col = spec["name"], frame[spec["name"]]
+        if is_category(spec):
+            text = col.map(category_value, na_action="ignore")
+            known = text.isna() | text.isin(spec["categories"])
+            out[name] = text.where(known, UNKNOWN).astype(object)
+        else:
+            out[name] = pd.to_numeric(col, errors="coerce").astype(float)
+    return out
+
+
+def embed_rows(pipeline: Any, rows: pd.DataFrame, schema: list[dict[str, Any]]) -> pd.DataFrame:
+    """Raw rows in the version's embedding: encoded by its schema (``encoded_frame``), as the
+    pipeline was fitted, then its embedding step."""
+    return embed(pipeline, encoded_frame(rows, schema))
+
+
+def prod_data(pipeline: Any, feedback: pd.DataFrame, schema: list[dict[str, Any]]) -> pd.DataFrame:
     """The course's ``prod_data.csv``: ``PCA_1..PCA_n,target,prediction`` of every labelled row,
     embedded with the given version's embedding from the raw features that were logged."""
-    rows = complete_rows(feedback, [{"name": f} for f in features])
-    probe = pd.DataFrame(np.zeros((1, len(features))), columns=features)
+    rows = complete_rows(feedback, schema)
+    probe = pd.DataFrame(np.zeros((1, len(schema))), columns=[f["name"] for f in schema])
     n = pipeline.named_steps["embedding"].transform(probe).shape[1]
     if rows.empty:
         return pd.DataFrame(columns=[*embedding_columns(n), TARGET, PREDICTION])
-    out = embed(pipeline, rows[features]).reset_index(drop=True)
+    out = embed_rows(pipeline, rows, schema).reset_index(drop=True)
     out[TARGET] = rows[TARGET].astype(str).to_numpy()
     out[PREDICTION] = rows[PREDICTION].astype(str).to_numpy()
     return out
@@ -281,26 +417,56 @@ def drift_report(
     columns: list[str],
     space: str,
     config: DriftConfig,
+    categorical: list[str] | tuple[str, ...] = (),
 ) -> tuple[DriftResult, Snapshot]:
-    """Evidently data drift of ``columns`` with the configured stat test."""
-    definition = DataDefinition(numerical_columns=columns)
+    """Evidently data drift of ``columns``, each with its type's fixed test (``DriftConfig``).
+
+    Evidently is told which columns are categorical and which numerical (its
+    ``DataDefinition``), so it never guesses a type from the values. A column with no value
+    in the reference or in the window (all missing) is left out of the test and named in
+    ``untested``: Evidently refuses an empty column.
+
+    Raises:
+        ValueError: no column has values on both sides.
+    """
+    kinds = {c: CATEGORICAL if c in set(categorical) else NUMERICAL for c in columns}
+    untested: dict[str, str] = {}
+    for col in columns:
+        for side, frame in (("reference", reference), ("production window", current)):
+            if col not in untested and not frame[col].notna().any():
+                untested[col] = f"no value in the {side} (every cell missing)"
+    tested = [c for c in columns if c not in untested]
+    if not tested:
+        raise ValueError(f"no {space} column has values in both the reference and the window")
+    numerical = [c for c in tested if kinds[c] == NUMERICAL]
+    categories = [c for c in tested if kinds[c] == CATEGORICAL]
+    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categories)
     preset = DataDriftPreset(
-        columns=columns,
-        method=config.method,
-        threshold=config.threshold,
+        columns=tested,
+        num_method=config.method,
+        num_threshold=config.threshold,
+        cat_method=config.category_method,
+        cat_threshold=config.category_threshold,
         drift_share=config.share_threshold,
     )
-    snapshot = Report([preset]).run(
-        Dataset.from_pandas(current[columns].reset_index(drop=True), data_definition=definition),
-        Dataset.from_pandas(reference[columns].reset_index(drop=True), data_definition=definition),
-    )
+    # An unseen category has an expected count of 0: chi-square divides by it (p = 0, drift).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snapshot = Report([preset]).run(
+            Dataset.from_pandas(current[tested].reset_index(drop=True), data_definition=definition),
+            Dataset.from_pandas(
+                reference[tested].reset_index(drop=True), data_definition=definition
+            ),
+        )
     results = metric_results(snapshot)
     counted = metric_value(results, "DriftedColumnsCount")
     scores = {
-        col: float(metric_value(results, "ValueDrift", column=col, method=config.method))
-        for col in columns
+        col: float(
+            metric_value(results, "ValueDrift", column=col, method=config.method_of(kinds[col]))
+        )
+        for col in tested
     }
     share = float(counted["share"])
+    tests = {kind: test for kind, test in config.tests().items() if kind in kinds.values()}
     return (
         DriftResult(
             space=space,
@@ -313,8 +479,58 @@ def drift_report(
             share=share,
             detected=share >= config.share_threshold,
             scores=scores,
+            column_types={c: kinds[c] for c in tested},
+            tests=tests,
+            untested=untested,
         ),
         snapshot,
+    )
+
+
+def regression_quality(labelled: pd.DataFrame) -> QualityResult:
+    """MAE, RMSE, R² and MAPE of the labelled rows, as training computes them
+    (``quality.regression_metrics``); targets are stored as text and read with
+    ``pd.to_numeric``. A row whose label or prediction is not a finite number is left out
+    (``unusable``). MAPE is undefined when a true value is 0, R² on fewer than two rows."""
+    truth = pd.to_numeric(labelled[TARGET], errors="coerce").to_numpy(dtype=float)
+    pred = pd.to_numeric(labelled[PREDICTION], errors="coerce").to_numpy(dtype=float)
+    ok = np.isfinite(truth) & np.isfinite(pred)
+    quality = QualityResult(rows=int(ok.sum()), task=REGRESSION, unusable=int((~ok).sum()))
+    if not quality.rows:
+        quality.missing = dict.fromkeys(
+            REGRESSION_METRICS, "no labelled row has numbers as label and prediction"
+        )
+        return quality
+    for name, value in regression_metrics(truth[ok], pred[ok]).items():
+        setattr(quality, name, value)
+    if quality.mape is None:
+        quality.missing["mape"] = "a true value is 0, where the percentage error is undefined"
+    if quality.r2 is None:
+        quality.missing["r2"] = "it needs at least two labelled rows"
+    return quality
+
+
+def regression_frame(labelled: pd.DataFrame) -> pd.DataFrame:
+    """``target`` and ``prediction`` as numbers, the rows ``regression_quality`` uses."""
+    frame = pd.DataFrame(
+        {
+            TARGET: pd.to_numeric(labelled[TARGET], errors="coerce").to_numpy(dtype=float),
+            PREDICTION: pd.to_numeric(labelled[PREDICTION], errors="coerce").to_numpy(dtype=float),
+        }
+    )
+    return frame[np.isfinite(frame).all(axis=1)].reset_index(drop=True)
+
+
+def regression_snapshot(labelled: pd.DataFrame) -> Snapshot:
+    """Evidently's regression preset (MAE, RMSE, MAPE, R², the error distribution and
+    predicted against actual), for the HTML page only."""
+    definition = DataDefinition(
+        regression=[Regression(target=TARGET, prediction=PREDICTION)],
+        numerical_columns=[TARGET, PREDICTION],
+    )
+    frame = regression_frame(labelled)
+    return Report([RegressionPreset()]).run(
+        Dataset.from_pandas(frame, data_definition=definition), None
     )
 
 
@@ -455,7 +671,7 @@ def quality_snapshot(
 def _header(data: ReportInput, rows: dict[str, int], notes: list[str]) -> str:
     window = data.window
     lines = [
-        f"**Model version:** {data.model_version}",
+        f"**Model version:** {data.model_version} ({data.task})",
         f"**Window:** {window.get('since_iso') or 'the beginning'} to "
         f"{window.get('until_iso', '-')} ({window.get('mode', '-')})",
         f"**Rows:** {rows['production']} predictions, {rows['labelled']} labelled, "
@@ -465,16 +681,20 @@ def _header(data: ReportInput, rows: dict[str, int], notes: list[str]) -> str:
     return "\n\n".join(lines)
 
 
-def build_report(data: ReportInput, config: DriftConfig, pipeline: Any) -> ReportResult:
+def build_report(
+    data: ReportInput, config: DriftConfig, pipeline: Any, *, min_labelled_rows: int
+) -> ReportResult:
     """Run every part that has enough data and render them as one HTML page.
 
     Args:
         data: the reference and production frames.
-        config: the drift test.
+        config: the drift tests.
         pipeline: the model version's fitted pipeline (its embedding step is used).
+        min_labelled_rows: below this many labelled rows (usable ones, for regression) no
+            quality number is reported, only the count and how many are needed.
     """
     notes: list[str] = []
-    production = complete_rows(data.production, [{"name": f} for f in data.features])
+    production = complete_rows(data.production, data.schema)
     if len(production) < len(data.production):
         notes.append(
             f"{len(data.production) - len(production)} logged rows lack some feature, or have "
@@ -508,15 +728,37 @@ def build_report(data: ReportInput, config: DriftConfig, pipeline: Any) -> Repor
             else f"only {len(production)} production rows: drift needs at least {config.min_rows}"
         )
     else:
-        current = embed(pipeline, production[data.features])
+        current = embed_rows(pipeline, production, data.schema)
         pca = [c for c in current.columns if c in data.reference_embedding.columns]
         result, snap = drift_report(data.reference_embedding, current, pca, EMBEDDING, config)
         drift[EMBEDDING], snapshots[EMBEDDING] = result, snap
         sections.append((f"Data drift: embedding space ({len(pca)} components)", snap))
         if data.reference_raw is not None and not data.reference_raw.empty:
-            result, snap = drift_report(data.reference_raw, production, data.features, RAW, config)
-            drift[RAW], snapshots[RAW] = result, snap
-            sections.append((f"Data drift: raw features ({len(data.features)})", snap))
+            try:
+                result, snap = drift_report(
+                    raw_features(data.reference_raw, data.schema),
+                    raw_features(production, data.schema),
+                    data.features,
+                    RAW,
+                    config,
+                    categorical=data.categorical,
+                )
+            except ValueError as exc:
+                notes.append(f"no raw-feature drift: {exc}")
+            else:
+                drift[RAW], snapshots[RAW] = result, snap
+                kinds = list(result.column_types.values())
+                sections.append(
+                    (
+                        f"Data drift: raw features ({kinds.count(NUMERICAL)} numerical, "
+                        f"{kinds.count(CATEGORICAL)} categorical)",
+                        snap,
+                    )
+                )
+                notes += [
+                    f"raw feature {col} is not tested for drift: {why}"
+                    for col, why in result.untested.items()
+                ]
         else:
             notes.append("the version's training data is not in the store: no raw-feature drift")
 
@@ -526,7 +768,18 @@ def build_report(data: ReportInput, config: DriftConfig, pipeline: Any) -> Repor
         quality_note = f"no labelled rows of model {data.model_version} in the window: no quality"
         notes.append(quality_note)
     else:
-        quality = quality_metrics(labelled, data.classes)
+        regression = data.task == REGRESSION
+        quality = (
+            regression_quality(labelled) if regression else quality_metrics(labelled, data.classes)
+        )
+        quality.min_rows = min_labelled_rows
+        if quality.unusable:
+            notes.append(
+                f"{quality.unusable} labelled rows whose label or prediction is not a number "
+                "are not in the regression quality"
+            )
+        if quality.withheld:
+            quality.withhold()
         quality_note = quality.note()
         if quality.unknown_labels:
             notes.append(
@@ -544,17 +797,24 @@ def build_report(data: ReportInput, config: DriftConfig, pipeline: Any) -> Repor
                 f"balanced accuracy (mean per-class recall) = {quality.balanced_accuracy:.4f}"
             )
         # Evidently draws the section only; its failure on a degenerate window must cost
-        # that section, never the numbers above or the drift.
-        try:
-            snap = quality_snapshot(labelled, data.classes, quality)
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}".strip()
-            logger.warning("quality section left out of the report: %s", reason)
-            lost = f"Evidently could not draw the quality section ({reason})"
-            quality_note = f"{quality_note}; {lost}" if quality_note else lost
-        else:
-            snapshots["quality"] = snap
-            sections.append((f"Classification quality ({quality.rows} labelled rows)", snap))
+        # that section, never the numbers above or the drift. Below the minimum it is not
+        # drawn: its numbers would be the misleading ones withheld.
+        if not quality.withheld:
+            title = "Regression" if regression else "Classification"
+            try:
+                snap = (
+                    regression_snapshot(labelled)
+                    if regression
+                    else quality_snapshot(labelled, data.classes, quality)
+                )
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}".strip()
+                logger.warning("quality section left out of the report: %s", reason)
+                lost = f"Evidently could not draw the quality section ({reason})"
+                quality_note = f"{quality_note}; {lost}" if quality_note else lost
+            else:
+                snapshots["quality"] = snap
+                sections.append((f"{title} quality ({quality.rows} labelled rows)", snap))
         if quality_note:
             notes.append(quality_note)
 
@@ -574,6 +834,7 @@ def build_report(data: ReportInput, config: DriftConfig, pipeline: Any) -> Repor
         window=data.window,
         snapshots=snapshots,
         quality_note=quality_note,
+        task=data.task,
     )
 
 
@@ -592,4 +853,5 @@ def empty_report(reason: str, window: dict[str, Any]) -> ReportResult:
         notes=[reason],
         window=window,
         quality_note=reason,
+        task="",
     )

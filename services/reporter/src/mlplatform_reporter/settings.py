@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from mlplatform_common.settings import DEV_WRITER_TOKEN, CommonSettings
 
@@ -38,7 +38,8 @@ class ReporterSettings(CommonSettings):
 
     drift_method: str = "ks"
     """Evidently stat test for every numerical column, fixed so scores mean the same thing from
-    run to run (``ks``: two-sample Kolmogorov-Smirnov; the score is its p-value)."""
+    run to run (``ks``: two-sample Kolmogorov-Smirnov; the score is its p-value). Category
+    columns always get chi-square at p < 0.05 (``report.DriftConfig`` says why)."""
 
     drift_threshold: float = 0.05
     """Per-column threshold of the stat test (for ``ks``: a column drifts when p < threshold)."""
@@ -48,6 +49,11 @@ class ReporterSettings(CommonSettings):
 
     min_drift_rows: int = 5
     """Below this many production rows in the window, drift is not computed (too few to test)."""
+
+    min_labelled_rows: int = Field(default=30, ge=1)
+    """Quality is reported only from this many labelled rows of the production version in the
+    window (usable ones, for regression); below it the report gives the count and no numbers
+    (one row predicted right would read as F1 = 1.000)."""
 
     schedule_minutes: float = 60.0
     """Interval of ``python -m mlplatform_reporter schedule`` (the CronJob has its own schedule)."""
