@@ -84,6 +84,8 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "dataset_name",
         "seed",
         "quality_metric",
+        "quality_degradation",  # regression without a threshold; the default fits the demo
+        "task",  # read from the data set (its meta.json or its target); retraining keeps production's
         "holdout_feedback_share",
         "lock_ttl_seconds",
         "serving_url",  # local rollout only; in the cluster the Deployment is patched

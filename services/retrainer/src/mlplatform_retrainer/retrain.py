@@ -48,7 +48,15 @@ from mlplatform_retrainer.gate import GateResult, decide, recent_split
 from mlplatform_retrainer.job import publish, train_with_progress
 from mlplatform_retrainer.rollout import RolloutFailed, roll_out, served_version
 from mlplatform_retrainer.settings import RetrainerSettings
-from mlplatform_retrainer.train import Splits, TrainConfig, TrainingResult, evaluate, split
+from mlplatform_retrainer.train import (
+    DEFAULT_ESTIMATOR,
+    ESTIMATORS,
+    Splits,
+    TrainConfig,
+    TrainingResult,
+    evaluate,
+    split,
+)
 
 logger = logging.getLogger("mlplatform.retrainer")
 
@@ -563,6 +571,23 @@ def _roll_out_or_restore(
         result.rollout = "failed"
 
 
+def _estimator(settings: RetrainerSettings, task: str, manifest: dict[str, Any]) -> str | None:
+    """The candidate's estimator: the setting when it is one of the task's, else the one the
+    production version was trained with (one install's setting names a classifier, and a
+    regression data set may be in production)."""
+    if settings.estimator is None or settings.estimator in ESTIMATORS[task]:
+        return settings.estimator
+    kept = manifest.get("estimator")
+    kept = kept if kept in ESTIMATORS[task] else None
+    logger.warning(
+        "MLPLATFORM_ESTIMATOR=%s is no %s estimator: the candidate is a %s, as production",
+        settings.estimator,
+        task,
+        kept or DEFAULT_ESTIMATOR[task],
+    )
+    return kept
+
+
 def retrain(
     settings: RetrainerSettings,
     store: Store,
@@ -585,7 +610,9 @@ def retrain(
             f"production {production} a {task} model: train a first model of it (make train)"
         )
     config = TrainConfig(
-        n_components=settings.n_components, estimator=settings.estimator, seed=settings.seed
+        n_components=settings.n_components,
+        estimator=_estimator(settings, task, current.manifest),
+        seed=settings.seed,
     )
     ref_parts = split(reference.X, reference.y, config, task=task)
 
