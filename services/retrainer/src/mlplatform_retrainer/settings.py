@@ -31,7 +31,8 @@ class RetrainerSettings(CommonSettings):
     estimator: str | None = None
     """Primary estimator. Classification: ``logistic_regression`` (default),
     ``random_forest``, ``hist_gradient_boosting``; regression: ``ridge`` (default),
-    ``random_forest``, ``hist_gradient_boosting``."""
+    ``random_forest``, ``hist_gradient_boosting``. A retrain whose production task has no
+    estimator of this name trains production's estimator."""
 
     task: str | None = None
     """``classification`` or ``regression`` for ``train``; default: read from the target
