@@ -190,8 +190,9 @@ def test_a_regression_graph_returns_values_and_the_embedding(
 def test_hist_gradient_boosting_that_does_not_match_falls_back_with_the_reason(
     penguins_dataset,
 ) -> None:
-    # Its trees compare in float64; ONNX Runtime runs them in float32 only, and on penguins a
-    # row near a threshold lands on the other side: the graph is refused, scikit-learn serves.
+    # ONNX Runtime runs its trees in float32 only; on penguins the embedding's last two
+    # components have no variance (each one-hot group sums to one) and hold rounding noise the
+    # trees split on, so rows land on the other side: the graph is refused, scikit-learn serves.
     config = TrainConfig(estimator="hist_gradient_boosting")
     result = train(penguins_dataset.X, penguins_dataset.y, config)
     X = encoded_frame(penguins_dataset.X, result.schema)
