@@ -20,8 +20,8 @@ from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.schema import Dataset
 from mlplatform_common.storage import Store
 from mlplatform_retrainer.gate import decide
-from mlplatform_retrainer.job import upload_dataset
-from mlplatform_retrainer.retrain import _rows_of, rollback, run
+from mlplatform_retrainer.job import publish, upload_dataset
+from mlplatform_retrainer.retrain import _rows_of, line_best, rollback, run
 from mlplatform_retrainer.settings import RetrainerSettings
 from mlplatform_retrainer.train import TrainConfig, split, train
 from tests.conftest import DATA, REPO, SIGNING_KEY, S3Server, publish_trained
@@ -222,6 +222,17 @@ def test_a_metric_of_another_task_is_refused_in_one_line(
     assert RetrainerSettings().metric_for("classification") == "f1"
 
 
+def test_the_charts_unset_quality_settings_read_as_the_tasks_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the chart renders a null qualityThreshold as an empty variable
+    monkeypatch.setenv("MLPLATFORM_QUALITY_THRESHOLD", "")
+    monkeypatch.setenv("MLPLATFORM_QUALITY_METRIC", "")
+    settings = RetrainerSettings()
+    assert settings.quality_threshold is None and settings.quality_metric is None
+    assert settings.metric_for("regression") == "rmse"
+
+
 def _errors(holdout: float, reference: float) -> dict[str, dict[str, float]]:
     return {"holdout": {"rmse": holdout}, "reference": {"rmse": reference}}
 
@@ -277,3 +288,29 @@ def test_train_publishes_a_regression_version_and_refuses_classification_of_it(
     lines = [line for line in refused.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "classification" in lines[0], refused.stderr
     assert registry.versions() == ["v1"]
+
+
+def test_the_lines_best_error_is_its_lowest(
+    local_store: Store, diabetes_trained, diabetes_dataset: Dataset
+) -> None:
+    registry = ModelRegistry(local_store, SIGNING_KEY)
+    publish_trained(registry, diabetes_trained, diabetes_dataset)
+    sha, seed = diabetes_dataset.sha256, TrainConfig().seed
+
+    def retrained(parent: str, current: float, candidate: float) -> str:
+        gate = {"metric": "rmse", "reference_current": current, "reference_candidate": candidate}
+        data = {"sha256": sha, "split_seed": seed, "held_out_excluded": True}
+        version = publish(
+            registry,
+            diabetes_trained,
+            diabetes_dataset,
+            TrainConfig(),
+            parent=parent,
+            extra={"gate": gate, "training_data": data},
+        )
+        registry.promote(version)
+        return version
+
+    v2 = retrained("v1", 55.0, 52.0)  # v1 measured 55 by v2's gate
+    v3 = retrained(v2, 52.0, 53.0)
+    assert line_best(registry, v3, "rmse", sha, seed) == 52.0
