@@ -86,6 +86,7 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "quality_metric",
         # set only when retrainer.qualityThreshold is given: null keeps the task's default
         "quality_threshold",
+        "quality_degradation",  # regression without a threshold; the default fits the demo
         "holdout_feedback_share",
         "lock_ttl_seconds",
         "serving_url",  # local rollout only; in the cluster the Deployment is patched

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 from onnx import helper, numpy_helper
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mlplatform_common.schema import embed
+from mlplatform_common.schema import embed, encoded_frame, load_dataset
 from mlplatform_retrainer import onnx_export
-from mlplatform_retrainer.train import TrainConfig, train
+from mlplatform_retrainer.train import DEFAULT_ESTIMATOR, TrainConfig, train
+from tests.conftest import DATA
 
 
 def test_the_pipeline_converts_and_matches_sklearn(trained, shipped_dataset) -> None:
@@ -117,3 +119,85 @@ def test_a_pipeline_without_an_embedding_step_gets_no_embedding_graph(shipped_da
     files, info = onnx_export.convert(plain, shipped_dataset.X)
     assert set(files) == {"model.onnx"} and "embedding_output" not in info
     assert info["embedding"] == {"error": "the pipeline has no 'embedding' step"}
+
+
+@pytest.mark.parametrize("data", ["breast_cancer", "diabetes", "penguins"])
+@pytest.mark.parametrize("estimator", ["default", "random_forest", "hist_gradient_boosting"])
+def test_every_shipped_data_set_and_estimator_converts_or_says_why(data, estimator) -> None:
+    dataset = load_dataset(DATA.parent / f"{data}.csv")
+    name = DEFAULT_ESTIMATOR[dataset.task] if estimator == "default" else estimator
+    result = train(dataset.X, dataset.y, TrainConfig(estimator=name), task=dataset.task)
+    X = encoded_frame(dataset.X, result.schema)
+    files, info = onnx_export.convert(result.pipeline, X, dataset.task)
+    if estimator == "default":  # linear models convert on every data set
+        assert set(files) == {"model.onnx", "embedding.onnx"}, info
+    if "model.onnx" not in files:
+        assert files == {} and info["error"], info  # served by scikit-learn, and why is kept
+        return
+    session = ort.InferenceSession(files["model.onnx"], providers=["CPUExecutionProvider"])
+    got = session.run([info["output"]], {"input": X.to_numpy()})[0]
+    assert info["checked_rows"] == len(X)
+    if dataset.task == "regression":
+        assert info["output"] == "value" and got.dtype == np.float64  # the contract with serving
+        expected = result.pipeline.predict(X)
+        # the tolerance is relative to the predictions' scale (the target's units)
+        assert info["tolerance"] == pytest.approx(1e-6 * max(1.0, np.abs(expected).max()))
+        np.testing.assert_allclose(got.ravel(), expected, rtol=0, atol=info["tolerance"])
+    else:
+        assert info["output"] == "probabilities"
+        np.testing.assert_allclose(got, result.pipeline.predict_proba(X), atol=1e-6)
+        assert (got.argmax(1) == result.pipeline.predict_proba(X).argmax(1)).all()
+
+
+def test_nullable_numbers_and_categories_convert_unseen_values_and_missing_cells_too(
+    penguins_trained, penguins_dataset
+) -> None:
+    # ONNX Runtime's Imputer has no float64 kernel: the retrainer's own converter imputes.
+    X = encoded_frame(penguins_dataset.X, penguins_trained.schema)
+    files, info = onnx_export.convert(penguins_trained.pipeline, X, "classification")
+    assert set(files) == {"model.onnx", "embedding.onnx"} and info["max_abs_diff"] <= 1e-12
+    odd = X.head(8).copy()
+    for j, spec in enumerate(penguins_trained.schema):
+        if spec["dtype"] == "category":
+            odd.iloc[0, j] = len(spec["categories"])  # a value training never saw: zeros
+            odd.iloc[1, j] = np.nan
+        elif spec["nullable"]:
+            odd.iloc[2, j] = np.nan
+    assert odd.isna().any().any() and (odd["island"] == 3).any()
+    session = ort.InferenceSession(files["model.onnx"], providers=["CPUExecutionProvider"])
+    proba, Z = session.run(["probabilities", "embedding"], {"input": odd.to_numpy()})
+    np.testing.assert_allclose(proba, penguins_trained.pipeline.predict_proba(odd), atol=1e-12)
+    np.testing.assert_allclose(Z, embed(penguins_trained.pipeline, odd).to_numpy(), atol=1e-9)
+    embedding = ort.InferenceSession(files["embedding.onnx"], providers=["CPUExecutionProvider"])
+    alone = embedding.run(["embedding"], {"input": odd.to_numpy()})[0]
+    np.testing.assert_allclose(alone, Z, atol=1e-12)
+
+
+def test_a_regression_graph_returns_values_and_the_embedding(
+    diabetes_trained, diabetes_dataset
+) -> None:
+    X = encoded_frame(diabetes_dataset.X, diabetes_trained.schema)
+    files, info = onnx_export.convert(diabetes_trained.pipeline, X, "regression")
+    assert info["output"] == "value" and info["embedding_output"] == "embedding"
+    session = ort.InferenceSession(files["model.onnx"], providers=["CPUExecutionProvider"])
+    assert {o.name for o in session.get_outputs()} == {"value", "embedding"}
+    value, Z = session.run(["value", "embedding"], {"input": X.to_numpy()})
+    assert value.shape == (len(X), 1) and value.dtype == np.float64
+    np.testing.assert_allclose(value.ravel(), diabetes_trained.pipeline.predict(X), atol=1e-9)
+    np.testing.assert_allclose(Z, embed(diabetes_trained.pipeline, X).to_numpy(), atol=1e-9)
+
+
+def test_hist_gradient_boosting_that_does_not_match_falls_back_with_the_reason(
+    penguins_dataset,
+) -> None:
+    # ONNX Runtime runs its trees in float32 only; on penguins the embedding's last two
+    # components have no variance (each one-hot group sums to one) and hold rounding noise the
+    # trees split on, so rows land on the other side: the graph is refused, scikit-learn serves.
+    config = TrainConfig(estimator="hist_gradient_boosting")
+    result = train(penguins_dataset.X, penguins_dataset.y, config)
+    X = encoded_frame(penguins_dataset.X, result.schema)
+    files, info = onnx_export.convert(result.pipeline, X, "classification")
+    assert files == {}
+    joined = info["embedding_output_error"]
+    assert "trees on float32: probabilities: max abs difference" in joined, info
+    assert "tensor(double)" in info["error"]  # why the float64 graph did not do

@@ -6,6 +6,10 @@ whole holdout *and* on its reference part alone. The second check matters when l
 corrupted: the newest slice is then corrupted too and drags both scores down alike, while the
 reference part still shows what the bad labels did to the candidate.
 
+Scores are compared in the metric's direction (``quality.better``): higher is better for
+scores (F1, R²), with an absolute tolerance; lower for errors (RMSE, MAE), with a relative one
+(the error is in the target's units).
+
 Tolerating a small loss at each step would let a line of versions slide down step by step, so
 on the reference part the candidate must also come within the tolerance of the best score any
 version of its line had there (``reference_best``, from the manifests' gates).
@@ -16,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
+
+from mlplatform_common.quality import HIGHER_IS_BETTER, better
 
 
 @dataclass(frozen=True)
@@ -33,18 +39,28 @@ class GateResult:
     reference_best: float | None = None
 
     @property
+    def direction(self) -> str:
+        return "higher is better" if HIGHER_IS_BETTER[self.metric] else "lower is better"
+
+    @property
     def reason(self) -> str:
         verb = "promoted" if self.promote else "rejected"
         best = (
             f", best of its line {self.reference_best:.4f}"
-            if self.reference_best is not None and self.reference_best > self.reference_current
+            if self.reference_best is not None
+            and not better(self.metric, self.reference_current, self.reference_best)
             else ""
+        )
+        tolerance = (
+            f"tolerance {self.tolerance}"
+            if HIGHER_IS_BETTER[self.metric]
+            else f"tolerance {self.tolerance:.0%} relative"
         )
         return (
             f"{verb}: candidate {self.metric}={self.candidate:.4f} vs production "
             f"{self.current:.4f} on {self.holdout_rows} holdout rows, "
             f"{self.reference_candidate:.4f} vs {self.reference_current:.4f}{best} on its "
-            f"reference part (tolerance {self.tolerance})"
+            f"reference part ({self.metric}: {self.direction}; {tolerance})"
         )
 
 
@@ -58,13 +74,14 @@ def decide(
 ) -> GateResult:
     """Promote unless the candidate is worse than production by more than ``tolerance`` on
     the ``holdout`` or on its ``reference`` part (scores keyed by part, then metric), or worse
-    than ``reference_best`` (the line's best on the reference part) by more than that."""
+    than ``reference_best`` (the line's best on the reference part) by more than that; worse
+    in the metric's direction (``quality.better``)."""
     ok = all(
-        candidate[part][metric] >= current[part][metric] - tolerance
+        better(metric, candidate[part][metric], current[part][metric], tolerance)
         for part in ("holdout", "reference")
     )
     if reference_best is not None:
-        ok = ok and candidate["reference"][metric] >= reference_best - tolerance
+        ok = ok and better(metric, candidate["reference"][metric], reference_best, tolerance)
     return GateResult(
         promote=ok,
         metric=metric,

@@ -14,6 +14,7 @@ import sklearn
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mlplatform_common import keys
+from mlplatform_common.errors import DatasetError
 from mlplatform_common.registry import BACKUP, MODEL, REF_DATA, ModelRegistry
 from mlplatform_common.schema import Dataset, encoded_frame, load_dataset
 from mlplatform_common.storage import Store, open_store
@@ -124,7 +125,15 @@ def train_from_file(
     promote: bool = True,
 ) -> Published:
     """``make train``: validate a CSV, upload it, train, publish and (by default) promote."""
-    dataset = load_dataset(data, target, settings.task)
+    try:
+        dataset = load_dataset(data, target, settings.task)
+    except DatasetError as exc:
+        if settings.task is None:
+            raise
+        # The task was chosen, not read from the target: say so, it is the likely cause.
+        raise DatasetError(
+            f"{data} as a {settings.task} task (--task or MLPLATFORM_TASK): {exc.message}"
+        ) from None
     store = open_store(settings, ensure=True)
     registry = ModelRegistry(store, settings.require_signing_key())
     config = TrainConfig(

@@ -17,19 +17,29 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
 
 from mlplatform_common import datalog, keys
 from mlplatform_common import metric_names as names
-from mlplatform_common.errors import MLPlatformError, ModelNotFound, ObjectNotFound
+from mlplatform_common.errors import (
+    ConfigurationError,
+    MLPlatformError,
+    ModelNotFound,
+    ObjectNotFound,
+)
 from mlplatform_common.lock import LockHeld, StoreLock
+from mlplatform_common.quality import HIGHER_IS_BETTER, better
 from mlplatform_common.registry import LoadedModel, ModelRegistry, utcnow, version_number
 from mlplatform_common.reports import ReportArchive
 from mlplatform_common.schema import (
+    CLASSIFICATION,
     FEATURE_LIMIT,
+    REGRESSION,
     Dataset,
     complete_rows,
+    encode,
     encoded_frame,
     parse_dataset,
 )
@@ -38,9 +48,20 @@ from mlplatform_retrainer.gate import GateResult, decide, recent_split
 from mlplatform_retrainer.job import publish, train_with_progress
 from mlplatform_retrainer.rollout import RolloutFailed, roll_out, served_version
 from mlplatform_retrainer.settings import RetrainerSettings
-from mlplatform_retrainer.train import Splits, TrainConfig, TrainingResult, evaluate, split
+from mlplatform_retrainer.train import (
+    DEFAULT_ESTIMATOR,
+    ESTIMATORS,
+    Splits,
+    TrainConfig,
+    TrainingResult,
+    evaluate,
+    split,
+)
 
 logger = logging.getLogger("mlplatform.retrainer")
+
+CLASSIFICATION_QUALITY_THRESHOLD = 0.8
+"""The quality trigger's default for classification: the report's metric below it."""
 
 
 @dataclass
@@ -57,6 +78,8 @@ class RunResult:
     rollout_error: str | None = None
     followed: str | None = None
     """The version the alias was moved to because the Deployment serves it (rollout undo)."""
+    metric: str | None = None
+    """The metric the quality trigger and the gate compared by, for the production's task."""
 
     def describe(self) -> str:
         parts = [f"retrain {self.outcome}"]
@@ -120,13 +143,56 @@ def triggers(
                 f"drift share {share:.2f} > {settings.drift_threshold} in report {report.get('id')}"
             )
         quality = report.get("quality") or {}
-        value = quality.get(settings.quality_metric)
-        if value is not None and value < settings.quality_threshold:
-            reasons.append(
-                f"{settings.quality_metric} {value:.3f} < {settings.quality_threshold} "
-                f"in report {report.get('id')}"
-            )
+        reason = _quality_trigger(settings, registry, quality, report.get("id"))
+        if reason:
+            reasons.append(reason)
     return reasons, new_rows, report_id
+
+
+def production_task(registry: ModelRegistry) -> str:
+    """The task of the version in production (versions published before tasks classified)."""
+    try:
+        manifest = registry.manifest(registry.production_version())
+    except ModelNotFound:
+        return CLASSIFICATION
+    return str(manifest.get("task") or CLASSIFICATION)
+
+
+def quality_threshold(
+    settings: RetrainerSettings, task: str, metric: str, manifest: dict[str, Any] | None
+) -> float | None:
+    """The value of ``metric`` the quality trigger fires beyond: ``quality_threshold`` if set;
+    else 0.8 for classification; for regression the production version's test value made
+    ``quality_degradation`` worse (x(1 + d) for an error, x(1 - d) for a score); None when
+    the manifest has no test value of the metric."""
+    if settings.quality_threshold is not None:
+        return settings.quality_threshold
+    if task == CLASSIFICATION:
+        return CLASSIFICATION_QUALITY_THRESHOLD
+    test = ((manifest or {}).get("metrics") or {}).get("test") or {}
+    if test.get(metric) is None:
+        return None
+    d = settings.quality_degradation
+    return float(test[metric]) * ((1 - d) if HIGHER_IS_BETTER[metric] else (1 + d))
+
+
+def _quality_trigger(
+    settings: RetrainerSettings, registry: ModelRegistry, quality: dict[str, Any], report: Any
+) -> str | None:
+    """Why the report's quality triggers a retrain (worse than the threshold in the metric's
+    direction), or None."""
+    try:
+        manifest: dict[str, Any] | None = registry.manifest(registry.production_version())
+    except ModelNotFound:
+        manifest = None
+    task = str((manifest or {}).get("task") or CLASSIFICATION)
+    metric = settings.metric_for(task)
+    value = quality.get(metric)
+    threshold = quality_threshold(settings, task, metric, manifest)
+    if value is None or threshold is None or better(metric, value, threshold):
+        return None
+    sign = "<" if HIGHER_IS_BETTER[metric] else ">"
+    return f"{metric} {value:.3f} {sign} {threshold:.4g} in report {report}"
 
 
 def _gate_of_this_line(
@@ -149,9 +215,10 @@ def _gate_of_this_line(
 def line_best(
     registry: ModelRegistry, version: str, metric: str, dataset_sha: str, seed: int
 ) -> float | None:
-    """The best reference-part score of ``version``'s line: the scores its gates recorded,
-    back through its parents to a fresh training (whose score its child's gate measured);
-    None when no gate of the line recorded one."""
+    """The best reference-part score of ``version``'s line in ``metric``'s direction (the
+    highest score, the lowest error): the scores its gates recorded, back through its parents
+    to a fresh training (whose score its child's gate measured); None when no gate of the
+    line recorded one."""
     scores: list[float] = []
     child: dict[str, Any] | None = None  # the gate of the version before, in the walk
     seen: set[str] = set()
@@ -169,10 +236,16 @@ def line_best(
             break
         scores.append(float(gate["reference_candidate"]))
         child, current = gate, manifest.get("parent")
-    return max(scores, default=None)
+    best: float | None = None
+    for score in scores:
+        if best is None or not better(metric, best, score):
+            best = score
+    return best
 
 
-def _reference(store: Store, dataset_name: str) -> Any:
+def _reference(store: Store, dataset_name: str, task: str) -> Dataset:
+    """The reference data set, parsed with the task its store meta says (``task`` for data
+    sets uploaded before tasks were kept)."""
     try:
         meta = store.get_json(keys.dataset(dataset_name, "meta.json"))
         raw = store.get(keys.dataset(dataset_name))
@@ -182,7 +255,11 @@ def _reference(store: Store, dataset_name: str) -> Any:
             "(train a first model: make train)"
         ) from None
     return parse_dataset(
-        raw, meta["target"], name=dataset_name, class_names=meta.get("class_names")
+        raw,
+        meta["target"],
+        name=dataset_name,
+        class_names=meta.get("class_names"),
+        task=meta.get("task") or task,
     )
 
 
@@ -231,6 +308,14 @@ def _write_run_record(store: Store, result: RunResult) -> None:
         "version": result.version,
         "production": result.production,
         "new_rows": result.new_rows,
+        "metric": result.metric,
+        "direction": (
+            None
+            if result.metric is None
+            else "higher is better"
+            if HIGHER_IS_BETTER[result.metric]
+            else "lower is better"
+        ),
         "gate": asdict(result.gate) if result.gate else None,
         "rollout": result.rollout,
         "followed": result.followed,
@@ -272,12 +357,24 @@ class CandidateData:
     feedback_rows: int
 
 
+def _rows_of(frame: pd.DataFrame, rows: pd.DataFrame, schema: list[dict[str, Any]]) -> Any:
+    """Which rows of ``frame`` are rows of ``rows`` (a boolean array): compared encoded by the
+    schema, a missing cell equal to a missing cell (NaN is never equal to itself)."""
+    if frame.empty or rows.empty:
+        return np.zeros(len(frame), dtype=bool)
+
+    def index(part: pd.DataFrame) -> pd.MultiIndex:
+        encoded = pd.DataFrame(encode(part, schema)).fillna(np.inf)  # inf: never a feature
+        return pd.MultiIndex.from_frame(encoded)
+
+    return np.asarray(index(frame).isin(index(rows)))
+
+
 def _labelled_rows(
     store: Store, schema: list[dict[str, Any]], reference_test: pd.DataFrame
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every labelled row (the run answers them all), and those a candidate may train on."""
     feedback = datalog.read_feedback(store, one_per_prediction=True)
-    features = [f["name"] for f in schema]
     # Rows labelled for another feature set (a data set change), or with a value no model can
     # train on (stored before the API refused them), cannot be used.
     usable = complete_rows(feedback, schema)
@@ -290,8 +387,7 @@ def _labelled_rows(
         )
     # A labelled row that is a row of the reference test split (the traffic simulator replays
     # that split) would put the gate's held-out rows into training: not trained on.
-    held_out = pd.MultiIndex.from_frame(reference_test[features].astype(float))
-    leak = pd.MultiIndex.from_frame(usable[features]).isin(held_out)
+    leak = _rows_of(usable, reference_test, schema)
     if leak.any():
         logger.info(
             "left out %d labelled rows that are rows of the reference test split (the gate "
@@ -313,10 +409,24 @@ def _candidate_data(
     newest labelled rows are held out with the reference test split."""
     ref_pool_X = pd.concat([ref_parts.X_train, ref_parts.X_val])
     ref_pool_y = pd.concat([ref_parts.y_train, ref_parts.y_val])
-    fb_X = usable[current.features].astype(float).reset_index(drop=True)
-    fb_y = pd.Series(
-        [datalog.label_of(t, current.classes) for t in usable["target"]], dtype=reference.y.dtype
-    )
+    # As read: numbers (complete_rows made them floats), category text, NaN for missing.
+    fb_X = usable[current.features].reset_index(drop=True)
+    if reference.task == REGRESSION:
+        # Stored as text ("151.0"): a value that is not a number cannot train.
+        fb_y = pd.to_numeric(usable["target"], errors="coerce").astype(float)
+    else:
+        fb_y = pd.Series(
+            [datalog.label_of(t, current.classes) for t in usable["target"]],
+            dtype=reference.y.dtype,
+        )
+    fb_y = fb_y.reset_index(drop=True)
+    known = fb_y.notna().to_numpy()
+    if not known.all():
+        logger.warning(
+            "left out %d labelled rows whose target is not a number", int((~known).sum())
+        )
+        fb_X, fb_y = fb_X.loc[known].reset_index(drop=True), fb_y.loc[known].reset_index(drop=True)
+        usable = usable.loc[known]
     fb_ts = usable["ts"].astype(float).reset_index(drop=True)
     train_fb_X, train_fb_y, hold_fb_X, hold_fb_y = recent_split(
         fb_X, fb_y, fb_ts, settings.holdout_feedback_share
@@ -333,6 +443,7 @@ def _candidate_data(
         X=pd.concat([ref_pool_X, train_fb_X], ignore_index=True),
         y=pd.concat([ref_pool_y, train_fb_y], ignore_index=True),
         target=reference.target,
+        task=reference.task,
         class_names=reference.class_names,
         sha256=reference.sha256,
         raw=b"",
@@ -363,11 +474,14 @@ def _score_and_gate(
     def scores(model: Any, schema: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         # Each version encodes rows by its own schema (its categories may differ).
         return {
-            "holdout": evaluate(model, encoded_frame(data.hold_X, schema), data.hold_y),
-            "reference": evaluate(model, encoded_frame(data.reference_X, schema), data.reference_y),
+            "holdout": evaluate(model, encoded_frame(data.hold_X, schema), data.hold_y, task),
+            "reference": evaluate(
+                model, encoded_frame(data.reference_X, schema), data.reference_y, task
+            ),
         }
 
-    metric = settings.quality_metric
+    task = data.training.task
+    metric = settings.metric_for(task)
     gate = decide(
         scores(candidate.pipeline, candidate.schema),
         scores(current.pipeline, current.manifest["feature_schema"]),
@@ -457,6 +571,23 @@ def _roll_out_or_restore(
         result.rollout = "failed"
 
 
+def _estimator(settings: RetrainerSettings, task: str, manifest: dict[str, Any]) -> str | None:
+    """The candidate's estimator: the setting when it is one of the task's, else the one the
+    production version was trained with (one install's setting names a classifier, and a
+    regression data set may be in production)."""
+    if settings.estimator is None or settings.estimator in ESTIMATORS[task]:
+        return settings.estimator
+    kept = manifest.get("estimator")
+    kept = kept if kept in ESTIMATORS[task] else None
+    logger.warning(
+        "MLPLATFORM_ESTIMATOR=%s is no %s estimator: the candidate is a %s, as production",
+        settings.estimator,
+        task,
+        kept or DEFAULT_ESTIMATOR[task],
+    )
+    return kept
+
+
 def retrain(
     settings: RetrainerSettings,
     store: Store,
@@ -469,11 +600,21 @@ def retrain(
     ``report_id``: the latest report, answered by this retrain (it triggers no other)."""
     production = registry.production_version()
     current = registry.load(production)
-    reference = _reference(store, settings.dataset_name)
+    task = str(current.manifest.get("task") or CLASSIFICATION)
+    settings.metric_for(task)  # a metric of another task fails the run before it trains
+    data_name = (current.manifest.get("training_data") or {}).get("dataset")
+    reference = _reference(store, data_name or settings.dataset_name, task)
+    if reference.task != task:
+        raise ConfigurationError(
+            f"reference data set {reference.name!r} is a {reference.task} data set, "
+            f"production {production} a {task} model: train a first model of it (make train)"
+        )
     config = TrainConfig(
-        n_components=settings.n_components, estimator=settings.estimator, seed=settings.seed
+        n_components=settings.n_components,
+        estimator=_estimator(settings, task, current.manifest),
+        seed=settings.seed,
     )
-    ref_parts = split(reference.X, reference.y, config)
+    ref_parts = split(reference.X, reference.y, config, task=task)
 
     feedback, usable = _labelled_rows(store, current.manifest["feature_schema"], ref_parts.X_test)
     if usable.empty and "forced" not in reasons:
@@ -485,6 +626,7 @@ def retrain(
             [*reasons, "but no labelled row is usable for training"],
             production=production,
             new_rows=new_rows,
+            metric=settings.metric_for(task),
         )
     data = _candidate_data(settings, reference, ref_parts, usable, current)
     candidate = train_with_progress(data.training, config, test=(data.hold_X, data.hold_y))
@@ -497,6 +639,7 @@ def retrain(
         production=production,
         gate=gate,
         new_rows=new_rows,
+        metric=gate.metric,
     )
     before: dict[str, Any] | None = None  # the alias, until a promotion moves it
     if gate.promote:
@@ -555,6 +698,7 @@ def run(settings: RetrainerSettings, force: bool = False, store: Store | None = 
                 ["no trigger"],
                 production=registry.production_version(),
                 new_rows=new_rows,
+                metric=settings.metric_for(production_task(registry)),
             )
             logger.info("no trigger: %d new labelled rows (k=%d)", new_rows, settings.retrain_every)
         else:

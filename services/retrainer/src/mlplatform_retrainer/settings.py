@@ -8,7 +8,15 @@ from functools import lru_cache
 from pydantic import SecretStr, field_validator
 
 from mlplatform_common.errors import ConfigurationError
+from mlplatform_common.quality import DEFAULT_METRIC
+from mlplatform_common.schema import CLASSIFICATION, REGRESSION
 from mlplatform_common.settings import DEV_ADMIN_TOKEN, CommonSettings
+
+TASK_METRICS = {
+    CLASSIFICATION: ("f1", "accuracy", "balanced_accuracy", "precision", "recall", "roc_auc"),
+    REGRESSION: ("rmse", "mae", "r2", "mape"),
+}
+"""The metrics each task's gate and quality trigger can compare by."""
 
 
 class RetrainerSettings(CommonSettings):
@@ -23,7 +31,8 @@ class RetrainerSettings(CommonSettings):
     estimator: str | None = None
     """Primary estimator. Classification: ``logistic_regression`` (default),
     ``random_forest``, ``hist_gradient_boosting``; regression: ``ridge`` (default),
-    ``random_forest``, ``hist_gradient_boosting``."""
+    ``random_forest``, ``hist_gradient_boosting``. A retrain whose production task has no
+    estimator of this name trains production's estimator."""
 
     task: str | None = None
     """``classification`` or ``regression`` for ``train``; default: read from the target
@@ -38,11 +47,22 @@ class RetrainerSettings(CommonSettings):
     drift_threshold: float = 0.5
     """Trigger: the latest report's drift share is above this."""
 
-    quality_metric: str = "f1"
-    """Metric the quality trigger and the gate look at (f1, accuracy, balanced_accuracy, ...)."""
+    quality_metric: str | None = None
+    """Metric the quality trigger and the gate look at; default: the task's
+    (``quality.DEFAULT_METRIC``: ``f1`` for classification, ``rmse`` for regression). One of
+    the task's metrics (classification: accuracy, balanced_accuracy, precision, recall, f1,
+    roc_auc; regression: mae, rmse, r2, mape), compared in its direction (higher is better
+    for scores, lower for errors)."""
 
-    quality_threshold: float = 0.8
-    """Trigger: the latest report's quality metric is below this."""
+    quality_threshold: float | None = None
+    """Trigger: the latest report's quality metric is worse than this (below it for a score,
+    above it for an error). Default: 0.8 for classification; for regression the production
+    version's own test value of the metric made worse by ``quality_degradation``."""
+
+    quality_degradation: float = 0.25
+    """Regression without ``quality_threshold``: the trigger fires when the report's metric is
+    this share worse than the production version's test value (an RMSE of 54 against a test
+    RMSE of 43 with 0.25: 54 > 43 * 1.25)."""
 
     gate_tolerance: float = 0.02
     """Promote the candidate unless it is worse than production by more than this. One
@@ -82,6 +102,12 @@ class RetrainerSettings(CommonSettings):
     schedule_seconds: float = 60.0
     """``schedule``: how often the trigger check runs."""
 
+    @field_validator("quality_metric", "quality_threshold", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # the chart renders an unset value as ""
+        return None if value == "" else value
+
     @field_validator("force", mode="before")
     @classmethod
     def _absent_annotation_is_false(cls, value: object) -> object:
@@ -92,6 +118,17 @@ class RetrainerSettings(CommonSettings):
         if self.rollout != "auto":
             return self.rollout
         return "kubernetes" if os.environ.get("KUBERNETES_SERVICE_HOST") else "local"
+
+    def metric_for(self, task: str) -> str:
+        """The gate's and the quality trigger's metric for ``task``; a metric of another task
+        is refused (an RMSE cannot gate a classifier)."""
+        metric = self.quality_metric or DEFAULT_METRIC[task]
+        if metric not in TASK_METRICS[task]:
+            raise ConfigurationError(
+                f"MLPLATFORM_QUALITY_METRIC={metric!r} is not a {task} metric; "
+                f"choose one of {', '.join(TASK_METRICS[task])}"
+            )
+        return metric
 
     def require_admin_token(self) -> str:
         token = self.secret_or_dev(self.admin_token, DEV_ADMIN_TOKEN)
