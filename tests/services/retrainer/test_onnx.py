@@ -11,9 +11,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mlplatform_common.schema import embed, encoded_frame, load_dataset
+from mlplatform_common.schema import embed, encoded_frame, feature_schema, load_dataset
 from mlplatform_retrainer import onnx_export
-from mlplatform_retrainer.train import DEFAULT_ESTIMATOR, TrainConfig, train
+from mlplatform_retrainer.train import (
+    DEFAULT_ESTIMATOR,
+    TrainConfig,
+    build_pipeline,
+    embedding_rank,
+    train,
+)
 from tests.conftest import DATA
 
 
@@ -123,17 +129,15 @@ def test_a_pipeline_without_an_embedding_step_gets_no_embedding_graph(shipped_da
 
 @pytest.mark.parametrize("data", ["breast_cancer", "diabetes", "penguins"])
 @pytest.mark.parametrize("estimator", ["default", "random_forest", "hist_gradient_boosting"])
-def test_every_shipped_data_set_and_estimator_converts_or_says_why(data, estimator) -> None:
+def test_every_shipped_data_set_and_estimator_converts(data, estimator) -> None:
     dataset = load_dataset(DATA.parent / f"{data}.csv")
     name = DEFAULT_ESTIMATOR[dataset.task] if estimator == "default" else estimator
     result = train(dataset.X, dataset.y, TrainConfig(estimator=name), task=dataset.task)
     X = encoded_frame(dataset.X, result.schema)
     files, info = onnx_export.convert(result.pipeline, X, dataset.task)
-    if estimator == "default":  # linear models convert on every data set
-        assert set(files) == {"model.onnx", "embedding.onnx"}, info
-    if "model.onnx" not in files:
-        assert files == {} and info["error"], info  # served by scikit-learn, and why is kept
-        return
+    # Every one converts (tree ensembles on float32 between casts); a graph that does not
+    # match falls back with the reason (test_..._falls_back_with_the_reason).
+    assert set(files) == {"model.onnx", "embedding.onnx"}, info
     session = ort.InferenceSession(files["model.onnx"], providers=["CPUExecutionProvider"])
     got = session.run([info["output"]], {"input": X.to_numpy()})[0]
     assert info["checked_rows"] == len(X)
@@ -190,13 +194,16 @@ def test_a_regression_graph_returns_values_and_the_embedding(
 def test_hist_gradient_boosting_that_does_not_match_falls_back_with_the_reason(
     penguins_dataset,
 ) -> None:
-    # ONNX Runtime runs its trees in float32 only; on penguins the embedding's last two
-    # components have no variance (each one-hot group sums to one) and hold rounding noise the
-    # trees split on, so rows land on the other side: the graph is refused, scikit-learn serves.
+    # ONNX Runtime runs its trees in float32 only. An embedding wider than the data's rank
+    # (training caps it: train.embedding_rank) has components of rounding noise the trees split
+    # on, so rows land on the other side: the graph is refused, scikit-learn serves.
     config = TrainConfig(estimator="hist_gradient_boosting")
-    result = train(penguins_dataset.X, penguins_dataset.y, config)
-    X = encoded_frame(penguins_dataset.X, result.schema)
-    files, info = onnx_export.convert(result.pipeline, X, "classification")
+    schema = feature_schema(penguins_dataset.X)
+    assert embedding_rank(schema) == 8
+    pipeline = build_pipeline(config, 10, schema, "classification")
+    X = encoded_frame(penguins_dataset.X, schema)
+    pipeline.fit(X, penguins_dataset.y)
+    files, info = onnx_export.convert(pipeline, X, "classification")
     assert files == {}
     joined = info["embedding_output_error"]
     assert "trees on float32: probabilities: max abs difference" in joined, info

@@ -193,9 +193,12 @@ def build_backup(schema: list[dict[str, Any]], task: str) -> Pipeline:
     return Pipeline([("prep", preprocessor(schema)), ("estimator", estimator)])
 
 
-def n_inputs(schema: list[dict[str, Any]]) -> int:
-    """How many columns preprocessing gives: a number is one, a category one per value."""
-    return sum(len(f["categories"]) if is_category(f) else 1 for f in schema)
+def embedding_rank(schema: list[dict[str, Any]]) -> int:
+    """The most PCA components the preprocessed rows can fill: one per number, and one fewer
+    than its values per category (a one-hot group sums to one, so once centred one of its
+    columns is the others'). Components past it hold rounding noise, which trees split on and
+    drift tests read."""
+    return sum(max(len(f["categories"]) - 1, 1) if is_category(f) else 1 for f in schema)
 
 
 def evaluate(
@@ -236,7 +239,7 @@ def train(
         test = (encoded_frame(test[0], schema), test[1])
     parts = split(Xe, y, config, test, task)
     done("split")
-    n_components = min(config.n_components, n_inputs(schema), len(parts.X_train))
+    n_components = min(config.n_components, embedding_rank(schema), len(parts.X_train))
     if n_components < config.n_components:
         logger.warning(
             "n_components=%d is more than the data allows; using %d",
