@@ -1,0 +1,312 @@
+"""Serving any tabular task: a regression (diabetes) answers values, a classifier of mixed
+types (penguins: text classes, categories, missing cells) takes text and nulls, in JSON, CSV
+and V2; the prediction log and the labelled rows keep categories as text."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from mlplatform_common import datalog
+from mlplatform_common.registry import ModelRegistry
+from mlplatform_common.schema import UNKNOWN, encoded_frame
+from mlplatform_common.storage import Store
+from mlplatform_serving.app import create_app
+from tests.conftest import SIGNING_KEY, publish_trained
+from tests.services.serving.conftest import WRITER, assert_error, serving_settings
+
+
+def rows_of(dataset: Any, n: int, start: int = 0) -> list[dict[str, Any]]:
+    """Rows as a client sends them: NaN as null (a missing value)."""
+    frame = dataset.X.iloc[start : start + n].astype(object)
+    return [
+        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+        for row in frame.to_dict(orient="records")
+    ]
+
+
+@pytest.fixture
+def penguins_store(local_store: Store, penguins_trained, penguins_dataset) -> Store:
+    publish_trained(ModelRegistry(local_store, SIGNING_KEY), penguins_trained, penguins_dataset)
+    return local_store
+
+
+@pytest.fixture
+def diabetes_store(local_store: Store, diabetes_trained, diabetes_dataset) -> Store:
+    publish_trained(ModelRegistry(local_store, SIGNING_KEY), diabetes_trained, diabetes_dataset)
+    return local_store
+
+
+@pytest.fixture
+def penguins(penguins_store: Store) -> Iterator[TestClient]:
+    with TestClient(create_app(serving_settings(), penguins_store)) as c:
+        yield c
+
+
+@pytest.fixture
+def diabetes(diabetes_store: Store) -> Iterator[TestClient]:
+    with TestClient(create_app(serving_settings(), diabetes_store)) as c:
+        yield c
+
+
+def expected_proba(trained: Any, dataset: Any, rows: list[dict[str, Any]]) -> np.ndarray:
+    frame = pd.DataFrame(rows, columns=dataset.features)
+    proba: np.ndarray = trained.pipeline.predict_proba(encoded_frame(frame, trained.schema))
+    return proba
+
+
+# -- regression --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [3, 40])  # the dicts, and the spliced answer of many rows
+def test_a_regression_answers_its_values_in_json(
+    diabetes: TestClient, diabetes_trained, diabetes_dataset, n: int
+) -> None:
+    rows = rows_of(diabetes_dataset, n)
+    r = diabetes.post("/predict", json={"instances": rows})
+    assert r.status_code == 200, r.text
+    answers = r.json()["predictions"]
+    want = diabetes_trained.pipeline.predict(
+        encoded_frame(diabetes_dataset.X[:n], diabetes_trained.schema)
+    )
+    assert [set(a) for a in answers] == [{"prediction_id", "value", "model_version", "backup"}] * n
+    np.testing.assert_allclose([a["value"] for a in answers], want, rtol=1e-9)
+    assert len({a["prediction_id"] for a in answers}) == n
+
+
+def test_a_regression_answers_csv_and_v2(
+    diabetes: TestClient, diabetes_trained, diabetes_dataset
+) -> None:
+    frame = diabetes_dataset.X.iloc[:4]
+    want = diabetes_trained.pipeline.predict(encoded_frame(frame, diabetes_trained.schema))
+    r = diabetes.post(
+        "/predict", content=frame.to_csv(index=False), headers={"content-type": "text/csv"}
+    )
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose([a["value"] for a in r.json()["predictions"]], want, rtol=1e-9)
+    tensor = {
+        "name": "input-0",
+        "datatype": "FP64",
+        "shape": list(frame.shape),
+        "data": frame.to_numpy().tolist(),
+    }
+    r = diabetes.post("/v2/models/mlplatform/infer", json={"inputs": [tensor]})
+    assert r.status_code == 200, r.text
+    outputs = {o["name"]: o for o in r.json()["outputs"]}
+    assert set(outputs) == {"predict", "prediction_id"}
+    assert outputs["predict"]["datatype"] == "FP64" and outputs["predict"]["shape"] == [4]
+    np.testing.assert_allclose(outputs["predict"]["data"], want, rtol=1e-9)
+    # asking for a classifier's output is named
+    r = diabetes.post(
+        "/v2/models/mlplatform/infer",
+        json={"inputs": [tensor], "outputs": [{"name": "probabilities"}]},
+    )
+    assert_error(r, 422, "outputs: unknown output 'probabilities'", "predict")
+    meta = diabetes.get("/v2/models/mlplatform").json()
+    assert [o["name"] for o in meta["outputs"]] == ["predict", "prediction_id"]
+    assert meta["parameters"]["task"] == "regression"
+
+
+def test_the_model_card_has_the_task_and_the_typed_schema(
+    diabetes: TestClient, penguins_store: Store
+) -> None:
+    card = diabetes.get("/model").json()
+    assert card["task"] == "regression" and card["classes"] == []
+    assert {f["dtype"] for f in card["feature_schema"]} == {"float"}
+    with TestClient(create_app(serving_settings(), penguins_store)) as c:
+        card = c.get("/model").json()
+    assert card["task"] == "classification"
+    island = next(f for f in card["feature_schema"] if f["name"] == "island")
+    assert island["dtype"] == "category" and island["categories"] == [
+        "Biscoe",
+        "Dream",
+        "Torgersen",
+    ]
+
+
+def test_regression_feedback_takes_a_number_and_refuses_anything_else(
+    diabetes: TestClient, diabetes_store: Store, diabetes_dataset
+) -> None:
+    row = rows_of(diabetes_dataset, 1)[0]
+    pid = diabetes.post("/predict", json={"features": row}).json()["predictions"][0][
+        "prediction_id"
+    ]
+    for bad in ("high", True, None, [1], "1e400"):
+        r = diabetes.post("/feedback", headers=WRITER, json={"prediction_id": pid, "target": bad})
+        assert_error(r, 422, "target", "regression")
+    r = diabetes.post("/feedback", headers=WRITER, json={"prediction_id": pid, "target": 151})
+    assert r.status_code == 201, r.text
+    r = diabetes.post("/feedback", headers=WRITER, json={"features": row, "target": 75.5})
+    assert r.status_code == 201, r.text
+    stored = datalog.read_feedback(diabetes_store)
+    assert list(stored["target"]) == ["151.0", "75.5"]
+    assert pd.to_numeric(stored["prediction"]).notna().all()  # the predicted values, as text
+    assert stored.iloc[0]["bmi"] == row["bmi"]
+
+
+def test_the_log_of_a_regression_holds_the_value_and_no_probabilities(
+    diabetes: TestClient, diabetes_store: Store, diabetes_dataset, diabetes_trained
+) -> None:
+    rows = rows_of(diabetes_dataset, 5)
+    answers = diabetes.post("/predict", json={"instances": rows}).json()["predictions"]
+    diabetes.app.state.service.log.flush()  # type: ignore[attr-defined]
+    log = datalog.read_predictions(diabetes_store)
+    assert log["prediction"].dtype == np.float64
+    assert not [c for c in log.columns if c.startswith("proba") or c == "probability"]
+    np.testing.assert_allclose(log["prediction"], [a["value"] for a in answers])
+    assert list(log["prediction_id"]) == [a["prediction_id"] for a in answers]
+
+
+# -- mixed types (penguins) --------------------------------------------------------------------
+
+
+def test_text_categories_and_nulls_are_predicted_as_the_pipeline_does(
+    penguins: TestClient, penguins_trained, penguins_dataset
+) -> None:
+    rows = rows_of(penguins_dataset, 6)  # row 3 has missing numbers and a missing sex
+    assert any(v is None for v in rows[3].values())
+    rows[1]["island"] = "Atlantis"  # never seen in training: accepted, counted
+    r = penguins.post("/predict", json={"instances": rows})
+    assert r.status_code == 200, r.text
+    answers = r.json()["predictions"]
+    want = expected_proba(penguins_trained, penguins_dataset, rows)
+    np.testing.assert_allclose(
+        [[a["probabilities"][c] for c in ("Adelie", "Chinstrap", "Gentoo")] for a in answers],
+        want,
+        rtol=1e-6,
+    )
+    assert {a["label"] for a in answers} <= {"Adelie", "Chinstrap", "Gentoo"}
+    assert answers[0]["label_name"] == answers[0]["label"]
+    metrics = penguins.get("/metrics").text
+    assert 'mlplatform_unknown_categories_total{feature="island"} 1.0' in metrics
+    # one row of the same, and a body the fast reader refuses (an extra space) alike
+    one = penguins.post("/predict", json={"features": rows[3]}).json()["predictions"][0]
+    np.testing.assert_allclose(list(one["probabilities"].values()), want[3], rtol=1e-6)
+
+
+def test_mixed_rows_in_csv_with_an_empty_cell_and_an_unseen_category(
+    penguins: TestClient, penguins_trained, penguins_dataset
+) -> None:
+    frame = penguins_dataset.X.iloc[:5].copy()
+    frame.loc[frame.index[2], "island"] = "Atlantis"
+    text = frame.to_csv(index=False)  # NaN -> an empty cell
+    assert ",," in text
+    r = penguins.post("/predict", content=text, headers={"content-type": "text/csv"})
+    assert r.status_code == 200, r.text
+    got = [list(a["probabilities"].values()) for a in r.json()["predictions"]]
+    want = expected_proba(penguins_trained, penguins_dataset, rows_of(penguins_dataset, 5))
+    np.testing.assert_allclose(got[:2], want[:2], rtol=1e-6)
+    # without a header line, in the order of GET /model
+    r = penguins.post(
+        "/predict",
+        content=frame.to_csv(index=False, header=False),
+        headers={"content-type": "text/csv"},
+    )
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 5, r.text
+
+
+def v2_inputs(dataset: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One input per feature, as MLServer's pandas codec sends a DataFrame."""
+    out = []
+    for name in dataset.features:
+        category = dataset.X[name].dtype == object
+        out.append(
+            {
+                "name": name,
+                "datatype": "BYTES" if category else "FP64",
+                "shape": [len(rows), 1] if category else [len(rows)],
+                "data": [r[name] for r in rows],
+            }
+        )
+    return out
+
+
+def test_mixed_rows_as_v2_inputs_per_feature(
+    penguins: TestClient, penguins_trained, penguins_dataset
+) -> None:
+    rows = rows_of(penguins_dataset, 5)
+    rows[0]["sex"] = "unknown-sex"
+    inputs = v2_inputs(penguins_dataset, rows)
+    r = penguins.post("/v2/models/mlplatform/infer", json={"inputs": inputs[::-1]})  # any order
+    assert r.status_code == 200, r.text
+    outputs = {o["name"]: o for o in r.json()["outputs"]}
+    assert outputs["label"]["datatype"] == "BYTES"
+    want = expected_proba(penguins_trained, penguins_dataset, rows)
+    np.testing.assert_allclose(
+        np.reshape(outputs["probabilities"]["data"], (5, 3)), want, rtol=1e-6
+    )
+    meta = penguins.get("/v2/models/mlplatform").json()
+    assert {i["name"]: i["datatype"] for i in meta["inputs"]}["island"] == "BYTES"
+    # one tensor of numbers cannot carry categories
+    tensor = {"name": "input-0", "datatype": "FP64", "shape": [1, 7], "data": [[1.0] * 7]}
+    r = penguins.post("/v2/models/mlplatform/infer", json={"inputs": [tensor]})
+    assert_error(r, 422, "inputs[input-0]", "category features", "island")
+
+
+def test_the_log_keeps_categories_as_text_and_feedback_by_id_too(
+    penguins: TestClient, penguins_store: Store, penguins_dataset
+) -> None:
+    rows = rows_of(penguins_dataset, 4)
+    rows[0]["island"] = "Atlantis"
+    answers = penguins.post("/predict", json={"instances": rows}).json()["predictions"]
+    r = penguins.post(
+        "/feedback",
+        headers=WRITER,
+        json={"prediction_id": answers[3]["prediction_id"], "target": "Adelie"},
+    )
+    assert r.status_code == 201, r.text
+    r = penguins.post(
+        "/feedback",
+        headers=WRITER,
+        json={"prediction_id": answers[0]["prediction_id"], "target": "Penguin"},
+    )
+    assert_error(r, 422, "target: 'Penguin' is not one of the classes")
+    penguins.app.state.service.log.flush()  # type: ignore[attr-defined]
+    log = datalog.read_predictions(penguins_store)
+    assert list(log["island"]) == [UNKNOWN, "Torgersen", "Torgersen", "Torgersen"]
+    assert log["sex"].iloc[3] is None and math.isnan(log["bill_length_mm"].iloc[3])
+    assert log["bill_length_mm"].dtype == np.float64
+    assert set(log["prediction"]) <= {"Adelie", "Chinstrap", "Gentoo"}
+    (stored,) = datalog.read_feedback(penguins_store).to_dict(orient="records")
+    assert stored["target"] == "Adelie" and stored["island"] == "Torgersen"
+    assert stored["sex"] is None and stored["bill_length_mm"] is None
+
+
+def test_feedback_with_features_takes_text_and_null(
+    penguins: TestClient, penguins_store: Store, penguins_dataset
+) -> None:
+    row = rows_of(penguins_dataset, 1, start=3)[0]
+    r = penguins.post("/feedback", headers=WRITER, json={"features": row, "target": "Adelie"})
+    assert r.status_code == 201, r.text
+    bad = {**row, "island": {"name": "Dream"}}
+    r = penguins.post("/feedback", headers=WRITER, json={"features": bad, "target": "Adelie"})
+    assert_error(r, 422, "features.island", "must be text")
+    (stored,) = datalog.read_feedback(penguins_store).to_dict(orient="records")
+    assert stored["island"] == "Torgersen" and stored["sex"] is None
+    assert stored["prediction"] in {"Adelie", "Chinstrap", "Gentoo"}
+
+
+def test_feature_distribution_of_categories(penguins: TestClient, penguins_dataset) -> None:
+    rows = rows_of(penguins_dataset, 4)
+    rows[0]["island"] = "Atlantis"
+    assert penguins.post("/predict", json={"instances": rows}).status_code == 200
+    r = penguins.get("/metrics/feature-distribution?page_size=20")
+    assert r.status_code == 200, r.text
+    items = {i["feature"]: i for i in r.json()["items"]}
+    island = items["island"]
+    assert island["recent"]["unknown_share"] == 0.25
+    assert island["recent"]["shares"]["Torgersen"] == 0.75
+    assert set(island["reference"]["shares"]) == {"Biscoe", "Dream", "Torgersen"}
+    assert items["sex"]["recent"]["missing_share"] == 0.25
+    assert items["bill_length_mm"]["recent"]["mean"] is not None
+    docs = penguins.get("/openapi.json").json()  # examples of categories, no placeholder
+    example = docs["components"]["schemas"]["PredictRequest"]["properties"]["features"]["examples"][
+        0
+    ]
+    assert example["island"] in {"Biscoe", "Dream", "Torgersen"}
