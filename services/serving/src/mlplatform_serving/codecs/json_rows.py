@@ -199,7 +199,8 @@ class RowsCodec:
                     more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
                     return InvalidInput(f"{where}: missing feature {name!r}{more}")
                 try:
-                    number(row[name], f"{where}.{name}")
+                    if self.table is None:  # typed columns are checked by Table.matrix
+                        number(row[name], f"{where}.{name}")
                 except InvalidInput as exc:
                     return exc
         return InvalidInput(f"{field}: invalid rows")

@@ -60,7 +60,7 @@ class Table:
         shown = ", ".join(values[:10]) + more
         return f"a category of {self.features[j]!r} ({shown})"
 
-    def column(self, j: int, values: Sequence[Any], where: Where) -> np.ndarray:
+    def column(self, j: int, values: list[Any], where: Where) -> np.ndarray:
         """One feature's values (JSON values, or CSV cells already read: None for an empty
         one) as encoded floats; ``InvalidInput`` naming the first bad cell."""
         lookup = self.categories[j]
@@ -72,8 +72,10 @@ class Table:
                 try:
                     # None -> NaN; a number too large for a float raises OverflowError
                     arr = np.array(values, dtype=np.float64)
-                    present = arr if not self.nullable[j] else arr[~np.isnan(arr)]
-                    if not np.isnan(present).any() and in_range(present):
+                    missing = np.isnan(arr)
+                    # NaN only where a value was missing (None): a NaN sent as a number is not
+                    nulls = values.count(None) if self.nullable[j] else 0
+                    if int(missing.sum()) == nulls and in_range(arr[~missing] if nulls else arr):
                         return arr
                 except OverflowError:
                     pass
@@ -106,7 +108,7 @@ class Table:
                         "value in every training row)"
                     )
                 out[i] = math.nan
-            elif kind in NUMBER_TYPES and math.isfinite(v):
+            elif kind is int or (kind is float and math.isfinite(v)):
                 out[i] = get(category_value(v), unknown)
             else:
                 raise InvalidInput(
@@ -119,7 +121,7 @@ class Table:
         n = len(columns[0]) if columns else 0
         X = np.empty((n, len(self.features)), dtype=np.float64)
         for j, values in enumerate(columns):
-            X[:, j] = self.column(j, values, where)
+            X[:, j] = self.column(j, values if type(values) is list else list(values), where)
         return X
 
     def in_range(self, X: np.ndarray) -> bool:
