@@ -310,3 +310,56 @@ def test_feature_distribution_of_categories(penguins: TestClient, penguins_datas
         0
     ]
     assert example["island"] in {"Biscoe", "Dream", "Torgersen"}
+
+
+def test_a_regression_with_a_checked_onnx_graph_is_served_by_onnxruntime(
+    local_store: Store,
+    diabetes_trained,
+    diabetes_dataset,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The contract: the graph's first output, named by manifest["onnx"]["output"], holds the
+    # values, [n] or [n, 1] (skl2onnx's regressors give [n, 1]).
+    from mlplatform_retrainer import onnx_export
+
+    def regression_graph(pipeline, X, task):  # type: ignore[no-untyped-def]
+        assert task == "regression"
+        graph = onnx_export._to_onnx(pipeline, X.shape[1])
+        output = graph.graph.output[0].name
+        info = {"input": onnx_export.INPUT, "output": output, "embedding": {"error": "none"}}
+        return {onnx_export.MODEL_FILE: graph.SerializeToString()}, info
+
+    monkeypatch.setattr("mlplatform_retrainer.onnx_export.convert", regression_graph)
+    publish_trained(ModelRegistry(local_store, SIGNING_KEY), diabetes_trained, diabetes_dataset)
+    rows = rows_of(diabetes_dataset, 20)
+    want = diabetes_trained.pipeline.predict(
+        encoded_frame(diabetes_dataset.X[:20], diabetes_trained.schema)
+    )
+    with TestClient(create_app(serving_settings(), local_store)) as c:
+        assert c.get("/model").json()["engine"] == "onnxruntime"
+        r = c.post("/predict", json={"instances": rows})
+        assert r.status_code == 200, r.text
+        body = r.json()
+    assert body["engine"] == "onnxruntime"
+    np.testing.assert_allclose([a["value"] for a in body["predictions"]], want, rtol=1e-6)
+
+
+def test_the_backup_answers_a_regression_when_the_primary_fails(
+    diabetes: TestClient, diabetes_trained, diabetes_dataset
+) -> None:
+    served = diabetes.app.state.service.runtime.served  # type: ignore[attr-defined]
+
+    class Broken:
+        name = "sklearn"
+
+        def run(self, X: np.ndarray) -> Any:
+            raise RuntimeError("the primary is down")
+
+    served.engine = Broken()
+    frame = diabetes_dataset.X.iloc[:3]
+    r = diabetes.post("/predict", json={"instances": rows_of(diabetes_dataset, 3)})
+    assert r.status_code == 200, r.text
+    answers = r.json()["predictions"]
+    want = diabetes_trained.backup.predict(encoded_frame(frame, diabetes_trained.schema))
+    assert [a["backup"] for a in answers] == [True] * 3
+    np.testing.assert_allclose([a["value"] for a in answers], want)
