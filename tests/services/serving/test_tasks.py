@@ -363,3 +363,15 @@ def test_the_backup_answers_a_regression_when_the_primary_fails(
     want = diabetes_trained.backup.predict(encoded_frame(frame, diabetes_trained.schema))
     assert [a["backup"] for a in answers] == [True] * 3
     np.testing.assert_allclose([a["value"] for a in answers], want)
+
+
+@pytest.mark.parametrize("task", ["penguins", "diabetes"])
+def test_the_docs_examples_of_other_tasks_are_accepted_as_they_are(
+    request: pytest.FixtureRequest, task: str
+) -> None:
+    # Categories as their most common value, a regression's target a number, V2 as an input
+    # per feature for a model with categories: "Try it out" sends them as they are.
+    from tests.services.serving import test_api
+
+    client = request.getfixturevalue(task)
+    test_api.test_the_examples_of_the_docs_page_are_accepted_as_they_are(client)
