@@ -384,3 +384,30 @@ def test_the_docs_examples_of_other_tasks_are_accepted_as_they_are(
 
     client = request.getfixturevalue(task)
     test_api.test_the_examples_of_the_docs_page_are_accepted_as_they_are(client)
+
+
+def test_a_model_of_numbers_takes_per_feature_inputs_too(client: TestClient, rows) -> None:
+    # As MLServer's pandas codec sends a DataFrame: the same answers as one [n, 30] tensor.
+    names = list(rows[0])
+    inputs = [
+        {"name": f, "datatype": "FP64", "shape": [3, 1], "data": [[r[f]] for r in rows[:3]]}
+        for f in names
+    ]
+    r = client.post("/v2/models/mlplatform/infer", json={"inputs": inputs})
+    assert r.status_code == 200, r.text
+    tensor = {
+        "name": "input-0",
+        "datatype": "FP64",
+        "shape": [3, len(names)],
+        "data": [list(r.values()) for r in rows[:3]],
+    }
+    one = client.post("/v2/models/mlplatform/infer", json={"inputs": [tensor]})
+    outputs = {o["name"]: o["data"] for o in r.json()["outputs"]}
+    expected = {o["name"]: o["data"] for o in one.json()["outputs"]}
+    assert outputs["label"] == expected["label"]
+    np.testing.assert_allclose(outputs["probabilities"], expected["probabilities"])
+    # a feature left out, or a per-feature input beside the [n, 30] tensor, is named
+    r = client.post("/v2/models/mlplatform/infer", json={"inputs": inputs[1:]})
+    assert_error(r, 422, f"inputs: no input for feature {names[0]!r}")
+    r = client.post("/v2/models/mlplatform/infer", json={"inputs": [tensor, *inputs]})
+    assert_error(r, 422, "inputs[input-0]: unknown input 'input-0'")
