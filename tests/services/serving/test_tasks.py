@@ -4,11 +4,13 @@ and V2; the prediction log and the labelled rows keep categories as text."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
@@ -411,3 +413,50 @@ def test_a_model_of_numbers_takes_per_feature_inputs_too(client: TestClient, row
     assert_error(r, 422, f"inputs: no input for feature {names[0]!r}")
     r = client.post("/v2/models/mlplatform/infer", json={"inputs": [tensor, *inputs]})
     assert_error(r, 422, "inputs[input-0]: unknown input 'input-0'")
+
+
+def test_a_model_of_numbers_that_may_be_missing_takes_nulls_in_every_format(
+    local_store: Store, penguins_dataset
+) -> None:
+    # Numbers only, some nullable: JSON null, an empty CSV cell, null or NaN (binary) in the
+    # one V2 tensor, where the column may be missing; refused where it may not.
+    from mlplatform_retrainer.train import TrainConfig, train
+
+    numbers = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "year"]
+    X = penguins_dataset.X[numbers]
+    trained = train(X, penguins_dataset.y, TrainConfig())
+    dataset = dataclasses.replace(penguins_dataset, X=X)
+    publish_trained(ModelRegistry(local_store, SIGNING_KEY), trained, dataset)
+    rows = rows_of(dataset, 4)  # row 3: the four measures missing
+    want = expected_proba(trained, dataset, rows)
+    with TestClient(create_app(serving_settings(), local_store)) as c:
+        r = c.post("/predict", json={"instances": rows})
+        assert r.status_code == 200, r.text
+        got = [list(a["probabilities"].values()) for a in r.json()["predictions"]]
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        csv_body = X.iloc[:4].to_csv(index=False)
+        r = c.post("/predict", content=csv_body, headers={"content-type": "text/csv"})
+        assert r.status_code == 200, r.text
+        data = [[r_[f] for f in numbers] for r_ in rows]
+        tensor = {"name": "input-0", "datatype": "FP64", "shape": [4, 5]}
+        r = c.post("/v2/models/mlplatform/infer", json={"inputs": [{**tensor, "data": data}]})
+        assert r.status_code == 200, r.text
+        proba = next(o for o in r.json()["outputs"] if o["name"] == "probabilities")["data"]
+        np.testing.assert_allclose(np.reshape(proba, (4, 3)), want, rtol=1e-6)
+        blob = X.iloc[:4].to_numpy(dtype="<f8").tobytes()  # NaN where missing
+        header = orjson.dumps(
+            {"inputs": [{**tensor, "parameters": {"binary_data_size": len(blob)}}]}
+        )
+        r = c.post(
+            "/v2/models/mlplatform/infer",
+            content=header + blob,
+            headers={"inference-header-content-length": str(len(header))},
+        )
+        assert r.status_code == 200, r.text
+        # year may not be missing: named by its place
+        data[1][4] = None
+        r = c.post("/v2/models/mlplatform/infer", json={"inputs": [{**tensor, "data": data}]})
+        assert_error(r, 422, "inputs[input-0].data[9]: missing", "feature 4 may not be missing")
+        rows[1]["year"] = None
+        r = c.post("/predict", json={"instances": rows})
+        assert_error(r, 422, "instances[1].year: missing")

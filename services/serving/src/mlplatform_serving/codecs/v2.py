@@ -427,7 +427,9 @@ def tensor_rows(
             if nested and (len(data) != shape[0] or set(map(len, data)) != {shape[1]}):
                 raise ValueError  # rows of the wrong count or length ("ragged")
             flat = list(itertools.chain.from_iterable(data)) if nested else data
-            if not isinstance(flat, list) or not set(map(type, flat)) <= NUMBER_TYPES:
+            # null: a missing value, allowed in the columns nan_ok marks (checked below)
+            allowed = NUMBER_TYPES if nan_ok is None else NUMBER_TYPES | {type(None)}
+            if not isinstance(flat, list) or not set(map(type, flat)) <= allowed:
                 raise ValueError
             arr = np.asarray(flat, dtype=dtype).reshape(-1)
         if nan_ok is not None and arr.size == shape[0] * shape[1]:
@@ -439,11 +441,13 @@ def tensor_rows(
         ok = False
     if not ok:
         values = data.tolist() if isinstance(data, np.ndarray) else data
-        raise _explain_tensor(values, shape, datatype, where) from None
+        raise _explain_tensor(values, shape, datatype, where, nan_ok) from None
     return arr.reshape(shape).astype(np.float64, copy=False)
 
 
-def _explain_tensor(data: Any, shape: list[int], datatype: str, where: str) -> InvalidInput:
+def _explain_tensor(
+    data: Any, shape: list[int], datatype: str, where: str, nan_ok: np.ndarray | None = None
+) -> InvalidInput:
     flat: list[Any] = []
     stack = [data]
     while stack:  # flatten nested lists without recursion
@@ -458,7 +462,14 @@ def _explain_tensor(data: Any, shape: list[int], datatype: str, where: str) -> I
             f"({shape[0] * shape[1]} values)"
         )
     for i, v in enumerate(flat):
+        if nan_ok is not None and nan_ok[i % shape[1]] and (v is None or v != v):
+            continue  # a missing value where the column may have one
         try:
+            if v is None and nan_ok is not None:
+                raise InvalidInput(
+                    f"{where}.data[{i}]: missing (null or NaN), and feature {i % shape[1]} "
+                    "may not be missing"
+                )
             value = number(v, f"{where}.data[{i}]")
         except InvalidInput as exc:
             return exc
