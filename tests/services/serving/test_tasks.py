@@ -128,6 +128,15 @@ def test_the_model_card_has_the_task_and_the_typed_schema(
 ) -> None:
     card = diabetes.get("/model").json()
     assert card["task"] == "regression" and card["classes"] == []
+    # a version published before tasks existed is a classifier
+    manifest = diabetes.app.state.service.runtime.model.manifest  # type: ignore[attr-defined]
+    assert manifest.pop("task") == "regression"
+    try:
+        from mlplatform_serving.runtime import task_of
+
+        assert task_of(manifest) == "classification"
+    finally:
+        manifest["task"] = "regression"
     assert {f["dtype"] for f in card["feature_schema"]} == {"float"}
     with TestClient(create_app(serving_settings(), penguins_store)) as c:
         card = c.get("/model").json()
@@ -171,6 +180,9 @@ def test_the_log_of_a_regression_holds_the_value_and_no_probabilities(
     assert not [c for c in log.columns if c.startswith("proba") or c == "probability"]
     np.testing.assert_allclose(log["prediction"], [a["value"] for a in answers])
     assert list(log["prediction_id"]) == [a["prediction_id"] for a in answers]
+    kpis = diabetes.get("/metrics/kpis").json()
+    assert kpis["mean_confidence"] is None and kpis["class_distribution"] == {}
+    assert kpis["mean_value"] == pytest.approx(np.mean([a["value"] for a in answers]))
 
 
 # -- mixed types (penguins) --------------------------------------------------------------------
