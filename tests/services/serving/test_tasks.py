@@ -472,3 +472,18 @@ def test_a_model_of_numbers_that_may_be_missing_takes_nulls_in_every_format(
         rows[1]["year"] = None
         r = c.post("/predict", json={"instances": rows})
         assert_error(r, 422, "instances[1].year: missing")
+
+
+def test_a_log_object_whose_category_column_is_all_missing_is_written(
+    penguins: TestClient, penguins_store: Store, penguins_dataset
+) -> None:
+    # Every row of the object missing its sex: a text column of nulls only, still text.
+    rows = rows_of(penguins_dataset, 3)
+    for row in rows:
+        row["sex"] = None
+    answers = penguins.post("/predict", json={"instances": rows}).json()["predictions"]
+    log = penguins.app.state.service.log  # type: ignore[attr-defined]
+    assert log.flush() == 3 and log.dropped_rows == 0
+    logged = datalog.read_predictions(penguins_store)
+    assert list(logged["prediction_id"]) == [a["prediction_id"] for a in answers]
+    assert logged["sex"].isna().all() and list(logged["island"]) == ["Torgersen"] * 3
