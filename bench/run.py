@@ -4,7 +4,7 @@ Servers are pinned to CPU 0 and ``wrk`` to CPU 1 (``taskset``) when the machine 
 cores. Each scenario runs the servers alternately (floor, ours, naive), so a slow moment of
 the machine hits all of them. Results go to stdout and ``bench/BENCHMARKS.md``.
 
-Usage: python -m bench.run [--seconds 5] [--only serving|jobs] [--output bench/BENCHMARKS.md]
+Usage: python -m bench.run [--seconds 5] [--only serving|jobs|tasks] [--output bench/BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -176,8 +176,8 @@ def wrk(
     }
 
 
-def make_store(tmp: Path) -> dict[str, str]:
-    """A local store with v1 trained and published (as `make dev` does)."""
+def make_store(tmp: Path, data: Path = DATA) -> dict[str, str]:
+    """A local store with v1 trained on ``data`` and published (as `make dev` does)."""
     env = {
         "MLPLATFORM_STORE_URL": f"file://{tmp}/store",
         "MLPLATFORM_SIGNING_KEY": KEY,
@@ -188,7 +188,7 @@ def make_store(tmp: Path) -> dict[str, str]:
         "MLPLATFORM_FEEDBACK_RATE": "0",
     }
     subprocess.run(
-        [sys.executable, "-m", "mlplatform_retrainer", "train"],
+        [sys.executable, "-m", "mlplatform_retrainer", "train", "--data", str(data)],
         cwd=REPO,
         env={**os.environ, **env, "MLPLATFORM_ROLLOUT": "none"},  # no serving to tell
         check=True,
@@ -254,6 +254,146 @@ def bodies() -> dict[str, tuple[list[bytes], str]]:
             f"application/octet-stream\nInference-Header-Content-Length: {head}",
         ),
     }
+
+
+# The other tasks' cells (issue 26): a classifier of mixed types (categories as text, missing
+# cells) and a regression, each with rows of its own data set, ours only.
+TASK_DATA = {"penguins": REPO / "data" / "penguins.csv", "diabetes": REPO / "data" / "diabetes.csv"}
+
+
+def task_bodies(dataset: str) -> dict[str, tuple[list[bytes], str]]:
+    """A task's request bodies, as ``bodies`` makes them: the data set's rows, numbers times
+    1 ± ~2% (missing cells stay missing, categories as they are); 20 bodies of 1,000 rows,
+    1,000 of one row. A mixed-type model's V2 requests are an input per feature (BYTES for a
+    category), a regression's one FP64 tensor."""
+    path = TASK_DATA[dataset]
+    target = json.loads(path.with_suffix(".meta.json").read_text())["target"]
+    frame = pd.read_csv(path).drop(columns=target)
+    numbers = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
+    rng = np.random.default_rng(2026)
+
+    def rows(n: int) -> pd.DataFrame:
+        picked = frame.iloc[rng.integers(0, len(frame), n)].reset_index(drop=True)
+        noise = rng.normal(1.0, 0.02, (n, len(numbers)))
+        picked[numbers] = np.round(picked[numbers].to_numpy() * noise, 4)
+        return picked
+
+    def records(X: pd.DataFrame) -> list[dict[str, Any]]:
+        return [
+            {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in r.items()}
+            for r in X.astype(object).to_dict(orient="records")
+        ]
+
+    def v2(X: pd.DataFrame) -> bytes:
+        if len(numbers) == len(frame.columns):
+            data = {"name": "input-0", "shape": list(X.shape), "datatype": "FP64"}
+            return json.dumps(
+                {"inputs": [{**data, "data": X.to_numpy().ravel().tolist()}]}
+            ).encode()
+        columns = records(X)
+        inputs = [
+            {
+                "name": c,
+                "datatype": "FP64" if c in numbers else "BYTES",
+                "shape": [len(X)],
+                "data": [r[c] for r in columns],
+            }
+            for c in frame.columns
+        ]
+        return json.dumps({"inputs": inputs}).encode()
+
+    singles = [rows(1) for _ in range(1000)]
+    batches = [rows(1000) for _ in range(20)]
+    return {
+        f"{dataset}: single JSON": (
+            [json.dumps({"features": records(X)[0]}).encode() for X in singles],
+            "application/json",
+        ),
+        f"{dataset}: 1,000-row JSON": (
+            [json.dumps({"instances": records(X)}).encode() for X in batches],
+            "application/json",
+        ),
+        f"{dataset}: 1,000-row CSV": (
+            [X.to_csv(index=False).encode() for X in batches],
+            "text/csv",
+        ),
+        f"{dataset}: 1,000-row V2": ([v2(X) for X in batches], "application/json"),
+    }
+
+
+def bench_tasks(
+    seconds: float, serving_python: str, connections: tuple[int, ...] = (1, 32)
+) -> list[dict[str, Any]]:
+    """Ours serving a mixed-type classifier (penguins) and a regression (diabetes). A version
+    without a checked ONNX file needs scikit-learn, which the serving's own environment does
+    not have: such a model runs in the all-packages ``.venv`` (its cells say which engine and
+    environment answered)."""
+    results: list[dict[str, Any]] = []
+    for dataset in TASK_DATA:
+        tmp = Path(tempfile.mkdtemp(prefix=f"mlplatform-bench-{dataset}-"))
+        try:
+            env = make_store(tmp, TASK_DATA[dataset])
+            server = Server("ours", [serving_python, "-m", "mlplatform_serving"], env, "/ready")
+            try:
+                server.start().stop()
+            except RuntimeError:  # not servable without scikit-learn
+                server = Server("ours", [sys.executable, "-m", "mlplatform_serving"], env, "/ready")
+            venv = Path(server.cmd[0]).absolute() == Path(sys.executable).absolute()
+            where = ".venv" if venv else "serving env"
+            for scenario, (sent, ctype) in task_bodies(dataset).items():
+                for c in connections:
+                    server.start()
+                    try:
+                        engine = httpx.get(server.url + "/model", timeout=30).json()["engine"]
+                        url = server.url + path_of(scenario)
+                        wrk(url, sent, ctype, c, 1)  # warm-up
+                        r = wrk(url, sent, ctype, c, seconds)
+                        dropped = log_dropped(server.url)
+                    finally:
+                        server.stop()
+                    rows = 1000 if "1,000" in scenario else 1
+                    results.append(
+                        {
+                            "scenario": scenario,
+                            "connections": c,
+                            "server": "ours",
+                            "engine": f"{engine}, {where}",
+                            "log_dropped_rows": dropped,
+                            **r,
+                            "rows_per_s": r["rps"] * rows,
+                        }
+                    )
+                    print(
+                        f"{scenario:30} c={c:<3} ours ({engine}, {where}) {r['rps']:9.0f} req/s  "
+                        f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
+                        f"non-2xx {r['non_2xx']}  dropped {dropped:.0f}",
+                        flush=True,
+                    )
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def tasks_markdown(results: list[dict[str, Any]]) -> list[str]:
+    return [
+        "## Other tasks: a mixed-type classifier and a regression (ours)",
+        "",
+        "*penguins*: species from text categories (island, sex) and numbers, with missing cells",
+        "(null in JSON, an empty CSV cell; V2 as an input per feature, BYTES for a category).",
+        "*diabetes*: a regression of numbers (answers a `value`; V2 one FP64 tensor). Rows of",
+        "each data set, numbers times 1 ± ~2% (`bench.run.task_bodies`). A version without a",
+        "checked ONNX file runs in the `.venv` (scikit-learn), as the engine column says.",
+        "",
+        "| scenario | conns | engine | req/s | rows/s | p50 ms | p99 ms | timeouts | non-2xx | log rows dropped |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {r['scenario']} | {r['connections']} | {r['engine']} | {r['rps']:,.0f} | "
+            f"{r['rows_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r.get('timeouts', 0)} | {r['non_2xx']} | {r['log_dropped_rows']:.0f} |"
+            for r in results
+        ),
+        "",
+    ]
 
 
 def mlserver(tmp: Path, mlserver_python: str) -> Server:
@@ -370,6 +510,7 @@ def bench_serving(
         steps = bench_steps(serving_python, env)
         return {
             "results": results,
+            "tasks": bench_tasks(seconds, serving_python),
             "cold_start_s": sorted(cold)[1],
             "rss_ready_mb": sorted(ready_rss)[1],
             "rss_mb": memory,
@@ -659,6 +800,8 @@ def write_markdown(
             f"(p99 {fb['p99_ms']:.1f} ms; {fb['stored_rows']} rows stored, non-2xx {fb['non_2xx']}).",
             "",
         ]
+    if serving and serving.get("tasks"):
+        lines += tasks_markdown(serving["tasks"])
     if serving and serving.get("steps"):
         lines += steps_markdown(serving["steps"])
     if jobs:
@@ -691,7 +834,12 @@ def write_markdown(
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--only", choices=["serving", "jobs"])
+    parser.add_argument(
+        "--only",
+        choices=["serving", "jobs", "tasks"],
+        help="tasks: only the mixed-type and regression cells, printed (BENCHMARKS.md is left as "
+        "it is)",
+    )
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "BENCHMARKS.md")
     parser.add_argument(
         "--mlserver-python",
@@ -710,6 +858,9 @@ def main() -> int:
             "wrk is not installed (Debian package wrk; `make bench` installs it)", file=sys.stderr
         )
         return 1
+    if args.only == "tasks":  # a quick look at the new cells: printed, not written
+        bench_tasks(args.seconds, args.serving_python)
+        return 0
     serving = (
         bench_serving(args.seconds, args.serving_python, args.mlserver_python)
         if args.only in (None, "serving")

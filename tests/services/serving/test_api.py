@@ -422,7 +422,7 @@ def test_a_version_without_onnx_is_served_by_sklearn(
     # A pipeline the converter cannot handle is published without model.onnx.
     monkeypatch.setattr(
         "mlplatform_retrainer.onnx_export.convert",
-        lambda p, X: ({}, {"error": "not convertible"}),
+        lambda p, X, task: ({}, {"error": "not convertible"}),
     )
     publish_trained(ModelRegistry(local_store, SIGNING_KEY), trained, shipped_dataset)
     with TestClient(create_app(serving_settings(), local_store)) as c:
@@ -592,8 +592,8 @@ def test_a_version_whose_graph_returns_no_embedding_gets_it_computed_for_the_log
     # Versions published before model.onnx returned the embedding name no embedding_output.
     real = onnx_export.convert
 
-    def without_embedding_output(pipeline, X):  # type: ignore[no-untyped-def]
-        files, info = real(pipeline, X)
+    def without_embedding_output(pipeline, X, task):  # type: ignore[no-untyped-def]
+        files, info = real(pipeline, X, task)
         del info["embedding_output"]
         return files, info
 

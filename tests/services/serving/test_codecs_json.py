@@ -211,3 +211,33 @@ def test_spliced_answers_equal_orjson_of_the_row_dicts(
     assert (
         orjson.dumps(json_rows.answers_spliced(result, datalog.new_prediction_ids(0, 1.0))) == b"[]"
     )
+
+
+@pytest.mark.parametrize("n", [1, 17, 1000])
+@pytest.mark.parametrize("backup", [False, True])
+def test_spliced_regression_answers_equal_orjson_of_the_row_dicts(n: int, backup: bool) -> None:
+    rng = np.random.default_rng(3)
+    value = rng.normal(150, 80, n)
+    value[0] = -0.0 if n > 1 else 1e-300  # the ends orjson writes its own way
+    if n > 2:
+        value[1], value[2] = 1e300, 151.0
+    served = SimpleNamespace(classes=[], class_names=[], class_keys=[], version="v3")
+    result = BatchResult(
+        served,  # type: ignore[arg-type]
+        np.zeros((n, 2)),
+        np.empty((n, 0)),
+        np.zeros(n, dtype=np.intp),
+        backup,
+        None,
+        value,
+    )
+    ids = datalog.new_prediction_ids(n, 1_800_000_000.0)
+    dicts = json_rows.answer_dicts(result, ids)
+    assert dicts[-1] == {
+        "prediction_id": ids[n - 1],
+        "value": float(value[-1]),
+        "model_version": "v3",
+        "backup": backup,
+    }
+    assert orjson.dumps(json_rows.values_spliced(result, ids)) == orjson.dumps(dicts)
+    assert orjson.dumps(json_rows.answers(result, ids)) == orjson.dumps(dicts)

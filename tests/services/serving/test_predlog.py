@@ -36,6 +36,8 @@ def _served(version: str, classes: list[Any]) -> Any:
         class_keys=[str(c) for c in classes],
         features=["a", "b"],
         embedding=Doubling(),
+        regression=False,
+        category_text={},
     )
 
 

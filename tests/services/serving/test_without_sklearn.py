@@ -74,7 +74,7 @@ def test_a_version_without_onnx_files_is_refused_with_what_to_do(
 ) -> None:
     monkeypatch.setattr(
         "mlplatform_retrainer.onnx_export.convert",
-        lambda p, X: ({}, {"error": "ValueError: no converter"}),
+        lambda p, X, task: ({}, {"error": "ValueError: no converter"}),
     )
     v2 = publish_trained(ModelRegistry(store, SIGNING_KEY), trained, shipped_dataset)
     r = httpx.post(serving.url + "/admin/reload", headers=ADMIN, json={"version": v2})

@@ -20,6 +20,7 @@ MODEL_LOAD_SECONDS = "mlplatform_model_load_seconds"  # Gauge
 MODEL_ALIAS_MISMATCH = "mlplatform_model_alias_mismatch"  # Gauge: 1 = alias names another version
 PREDICTION_LOG_DROPPED = "mlplatform_prediction_log_dropped_rows"  # Counter
 BACKUP_PREDICTIONS = "mlplatform_backup_predictions"  # Counter
+UNKNOWN_CATEGORIES = "mlplatform_unknown_categories"  # Counter{feature}: values never trained on
 
 # Routes of probes and scrapes (a regex over the `route` label, as PromQL anchors it): the SLIs
 # of the alert rules and dashboards leave them out, as they are not users' requests.

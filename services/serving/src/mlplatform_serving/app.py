@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlplatform_common.errors import InvalidInput, MLPlatformError
 from mlplatform_common.registry import LoadedModel
+from mlplatform_common.schema import REGRESSION, is_category
 from mlplatform_common.storage import Store, open_store
 from mlplatform_serving import observability as obs
 from mlplatform_serving import process
@@ -28,6 +29,7 @@ from mlplatform_serving.errors import error_response, response_for
 from mlplatform_serving.hotpath import HotRoutes
 from mlplatform_serving.launcher import make_launcher
 from mlplatform_serving.routes import admin, feedback, health, metrics, models, predict, v2
+from mlplatform_serving.runtime import task_of
 from mlplatform_serving.schemas import FeedbackRequest, PredictRequest, ReloadRequest
 from mlplatform_serving.service import Service
 from mlplatform_serving.settings import ServingSettings, get_settings
@@ -134,6 +136,14 @@ def add_body_schemas(schema: dict[str, Any], models: tuple[type[BaseModel], ...]
         components.setdefault(model.__name__, body)
 
 
+def _example(spec: dict[str, Any], stat: str) -> Any:
+    """A feature's example value: a number's statistic, a category's most common value."""
+    if is_category(spec):
+        shares = spec.get("shares") or [1.0] * len(spec["categories"])
+        return spec["categories"][max(range(len(shares)), key=shares.__getitem__)]
+    return round(spec[stat], 4)
+
+
 def with_model_examples(
     schema: dict[str, Any], model: LoadedModel | None, model_name: str
 ) -> dict[str, Any]:
@@ -144,8 +154,10 @@ def with_model_examples(
         return schema
     doc = copy.deepcopy(schema)
     stats = model.manifest["feature_schema"]
-    rows = [{f["name"]: round(f[stat], 4) for f in stats} for stat in ("median", "mean")]
-    first, *_ = classes = model.classes
+    rows = [{f["name"]: _example(f, stat) for f in stats} for stat in ("median", "mean")]
+    classes = model.classes
+    regression = task_of(model.manifest) == REGRESSION
+    first: Any = 1.0 if regression else classes[0]
     names = [str(n) for n in model.manifest.get("class_names") or classes]
     components = doc["components"]["schemas"]
     properties = components["PredictRequest"]["properties"]
@@ -154,9 +166,12 @@ def with_model_examples(
     components["FeedbackRequest"]["properties"]["features"]["examples"] = [rows[0]]
     components["FeedbackRequest"]["properties"]["target"]["examples"] = [first]
     answer = components["RowPrediction"]["properties"]
-    answer["label"]["examples"] = [first]
-    answer["label_name"]["examples"] = [names[0]]
-    answer["probabilities"]["examples"] = [{str(c): round(1 / len(classes), 2) for c in classes}]
+    if not regression:
+        answer["label"]["examples"] = [first]
+        answer["label_name"]["examples"] = [names[0]]
+        answer["probabilities"]["examples"] = [
+            {str(c): round(1 / len(classes), 2) for c in classes}
+        ]
     answer["model_version"]["examples"] = [model.version]
 
     def body(path: str, media: str = "application/json") -> dict[str, Any]:
@@ -173,9 +188,20 @@ def with_model_examples(
     body("/feedback")["examples"] = {  # by prediction_id: an id only /predict can give
         "a row in full": {"value": {"features": rows[0], "prediction": first, "target": first}},
     }
-    tensor = {"name": "input-0", "shape": [len(rows), len(stats)], "datatype": "FP64"}
-    data = [list(r.values()) for r in rows]
-    body("/v2/models/{name}/infer")["example"] = {"inputs": [{**tensor, "data": data}]}
+    if any(is_category(f) for f in stats):  # one input per feature
+        inputs = [
+            {
+                "name": f["name"],
+                "shape": [len(rows)],
+                "datatype": "BYTES" if is_category(f) else "FP64",
+                "data": [r[f["name"]] for r in rows],
+            }
+            for f in stats
+        ]
+    else:
+        tensor = {"name": "input-0", "shape": [len(rows), len(stats)], "datatype": "FP64"}
+        inputs = [{**tensor, "data": [list(r.values()) for r in rows]}]
+    body("/v2/models/{name}/infer")["example"] = {"inputs": inputs}
     for path, operations in doc["paths"].items():
         for operation in operations.values() if path.startswith("/v2/models/{name}") else ():
             for parameter in operation.get("parameters", []):

@@ -126,12 +126,21 @@ class DataPlane:
         id_groups = [datalog.new_prediction_ids(len(rows), now) for rows in batches]
         self.log.add(result, id_groups, now)
         served = result.served
-        counts = np.bincount(result.label_index, minlength=len(served.classes))
-        for key, count in zip(served.class_keys, counts.tolist(), strict=True):
-            if count:
-                obs.child(obs.PREDICTIONS, served.version, key).inc(count)
-        top = result.top
-        obs.observe_many(obs.PROBABILITY, top)
+        for j, name, unknown in served.category_columns:  # none for a numbers-only model
+            seen = int(np.count_nonzero(X[:, j] == unknown))
+            if seen:
+                obs.child(obs.UNKNOWN_CATEGORIES, name).inc(seen)
+        if result.value is not None:  # a regression: no classes, no probabilities
+            obs.child(obs.PREDICTIONS, served.version, "").inc(n)
+            counts = np.zeros(0, dtype=np.intp)
+            top = result.value
+        else:
+            counts = np.bincount(result.label_index, minlength=len(served.classes))
+            for key, count in zip(served.class_keys, counts.tolist(), strict=True):
+                if count:
+                    obs.child(obs.PREDICTIONS, served.version, key).inc(count)
+            top = result.top
+            obs.observe_many(obs.PROBABILITY, top)
         if result.backup:
             obs.BACKUP.inc(n)
         self.stats.predictions(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -14,14 +15,24 @@ from typing import Any
 from mlplatform_common import datalog, keys
 from mlplatform_common.errors import InvalidInput, MLPlatformError, NotFound, NotYet
 from mlplatform_common.registry import ModelRegistry
+from mlplatform_common.schema import REGRESSION, is_category
 from mlplatform_common.storage import Store
 from mlplatform_serving import observability as obs
+from mlplatform_serving.codecs.common import number
 from mlplatform_serving.codecs.json_rows import RowsCodec
 from mlplatform_serving.predlog import PredictionLog
-from mlplatform_serving.runtime import ModelRuntime
+from mlplatform_serving.runtime import ModelRuntime, task_of
 from mlplatform_serving.settings import ServingSettings
 
 logger = logging.getLogger("mlplatform.serving")
+
+
+def _logged_value(value: Any, category: bool) -> Any:
+    """A logged feature value as a labelled row keeps it: a number as a float, a category as
+    its text, a missing value as None (JSON null, not NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value) if category else float(value)
 
 
 class Feedback:
@@ -62,18 +73,29 @@ class Feedback:
             # may since have replaced with one of other classes or features.
             version = str(logged["model_version"])
             made_by = self._manifest_of(version)
-            target = self._class_of(target, "target", made_by)
-            names = [f["name"] for f in made_by["feature_schema"]]
-            row_features = {f: float(logged[f]) for f in names if f in logged}
+            target = self._label_of(target, "target", made_by)
+            row_features = {
+                spec["name"]: _logged_value(logged[spec["name"]], is_category(spec))
+                for spec in made_by["feature_schema"]
+                if spec["name"] in logged
+            }
             predicted = str(logged["prediction"])
         elif features is not None:
-            target = self._class_of(target, "target")
-            X = RowsCodec.of(self.runtime.served).validate([features], "features")
-            row_features = dict(zip(model.features, X[0].tolist(), strict=True))
-            if prediction is None:
-                predicted = str(self.runtime.predict(X).labels[0])
+            target = self._label_of(target, "target")
+            served = self.runtime.served
+            X = RowsCodec.of(served).validate([features], "features")
+            row_features = {
+                name: served.text_of(j, X[0:1, j])[0]
+                if j in served.category_text
+                else _logged_value(value, False)
+                for j, (name, value) in enumerate(zip(model.features, X[0].tolist(), strict=True))
+            }
+            if prediction is not None:
+                predicted = str(self._label_of(prediction, "prediction"))
+            elif served.regression:
+                predicted = str(float(self.runtime.predict(X).value[0]))  # type: ignore[index]
             else:
-                predicted = str(self._class_of(prediction, "prediction"))
+                predicted = str(self.runtime.predict(X).labels[0])
             version = model.version
         else:
             raise InvalidInput("prediction_id: give prediction_id, or features with the target")
@@ -108,6 +130,20 @@ class Feedback:
             "retrain_every": self.settings.retrain_every,
             "retrain_started": started,
         }
+
+    def _label_of(self, value: Any, field: str, manifest: dict[str, Any] | None = None) -> Any:
+        """``value`` as a label of the served model, or of the version whose ``manifest`` is
+        given: a class (``_class_of``), or a regression's number."""
+        manifest = manifest or self.runtime.model.manifest
+        if task_of(manifest) != REGRESSION:
+            return self._class_of(value, field, manifest)
+        try:
+            return number(value, field)
+        except InvalidInput as exc:
+            raise InvalidInput(
+                f"{exc.message} (model {manifest['version']} is a regression: its labels are "
+                "numbers)"
+            ) from None
 
     def _class_of(self, value: Any, field: str, manifest: dict[str, Any] | None = None) -> Any:
         """``value`` as one of the classes of the served model, or of the version whose

@@ -50,6 +50,11 @@ PROBABILITY = Histogram(
     buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
 )
 FEEDBACK = Counter(names.FEEDBACK, "Labelled rows stored")
+UNKNOWN_CATEGORIES = Counter(
+    names.UNKNOWN_CATEGORIES,
+    "Values of category features that the served version never saw in training",
+    ["feature"],
+)
 BACKUP = Counter(names.BACKUP_PREDICTIONS, "Rows answered by the backup estimator")
 LOG_DROPPED = Counter(
     names.PREDICTION_LOG_DROPPED, "Prediction log rows dropped while the store was down"
@@ -114,6 +119,8 @@ class RollingStats:
         self.backup_rows = 0
         self.low_confidence = 0
         self.confidence_sum = 0.0
+        self.value_rows = 0  # regression rows, whose value_sum makes mean_value
+        self.value_sum = 0.0
         self.started = time.time()
         self._lock = threading.Lock()
 
@@ -129,6 +136,8 @@ class RollingStats:
         X: np.ndarray,
         threshold: float,
     ) -> None:
+        """Count a batch; ``top_proba``: each row's probability of its class, or for a
+        regression (``served.regression``) its predicted value."""
         n = len(X)
         with self._lock:
             for key, count in zip(served.class_keys, counts.tolist(), strict=True):
@@ -136,8 +145,12 @@ class RollingStats:
                     self.labels[key] += count
             self.rows += n
             self.backup_rows += n if backup else 0
-            self.low_confidence += int((top_proba < threshold).sum())
-            self.confidence_sum += float(top_proba.sum())
+            if getattr(served, "regression", False):
+                self.value_rows += n
+                self.value_sum += float(top_proba.sum())
+            else:
+                self.low_confidence += int((top_proba < threshold).sum())
+                self.confidence_sum += float(top_proba.sum())
             self._features.append((tuple(served.features), X))
             self._feature_rows += n
             while self._feature_rows - len(self._features[0][1]) >= self.max_feature_rows:
@@ -166,13 +179,21 @@ class RollingStats:
     def kpis(self) -> dict[str, Any]:
         with self._lock:
             rows = self.rows
+            classified = rows - self.value_rows
             return {
                 "predictions": rows,
                 "class_distribution": {k: v / rows for k, v in sorted(self.labels.items())}
                 if rows
                 else {},
-                "mean_confidence": round(self.confidence_sum / rows, 6) if rows else None,
-                "low_confidence_share": round(self.low_confidence / rows, 6) if rows else None,
+                "mean_confidence": round(self.confidence_sum / classified, 6)
+                if classified
+                else None,
+                "low_confidence_share": round(self.low_confidence / classified, 6)
+                if classified
+                else None,
+                "mean_value": round(self.value_sum / self.value_rows, 6)
+                if self.value_rows
+                else None,
                 "backup_share": round(self.backup_rows / rows, 6) if rows else None,
             }
 

@@ -61,16 +61,23 @@ class Entry:
         """Set ``nbytes``: about what holding this entry costs."""
         result = self.result
         arrays = result.X.nbytes + result.proba.nbytes + result.label_index.nbytes
+        arrays += 0 if result.value is None else result.value.nbytes
         arrays += 0 if result.embedding is None else result.embedding.nbytes
         arrays += 8 * len(result.X)  # result.top, once the metrics have read it
         self.nbytes = arrays + ENTRY_BYTES + REQUEST_BYTES * len(self.requests)
 
     def row(self, i: int, prediction_id: str) -> dict[str, Any]:
-        served = self.result.served
-        out: dict[str, Any] = dict(zip(served.features, self.result.X[i].tolist(), strict=True))
+        result = self.result
+        served = result.served
+        out: dict[str, Any] = dict(zip(served.features, result.X[i].tolist(), strict=True))
+        for j in served.category_text:
+            out[served.features[j]] = served.text_of(j, result.X[i : i + 1, j])[0]
         out["prediction_id"] = prediction_id
         out["model_version"] = served.version
-        out["prediction"] = served.class_keys[self.result.label_index[i]]
+        if result.value is not None:
+            out["prediction"] = float(result.value[i])
+        else:
+            out["prediction"] = served.class_keys[result.label_index[i]]
         return out
 
 
@@ -157,8 +164,13 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
     served = entries[-1].result.served
     if any(e.result.served.version != served.version for e in entries):
         raise ValueError("to_frame: entries of one model version only")
-    proba = np.concatenate([e.result.proba for e in entries])
-    labels = np.concatenate([e.result.label_index for e in entries])
+    regression = served.regression
+    if regression:
+        values = np.concatenate([e.result.value for e in entries if e.result.value is not None])
+        labels = np.zeros(len(values), dtype=np.intp)
+    else:
+        proba = np.concatenate([e.result.proba for e in entries])
+        labels = np.concatenate([e.result.label_index for e in entries])
     # Per-batch values repeated per row; a buffer may hold 50,000 one-row batches.
     lengths = [len(e) for e in entries]
     backup = np.repeat(np.array([e.result.backup for e in entries], dtype=bool), lengths)
@@ -176,11 +188,16 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
         "model_version": pd.Categorical.from_codes(
             np.zeros(len(labels), dtype=np.int8), [served.version]
         ),
-        "prediction": pd.Categorical.from_codes(labels, served.class_keys),
-        "probability": top_of(proba, labels),
-        **{f"proba_{j}": np.ascontiguousarray(proba[:, j]) for j in range(proba.shape[1])},
-        "backup": backup,
     }
+    if regression:  # the value; no probabilities
+        columns["prediction"] = values
+    else:
+        columns["prediction"] = pd.Categorical.from_codes(labels, served.class_keys)
+        columns["probability"] = top_of(proba, labels)
+        columns.update(
+            {f"proba_{j}": np.ascontiguousarray(proba[:, j]) for j in range(proba.shape[1])}
+        )
+    columns["backup"] = backup
     # Column-major, a column per row of them: the frame and the Parquet writer use them as
     # they are (no per-column strided copies). The embedding as this version computes it:
     # from the runs that predicted the rows when the model's graph returns it, else computed
@@ -192,6 +209,8 @@ def to_frame(entries: list[Entry]) -> pd.DataFrame:
     ZT[~np.isfinite(ZT)] = np.nan
     ZT[:, backup] = np.nan
     columns.update(zip(served.features, XT, strict=True))
+    for j in served.category_text:  # categories as text (datalog's contract)
+        columns[served.features[j]] = served.text_of(j, XT[j])
     columns.update(zip(embedding_columns(len(ZT)), ZT, strict=True))
     return pd.DataFrame(columns, copy=False)
 

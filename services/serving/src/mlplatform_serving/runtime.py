@@ -36,6 +36,7 @@ from mlplatform_common.errors import (
 )
 from mlplatform_common.log import set_model_version
 from mlplatform_common.registry import BACKUP, LoadedModel, ModelRegistry
+from mlplatform_common.schema import CLASSIFICATION, REGRESSION, UNKNOWN, is_category
 
 logger = logging.getLogger("mlplatform.serving")
 
@@ -50,20 +51,32 @@ def _frame(X: np.ndarray, features: list[str]) -> Any:
     return pd.DataFrame(X, columns=features)
 
 
+def model_output(model: Any, X: np.ndarray, features: list[str], regression: bool) -> np.ndarray:
+    """A scikit-learn model's answer for encoded rows: the probabilities, or for a regression
+    the predicted values (float64 ``[n]``)."""
+    # The pipeline was fitted on a DataFrame; give it one so it checks the columns.
+    frame = _frame(X, features)
+    if regression:
+        return np.asarray(model.predict(frame), dtype=np.float64).reshape(-1)
+    proba: np.ndarray = model.predict_proba(frame)
+    return proba
+
+
 class SklearnEngine:
-    """The pickled pipeline's ``predict_proba`` (the fallback engine)."""
+    """The pickled pipeline's ``predict_proba``, or ``predict`` for a regression (the
+    fallback engine)."""
 
     name = "sklearn"
 
-    def __init__(self, pipeline: Any, features: list[str]) -> None:
+    def __init__(self, pipeline: Any, features: list[str], regression: bool = False) -> None:
         self.pipeline = pipeline
         self.features = features
+        self.regression = regression
 
     def run(self, X: np.ndarray) -> tuple[np.ndarray, None]:
-        """The probabilities (no embedding: the log computes it with the version's own)."""
-        # The pipeline was fitted on a DataFrame; give it one so it checks the columns.
-        proba: np.ndarray = self.pipeline.predict_proba(_frame(X, self.features))
-        return proba, None
+        """The probabilities or values (no embedding: the log computes it with the version's
+        own)."""
+        return model_output(self.pipeline, X, self.features, self.regression), None
 
 
 class SklearnEmbedding:
@@ -86,7 +99,12 @@ class OnnxEngine:
     name = "onnxruntime"
 
     def __init__(
-        self, data: bytes, input_name: str, output_name: str, embedding_output: str | None = None
+        self,
+        data: bytes,
+        input_name: str,
+        output_name: str,
+        embedding_output: str | None = None,
+        regression: bool = False,
     ) -> None:
         import onnxruntime as ort
 
@@ -97,12 +115,14 @@ class OnnxEngine:
         self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         self.input = input_name
         self.outputs = [output_name, *([embedding_output] if embedding_output else [])]
+        self.regression = regression
 
     def run(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """The first output (the probabilities) and, from graphs that return it too, the
-        embedding of the same run."""
+        """The first output (the probabilities, or a regression's values as ``[n]``) and,
+        from graphs that return it too, the embedding of the same run."""
         out = self.session.run(self.outputs, {self.input: X})
-        return out[0], out[1] if len(out) > 1 else None
+        first = np.asarray(out[0], dtype=np.float64).reshape(-1) if self.regression else out[0]
+        return first, out[1] if len(out) > 1 else None
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """The embedding graph's output: features in, PCA_1..PCA_n out."""
@@ -117,6 +137,12 @@ class Served:
     engine: SklearnEngine | OnnxEngine
     embedding: SklearnEmbedding | OnnxEngine
     features: list[str] = field(init=False)
+    task: str = field(init=False)
+    regression: bool = field(init=False)
+    # (column, feature name, its number of values) of each category feature: the code a value
+    # the version never saw gets is that number (``schema.encode``).
+    category_columns: list[tuple[int, str, int]] = field(init=False)
+    category_text: dict[int, np.ndarray] = field(init=False)
     classes: list[Any] = field(init=False)
     class_keys: list[str] = field(init=False)
     class_names: list[str] = field(init=False)
@@ -126,6 +152,20 @@ class Served:
 
     def __post_init__(self) -> None:
         self.features = self.model.features
+        self.task = task_of(self.model.manifest)
+        self.regression = self.task == REGRESSION
+        schema = self.model.manifest["feature_schema"]
+        self.category_columns = [
+            (j, spec["name"], len(spec["categories"]))
+            for j, spec in enumerate(schema)
+            if is_category(spec)
+        ]
+        # Each category column's values by code, then UNKNOWN (the prediction log's text).
+        self.category_text = {
+            j: np.asarray([*spec["categories"], UNKNOWN], dtype=object)
+            for j, spec in enumerate(schema)
+            if is_category(spec)
+        }
         self.classes = self.model.classes
         self.class_keys = [str(c) for c in self.classes]
         names = self.model.manifest.get("class_names") or self.class_keys
@@ -137,12 +177,29 @@ class Served:
     def version(self) -> str:
         return self.model.version
 
+    def text_of(self, j: int, codes: np.ndarray) -> np.ndarray:
+        """Category column ``j``'s codes as the prediction log writes them: the value's text,
+        ``UNKNOWN`` for one the version never saw, None where missing."""
+        missing = np.isnan(codes)
+        text: np.ndarray = self.category_text[j][np.where(missing, 0, codes).astype(np.intp)]
+        text[missing] = None
+        return text
 
-def _onnx(model: LoadedModel, data: bytes | None, info: dict[str, Any]) -> OnnxEngine | None:
+
+def task_of(manifest: dict[str, Any]) -> str:
+    """A version's task (versions published before tasks existed are classifiers)."""
+    return str(manifest.get("task") or CLASSIFICATION)
+
+
+def _onnx(
+    model: LoadedModel, data: bytes | None, info: dict[str, Any], regression: bool = False
+) -> OnnxEngine | None:
     if data is None or not info or "error" in info:
         return None
     try:
-        return OnnxEngine(data, info["input"], info["output"], info.get("embedding_output"))
+        return OnnxEngine(
+            data, info["input"], info["output"], info.get("embedding_output"), regression
+        )
     except Exception as exc:  # a runtime that cannot load it: fall back, do not fail
         logger.warning("ONNX file of %s not usable (%s); using scikit-learn", model.version, exc)
         return None
@@ -168,13 +225,14 @@ def make_served(model: LoadedModel) -> Served:
             "prediction log adds, and would overwrite it; retrain with the column renamed"
         )
     info = model.manifest.get("onnx") or {}
-    engine: SklearnEngine | OnnxEngine | None = _onnx(model, model.onnx, info)
+    regression = task_of(model.manifest) == REGRESSION
+    engine: SklearnEngine | OnnxEngine | None = _onnx(model, model.onnx, info, regression)
     embedding: SklearnEmbedding | OnnxEngine | None = None
     if engine is not None:
         embedding = _onnx(model, model.embedding_onnx, info.get("embedding") or {})
     if engine is None:
         _needs_sklearn(model, "its predictions")
-        engine = SklearnEngine(model.pipeline, model.features)
+        engine = SklearnEngine(model.pipeline, model.features, regression)
     if embedding is None:
         _needs_sklearn(model, "its embedding")
         embedding = SklearnEmbedding(model.pipeline, model.features)
@@ -201,6 +259,9 @@ class BatchResult:
     # The embedding from the run that predicted the rows, when the model's graph returns it
     # (else the log computes it).
     embedding: np.ndarray | None = None
+    # A regression's predicted values ([n]); its ``proba`` is then [n, 0] and ``label_index``
+    # zeros.
+    value: np.ndarray | None = None
 
     @property
     def labels(self) -> list[Any]:
@@ -209,7 +270,10 @@ class BatchResult:
 
     @functools.cached_property
     def top(self) -> np.ndarray:
-        """Each row's probability of its predicted class (metrics and answers both read it)."""
+        """Each row's probability of its predicted class (metrics and answers both read it);
+        NaN for a regression's rows."""
+        if self.value is not None:
+            return np.full(len(self.value), np.nan)
         return top_of(self.proba, self.label_index)
 
     def rows(self, start: int, stop: int) -> BatchResult:
@@ -221,6 +285,7 @@ class BatchResult:
             self.label_index[start:stop],
             self.backup,
             None if self.embedding is None else self.embedding[start:stop],
+            None if self.value is None else self.value[start:stop],
         )
         part.top = self.top[start:stop]  # cached_property: a plain attribute once set
         return part
@@ -327,8 +392,18 @@ class ModelRuntime:
             if backup_model is None:
                 raise
             logger.exception("primary model %s failed; the backup answers", served.version)
-            proba, Z = backup_model.predict_proba(_frame(X, served.features)), None
-            backup = True
+            proba = model_output(backup_model, X, served.features, served.regression)
+            Z, backup = None, True
+        if served.regression:
+            if not np.isfinite(proba).all():
+                bad = int(np.flatnonzero(~np.isfinite(proba))[0])
+                raise InvalidInput(
+                    f"row {bad}: values too large for the model (its arithmetic overflowed)"
+                )
+            n = len(proba)
+            return BatchResult(
+                served, X, np.empty((n, 0)), np.zeros(n, dtype=np.intp), backup, Z, proba
+            )
         if not np.isfinite(proba).all():
             bad = int(np.flatnonzero(~np.isfinite(proba).all(axis=1))[0])
             raise InvalidInput(

@@ -19,22 +19,34 @@ class PredictRequest(Strict):
     """One row (``features``) or many (``instances``); ``text/csv`` is accepted too."""
 
     features: dict[str, Any] | None = Field(
-        default=None, description="One row: feature name -> number", examples=[_EXAMPLE_ROW]
+        default=None,
+        description="One row: feature name -> number (text for a category; null where a value "
+        "may be missing)",
+        examples=[_EXAMPLE_ROW],
     )
     instances: list[dict[str, Any]] | None = Field(
         default=None,
-        description="Many rows, each feature name -> number",
+        description="Many rows, each feature name -> number (text for a category)",
         examples=[[_EXAMPLE_ROW]],
     )
 
 
 class RowPrediction(BaseModel):
+    """A classifier's row has the class and probabilities; a regression's the value."""
+
     prediction_id: str = Field(description="Id to send back with the true label to /feedback")
-    label: Any = Field(description="Predicted class", examples=[1])
-    label_name: str = Field(description="Readable class name", examples=["benign"])
-    probability: float = Field(description="Probability of the predicted class", examples=[0.97])
-    probabilities: dict[str, float] = Field(
-        description="Probability of every class", examples=[{"0": 0.03, "1": 0.97}]
+    label: Any = Field(default=None, description="Predicted class", examples=[1])
+    label_name: str | None = Field(
+        default=None, description="Readable class name", examples=["benign"]
+    )
+    probability: float | None = Field(
+        default=None, description="Probability of the predicted class", examples=[0.97]
+    )
+    probabilities: dict[str, float] | None = Field(
+        default=None, description="Probability of every class", examples=[{"0": 0.03, "1": 0.97}]
+    )
+    value: float | None = Field(
+        default=None, description="A regression's predicted value", examples=[151.2]
     )
     model_version: str = Field(examples=["v3"])
     backup: bool = Field(description="True if the backup estimator answered this row")
@@ -53,7 +65,9 @@ class FeedbackRequest(Strict):
     prediction_id: str | None = Field(default=None, max_length=64, examples=["3f2c…"])
     features: dict[str, Any] | None = Field(default=None, examples=[_EXAMPLE_ROW])
     prediction: Any | None = Field(default=None, description="The label that was predicted")
-    target: Any = Field(description="The true label", examples=[0])
+    target: Any = Field(
+        description="The true label: a class, or a regression's number", examples=[0]
+    )
 
 
 class FeedbackResponse(BaseModel):

@@ -20,6 +20,7 @@ from mlplatform_common.errors import (
 from mlplatform_common.lock import StoreLock
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.reports import ReportArchive
+from mlplatform_common.schema import NUMBER, is_category
 from mlplatform_common.storage import Store
 from mlplatform_serving import observability as obs
 from mlplatform_serving.dataplane import DataPlane
@@ -173,28 +174,51 @@ class Service:
         return ReportArchive(self.store).file(report_id, filename)
 
     def feature_distribution(self, page: int, page_size: int) -> dict[str, Any]:
+        """Each feature's training statistics beside those of recent inputs: a number's
+        mean, spread and out-of-range share; a category's shares of its values and of values
+        it never saw. Both with the share of missing values."""
         schema = self.runtime.model.manifest["feature_schema"]
         recent = self.stats.recent_features(self.runtime.served.features)
         items = []
         start = (page - 1) * page_size
         for j, f in enumerate(schema[start : start + page_size], start=start):
             col = recent[:, j]
-            seen = len(col) > 0
+            missing = np.isnan(col)
+            present = col[~missing]
+            seen = len(present) > 0
+            stats: dict[str, Any] = {
+                "rows": len(col),
+                "missing_share": float(missing.mean()) if len(col) else None,
+            }
+            if is_category(f):
+                values = f["categories"]
+                counts = np.bincount(present.astype(np.intp), minlength=len(values) + 1)
+                shares = counts / len(present) if seen else counts * np.nan
+                reference = {"shares": dict(zip(values, f.get("shares", []), strict=False))}
+                stats |= {
+                    "shares": {v: float(shares[i]) if seen else None for i, v in enumerate(values)},
+                    "unknown_share": float(shares[len(values)]) if seen else None,
+                }
+            else:
+                reference = {
+                    k: f[k] for k in ("mean", "std", "min", "q01", "median", "q99", "max") if k in f
+                }
+                stats |= {
+                    "mean": float(present.mean()) if seen else None,
+                    "std": float(present.std()) if seen else None,
+                    "median": float(np.median(present)) if seen else None,
+                    "out_of_range_share": float(
+                        ((present < f["min"]) | (present > f["max"])).mean()
+                    )
+                    if seen
+                    else None,
+                }
             items.append(
                 {
                     "feature": f["name"],
-                    "reference": {
-                        k: f[k] for k in ("mean", "std", "min", "q01", "median", "q99", "max")
-                    },
-                    "recent": {
-                        "rows": len(col),
-                        "mean": float(col.mean()) if seen else None,
-                        "std": float(col.std()) if seen else None,
-                        "median": float(np.median(col)) if seen else None,
-                        "out_of_range_share": float(((col < f["min"]) | (col > f["max"])).mean())
-                        if seen
-                        else None,
-                    },
+                    "dtype": f.get("dtype", NUMBER),
+                    "reference": reference,
+                    "recent": stats,
                 }
             )
         return {"page": page, "page_size": page_size, "total": len(schema), "items": items}

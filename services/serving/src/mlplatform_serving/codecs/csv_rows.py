@@ -2,7 +2,9 @@
 answers are those of JSON rows (``json_rows.encode``).
 
 numpy's C reader reads a well-formed body (``csv_matrix``); any other is read again cell by
-cell to name its first problem.
+cell to name its first problem. A version with category features or missing values
+(``Table``) is always read cell by cell: an empty cell is a missing value, a category's cell is
+its text as it is.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from mlplatform_common.errors import InvalidInput
 from mlplatform_common.schema import FEATURE_LIMIT, in_range
 from mlplatform_serving.codecs.common import BEYOND
+from mlplatform_serving.codecs.table import Table
 
 
 def _csv_float(cell: str) -> float:
@@ -83,7 +86,9 @@ def csv_matrix(text: str, features: list[str], max_rows: int | None) -> np.ndarr
     return X if order == list(range(len(features))) else np.ascontiguousarray(X[:, order])
 
 
-def decode(body: bytes, features: list[str], max_rows: int | None = None) -> np.ndarray:
+def decode(
+    body: bytes, features: list[str], max_rows: int | None = None, table: Table | None = None
+) -> np.ndarray:
     """A CSV body's rows (of ``features``) as a float64 matrix. numpy's reader reads a
     well-formed body (``csv_matrix``); any other is read again here, cell by cell, to name
     its first problem. Reading stops past ``max_rows`` rows (+ a
@@ -93,7 +98,8 @@ def decode(body: bytes, features: list[str], max_rows: int | None = None) -> np.
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidInput("csv: body is not UTF-8 text") from None
-    fast = csv_matrix(text, features, max_rows)
+    typed = table is not None and not table.plain
+    fast = None if typed else csv_matrix(text, features, max_rows)
     if fast is not None:
         return fast
     numbered: list[tuple[int, list[str]]] = []
@@ -133,6 +139,9 @@ def decode(body: bytes, features: list[str], max_rows: int | None = None) -> np.
         header = features
     if not numbered:
         raise InvalidInput("csv: no data rows")
+    if typed:
+        assert table is not None
+        return _typed(numbered, header, table)
     out = np.empty((len(numbered), len(features)), dtype=np.float64)
     order = [header.index(f) for f in features]
     for i, (line, row) in enumerate(numbered):
@@ -156,3 +165,34 @@ def decode(body: bytes, features: list[str], max_rows: int | None = None) -> np.
                 )
             out[i, j] = value
     return out
+
+
+def _typed(numbered: list[tuple[int, list[str]]], header: list[str], table: Table) -> np.ndarray:
+    """Rows of a version with categories or missing values: each column's cells (None for an
+    empty one; numbers read as numbers in number columns) encoded by ``table``."""
+    for line, row in numbered:
+        if len(row) != len(header):
+            raise InvalidInput(f"csv line {line}: expected {len(header)} values, got {len(row)}")
+    lines = [line for line, _ in numbered]
+    columns: list[list[object]] = []
+    for j, name in enumerate(table.features):
+        k = header.index(name)
+        cells: list[object] = []
+        for line, row in numbered:
+            cell = row[k]
+            if not cell.strip():
+                cells.append(None)
+            elif table.categories[j] is not None:
+                cells.append(cell)
+            else:
+                try:
+                    value = _csv_float(cell)
+                except ValueError:
+                    raise InvalidInput(
+                        f"csv line {line}, column {name!r}: {cell.strip()!r:.40} is not a number"
+                    ) from None
+                if not math.isfinite(value):  # "nan" is no missing cell: an empty one is
+                    raise InvalidInput(f"csv line {line}, column {name!r}: must be a finite number")
+                cells.append(value)
+        columns.append(cells)
+    return table.matrix(columns, lambda i, name: f"csv line {lines[i]}, column {name!r}")

@@ -2,7 +2,9 @@
 ``POST /predict`` out.
 
 A well-formed body is read by a typed msgspec decoder of the version's features (no dict per
-row); any other body is parsed again by the checked path, which names its first problem.
+row); any other body is parsed again by the checked path, which names its first problem. A
+version with category features or missing values (not ``Table.plain``) takes text and ``null``
+where its schema allows them, each column encoded by ``table.Table``.
 """
 
 from __future__ import annotations
@@ -18,25 +20,39 @@ import orjson
 
 from mlplatform_common import datalog
 from mlplatform_common.errors import InvalidInput
-from mlplatform_common.schema import in_range
+from mlplatform_common.schema import in_range, is_category, nullable
 from mlplatform_serving.codecs.common import NUMBER_TYPES, number, parse_json, parse_model
+from mlplatform_serving.codecs.table import Table
 from mlplatform_serving.dataplane import check_batch
 from mlplatform_serving.schemas import PredictRequest
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from mlplatform_serving.runtime import BatchResult, Served
 
 
-def _envelope_decoder(features: list[str]) -> msgspec.json.Decoder[Any] | None:
+def _value_type(spec: dict[str, Any] | None) -> Any:
+    """A feature's value type for msgspec: a float (ints accepted, bools and strings not);
+    for a category, text or a number (its text); ``None`` too where the schema allows it."""
+    if spec is None or not (is_category(spec) or nullable(spec)):
+        return float
+    kind: Any = str | float if is_category(spec) else float
+    return kind | None if nullable(spec) else kind
+
+
+def _envelope_decoder(
+    features: list[str], schema: list[dict[str, Any]] | None = None
+) -> msgspec.json.Decoder[Any] | None:
     """A decoder of ``{"features": {...}}`` / ``{"instances": [{...}, ...]}`` whose rows are
-    typed structs of exactly these features as floats (ints accepted, bools and strings not):
-    msgspec checks every row while parsing, with no dict per row. None for feature names
-    msgspec cannot match (a ``"``, a ``\\`` or a control character): every body of such a
-    model takes the checked path."""
+    typed structs of exactly these features (``_value_type``): msgspec checks every row while
+    parsing, with no dict per row. None for feature names msgspec cannot match (a ``"``, a
+    ``\\`` or a control character): every body of such a model takes the checked path."""
+    specs: list[dict[str, Any] | None] = [*schema] if schema else [None] * len(features)
     try:
         row = msgspec.defstruct(
             "Row",
-            [(f"f{i}", float) for i in range(len(features))],
+            [(f"f{i}", _value_type(spec)) for i, spec in enumerate(specs)],
             rename={f"f{i}": name for i, name in enumerate(features)},  # even "a (cm)"
             forbid_unknown_fields=True,
             gc=False,
@@ -58,14 +74,16 @@ def _envelope_decoder(features: list[str]) -> msgspec.json.Decoder[Any] | None:
 class RowsCodec:
     """What reading one version's JSON rows needs, built once per version (``of``)."""
 
-    def __init__(self, features: list[str]) -> None:
+    def __init__(self, features: list[str], table: Table | None = None) -> None:
         self.features = features
+        # None for a version of non-nullable numbers only: the numbers-only paths below.
+        self.table = table if table is not None and not table.plain else None
         self.feature_set = frozenset(features)
         # itemgetter of one name returns a value, not a tuple; keep it a tuple for chain().
         self.getter = (
             operator.itemgetter(*features) if len(features) > 1 else lambda row: (row[features[0]],)
         )
-        self.decoder = _envelope_decoder(features)
+        self.decoder = _envelope_decoder(features, self.table.schema if self.table else None)
         self.row_packer = struct.Struct(f"={len(features)}d")  # one row as float64s
 
     @staticmethod
@@ -73,7 +91,7 @@ class RowsCodec:
         """The codec of a loaded version, kept with it: a reload brings its own."""
         codec: RowsCodec | None = served.codecs.get("json_rows")
         if codec is None:
-            codec = served.codecs["json_rows"] = RowsCodec(served.features)
+            codec = served.codecs["json_rows"] = RowsCodec(served.features, Table.of(served))
         return codec
 
     def matrix(self, rows: list[Any]) -> np.ndarray:
@@ -99,10 +117,23 @@ class RowsCodec:
             return None
         field_ = "instances" if envelope.features is msgspec.UNSET else "features"
         rows = envelope.instances if field_ == "instances" else [envelope.features]
+        if self.table is not None:
+            try:
+                return self.typed(rows, field_), field_
+            except InvalidInput:
+                return None
         X = self.matrix(rows)
         if not rows or not in_range(X):
             return None
         return X, field_
+
+    def typed(self, rows: list[Any], field: str) -> np.ndarray:
+        """Decoded rows of a version with categories or missing values, encoded by column."""
+        if not rows:
+            raise InvalidInput(f"{field}: empty batch; send at least one row")
+        columns = list(zip(*map(msgspec.structs.astuple, rows), strict=True))
+        assert self.table is not None
+        return self.table.matrix(columns, _where(field))
 
     def checked(self, body: bytes, max_rows: int) -> tuple[np.ndarray, str]:
         """Any body the fast path refused: parsed again, and its first problem named."""
@@ -129,6 +160,14 @@ class RowsCodec:
     def validate(self, rows: list[Any], field: str = "instances") -> np.ndarray:
         """Check JSON rows against the feature schema; return them as a float64 matrix."""
         n = len(self.features)
+        if self.table is not None:
+            if not all(type(row) is dict and len(row) == n for row in rows):
+                raise self._explain(rows, field)
+            try:
+                columns = list(zip(*map(self.getter, rows), strict=True))
+            except KeyError:
+                raise self._explain(rows, field) from None
+            return self.table.matrix(columns, _where(field))
         try:
             # C-level loops only: pick the features in order (KeyError if one is missing),
             # refuse extra keys by length, then one pass over every value's type.
@@ -160,10 +199,18 @@ class RowsCodec:
                     more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
                     return InvalidInput(f"{where}: missing feature {name!r}{more}")
                 try:
-                    number(row[name], f"{where}.{name}")
+                    if self.table is None:  # typed columns are checked by Table.matrix
+                        number(row[name], f"{where}.{name}")
                 except InvalidInput as exc:
                     return exc
         return InvalidInput(f"{field}: invalid rows")
+
+
+def _where(field: str) -> Callable[[int, str], str]:
+    """A cell's place as errors name it: ``instances[3].island``, ``features.island``."""
+    if field == "instances":
+        return lambda i, name: f"instances[{i}].{name}"
+    return lambda i, name: f"{field}.{name}"
 
 
 def decode(body: bytes, served: Served, max_rows: int) -> tuple[np.ndarray, str]:
@@ -192,12 +239,20 @@ def answers(result: BatchResult, ids: datalog.PredictionIds) -> orjson.Fragment:
     """
     if len(ids) <= 16:
         return orjson.Fragment(orjson.dumps(answer_dicts(result, ids)))
+    if result.value is not None:
+        return values_spliced(result, ids)
     return answers_spliced(result, ids)
 
 
 def answer_dicts(result: BatchResult, ids: datalog.PredictionIds) -> list[dict[str, Any]]:
-    """What each row's answer is."""
+    """What each row's answer is: a regression's value, or a class and its probabilities."""
     served = result.served
+    if result.value is not None:
+        version, backup = served.version, result.backup
+        return [
+            {"prediction_id": pid, "value": value, "model_version": version, "backup": backup}
+            for pid, value in zip(ids, result.value.tolist(), strict=True)
+        ]
     classes, keys_, names = served.classes, served.class_keys, served.class_names
     version, backup = served.version, result.backup
     tops = result.top.tolist()
@@ -247,4 +302,21 @@ def answers_spliced(result: BatchResult, ids: datalog.PredictionIds) -> orjson.F
     end = f'}},"model_version":{dumps(served.version)},"backup":{dumps(result.backup)}}},'
     parts.append(itertools.repeat(end))
     text = "".join(itertools.chain.from_iterable(zip(*parts, strict=False)))  # repeat()s
+    return orjson.Fragment(f"[{text[:-1]}]".encode())
+
+
+def values_spliced(result: BatchResult, ids: datalog.PredictionIds) -> orjson.Fragment:
+    """A regression's ``answer_dicts`` without the dicts, as ``answers_spliced`` does."""
+    assert result.value is not None
+    served = result.served
+    values = orjson.dumps(np.ascontiguousarray(result.value), option=orjson.OPT_SERIALIZE_NUMPY)
+    end = orjson.dumps({"model_version": served.version, "backup": result.backup}).decode()
+    parts: list[Any] = [
+        itertools.repeat('{"prediction_id":"' + ids.batch),
+        ids.suffixes(),
+        itertools.repeat('","value":'),
+        values.decode()[1:-1].split(","),
+        itertools.repeat("," + end[1:] + ","),
+    ]
+    text = "".join(itertools.chain.from_iterable(zip(*parts, strict=False)))
     return orjson.Fragment(f"[{text[:-1]}]".encode())

@@ -20,10 +20,11 @@ def card(manifest: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/model", responses={503: ERRORS[503]}, summary="The model being served")
 def model(runtime: RuntimeDep, service: ServiceDep) -> dict[str, Any]:
-    """The served version's card: feature schema, classes, metrics, lineage."""
+    """The served version's card: task, typed feature schema, classes, metrics, lineage."""
     alias = service.registry.production()
     return {
         **card(runtime.model.manifest),
+        "task": runtime.served.task,  # versions from before tasks were classifiers
         "production_version": alias["version"] if alias else None,
         "pinned": runtime.pinned_version is not None,
         "engine": runtime.engine,

@@ -10,6 +10,7 @@ from starlette.datastructures import Headers
 
 from mlplatform_common.errors import InvalidInput
 from mlplatform_serving.codecs import csv_rows, json_rows
+from mlplatform_serving.codecs.table import Table
 from mlplatform_serving.dataplane import DataPlane
 from mlplatform_serving.schemas import ERRORS, PredictResponse
 
@@ -39,11 +40,12 @@ async def answer(plane: DataPlane, headers: Headers, body: bytes) -> bytes:
     router; the route below is the same function, for the OpenAPI document."""
     content_type = headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type == "text/csv":
-        features, field = plane.served.features, "csv"  # ModelNotReady before parsing
+        served, field = plane.served, "csv"  # ModelNotReady before parsing
+        args = (body, served.features, plane.max_rows, Table.of(served))
         if len(body) < CSV_ON_THE_LOOP_BYTES:
-            X = csv_rows.decode(body, features, plane.max_rows)
+            X = csv_rows.decode(*args)
         else:
-            X = await run_in_threadpool(csv_rows.decode, body, features, plane.max_rows)
+            X = await run_in_threadpool(csv_rows.decode, *args)
     elif content_type in ("application/json", ""):
         X, field = json_rows.decode(body, plane.served, plane.max_rows)
     else:

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from starlette.datastructures import Headers
 
 from mlplatform_common.errors import ModelNotFound
+from mlplatform_common.schema import is_category
 from mlplatform_serving.codecs import v2 as codec
 from mlplatform_serving.codecs.v2 import label_datatype
 from mlplatform_serving.dataplane import DataPlane
@@ -62,19 +63,38 @@ async def server_metadata() -> dict[str, Any]:
 )
 async def model_metadata(name: str, runtime: RuntimeDep, settings: SettingsDep) -> dict[str, Any]:
     _check_name(name, settings)
-    model = runtime.model
+    served = runtime.served
+    model = served.model
     n = len(model.features)
+    if served.category_columns:  # one input per feature (a single tensor holds numbers only)
+        inputs = [
+            {
+                "name": spec["name"],
+                "datatype": "BYTES" if is_category(spec) else "FP64",
+                "shape": [-1],
+            }
+            for spec in model.manifest["feature_schema"]
+        ]
+    else:
+        inputs = [{"name": "input-0", "datatype": "FP64", "shape": [-1, n]}]
+    if served.regression:
+        outputs = [{"name": "predict", "datatype": "FP64", "shape": [-1]}]
+    else:
+        outputs = [
+            {"name": "label", "datatype": label_datatype(model.classes), "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(model.classes)]},
+        ]
     return {
         "name": name,
         "versions": [model.version],
         "platform": "sklearn",
-        "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, n]}],
-        "outputs": [
-            {"name": "label", "datatype": label_datatype(model.classes), "shape": [-1]},
-            {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(model.classes)]},
-            {"name": "prediction_id", "datatype": "BYTES", "shape": [-1]},
-        ],
-        "parameters": {"features": model.features, "classes": model.classes},
+        "inputs": inputs,
+        "outputs": [*outputs, {"name": "prediction_id", "datatype": "BYTES", "shape": [-1]}],
+        "parameters": {
+            "task": served.task,
+            "features": model.features,
+            "classes": model.classes,
+        },
     }
 
 
@@ -109,7 +129,7 @@ async def infer_answer(plane: DataPlane, name: str, headers: Headers, body: byte
     ``MLPlatformError``). Served by ``hotpath.HotRoutes`` ahead of FastAPI's
     router; the routes below are the same function, for OpenAPI and the versioned path."""
     _check_name(name, plane.settings)
-    request = codec.decode(headers, body, lambda: plane.served.features, plane.max_rows)
+    request = codec.decode(headers, body, lambda: plane.served, plane.max_rows)
     result, ids = await plane.infer(request.X, request.field)
     return codec.encode(request, name, result, ids)
 
@@ -126,7 +146,8 @@ async def infer_answer(plane: DataPlane, name: str, headers: Headers, body: byte
     summary="Inference",
 )
 async def infer(name: str, request: Request) -> Response:
-    """Predict an ``[n, n_features]`` FP32/FP64 tensor."""
+    """Predict an ``[n, n_features]`` FP32/FP64 tensor, or one input per feature (BYTES for
+    a category)."""
     plane: DataPlane = request.app.state.service.plane
     answer = await infer_answer(plane, name, request.headers, await request.body())
     return Response(answer.body, headers=dict(answer.headers()))
