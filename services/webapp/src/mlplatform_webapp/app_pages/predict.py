@@ -104,6 +104,7 @@ if submitted:
     features = cards.row_features(
         schema, {f["name"]: st.session_state[key(f["name"])] for f in schema}
     )
+    st.session_state["predict_row"] = features  # shown below: what the API was given
     try:
         with st.spinner("Predicting…"):
             answer = ui.client().predict_one(features)
@@ -184,6 +185,8 @@ if result:
     if answer.get("backup"):
         st.warning("The primary model failed on this row; the backup model answered.")
     st.caption(f"Prediction id: `{answer.get('prediction_id')}`")
+    with st.expander("The row sent (JSON)"):
+        st.json(result["features"])
 
     st.subheader("Feedback")
     done = st.session_state.get("predict_feedback")
