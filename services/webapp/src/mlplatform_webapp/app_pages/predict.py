@@ -36,11 +36,12 @@ def fill_random() -> None:
 
 for f in schema:  # first visit, or a new feature in a new version: start at the median
     value = st.session_state.get(key(f["name"]))
-    # a version may change a feature's type: a number's value is no category, and back
+    # a version may change a feature's type or whether it may be missing: start it afresh
     if (
         key(f["name"]) not in st.session_state
         or (is_category(f) and value not in cards.choices(f))
         or (not is_category(f) and isinstance(value, str))
+        or (not is_category(f) and value is None and not nullable(f))
     ):
         st.session_state[key(f["name"])] = samples.medians([f])[f["name"]]
 
