@@ -170,3 +170,11 @@ def diabetes_store(
     """Diabetes (a regression of numbers) published as v1."""
     root = tmp_path_factory.mktemp("webapp-diabetes") / "store"
     return published_local_store(root, diabetes_trained, diabetes_dataset)
+
+
+@pytest.fixture(scope="session")
+def diabetes_serving(diabetes_store: LocalStore) -> Iterator[ServingProcess]:
+    """A real serving of the regression version (answers ``value``, per the contract)."""
+    proc = ServingProcess(serving_env(diabetes_store.root)).start()
+    yield proc
+    proc.stop()

@@ -237,13 +237,6 @@ def choose(page: Page, label: str, option: str) -> None:
     expect(box).to_have_value(option)
 
 
-@pytest.fixture(scope="module")
-def diabetes_serving(diabetes_store: LocalStore) -> Iterator[ServingProcess]:
-    proc = ServingProcess(serving_env(diabetes_store.root)).start()
-    yield proc
-    proc.stop()
-
-
 def test_a_mixed_type_form_and_a_regression_answer(
     browser: Browser,
     penguins_serving: ServingProcess,

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import random
 
+import httpx
 import pandas as pd
 import pytest
 
+from mlplatform_common import datalog
 from mlplatform_common.schema import encode, is_category
 from mlplatform_webapp import batch, cards, samples
 from tests.conftest import DATA
@@ -49,6 +51,16 @@ def test_the_predict_form_of_a_mixed_model_has_select_boxes_and_empty_choices(
     assert sent["island"] == "Dream" and sent["sex"] is None and sent["bill_depth_mm"] is None
     assert sent["body_mass_g"] == pytest.approx(spec_of(card, "body_mass_g")["median"])
     assert list(sent) == [f["name"] for f in card["feature_schema"]]
+    assert not at.error  # serving takes text and nulls (the serving side of this issue)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Label"] in ("Adelie", "Chinstrap", "Gentoo")  # text class names
+
+    at.selectbox(key="predict_true_label").select("Gentoo")
+    at.button(key="FormSubmitter:predict_feedback_form-Send feedback").click().run()
+    assert not at.exception and "true label Gentoo" in at.success[0].value
+    prediction_id = at.session_state["predict_result"]["answer"]["prediction_id"]
+    stored = datalog.read_feedback(penguins_store)
+    assert stored.loc[stored["prediction_id"] == prediction_id, "target"].iloc[0] == "Gentoo"
 
 
 def test_a_random_sample_of_a_mixed_model_draws_categories_by_their_shares(
@@ -165,3 +177,82 @@ def test_a_batch_upload_sends_categories_as_text_and_empty_cells_as_null(
         ),
         "species",
     ) == pytest.approx(0.5)
+
+
+# -- a regression version through a real serving process --------------------------------------
+
+
+def test_predict_shows_a_regression_value_and_takes_a_numeric_label(
+    diabetes_serving, diabetes_store, webapp_env
+) -> None:
+    at = page("predict", diabetes_serving.url, webapp_env).run()
+    assert not at.exception and not at.error
+    assert len(at.number_input) == 10 and not at.selectbox
+    at.button(key="FormSubmitter:predict_form-Predict").click().run()
+    assert not at.exception and not at.error
+    answer = at.session_state["predict_result"]["answer"]
+    assert set(answer) >= {"prediction_id", "value", "model_version"} and "label" not in answer
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Predicted progression"] == cards.format_value(answer["value"])
+    assert "Probability" not in metrics and "Label" not in metrics and not at.get("progress")
+
+    # the true value is a number, preset to the prediction
+    field = at.number_input(key="predict_true_value")
+    assert field.value == pytest.approx(answer["value"])
+    field.set_value(151.0)
+    at.button(key="FormSubmitter:predict_feedback_form-Send feedback").click().run()
+    assert not at.exception and not at.error
+    assert "true value 151" in at.success[0].value
+    stored = datalog.read_feedback(diabetes_store)
+    target = stored.loc[stored["prediction_id"] == answer["prediction_id"], "target"]
+    assert float(target.iloc[0]) == 151.0
+
+
+def test_label_takes_a_number_for_a_regression(
+    diabetes_serving, diabetes_store, webapp_env
+) -> None:
+    row = pd.read_csv(DATA.parent / "diabetes.csv").drop(columns="progression").iloc[0]
+    prediction_id = httpx.post(
+        diabetes_serving.url + "/predict", json={"features": row.to_dict()}
+    ).json()["predictions"][0]["prediction_id"]
+    at = page("label", diabetes_serving.url, webapp_env).run()
+    assert not at.exception and not at.selectbox  # no class to pick
+    at.text_input(key="label_prediction_id").input(prediction_id)
+    at.button(key="FormSubmitter:label_form-Send label").click().run()
+    assert len(at.error) == 1 and "Enter the true value" in at.error[0].value
+    at.number_input(key="label_true_value").set_value(97.5)
+    at.button(key="FormSubmitter:label_form-Send label").click().run()
+    assert not at.exception and not at.error
+    assert f"prediction {prediction_id} is 97.5" in at.success[0].value
+    stored = datalog.read_feedback(diabetes_store)
+    assert float(stored.loc[stored["prediction_id"] == prediction_id, "target"].iloc[0]) == 97.5
+
+
+def test_batch_and_model_pages_of_a_regression(diabetes_serving, webapp_env) -> None:
+    rows = pd.read_csv(DATA.parent / "diabetes.csv").head(6)
+    csv = rows.to_csv(index=False).replace(f"\n{rows.iloc[2, 0]},", "\nold,", 1)
+    at = page("batch", diabetes_serving.url, webapp_env).run()
+    at.file_uploader(key="batch_file").upload("rows.csv", csv.encode(), "text/csv")
+    at.run()
+    at.button(key="batch_run").click().run()
+    assert not at.exception
+    assert "Predicted 5 of 6 rows; 1 failed" in at.success[0].value
+    table = at.dataframe[0].value
+    assert "value" in table.columns and "label" not in table.columns
+    assert table["value"].notna().sum() == 5 and "progression" in table.columns
+    assert any("MAE" in c.value and "RMSE" in c.value for c in at.caption)
+    assert "age" in at.dataframe[1].value["error"].iloc[0]
+
+    at = page("model", diabetes_serving.url, webapp_env).run()
+    assert not at.exception and not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Task"] == "regression" and "Test RMSE" in metrics and "Test F1" not in metrics
+    versions = at.dataframe[0].value
+    assert {"test mae", "test rmse", "test r2"} <= set(versions.columns)
+    assert not any(c.endswith("f1") for c in versions.columns)
+    assert [c.value for c in at.caption if c.value.startswith("Test ")] == [
+        "Test MAE",
+        "Test RMSE",
+        "Test R²",
+        "Test MAPE",
+    ]  # one chart each: no shared 0–1 axis
