@@ -198,6 +198,7 @@ def test_rows_for_penguins_and_diabetes_are_valid_per_the_schema(
     ):
         version = version_of(published_card(tmp_path, trained, dataset))
         assert version.task == task and version.target == dataset.target
+        assert version.dataset == dataset.name
         frame = pd.read_csv(DATA.parent / f"{dataset.name}.csv")
         rows = records(frame, version.schema)
         assert len(rows) == len(frame)
@@ -344,7 +345,8 @@ def test_cli_simulate_drifts_a_category_against_a_mixed_type_serving(
     get_settings.cache_clear()
     data = DATA.parent / "penguins.csv"
     try:
-        args = ["simulate", "--url", serving.url, "--data", str(data), "--all-rows"]
+        # no --data: the served version's data set, data/penguins.csv
+        args = ["simulate", "--url", serving.url, "--all-rows"]
         args += ["--rate", "0", "--batch-size", "50", "--category-drift", "island=Torgersen"]
         args += ["--category-strength", "0.8"]
         assert main(args) == 0

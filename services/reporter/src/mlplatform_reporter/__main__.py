@@ -97,8 +97,12 @@ def served_version(url: str, timeout: float) -> Version | None:
 
 def simulate(args: argparse.Namespace, settings: ReporterSettings) -> int:
     """Replay rows of a CSV against the serving API (labels with the writer token)."""
-    frame = pd.read_csv(args.data)
     served = served_version(args.url, args.timeout)
+    if args.data is None:
+        # the shipped CSV of the version's data set (make train DATASET=...), else breast cancer
+        shipped = DEFAULT_DATA.parent / f"{served.dataset if served else ''}.csv"
+        args.data = shipped if served and served.dataset and shipped.is_file() else DEFAULT_DATA
+    frame = pd.read_csv(args.data)
     # the target: as asked, else the version's, else the shipped data set's name
     wanted = args.target or (served.target if served else None) or "target"
     target = wanted if wanted in frame.columns else None
@@ -164,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("schedule", help="report now, then every MLPLATFORM_SCHEDULE_MINUTES")
     p = sub.add_parser("simulate", help="replay held-out rows against the serving API")
     p.add_argument("--url", default="http://localhost:8080", help="serving API base URL")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CSV of rows to replay")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="CSV of rows to replay (default: data/<the served version's data set>.csv)",
+    )
     p.add_argument(
         "--target", default="", help="label column (default: the served version's, or target)"
     )

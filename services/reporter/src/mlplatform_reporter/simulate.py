@@ -57,6 +57,8 @@ class Version:
     task: str
     schema: list[dict[str, Any]]
     target: str | None = None
+    dataset: str | None = None
+    """The name of the data set it was trained on (``data/<name>.csv`` when shipped)."""
 
     @property
     def features(self) -> list[str]:
@@ -72,7 +74,9 @@ def version_of(card: dict[str, Any]) -> Version:
         if isinstance(f, dict) and "name" in f
     ]
     task = REGRESSION if card.get("task") == REGRESSION else CLASSIFICATION
-    return Version(task=task, schema=schema, target=card.get("target"))
+    training = card.get("training_data")
+    dataset = training.get("dataset") if isinstance(training, dict) else None
+    return Version(task=task, schema=schema, target=card.get("target"), dataset=dataset)
 
 
 def frame_version(frame: pd.DataFrame, target: str | None, task: str | None = None) -> Version:
