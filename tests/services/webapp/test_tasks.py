@@ -256,3 +256,25 @@ def test_batch_and_model_pages_of_a_regression(diabetes_serving, webapp_env) -> 
         "Test R²",
         "Test MAPE",
     ]  # one chart each: no shared 0–1 axis
+
+
+def test_a_regression_reports_numbers_are_shown_with_errors_rising_as_bad_news() -> None:
+    from mlplatform_webapp import summary
+
+    # the reporter's summary of a regression window (report.py ReportResult.summary)
+    report = {
+        "model_version": "v2",
+        "task": "regression",
+        "rows": {"production": 80, "labelled": 30, "reference": 353},
+        "drift": {"embedding": {"share": 0.1, "drifted_columns": 1, "detected": False}},
+        "quality": {"rows": 30, "min_rows": 20, "mae": 41.5, "rmse": 52.25, "r2": 0.41},
+        "quality_status": "partial",
+        "quality_note": "quality is partial on the 30 labelled rows: no MAPE (a true value is 0)",
+        "notes": [],
+    }
+    numbers = summary.numbers(report)
+    assert numbers["MAE"] == 41.5 and numbers["RMSE"] == 52.25 and numbers["R²"] == 0.41
+    assert "MAPE" not in numbers and "F1" not in numbers and "Accuracy" not in numbers
+    assert numbers["Labelled rows"] == 30
+    assert {"MAE", "RMSE", "MAPE"} == summary.LOWER_IS_BETTER
+    assert summary.numbers({"quality": {"roc_auc": 0.93}})["ROC AUC"] == 0.93

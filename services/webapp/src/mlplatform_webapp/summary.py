@@ -32,6 +32,7 @@ FIELDS: list[tuple[str, tuple[str, ...], tuple[tuple[str, ...], ...]]] = [
         ((), ("quality",), ("classification",), ("metrics",)),
     ),
     ("Accuracy", ("accuracy",), ((), ("quality",), ("classification",), ("metrics",))),
+    ("ROC AUC", ("roc_auc",), ((), ("quality",), ("classification",), ("metrics",))),
     # a regression's quality (the reporter's names, as quality.regression_metrics has them)
     ("MAE", ("mae",), ((), ("quality",), ("regression",), ("metrics",))),
     ("RMSE", ("rmse",), ((), ("quality",), ("regression",), ("metrics",))),
