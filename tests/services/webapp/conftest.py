@@ -12,6 +12,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from mlplatform_common import keys
+from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import LocalStore
 from mlplatform_webapp.settings import get_settings
 from tests.conftest import SIGNING_KEY, ServingProcess, published_local_store
@@ -139,3 +140,41 @@ def texts(at: AppTest) -> str:
     ):
         parts += [str(e.value) for e in getattr(at, kind)]
     return "\n".join(parts)
+
+
+def manifest(store: LocalStore, version: str = "v1") -> dict[str, object]:
+    """A published version's manifest: the card ``GET /model`` answers with."""
+    return ModelRegistry(store, SIGNING_KEY).manifest(version)
+
+
+@pytest.fixture(scope="session")
+def penguins_store(
+    tmp_path_factory: pytest.TempPathFactory, penguins_trained, penguins_dataset
+) -> LocalStore:  # type: ignore[no-untyped-def]
+    """Penguins (text classes, categories, missing cells) published as v1."""
+    root = tmp_path_factory.mktemp("webapp-penguins") / "store"
+    return published_local_store(root, penguins_trained, penguins_dataset)
+
+
+@pytest.fixture(scope="session")
+def penguins_serving(penguins_store: LocalStore) -> Iterator[ServingProcess]:
+    proc = ServingProcess(serving_env(penguins_store.root)).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def diabetes_store(
+    tmp_path_factory: pytest.TempPathFactory, diabetes_trained, diabetes_dataset
+) -> LocalStore:  # type: ignore[no-untyped-def]
+    """Diabetes (a regression of numbers) published as v1."""
+    root = tmp_path_factory.mktemp("webapp-diabetes") / "store"
+    return published_local_store(root, diabetes_trained, diabetes_dataset)
+
+
+@pytest.fixture(scope="session")
+def diabetes_serving(diabetes_store: LocalStore) -> Iterator[ServingProcess]:
+    """A real serving of the regression version (answers ``value``, per the contract)."""
+    proc = ServingProcess(serving_env(diabetes_store.root)).start()
+    yield proc
+    proc.stop()

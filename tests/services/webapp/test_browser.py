@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -213,4 +214,88 @@ def test_the_page_recovers_by_itself_when_the_api_comes_back(
     finally:
         if serving is not None:
             serving.stop()
+        app.stop()
+
+
+def logged(store: LocalStore, prediction_id: str, timeout: float = 30) -> pd.DataFrame:
+    """The prediction's row in the log, once serving has flushed it (every half second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = datalog.read_predictions(store)
+        row = frame[frame["prediction_id"] == prediction_id]
+        if len(row) or time.monotonic() > deadline:
+            assert len(row) == 1, f"prediction {prediction_id} not logged"
+            return row
+        time.sleep(0.3)
+
+
+def choose(page: Page, label: str, option: str) -> None:
+    """Pick ``option`` in the select box labelled ``label``, as a user does."""
+    box = page.get_by_role("combobox", name=label, exact=True)
+    box.click()
+    page.get_by_role("option", name=option, exact=True).click()
+    expect(box).to_have_value(option)
+
+
+def test_a_mixed_type_form_and_a_regression_answer(
+    browser: Browser,
+    penguins_serving: ServingProcess,
+    penguins_store: LocalStore,
+    diabetes_serving: ServingProcess,
+    diabetes_store: LocalStore,
+    artifacts: Path,
+) -> None:
+    """Penguins: pick an island, leave sex empty, read a species; diabetes: read a value."""
+    app = WebappProcess(penguins_serving.url).start()
+    try:
+        page = open_page(browser)
+        page.goto(app.url + "/")
+        expect(page.get_by_role("heading", name="Predict", exact=True)).to_be_visible()
+        choose(page, "island", "Dream")
+        choose(page, "sex", "(empty)")
+        page.locator("button", has_text="Predict").click()
+        expect(page.get_by_text("Prediction id:")).to_be_visible()
+        label = page.get_by_test_id("stMetric").filter(has_text="Label").inner_text()
+        assert any(name in label for name in ("Adelie", "Chinstrap", "Gentoo")), label
+        page.screenshot(path=str(artifacts / "predict-penguins.png"), full_page=True)
+        assert "Traceback" not in main_text(page)
+        prediction_id = re.search(r"Prediction id:\s*(\S+)", main_text(page)).group(1)  # type: ignore[union-attr]
+        row = logged(penguins_store, prediction_id)
+        assert row["island"].iloc[0] == "Dream" and row["sex"].isna().all()  # text and null
+        page.close()
+    finally:
+        app.stop()
+
+    app = WebappProcess(diabetes_serving.url).start()
+    try:
+        page = open_page(browser)
+        page.goto(app.url + "/")
+        expect(page.get_by_role("heading", name="Predict", exact=True)).to_be_visible()
+        page.locator("button", has_text="Predict").click()
+        expect(page.get_by_text("Prediction id:")).to_be_visible()
+        tile = page.get_by_test_id("stMetric").filter(has_text="Predicted progression")
+        value = float(tile.get_by_test_id("stMetricValue").inner_text())
+        assert 0 < value < 500  # the target's units (progression runs 25..346)
+        expect(page.get_by_test_id("stProgress")).to_have_count(0)  # no probability bar
+        expect(page.get_by_test_id("stMetric").filter(has_text="Probability")).to_have_count(0)
+        page.screenshot(path=str(artifacts / "predict-diabetes.png"), full_page=True)
+        prediction_id = re.search(r"Prediction id:\s*(\S+)", main_text(page)).group(1)  # type: ignore[union-attr]
+
+        # the true value is a number, stored as the row's feedback
+        field = page.get_by_role("spinbutton", name="True progression")
+        field.fill("151")
+        page.locator("button", has_text="Send feedback").click()
+        expect(page.get_by_text(re.compile("Feedback stored"))).to_be_visible()
+        stored = datalog.read_feedback(diabetes_store)
+        target = stored.loc[stored["prediction_id"] == prediction_id, "target"]
+        assert float(target.iloc[0]) == 151.0
+
+        goto(page, "Model")
+        expect(page.get_by_test_id("stMetric").filter(has_text="Task")).to_contain_text(
+            "regression"
+        )
+        expect(page.get_by_test_id("stMetric").filter(has_text="Test RMSE")).to_be_visible()
+        page.screenshot(path=str(artifacts / "model-diabetes.png"), full_page=True)
+        page.close()
+    finally:
         app.stop()

@@ -22,7 +22,18 @@ from mlplatform_common.errors import MLPlatformError
 from mlplatform_common.log import configure_logging, set_model_version
 from mlplatform_reporter import job
 from mlplatform_reporter.settings import ReporterSettings, get_settings
-from mlplatform_reporter.simulate import holdout, parse_shares, rebalance, replay, shift_scale
+from mlplatform_reporter.simulate import (
+    Version,
+    frame_version,
+    holdout,
+    parse_category_drift,
+    parse_shares,
+    rebalance,
+    replay,
+    shift_categories,
+    shift_scale,
+    version_of,
+)
 
 logger = logging.getLogger("mlplatform.reporter")
 
@@ -70,16 +81,45 @@ def schedule(settings: ReporterSettings) -> int:
     return 0
 
 
+def served_version(url: str, timeout: float) -> Version | None:
+    """The served version's task and typed schema (``GET /model``); None when the API has no
+    model to describe yet (the rows' own types are used then)."""
+    try:
+        response = httpx.get(url.rstrip("/") + "/model", timeout=timeout)
+    except httpx.HTTPError as exc:
+        logger.warning("cannot read the served version (%s): using the CSV's types", exc)
+        return None
+    if response.status_code != 200:
+        logger.warning("GET /model answered %d: using the CSV's types", response.status_code)
+        return None
+    return version_of(response.json())
+
+
 def simulate(args: argparse.Namespace, settings: ReporterSettings) -> int:
     """Replay rows of a CSV against the serving API (labels with the writer token)."""
+    served = served_version(args.url, args.timeout)
+    if args.data is None:
+        # the shipped CSV of the version's data set (make train DATASET=...), else breast cancer
+        shipped = DEFAULT_DATA.parent / f"{served.dataset if served else ''}.csv"
+        args.data = shipped if served and served.dataset and shipped.is_file() else DEFAULT_DATA
     frame = pd.read_csv(args.data)
-    target = args.target if args.target in frame.columns else None
+    # the target: as asked, else the version's, else the shipped data set's name
+    wanted = args.target or (served.target if served else None) or "target"
+    target = wanted if wanted in frame.columns else None
     if args.target and target is None:
         logger.error("target column %r is not in %s", args.target, args.data)
         return 2
+    version = served or frame_version(frame, target)
     features = [c for c in frame.columns if c != target]
+    if served is not None:
+        absent = [f for f in served.features if f not in frame.columns]
+        if absent:
+            logger.error("%s lacks the served version's features %s", args.data, absent)
+            return 2
+        features = served.features
+    logger.info("the served version is a %s model of %d features", version.task, len(features))
     if not args.all_rows and target is not None:
-        frame = holdout(frame, target)
+        frame = holdout(frame, target, task=version.task)
     stats = frame
     if args.class_balance:
         if target is None:
@@ -93,8 +133,12 @@ def simulate(args: argparse.Namespace, settings: ReporterSettings) -> int:
     else:
         frame = frame.sample(frac=1.0, random_state=args.seed)
     if args.shift or args.scale != 1.0:
-        drifted = args.drift_features.split(",") if args.drift_features else features
+        numbers = [f["name"] for f in version.schema if f.get("dtype") != "category"]
+        drifted = args.drift_features.split(",") if args.drift_features else numbers
         frame = shift_scale(frame, drifted, args.shift, args.scale, stats=stats)
+    for spec in args.category_drift:
+        feature, value = parse_category_drift(spec)
+        frame = shift_categories(frame, feature, value, args.category_strength, args.seed)
     logger.info("replaying %d rows from %s to %s", len(frame), args.data, args.url)
     token = settings.writer()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -110,6 +154,8 @@ def simulate(args: argparse.Namespace, settings: ReporterSettings) -> int:
             feedback_delay=args.feedback_delay,
             seed=args.seed,
             progress=sys.stderr.isatty(),
+            version=version,
+            label_noise=args.label_noise,
         )
     print(summary.render())
     return 0 if summary.predicted else 1
@@ -122,8 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("schedule", help="report now, then every MLPLATFORM_SCHEDULE_MINUTES")
     p = sub.add_parser("simulate", help="replay held-out rows against the serving API")
     p.add_argument("--url", default="http://localhost:8080", help="serving API base URL")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CSV of rows to replay")
-    p.add_argument("--target", default="target", help="label column (for feedback)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="CSV of rows to replay (default: data/<the served version's data set>.csv)",
+    )
+    p.add_argument(
+        "--target", default="", help="label column (default: the served version's, or target)"
+    )
     p.add_argument("--all-rows", action="store_true", help="replay every row, not the holdout")
     p.add_argument("--rows", type=int, default=0, help="rows to send (default: all chosen)")
     p.add_argument("--rate", type=float, default=10.0, help="rows per second (0: no limit)")
@@ -132,6 +185,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="multiply features' spread")
     p.add_argument("--drift-features", default="", help="comma-separated (default: all)")
     p.add_argument("--class-balance", default="", help="label shares, e.g. 1=0.9,0=0.1")
+    p.add_argument(
+        "--category-drift",
+        action="append",
+        default=[],
+        metavar="FEATURE=VALUE",
+        help="move a category's mix toward a value, e.g. island=Dream (repeatable)",
+    )
+    p.add_argument(
+        "--category-strength",
+        type=float,
+        default=0.5,
+        help="share of a drifted category's values that become the value (0-1)",
+    )
+    p.add_argument(
+        "--label-noise",
+        type=float,
+        default=0.0,
+        help="feedback noise: std devs of a regression target, or share of wrong classes",
+    )
     p.add_argument("--feedback-fraction", type=float, default=0.0, help="share of rows labelled")
     p.add_argument("--feedback-delay", type=float, default=0.0, help="seconds before feedback")
     p.add_argument("--seed", type=int, default=0, help="random seed")

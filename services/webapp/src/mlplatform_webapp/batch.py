@@ -17,7 +17,10 @@ import pandas as pd
 from mlplatform_webapp.api_client import ApiClient, ApiRejected, ApiUnavailable
 
 TARGET = "target"
-PREDICTION_COLUMNS = ["prediction_id", "label", "label_name", "probability", "model_version"]
+PREDICTION_COLUMNS = {
+    "classification": ["prediction_id", "label", "label_name", "probability", "model_version"],
+    "regression": ["prediction_id", "value", "model_version"],
+}
 
 
 class BatchFileError(ValueError):
@@ -32,6 +35,7 @@ class Upload:
     frame: pd.DataFrame
     ignored: list[str] = field(default_factory=list)
     has_target: bool = False
+    target: str = TARGET
 
 
 @dataclass
@@ -47,10 +51,12 @@ class BatchResult:
         return int(self.table["error"].isna().sum())
 
 
-def _cell(value: str) -> Any:
+def _cell(value: str, category: bool = False) -> Any:
     text = value.strip()
     if not text:
         return None  # the API names the missing value
+    if category:
+        return text  # a category is text, even when it reads as a number ("3")
     try:
         number = float(text)
     except ValueError:
@@ -58,8 +64,20 @@ def _cell(value: str) -> Any:
     return number if math.isfinite(number) else text
 
 
-def read_upload(data: bytes, features: list[str]) -> Upload:
-    """Parse a CSV of raw features (optionally with ``target`` and other columns).
+def read_upload(
+    data: bytes,
+    features: list[str],
+    categories: frozenset[str] | set[str] = frozenset(),
+    target: str | None = None,
+) -> Upload:
+    """Parse a CSV of raw features (optionally with the target and other columns).
+
+    Args:
+        data: the file.
+        features: the model's feature names, in order.
+        categories: the features that are categories (sent as text).
+        target: the data set's target column, kept beside the predictions (``target`` is
+            always recognised too, the shipped data set's name).
 
     Raises:
         BatchFileError: unreadable, empty, embedding-space, or missing feature columns.
@@ -81,9 +99,19 @@ def read_upload(data: bytes, features: list[str]) -> Upload:
             )
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise BatchFileError(f"The file lacks the feature column {missing[0]!r}{more}.")
-    ignored = [c for c in frame.columns if c not in features and c != TARGET]
-    rows = [{f: _cell(v) for f, v in zip(features, r, strict=True)} for r in frame[features].values]
-    return Upload(rows=rows, frame=frame, ignored=ignored, has_target=TARGET in frame.columns)
+    found = next((t for t in (target, TARGET) if t and t in frame.columns), None)
+    ignored = [c for c in frame.columns if c not in features and c != found]
+    rows = [
+        {f: _cell(v, f in categories) for f, v in zip(features, r, strict=True)}
+        for r in frame[features].values
+    ]
+    return Upload(
+        rows=rows,
+        frame=frame,
+        ignored=ignored,
+        has_target=found is not None,
+        target=found or TARGET,
+    )
 
 
 def chunks(n: int, size: int) -> Iterator[range]:
@@ -129,12 +157,16 @@ def predict_rows(
 
 
 def result_table(
-    upload: Upload, answers: list[dict[str, Any] | None], reasons: list[str | None]
+    upload: Upload,
+    answers: list[dict[str, Any] | None],
+    reasons: list[str | None],
+    task: str = "classification",
 ) -> pd.DataFrame:
-    """The uploaded columns followed by each row's prediction or ``error``."""
+    """The uploaded columns followed by each row's prediction (a class, or a regression's
+    ``value``) or ``error``."""
     out = upload.frame.copy()
     out.insert(0, "row", range(1, len(out) + 1))
-    for col in PREDICTION_COLUMNS:
+    for col in PREDICTION_COLUMNS.get(task, PREDICTION_COLUMNS["classification"]):
         # object dtype: a failed row's None must not turn integer labels into floats
         out[col] = pd.Series([a.get(col) if a else None for a in answers], dtype=object)
     out["error"] = reasons
@@ -146,19 +178,39 @@ def run(
     upload: Upload,
     chunk_rows: int = 200,
     progress: Callable[[int, int], None] | None = None,
+    task: str = "classification",
 ) -> BatchResult:
     """Predict an upload and tabulate the answers."""
     answers, reasons, stopped = predict_rows(client, upload.rows, chunk_rows, progress)
-    table = result_table(upload, answers, reasons)
+    table = result_table(upload, answers, reasons, task)
     failed = table.loc[table["error"].notna(), ["row", "error"]].reset_index(drop=True)
     return BatchResult(table=table, failed=failed, stopped=stopped)
 
 
-def accuracy(table: pd.DataFrame) -> float | None:
-    """Share of predicted rows whose label equals the file's ``target`` (if it has one)."""
-    if TARGET not in table.columns:
+def accuracy(table: pd.DataFrame, target: str = TARGET) -> float | None:
+    """Share of predicted rows whose label equals the file's target (if it has one)."""
+    if target not in table.columns or "label" not in table.columns:
         return None
     ok = table[table["error"].isna()]
     if ok.empty:
         return None
-    return float((ok[TARGET].astype(str).str.strip() == ok["label"].astype(str)).mean())
+    return float((ok[target].astype(str).str.strip() == ok["label"].astype(str)).mean())
+
+
+def errors(table: pd.DataFrame, target: str = TARGET) -> dict[str, float] | None:
+    """A regression's MAE and RMSE against the file's target, over the predicted rows whose
+    target is a number (None without a target or such rows)."""
+    if target not in table.columns or "value" not in table.columns:
+        return None
+    ok = table[table["error"].isna()]
+    truth = pd.to_numeric(ok[target], errors="coerce")
+    predicted = pd.to_numeric(ok["value"], errors="coerce")
+    both = truth.notna() & predicted.notna()
+    if not both.any():
+        return None
+    diff = (predicted[both] - truth[both]).to_numpy(dtype=float)
+    return {
+        "mae": float(abs(diff).mean()),
+        "rmse": float((diff**2).mean() ** 0.5),
+        "rows": float(both.sum()),
+    }

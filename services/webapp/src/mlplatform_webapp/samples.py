@@ -2,7 +2,8 @@
 
 ``data/held_out.csv`` is the retrainer's fixed test split of the shipped data set (stratified,
 seed 42, 20 %), so a "random sample" is a row the first model never trained on. A model whose
-schema does not match those columns gets rows drawn from its own reference statistics instead.
+schema does not match those columns (another data set, categories) gets rows drawn from its own
+reference statistics instead: categories by their shares in training.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any
 
 import pandas as pd
 
+from mlplatform_common.schema import is_category
+from mlplatform_webapp import cards
+
 TARGET = "target"
 
 
@@ -24,27 +28,39 @@ def held_out() -> pd.DataFrame:
         return pd.read_csv(f)
 
 
-def medians(schema: list[dict[str, Any]]) -> dict[str, float]:
-    """Each feature's reference median (its mean when the schema has no median)."""
-    return {f["name"]: float(f.get("median", f.get("mean", 0.0))) for f in schema}
+def medians(schema: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each feature's first value: a number's reference median (its mean when the schema has no
+    median), a category's most common value."""
+    return {f["name"]: cards.default_value(f) for f in schema}
 
 
 def random_row(
     schema: list[dict[str, Any]], rng: random.Random | None = None
-) -> tuple[dict[str, float], Any, str]:
+) -> tuple[dict[str, Any], Any, str]:
     """A row to try: ``(features, true target or None, where it came from)``."""
     rng = rng or random.Random()  # noqa: S311 - picking a demo row, not security
     names = [f["name"] for f in schema]
     rows = held_out()
-    if names and set(names) <= set(rows.columns):
+    typed = any(is_category(f) for f in schema)
+    if names and not typed and set(names) <= set(rows.columns):
         i = rng.randrange(len(rows))
         row = rows.iloc[i]
         target = row[TARGET].item() if TARGET in rows.columns else None
         return {n: float(row[n]) for n in names}, target, f"held-out row {i + 1} of {len(rows)}"
-    out = {}
-    for f in schema:
-        lo = float(f.get("q01", f.get("min", 0.0)))
-        hi = float(f.get("q99", f.get("max", lo)))
-        value = rng.gauss(float(f.get("mean", lo)), float(f.get("std", 0.0)))
-        out[f["name"]] = float(min(max(value, lo), hi))
-    return out, None, "drawn from the reference statistics"
+    return {f["name"]: draw(f, rng) for f in schema}, None, "drawn from the reference statistics"
+
+
+def draw(spec: dict[str, Any], rng: random.Random) -> Any:
+    """One value of a feature from its reference statistics: a category by its shares in
+    training, a number from a normal of its mean and spread kept within its 1-99 % range."""
+    if is_category(spec):
+        categories = list(spec.get("categories") or [])
+        shares = list(spec.get("shares") or [])
+        if not categories:
+            return cards.EMPTY
+        weights = shares if len(shares) == len(categories) and sum(shares) > 0 else None
+        return rng.choices(categories, weights=weights)[0]
+    lo = float(spec.get("q01", spec.get("min", 0.0)))
+    hi = float(spec.get("q99", spec.get("max", lo)))
+    value = rng.gauss(float(spec.get("mean", lo)), float(spec.get("std", 0.0)))
+    return float(min(max(value, lo), hi))

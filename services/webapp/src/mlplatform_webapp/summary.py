@@ -32,7 +32,15 @@ FIELDS: list[tuple[str, tuple[str, ...], tuple[tuple[str, ...], ...]]] = [
         ((), ("quality",), ("classification",), ("metrics",)),
     ),
     ("Accuracy", ("accuracy",), ((), ("quality",), ("classification",), ("metrics",))),
+    ("ROC AUC", ("roc_auc",), ((), ("quality",), ("classification",), ("metrics",))),
+    # a regression's quality (the reporter's names, as quality.regression_metrics has them)
+    ("MAE", ("mae",), ((), ("quality",), ("regression",), ("metrics",))),
+    ("RMSE", ("rmse",), ((), ("quality",), ("regression",), ("metrics",))),
+    ("R²", ("r2",), ((), ("quality",), ("regression",), ("metrics",))),
+    ("MAPE", ("mape",), ((), ("quality",), ("regression",), ("metrics",))),
 ]
+LOWER_IS_BETTER = {"MAE", "RMSE", "MAPE"}
+"""Labels whose rise is bad news (shown red), as drift's is."""
 
 
 def _at(doc: Any, path: tuple[str, ...]) -> Any:

@@ -6,6 +6,7 @@ from typing import Any, NoReturn
 
 import streamlit as st
 
+from mlplatform_webapp import cards
 from mlplatform_webapp.api_client import ApiClient, ApiError
 from mlplatform_webapp.settings import get_settings
 
@@ -64,19 +65,9 @@ def report_html(report_id: str) -> str:
     return _report_html(get_settings().api_url, report_id)
 
 
-def class_labels(card: dict[str, Any]) -> dict[str, Any]:
-    """Readable name -> class value, in the model's class order."""
-    classes = list(card.get("classes") or [])
-    names = list(card.get("class_names") or [])
-    return {(str(names[i]) if i < len(names) else str(c)): c for i, c in enumerate(classes)}
-
-
-def class_name(card: dict[str, Any], value: Any) -> str:
-    """The readable name of a class value (as the API spells it, e.g. ``"1"``)."""
-    for name, cls in class_labels(card).items():
-        if str(cls) == str(value):
-            return name
-    return str(value)
+# The card's readings live in cards.py (plain logic); the pages know them by these names too.
+class_labels = cards.class_labels
+class_name = cards.class_name
 
 
 def _watch_api() -> None:

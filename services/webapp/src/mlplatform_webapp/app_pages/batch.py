@@ -6,15 +6,20 @@ import hashlib
 
 import streamlit as st
 
-from mlplatform_webapp import batch, ui
+from mlplatform_common.schema import is_category
+from mlplatform_webapp import batch, cards, ui
 from mlplatform_webapp.settings import get_settings
 
 st.title("Batch")
 card = ui.fetch_or_stop(ui.model_card)
-features = [f["name"] for f in card.get("feature_schema") or []]
+schema = cards.schema(card)
+task = cards.task(card)
+features = [f["name"] for f in schema]
+target = card.get("target") or batch.TARGET
 st.caption(
     f"Upload a CSV with a header line and the model's {len(features)} feature columns "
-    "(the shipped data set's format: a `target` column is kept beside the predictions)."
+    f"(the data set's format: a `{target}` column is kept beside the predictions; an empty "
+    "cell is a missing value)."
 )
 
 upload = st.file_uploader("CSV file", type=["csv"], key="batch_file")
@@ -24,7 +29,9 @@ if upload is None:
 data = upload.getvalue()
 digest = hashlib.sha256(data).hexdigest()
 try:
-    parsed = batch.read_upload(data, features)
+    parsed = batch.read_upload(
+        data, features, {f["name"] for f in schema if is_category(f)}, target
+    )
 except batch.BatchFileError as exc:
     st.error(str(exc), icon=":material/block:")
     st.stop()
@@ -40,7 +47,7 @@ if done is None or done[0] != digest:
     def progress(n: int, total: int) -> None:
         bar.progress(n / total, text=f"Predicted {n} of {total} rows")
 
-    result = batch.run(ui.client(), parsed, get_settings().batch_chunk_rows, progress)
+    result = batch.run(ui.client(), parsed, get_settings().batch_chunk_rows, progress, task)
     bar.empty()
     st.session_state["batch_result"] = (digest, result)
 else:
@@ -54,9 +61,15 @@ st.success(
     + (f"; {len(result.failed)} failed (listed below)." if len(result.failed) else "."),
     icon=":material/task_alt:",
 )
-score = batch.accuracy(result.table)
+score = batch.accuracy(result.table, parsed.target)
 if score is not None:
-    st.caption(f"Accuracy against the file's target column: {score:.1%}")
+    st.caption(f"Accuracy against the file's {parsed.target} column: {score:.1%}")
+errors = batch.errors(result.table, parsed.target)
+if errors is not None:
+    st.caption(
+        f"Against the file's {parsed.target} column ({errors['rows']:.0f} rows): "
+        f"MAE {cards.format_value(errors['mae'])}, RMSE {cards.format_value(errors['rmse'])}"
+    )
 st.dataframe(result.table, hide_index=True)
 st.download_button(
     "Download results (CSV)",

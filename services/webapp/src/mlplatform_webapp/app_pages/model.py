@@ -7,23 +7,23 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from mlplatform_webapp import ui
-
-METRICS = ["f1", "accuracy", "balanced_accuracy", "precision", "recall", "roc_auc"]
+from mlplatform_webapp import cards, ui
 
 st.title("Model")
 history = ui.fetch_or_stop(ui.models)
 card = ui.fetch_or_stop(ui.model_card)
+task = cards.task(card)
+METRICS = cards.METRICS[task]
 alias = history.get("production") or {}
 production = alias.get("version") if isinstance(alias, dict) else None
 serving = history.get("serving") or card.get("version")
 
-c1, c2, c3, c4 = st.columns(4)
+c1, c2, c3, c4, c5 = st.columns(5)
 c1.metric("Serving", str(serving))
 c2.metric("In production", str(production or "none"))
 c3.metric("Versions", len(history.get("versions") or []))
-test = (card.get("metrics") or {}).get("test") or {}
-c4.metric("Test F1", f"{test['f1']:.3f}" if isinstance(test.get("f1"), int | float) else "–")
+c4.metric("Task", task)
+c5.metric(*cards.headline(card))
 if production and serving and production != serving:
     st.warning(f"This replica serves {serving} while the production alias names {production}.")
 hold = alias.get("hold") if isinstance(alias, dict) else None
@@ -83,12 +83,22 @@ if not versions:
 else:
     table = pd.DataFrame(versions)
     st.dataframe(table, hide_index=True)
-    plotted = [c for c in (f"test {m}" for m in METRICS) if c in table.columns]
+    plotted = [m for m in METRICS if f"test {m}" in table.columns]
+    scores = [m for m in plotted if m in cards.SCORES_0_1]
     if plotted:
         st.subheader("Test metrics by version")
-        long = table.melt(id_vars="version", value_vars=plotted, var_name="metric")
+    if scores:  # scores share a 0–1 axis
+        long = table.melt(
+            id_vars="version", value_vars=[f"test {m}" for m in scores], var_name="metric"
+        )
         long["metric"] = long["metric"].str.removeprefix("test ")
         st.bar_chart(long, x="version", y="value", color="metric", stack=False, height=320)
+    others = [m for m in plotted if m not in cards.SCORES_0_1]
+    # error metrics are in the target's units and R² may be negative: each on its own axis
+    for column, m in zip(st.columns(max(len(others), 1)), others, strict=False):
+        with column:
+            st.caption(f"Test {cards.metric_label(m)}")
+            st.bar_chart(table, x="version", y=f"test {m}", height=240)
 
 st.subheader(f"Card of {card.get('version', '?')} (serving)")
 left, right = st.columns(2)
@@ -101,8 +111,10 @@ with left:
                 ("estimator", card.get("estimator")),
                 ("backup estimator", card.get("backup_estimator")),
                 ("parent", card.get("parent") or "none"),
+                ("task", task),
+                ("target", card.get("target")),
                 ("embedding", f"{card.get('n_components', '?')} PCA components"),
-                ("classes", ", ".join(ui.class_labels(card))),
+                ("classes", ", ".join(ui.class_labels(card)) or None),
                 ("training data", (card.get("training_data") or {}).get("dataset")),
                 ("split", _split(card.get("split"))),
             )
@@ -110,8 +122,10 @@ with left:
         )
     )
 with right:
-    metrics = card.get("metrics") or {}
-    if metrics:
-        st.dataframe(pd.DataFrame(metrics).T)
-with st.expander("Feature schema (reference statistics)"):
+    metrics = cards.metrics_frame(card)
+    if not metrics.empty:
+        st.dataframe(metrics)
+st.subheader("Feature schema")
+st.dataframe(cards.schema_table(cards.schema(card)), hide_index=True)
+with st.expander("Reference statistics"):
     st.dataframe(pd.DataFrame(card.get("feature_schema") or []), hide_index=True)

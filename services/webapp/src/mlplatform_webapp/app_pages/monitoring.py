@@ -42,7 +42,9 @@ if numbers:
             label,
             f"{value:.0f}" if whole else f"{value:.3f}",
             delta=None if delta is None else (f"{delta:+.0f}" if whole else f"{delta:+.3f}"),
-            delta_color="inverse" if label.startswith("Drift") else "normal",
+            delta_color="inverse"
+            if label.startswith("Drift") or label in summary.LOWER_IS_BETTER
+            else "normal",
         )
 else:
     st.caption("This report's summary has none of the usual numbers.")
