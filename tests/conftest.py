@@ -192,6 +192,39 @@ class S3Server:
         )
 
 
+def serving_env(server: S3Server, bucket: str, **extra: str) -> dict[str, str]:
+    """The environment of services on ``bucket`` of ``server``: the S3 keys, the signing key,
+    tokens (admin ``proc-admin``, writer ``proc-writer``), a log flushed every 0.5 s, and no
+    retrain started by feedback."""
+    return {
+        "MLPLATFORM_STORE_URL": f"s3://{bucket}",
+        "MLPLATFORM_S3_ENDPOINT": server.endpoint,
+        "MLPLATFORM_S3_ACCESS_KEY": S3_KEYS["access_key"],
+        "MLPLATFORM_S3_SECRET_KEY": S3_KEYS["secret_key"],
+        "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
+        "MLPLATFORM_ADMIN_TOKEN": "proc-admin",
+        "MLPLATFORM_WRITER_TOKEN": "proc-writer",
+        "MLPLATFORM_LOG_FLUSH_SECONDS": "0.5",
+        "MLPLATFORM_RETRAIN_EVERY": "0",
+        **extra,
+    }
+
+
+def run_cli(
+    module: str, args: list[str], env: dict[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m <module> <args>`` as a user runs it from the repository, with ``env`` set."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     server = S3Server().start()

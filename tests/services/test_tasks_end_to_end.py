@@ -7,9 +7,6 @@ The three cover the tasks and column types: breast cancer (binary classes, numbe
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -22,41 +19,22 @@ from mlplatform_common import datalog
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.reports import ReportArchive
 from mlplatform_common.schema import load_dataset
-from tests.conftest import DATA, REPO, S3_KEYS, SIGNING_KEY, S3Server, ServingProcess
+from tests.conftest import DATA, SIGNING_KEY, S3Server, ServingProcess, run_cli, serving_env
 
-WRITER = {"Authorization": "Bearer e2e-writer"}
+WRITER = {"Authorization": "Bearer proc-writer"}
 LABELLED = 40
 
 
 def _env(server: S3Server, bucket: str) -> dict[str, str]:
-    return {
-        "MLPLATFORM_STORE_URL": f"s3://{bucket}",
-        "MLPLATFORM_S3_ENDPOINT": server.endpoint,
-        "MLPLATFORM_S3_ACCESS_KEY": S3_KEYS["access_key"],
-        "MLPLATFORM_S3_SECRET_KEY": S3_KEYS["secret_key"],
-        "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
-        "MLPLATFORM_ADMIN_TOKEN": "e2e-admin",
-        "MLPLATFORM_WRITER_TOKEN": "e2e-writer",
-        "MLPLATFORM_LOG_FLUSH_SECONDS": "0.5",
-        "MLPLATFORM_RETRAIN_EVERY": "0",
-        "MLPLATFORM_PUSHGATEWAY_URL": "",
-        "MLPLATFORM_ROLLOUT": "local",
-        "MLPLATFORM_MIN_LABELLED_ROWS": "20",
+    return serving_env(
+        server,
+        bucket,
+        MLPLATFORM_PUSHGATEWAY_URL="",
+        MLPLATFORM_ROLLOUT="local",
+        MLPLATFORM_MIN_LABELLED_ROWS="20",
         # The gate must promote here, whatever the noise of a small retrain: the gate's own
         # decisions are proven in the retrainer's tests.
-        "MLPLATFORM_GATE_TOLERANCE": "1.0",
-    }
-
-
-def _cli(module: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+        MLPLATFORM_GATE_TOLERANCE="1.0",
     )
 
 
@@ -131,7 +109,7 @@ def test_a_shipped_data_set_goes_the_whole_loop(s3_server: S3Server, name: str, 
     env = _env(s3_server, store.bucket)
 
     # train: v1, its task read from the target
-    proc = _cli("mlplatform_retrainer", ["train", "--data", str(data_path)], env)
+    proc = run_cli("mlplatform_retrainer", ["train", "--data", str(data_path)], env)
     assert proc.returncode == 0, proc.stderr
     registry = ModelRegistry(store, SIGNING_KEY)
     manifest = registry.manifest("v1")
@@ -213,7 +191,7 @@ def test_a_shipped_data_set_goes_the_whole_loop(s3_server: S3Server, name: str, 
             assert pd.api.types.is_float_dtype(logged["prediction"])
 
         # report: drift and the task's quality from the labelled rows
-        proc = _cli("mlplatform_reporter", ["run"], env)
+        proc = run_cli("mlplatform_reporter", ["run"], env)
         assert proc.returncode == 0, proc.stderr
         report = ReportArchive(store).latest()
         assert report is not None
@@ -223,7 +201,7 @@ def test_a_shipped_data_set_goes_the_whole_loop(s3_server: S3Server, name: str, 
         assert report["drift"], report
 
         # retrain: the gate compares by the task's metric, then the swap and a rollback
-        proc = _cli(
+        proc = run_cli(
             "mlplatform_retrainer",
             ["run", "--force"],
             {**env, "MLPLATFORM_SERVING_URL": serving.url},
@@ -238,7 +216,7 @@ def test_a_shipped_data_set_goes_the_whole_loop(s3_server: S3Server, name: str, 
         assert r.status_code == 200, r.text
         _check_answers(r.json()["predictions"], task, classes)
 
-        proc = _cli(
+        proc = run_cli(
             "mlplatform_retrainer", ["rollback"], {**env, "MLPLATFORM_SERVING_URL": serving.url}
         )
         assert proc.returncode == 0, proc.stderr

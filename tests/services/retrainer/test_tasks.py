@@ -4,9 +4,7 @@ store: the gate compares by the task's metric in its direction; and the ``train`
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -24,7 +22,7 @@ from mlplatform_retrainer.job import publish, upload_dataset
 from mlplatform_retrainer.retrain import _rows_of, line_best, rollback, run
 from mlplatform_retrainer.settings import RetrainerSettings
 from mlplatform_retrainer.train import TrainConfig, split, train
-from tests.conftest import DATA, REPO, SIGNING_KEY, S3Server, publish_trained
+from tests.conftest import DATA, SIGNING_KEY, S3Server, publish_trained, run_cli
 from tests.services.retrainer.conftest import retrainer_settings
 
 
@@ -250,15 +248,7 @@ def test_the_gate_compares_errors_lower_is_better_with_a_relative_tolerance() ->
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mlplatform_retrainer", *args],
-        cwd=REPO,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_cli("mlplatform_retrainer", args, env)
 
 
 def test_train_publishes_a_regression_version_and_refuses_classification_of_it(

@@ -14,26 +14,17 @@ import pytest
 from mlplatform_common import datalog
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import S3Store
-from tests.conftest import S3_KEYS, SIGNING_KEY, S3Server, ServingProcess, publish_trained
+from tests.conftest import (
+    SIGNING_KEY,
+    S3Server,
+    ServingProcess,
+    publish_trained,
+    serving_env,
+)
 from tests.services.serving.test_api import sample
 
 ADMIN = {"Authorization": "Bearer proc-admin"}
 WRITER = {"Authorization": "Bearer proc-writer"}
-
-
-def serving_env(server: S3Server, bucket: str, **extra: str) -> dict[str, str]:
-    return {
-        "MLPLATFORM_STORE_URL": f"s3://{bucket}",
-        "MLPLATFORM_S3_ENDPOINT": server.endpoint,
-        "MLPLATFORM_S3_ACCESS_KEY": S3_KEYS["access_key"],
-        "MLPLATFORM_S3_SECRET_KEY": S3_KEYS["secret_key"],
-        "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
-        "MLPLATFORM_ADMIN_TOKEN": "proc-admin",
-        "MLPLATFORM_WRITER_TOKEN": "proc-writer",
-        "MLPLATFORM_LOG_FLUSH_SECONDS": "0.5",
-        "MLPLATFORM_RETRAIN_EVERY": "0",
-        **extra,
-    }
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from mlplatform_common import datalog
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.schema import UNKNOWN, encoded_frame
 from mlplatform_common.storage import S3Store
-from tests.conftest import SIGNING_KEY, S3Server, ServingProcess, publish_trained
-from tests.services.serving.test_process import WRITER, serving_env
+from tests.conftest import SIGNING_KEY, S3Server, ServingProcess, publish_trained, serving_env
+from tests.services.serving.test_process import WRITER
 from tests.services.serving.test_tasks import expected_proba, rows_of, v2_inputs
 
 INFER = "/v2/models/mlplatform/infer"
