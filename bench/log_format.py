@@ -45,10 +45,11 @@ def logged(serving_python: str, seconds: float, tmp: Path) -> list[bytes]:
     return [store.get(k) for k in store.list_keys(keys.PREDICTIONS)]
 
 
-def compaction(objects: list[bytes], tmp: Path) -> dict[str, float]:
-    """The objects as one closed day's batches in a fresh store, compacted: bytes per row
-    before and after, the reporter's CPU µs per row, and the rows read back."""
-    store = LocalStore(tmp / "compaction")
+def compaction(objects: list[bytes], tmp: Path, max_rows: int) -> dict[str, float]:
+    """The objects as one closed day's batches in a fresh store, compacted into objects of at
+    most ``max_rows`` rows: bytes per row before and after, the reporter's CPU µs per row, and
+    the rows read back."""
+    store = LocalStore(tmp / f"compaction-{max_rows}")
     store.ensure()
     day = 20_000 * 86_400.0
     for i, blob in enumerate(objects):
@@ -56,7 +57,7 @@ def compaction(objects: list[bytes], tmp: Path) -> dict[str, float]:
     rows = len(datalog.read_predictions(store))
     before = sum(len(store.get(k)) for k in store.list_keys(keys.PREDICTIONS))
     t0 = time.process_time()
-    done = datalog.compact_predictions(store, day + 2 * 86_400)
+    done = datalog.compact_predictions(store, day + 2 * 86_400, max_rows=max_rows)
     cpu = time.process_time() - t0
     after = sum(len(store.get(k)) for k in store.list_keys(keys.PREDICTIONS))
     return {
@@ -79,7 +80,9 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mlplatform-logfmt-"))
     try:
         objects = logged(args.serving_python, args.seconds, tmp)
-        compacted = compaction(objects, tmp) if objects else {}
+        # bench.run.bodies repeat after 50,000 rows (50 bodies of 1,000): an object of more
+        # holds rows twice, which ZSTD finds, as real traffic would rarely let it
+        compacted = {n: compaction(objects, tmp, n) for n in (50_000, 100_000)} if objects else {}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     frames = [pd.read_parquet(io.BytesIO(b), engine="fastparquet") for b in objects]
@@ -107,14 +110,14 @@ def main() -> int:
             f"| {codec or 'none'} | {size / rows:.0f} | {write / rows * 1e6:.2f} "
             f"| {read / rows * 1e6:.2f} |"
         )
-    c = compacted
-    print(
-        f"\nCompaction of a closed day (datalog.compact_predictions, ZSTD, <= 100k rows an "
-        f"object): {c['objects_before']} objects -> {c['objects_after']}, "
-        f"{c['bytes_per_row_before']:.0f} -> {c['bytes_per_row_after']:.0f} bytes per row, "
-        f"{c['cpu_us_per_row']:.2f} CPU µs per row (the reporter's); rows read back "
-        f"{c['rows_after']:,} of {c['rows']:,}"
-    )
+    for n, c in compacted.items():
+        print(
+            f"\nCompaction of a closed day (datalog.compact_predictions, ZSTD, <= {n:,} rows an "
+            f"object): {c['objects_before']} objects -> {c['objects_after']}, "
+            f"{c['bytes_per_row_before']:.0f} -> {c['bytes_per_row_after']:.0f} bytes per row, "
+            f"{c['cpu_us_per_row']:.2f} CPU µs per row (the reporter's); rows read back "
+            f"{c['rows_after']:,} of {c['rows']:,}"
+        )
     return 0
 
 

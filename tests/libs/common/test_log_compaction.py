@@ -206,3 +206,14 @@ def test_retention_deletes_compacted_days(store: Store) -> None:
     dropped = datalog.drop_expired_predictions(store, keep_days=0.01, now=NOW)
     assert dropped["partitions"] == 2
     assert store.list_keys(keys.PREDICTIONS) == today
+
+
+def test_a_compacted_key_spans_its_batches_and_a_batch_key_is_never_taken_for_one() -> None:
+    prefix = keys.predictions_day(10 * DAY)
+    key = keys.compacted_batch(prefix, 864_000_123, 864_090_456, "abc")
+    assert key.startswith(prefix) and keys.is_compacted(key)
+    assert keys.written_span(key) == (864_000.123, 864_090.456)
+    assert keys.written_at(key) == 864_090.456  # listed from any of its batches' times on
+    batch = keys.predictions_batch(10 * DAY + 5, "c12345678901")  # a hex id that starts with c
+    assert not keys.is_compacted(batch)
+    assert keys.written_span(batch) == (10 * DAY + 5, 10 * DAY + 5)
