@@ -4,7 +4,8 @@ Servers are pinned to CPU 0 and ``wrk`` to CPU 1 (``taskset``) when the machine 
 cores. Each scenario runs the servers alternately (floor, ours, naive), so a slow moment of
 the machine hits all of them. Results go to stdout and ``bench/BENCHMARKS.md``.
 
-Usage: python -m bench.run [--seconds 5] [--only serving|jobs|tasks] [--output bench/BENCHMARKS.md]
+Usage: python -m bench.run [--seconds 5] [--only serving|jobs|tasks] [--ours-per-cell]
+[--output bench/BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -322,12 +323,16 @@ def task_bodies(dataset: str) -> dict[str, tuple[list[bytes], str]]:
 
 
 def bench_tasks(
-    seconds: float, serving_python: str, connections: tuple[int, ...] = (1, 32)
+    seconds: float,
+    serving_python: str,
+    connections: tuple[int, ...] = (1, 32),
+    one_process: bool = True,
 ) -> list[dict[str, Any]]:
     """Ours serving a mixed-type classifier (penguins) and a regression (diabetes). A version
     without a checked ONNX file needs scikit-learn, which the serving's own environment does
     not have: such a model runs in the all-packages ``.venv`` (its cells say which engine and
-    environment answered)."""
+    environment answered). ``one_process``: one process per data set serves its cells in
+    turn; otherwise each cell starts a fresh one."""
     results: list[dict[str, Any]] = []
     for dataset in TASK_DATA:
         tmp = Path(tempfile.mkdtemp(prefix=f"mlplatform-bench-{dataset}-"))
@@ -340,16 +345,24 @@ def bench_tasks(
                 server = Server("ours", [sys.executable, "-m", "mlplatform_serving"], env, "/ready")
             venv = Path(server.cmd[0]).absolute() == Path(sys.executable).absolute()
             where = ".venv" if venv else "serving env"
+            if one_process:
+                server.start()
             for scenario, (sent, ctype) in task_bodies(dataset).items():
                 for c in connections:
-                    server.start()
+                    if not one_process:
+                        server.start()
                     try:
                         engine = httpx.get(server.url + "/model", timeout=30).json()["engine"]
                         url = server.url + path_of(scenario)
                         wrk(url, sent, ctype, c, 1)  # warm-up
+                        before = log_metrics(server.url)
                         r = wrk(url, sent, ctype, c, seconds)
-                        dropped = log_dropped(server.url)
-                    finally:
+                        log = log_delta(before, log_metrics(server.url))
+                        dropped = log["log_dropped_rows"]
+                    except BaseException:
+                        server.stop()
+                        raise
+                    if not one_process:
                         server.stop()
                     rows = 1000 if "1,000" in scenario else 1
                     results.append(
@@ -358,7 +371,7 @@ def bench_tasks(
                             "connections": c,
                             "server": "ours",
                             "engine": f"{engine}, {where}",
-                            "log_dropped_rows": dropped,
+                            **log,
                             **r,
                             "rows_per_s": r["rps"] * rows,
                         }
@@ -366,12 +379,23 @@ def bench_tasks(
                     print(
                         f"{scenario:30} c={c:<3} ours ({engine}, {where}) {r['rps']:9.0f} req/s  "
                         f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
-                        f"non-2xx {r['non_2xx']}  dropped {dropped:.0f}",
+                        f"non-2xx {r['non_2xx']}  dropped {dropped:.0f}  "
+                        f"log waits {log['log_waits']:.0f}",
                         flush=True,
                     )
+            server.stop()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return results
+
+
+def log_wait_cells(r: dict[str, Any]) -> str:
+    """A cell's log waits (those at the bound) and their p99, or blanks for another server."""
+    if "log_waits" not in r:
+        return " | "
+    return f"{r['log_waits']:,.0f} ({r['log_wait_limit']:,.0f}) | " + (
+        f"{r['log_wait_p99_ms']:g}" if r["log_waits"] else "–"
+    )
 
 
 def tasks_markdown(results: list[dict[str, Any]]) -> list[str]:
@@ -384,12 +408,13 @@ def tasks_markdown(results: list[dict[str, Any]]) -> list[str]:
         "each data set, numbers times 1 ± ~2% (`bench.run.task_bodies`). A version without a",
         "checked ONNX file runs in the `.venv` (scikit-learn), as the engine column says.",
         "",
-        "| scenario | conns | engine | req/s | rows/s | p50 ms | p99 ms | timeouts | non-2xx | log rows dropped |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | conns | engine | req/s | rows/s | p50 ms | p99 ms | timeouts | non-2xx | log rows dropped | log waits | log wait p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(
             f"| {r['scenario']} | {r['connections']} | {r['engine']} | {r['rps']:,.0f} | "
             f"{r['rows_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{r.get('timeouts', 0)} | {r['non_2xx']} | {r['log_dropped_rows']:.0f} |"
+            f"{r.get('timeouts', 0)} | {r['non_2xx']} | {r['log_dropped_rows']:.0f} | "
+            f"{log_wait_cells(r)} |"
             for r in results
         ),
         "",
@@ -431,8 +456,14 @@ SHARED_WITH_MLSERVER = ("single V2 FP64 tensor", "1,000-row V2 FP64 tensor")
 
 
 def bench_serving(
-    seconds: float, serving_python: str, mlserver_python: str | None = None
+    seconds: float,
+    serving_python: str,
+    mlserver_python: str | None = None,
+    one_process: bool = True,
 ) -> dict[str, Any]:
+    """Every scenario, the servers in turn. ``one_process``: one serving process of ours
+    serves all its cells in turn (and the feedback run), as a deployed one would, and its
+    peak memory over the whole run is reported; otherwise each cell starts a fresh one."""
     tmp = Path(tempfile.mkdtemp(prefix="mlplatform-bench-"))
     try:
         env = make_store(tmp)
@@ -467,6 +498,7 @@ def bench_serving(
             servers["ours"].stop()
         results: list[dict[str, Any]] = []
         memory, memory_where, peak, peak_where, dropped = 0.0, "", 0.0, "", 0.0
+        shared = servers["ours"].start() if one_process else None
         for scenario, (sent, ctype) in bodies().items():
             for connections in (1, 32):
                 for name in ("floor", "ours", "naive", "mlserver", "mlserver+proba"):
@@ -477,21 +509,26 @@ def bench_serving(
                     ):
                         continue
                     body = [with_probabilities(b) for b in sent] if name.endswith("proba") else sent
-                    server = servers[name].start()
+                    ours = name == "ours"
+                    server = shared if ours and shared else servers[name].start()
+                    log: dict[str, Any] = {}
                     try:  # a failed measurement must not leave the server running
                         url = server.url + path_of(scenario)
                         wrk(url, body, ctype, connections, 1)  # warm-up
+                        before = log_metrics(server.url) if ours else {}
                         r = wrk(url, body, ctype, connections, seconds)
-                        if name == "ours":
+                        if ours:
+                            log = log_delta(before, log_metrics(server.url))
                             rss = rss_mb(server.proc.pid)  # type: ignore[union-attr]
                             if rss > memory:
                                 memory, memory_where = rss, f"{scenario}, {connections} conns"
                             hwm = rss_mb(server.proc.pid, "VmHWM")  # type: ignore[union-attr]
                             if hwm > peak:
                                 peak, peak_where = hwm, f"{scenario}, {connections} conns"
-                            dropped += log_dropped(server.url)
+                            dropped += log["log_dropped_rows"]
                     finally:
-                        server.stop()
+                        if server is not shared:
+                            server.stop()
                     rows = 1000 if "1,000" in scenario else 1
                     results.append(
                         {
@@ -499,18 +536,36 @@ def bench_serving(
                             "connections": connections,
                             "server": name,
                             **r,
+                            **log,
                             "rows_per_s": r["rps"] * rows,
                         }
                     )
+                    waits = (
+                        f"  log waits {log['log_waits']:.0f} (p99 {log['log_wait_p99_ms']:g} ms)"
+                        if ours
+                        else ""
+                    )
                     print(
-                        f"{scenario:26} c={connections:<3} {name:6} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  non-2xx {r['non_2xx']}",
+                        f"{scenario:26} c={connections:<3} {name:6} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  non-2xx {r['non_2xx']}{waits}",
                         flush=True,
                     )
-        feedback = bench_feedback(servers["ours"], seconds)
+        whole_run: dict[str, Any] | None = None
+        if shared:
+            feedback = bench_feedback(shared, seconds, running=True)
+            whole_run = {
+                "peak_mb": rss_mb(shared.proc.pid, "VmHWM"),  # type: ignore[union-attr]
+                "end_mb": rss_mb(shared.proc.pid),  # type: ignore[union-attr]
+                "cells": sum(r["server"] == "ours" for r in results),
+            }
+            shared.stop()
+            print(f"one process, whole run: {whole_run}", flush=True)
+        else:
+            feedback = bench_feedback(servers["ours"], seconds)
         steps = bench_steps(serving_python, env)
         return {
+            "whole_run": whole_run,
             "results": results,
-            "tasks": bench_tasks(seconds, serving_python),
+            "tasks": bench_tasks(seconds, serving_python, one_process=one_process),
             "cold_start_s": sorted(cold)[1],
             "rss_ready_mb": sorted(ready_rss)[1],
             "rss_mb": memory,
@@ -535,26 +590,74 @@ def bench_serving(
 def log_dropped(url: str) -> float:
     """Prediction log rows our server dropped (its buffer overflowed): the throughput counts
     only if the log kept up."""
+    return log_metrics(url)["dropped"]
+
+
+def log_metrics(url: str) -> dict[str, Any]:
+    """Our server's prediction log counters so far: rows dropped, and the requests' waits for
+    room in its buffer (back-pressure): how many, their total seconds, how many reached the
+    bound, and the wait histogram's cumulative buckets."""
     text = httpx.get(url + "/metrics", timeout=30).text
-    found = re.search(r"^mlplatform_prediction_log_dropped_rows_total ([0-9.e+]+)$", text, re.M)
-    if found is None:
-        raise RuntimeError("/metrics has no mlplatform_prediction_log_dropped_rows_total")
-    return float(found.group(1))
+
+    def value(name: str) -> float:
+        found = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+        if found is None:
+            raise RuntimeError(f"/metrics has no {name}")
+        return float(found.group(1))
+
+    buckets = {
+        float(le): float(n)
+        for le, n in re.findall(
+            r'^mlplatform_prediction_log_wait_seconds_bucket\{le="([^"]+)"\} ([0-9.e+-]+)$',
+            text,
+            re.M,
+        )
+    }
+    return {
+        "dropped": value("mlplatform_prediction_log_dropped_rows_total"),
+        "waits": value("mlplatform_prediction_log_wait_seconds_count"),
+        "wait_s": value("mlplatform_prediction_log_wait_seconds_sum"),
+        "limit": value("mlplatform_prediction_log_wait_limit_reached_total"),
+        "buckets": buckets,
+    }
 
 
-def bench_feedback(server: Server, seconds: float) -> dict[str, Any]:
-    """Feedback ingestion into the local store: every 201 must be a stored row."""
+def log_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """One cell's share of the log's counters (a server that served earlier cells too):
+    rows dropped, waits, waits that reached the bound, and the 99th percentile of the waits
+    (the upper edge of its histogram bucket, ms; 0 without waits)."""
+    waits = after["waits"] - before["waits"]
+    p99 = 0.0
+    if waits:
+        for le in sorted(after["buckets"]):
+            if after["buckets"][le] - before["buckets"].get(le, 0.0) >= 0.99 * waits:
+                p99 = le * 1000
+                break
+    return {
+        "log_dropped_rows": after["dropped"] - before["dropped"],
+        "log_waits": waits,
+        "log_wait_limit": after["limit"] - before["limit"],
+        "log_wait_p99_ms": p99,
+        "log_wait_mean_ms": (after["wait_s"] - before["wait_s"]) * 1000 / waits if waits else 0.0,
+    }
+
+
+def bench_feedback(server: Server, seconds: float, running: bool = False) -> dict[str, Any]:
+    """Feedback ingestion into the local store: every 201 must be a stored row. ``running``:
+    the server is already up (and stays up)."""
     from mlplatform_common import datalog
     from mlplatform_common.storage import LocalStore
 
-    server.start()
+    if not running:
+        server.start()
     try:
         row = pd.read_csv(DATA).drop(columns="target").iloc[0].to_dict()
         body = json.dumps({"features": row, "prediction": 0, "target": 0}).encode()
         headers = f"application/json\nAuthorization: Bearer {WRITER_TOKEN}"
         r = wrk(server.url + "/feedback", body, headers, 8, seconds)
     finally:
-        server.stop()
+        if not running:
+            server.stop()
     store = LocalStore(server.env["MLPLATFORM_STORE_URL"].removeprefix("file://"))
     stored = datalog.count_feedback(store)
     print(
@@ -707,6 +810,17 @@ def targets(serving: dict[str, Any], jobs: dict[str, Any]) -> list[str]:
             serving["peak_mb"] < 250,
             f"{serving['peak_mb']:.0f} MB ({serving['peak_where']})",
         ),
+        *(
+            [
+                (
+                    "one serving process < 250 MB through a whole run (every cell in one process)",
+                    serving["whole_run"]["peak_mb"] < 250,
+                    f"{serving['whole_run']['peak_mb']:.0f} MB",
+                )
+            ]
+            if serving.get("whole_run")
+            else []
+        ),
         (
             "report 100k × 20k × 30: < 15 s, < 1.5 GB",
             rep["seconds"] < 15 and rep["peak_mb"] < 1500,
@@ -763,14 +877,20 @@ def write_markdown(
             "the same model file, sent the same bodies; *mlserver+proba* asks it for `predict` and",
             "`predict_proba`, what ours always answers.",
             "",
-            "| scenario | conns | server | req/s | rows/s | p50 ms | p99 ms | timeouts | non-2xx | ours ÷ floor | ours ÷ naive | ours ÷ mlserver | ours ÷ mlserver+proba |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "*log waits*: requests of ours that waited for room in the prediction log's buffer",
+            "(back-pressure, `mlplatform_prediction_log_wait_seconds`), of them how many waited the",
+            "whole bound (`MLPLATFORM_LOG_WAIT_MAX_SECONDS`) in brackets, and the 99th percentile",
+            "of those waits (the upper edge of its histogram bucket), from `/metrics` after the cell.",
+            "",
+            "| scenario | conns | server | req/s | rows/s | p50 ms | p99 ms | timeouts | non-2xx | log waits | log wait p99 ms | ours ÷ floor | ours ÷ naive | ours ÷ mlserver | ours ÷ mlserver+proba |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in res:
             scenario, c = r["scenario"], r["connections"]
             lines.append(
                 f"| {scenario} | {c} | {r['server']} | {r['rps']:,.0f} | {r['rows_per_s']:,.0f} | "
                 f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r.get('timeouts', 0)} | {r['non_2xx']} | "
+                f"{log_wait_cells(r)} | "
                 + (
                     " | ".join(
                         ratio(res, scenario, c, base)
@@ -789,6 +909,17 @@ def write_markdown(
             f"answers (median of 3); **{serving['rss_mb']:.0f} MB** at most right after a run "
             f"({serving['rss_where']}); at its peak during a run (VmHWM) **{serving['peak_mb']:.0f} MB** "
             f"({serving['peak_where']}: bodies in flight, the log buffer, and the object being written).",
+            *(
+                [
+                    f"- Through the whole run, one serving process of ours served every one of its "
+                    f"{serving['whole_run']['cells']} cells above in turn, then the feedback run: "
+                    f"its peak (VmHWM) **{serving['whole_run']['peak_mb']:.0f} MB** (last raised "
+                    f"in {serving['peak_where']}), **{serving['whole_run']['end_mb']:.0f} MB** at "
+                    f"the end (VmRSS)."
+                ]
+                if serving.get("whole_run")
+                else ["- Each cell of ours ran in a fresh process (`--ours-per-cell`)."]
+            ),
             f"- Prediction log rows dropped by ours over all these runs: "
             f"**{serving['log_dropped_rows']:.0f}** "
             + (
@@ -842,6 +973,12 @@ def main() -> int:
     )
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "BENCHMARKS.md")
     parser.add_argument(
+        "--ours-per-cell",
+        action="store_true",
+        help="start a fresh serving process of ours for each cell (by default one process "
+        "serves every cell in turn, and its peak memory over the whole run is reported)",
+    )
+    parser.add_argument(
         "--mlserver-python",
         help="the Python of MLServer's environment (make bench: .venv-mlserver); without it, "
         "no MLServer baseline",
@@ -858,18 +995,20 @@ def main() -> int:
             "wrk is not installed (Debian package wrk; `make bench` installs it)", file=sys.stderr
         )
         return 1
+    one_process = not args.ours_per_cell
     if args.only == "tasks":  # a quick look at the new cells: printed, not written
-        bench_tasks(args.seconds, args.serving_python)
+        bench_tasks(args.seconds, args.serving_python, one_process=one_process)
         return 0
     serving = (
-        bench_serving(args.seconds, args.serving_python, args.mlserver_python)
+        bench_serving(args.seconds, args.serving_python, args.mlserver_python, one_process)
         if args.only in (None, "serving")
         else None
     )
     jobs = bench_jobs() if args.only in (None, "jobs") else None
-    command = "make bench" + (
-        f" BENCH_ARGS='--seconds {args.seconds:g}'" if args.seconds != 5 else ""
+    flags = (f"--seconds {args.seconds:g} " if args.seconds != 5 else "") + (
+        "--ours-per-cell" if args.ours_per_cell else ""
     )
+    command = "make bench" + (f" BENCH_ARGS='{flags.strip()}'" if flags else "")
     write_markdown(args.output, serving, jobs, args.seconds, command)
     print(f"wrote {args.output}")
     return 0

@@ -32,7 +32,7 @@ import orjson
 import pandas as pd
 
 from mlplatform_common import keys
-from mlplatform_common.errors import ObjectNotFound
+from mlplatform_common.errors import ObjectNotFound, StorageUnavailable
 from mlplatform_common.storage import Store, json_bytes
 
 # Columns of every prediction log row besides the raw features and PCA_* embedding columns.
@@ -57,8 +57,13 @@ FEEDBACK_COLUMNS = [
 
 # The serving's compact form of a prediction id: its request's shared part and its row there.
 COMPACT_ID_COLUMNS = ["request_id", "request_row"]
-# The prediction log's Parquet compression, chosen by bench.log_format (bench/BENCHMARKS.md).
+# The prediction log's Parquet compression, chosen by bench.log_format (bench/BENCHMARKS.md):
+# none on the serving core; ZSTD when the reporter compacts a closed day (``compact_predictions``).
 LOG_COMPRESSION: str | None = None
+COMPACTED_COMPRESSION = "ZSTD"
+# In a compacted object, each row's source batch name: its write time, for the time windows,
+# and which batches the object holds, for a compaction that stopped before deleting them.
+LOG_BATCH_COLUMN = "log_batch"
 _OWN_COLUMN = re.compile(r"(PCA|proba)_\d+")
 
 
@@ -66,7 +71,7 @@ def first_log_column(names: Iterable[Any]) -> str | None:
     """The first of ``names`` that is a column of the log's own (ids, time, prediction,
     probabilities, embedding, label), or None: a feature of that name would collide with it
     in the logged rows."""
-    own = {*PREDICTION_COLUMNS, *FEEDBACK_COLUMNS, *COMPACT_ID_COLUMNS}
+    own = {*PREDICTION_COLUMNS, *FEEDBACK_COLUMNS, *COMPACT_ID_COLUMNS, LOG_BATCH_COLUMN}
     return next((str(n) for n in names if n in own or _OWN_COLUMN.fullmatch(str(n))), None)
 
 
@@ -167,10 +172,12 @@ def prediction_time(prediction_id: str) -> float | None:
 
 
 def _keys_between(store: Store, prefix: str, since: float | None, until: float | None) -> list[str]:
+    """The objects holding rows written in ``(since, until]``: a compacted one whose batches
+    span the window's edge too (its rows are filtered by ``_read_batch``)."""
     out = []
     for key in store.list_keys(prefix):
-        ts = keys.written_at(key)
-        if (since is None or ts > since) and (until is None or ts <= until):
+        first, last = keys.written_span(key)
+        if (since is None or last > since) and (until is None or first <= until):
             out.append(key)
     return out
 
@@ -255,11 +262,28 @@ def expand_compact(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _read_batch(data: bytes, only: str | None = None) -> pd.DataFrame:
+def _read_batch(
+    data: bytes,
+    only: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> pd.DataFrame:
     """One log batch (or ``only`` the rows of that prediction id), as ``PREDICTION_COLUMNS``
     plus the features and embedding: compact columns expanded, dictionary-encoded ones
-    (model_version, prediction) as plain values."""
+    (model_version, prediction) as plain values. A compacted object's rows are those of its
+    batches written in ``(since, until]``, as the batches' own keys would have chosen them."""
     frame = pd.read_parquet(io.BytesIO(data), engine="fastparquet")
+    if LOG_BATCH_COLUMN in frame.columns:
+        batches = frame.pop(LOG_BATCH_COLUMN).astype("category")
+        if since is not None or until is not None:
+            times = np.array([keys.written_at(n) for n in batches.cat.categories], dtype=float)
+            written = times[batches.cat.codes.to_numpy()]
+            keep = np.ones(len(frame), dtype=bool)
+            if since is not None:
+                keep &= written > since
+            if until is not None:
+                keep &= written <= until
+            frame = frame[keep]
     if only is not None and "request_id" in frame.columns:  # narrowed before expanding
         batch = prediction_batch(only) or ("", -1)
         frame = frame[(frame["request_id"] == batch[0]) & (frame["request_row"] == batch[1])]
@@ -271,18 +295,33 @@ def _read_batch(data: bytes, only: str | None = None) -> pd.DataFrame:
     return frame
 
 
+_RELISTS = 5
+
+
 def read_predictions(
     store: Store, since: float | None = None, until: float | None = None
 ) -> pd.DataFrame:
     """Every logged prediction whose batch was written in ``(since, until]``, oldest first."""
-    frames = [
-        _read_batch(store.get(k)) for k in _keys_between(store, keys.PREDICTIONS, since, until)
-    ]
+    for _ in range(_RELISTS):
+        frames = []
+        try:
+            for key in _keys_between(store, keys.PREDICTIONS, since, until):
+                frame = _read_batch(store.get(key), since=since, until=until)
+                if len(frame) or not keys.is_compacted(key):  # nothing of it in the window
+                    frames.append(frame)
+            break
+        except ObjectNotFound:
+            # Compacted (or expired) between the listing and the read: the compacted object
+            # was written before the batch went, so a new listing has its rows.
+            continue
+    else:
+        raise StorageUnavailable(f"the prediction log kept changing during {_RELISTS} reads")
     if not frames:
         return pd.DataFrame(columns=PREDICTION_COLUMNS)
     frame = pd.concat(frames, ignore_index=True).sort_values("ts", kind="stable")
     # A batch whose write reached the store but whose answer did not (a timeout while a real
-    # server stops or restarts) is kept and written again under a new key: read it once.
+    # server stops or restarts) is kept and written again under a new key, and a compaction
+    # writes its object before deleting the batches in it: each row is read once.
     return frame.drop_duplicates("prediction_id", keep="first")
 
 
@@ -416,6 +455,19 @@ def find_prediction(
     other ids are searched in the last ``days`` days, newest batch first.
     """
     now = time.time() if now is None else now
+    for _ in range(_RELISTS):
+        try:
+            return _find_prediction(store, prediction_id, days, now, clock_skew)
+        except ObjectNotFound:
+            continue  # a batch compacted meanwhile: a new listing has its compacted object
+    return None
+
+
+def _find_prediction(
+    store: Store, prediction_id: str, days: int, now: float, clock_skew: float
+) -> dict[str, Any] | None:
+    """``find_prediction`` over one listing; raises ObjectNotFound if an object listed went
+    before it was read."""
     made = prediction_time(prediction_id)
     if made is not None and now - days * 86_400 <= made <= now + clock_skew:
         since = made - clock_skew
@@ -435,11 +487,97 @@ def find_prediction(
             for key in reversed(store.list_keys(keys.predictions_day(now - d * 86_400)))
         ]
     for key in candidates:
-        try:
-            hit = _read_batch(store.get(key), only=prediction_id)
-        except ObjectNotFound:
-            continue
+        hit = _read_batch(store.get(key), only=prediction_id)
         if not hit.empty:
             row: dict[str, Any] = hit.iloc[0].to_dict()
             return row
     return None
+
+
+def _read_raw(store: Store, key: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """A log object as written: compact columns, categories kept."""
+    return pd.read_parquet(io.BytesIO(store.get(key)), engine="fastparquet", columns=columns)
+
+
+def compact_predictions(
+    store: Store, now: float, *, max_rows: int = 100_000, closed_after: float = 3_600.0
+) -> dict[str, int]:
+    """Rewrite each closed day's prediction log batches as ZSTD objects of at most
+    ``max_rows`` rows (or one batch, if larger): the serving writes uncompressed, small
+    objects, which cost less of its core (bench/BENCHMARKS.md). A day is closed
+    ``closed_after`` seconds after it ends (writers' clocks and late writes); today is never
+    touched.
+
+    Readers see every row once throughout: a compacted object is written before its batches
+    are deleted; a reader listing both drops the repeated prediction ids
+    (``read_predictions``), and one whose batch went between its listing and its read lists
+    again. Each row keeps its batch's name (``LOG_BATCH_COLUMN``), so the time windows choose
+    the same rows as before. A compaction stopped between write and delete (a crash) leaves
+    batches already in a compacted object: the next run deletes them instead of compacting
+    them again. Batches of one set of columns and types go together (model versions of one
+    schema), so each object reads back with its batches' columns.
+
+    Returns the days, the batches rewritten, the objects written and the leftover batches
+    deleted."""
+    days: dict[str, list[str]] = {}
+    for key in store.list_keys(keys.PREDICTIONS):  # one listing for every day
+        start = keys.partition_start(key)
+        if start is None or start + 86_400 + closed_after > now or not key.endswith(".parquet"):
+            continue
+        days.setdefault(key[: key.rindex("/") + 1], []).append(key)
+    out = {"days": 0, "batches": 0, "objects": 0, "leftovers": 0}
+    for prefix, day_keys in sorted(days.items()):
+        # Only the serving's batches (a name that starts with its time): nothing foreign.
+        batches = [k for k in day_keys if not keys.is_compacted(k) and keys.written_at(k) > 0]
+        if not batches:
+            continue
+        out["days"] += 1
+        done: set[str] = set()
+        for key in day_keys:
+            if keys.is_compacted(key):
+                column = _read_raw(store, key, [LOG_BATCH_COLUMN])[LOG_BATCH_COLUMN]
+                done.update(map(str, column.astype("category").cat.categories))
+        group: dict[tuple[tuple[str, str], ...], list[tuple[str, pd.DataFrame]]] = {}
+        for key in batches:
+            name = key.rsplit("/", 1)[-1]
+            if name in done:  # written into a compacted object by a run that stopped
+                store.delete(key)
+                out["leftovers"] += 1
+                continue
+            frame = _read_raw(store, key)
+            schema = tuple((str(c), str(t)) for c, t in frame.dtypes.items())
+            waiting = group.setdefault(schema, [])
+            if waiting and sum(len(f) for _, f in waiting) + len(frame) > max_rows:
+                _write_compacted(store, prefix, waiting, out)
+                waiting.clear()
+            waiting.append((key, frame))
+        for waiting in group.values():
+            if waiting:
+                _write_compacted(store, prefix, waiting, out)
+    return out
+
+
+def _write_compacted(
+    store: Store, prefix: str, batches: list[tuple[str, pd.DataFrame]], out: dict[str, int]
+) -> None:
+    """Write ``batches`` (one schema, in key order) as one ZSTD object, then delete them."""
+    frames = [f for _, f in batches]
+    names = [k.rsplit("/", 1)[-1] for k, _ in batches]
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].copy()
+    # Categories of different batches (request ids) concatenate as plain strings: encoded
+    # again, as the serving wrote them.
+    for column, dtype in frames[0].dtypes.items():
+        if isinstance(dtype, pd.CategoricalDtype) and not isinstance(
+            frame[column].dtype, pd.CategoricalDtype
+        ):
+            frame[column] = frame[column].astype("category")
+    codes = np.repeat(np.arange(len(frames), dtype=np.int32), [len(f) for f in frames])
+    frame[LOG_BATCH_COLUMN] = pd.Categorical.from_codes(codes, names)
+    stamps = [int(n.split("-", 1)[0]) for n in names]
+    key = keys.compacted_batch(prefix, min(stamps), max(stamps), new_id()[:12])
+    data = parquet_bytes(frame, COMPACTED_COMPRESSION)
+    store.put(key, data, "application/vnd.apache.parquet")
+    for source, _ in batches:  # only once the compacted object is stored
+        store.delete(source)
+    out["batches"] += len(batches)
+    out["objects"] += 1

@@ -82,6 +82,38 @@ def predictions_batch(ts: float, batch_id: str) -> str:
     return predictions_day(ts) + object_name(ts, f"{batch_id}.parquet")
 
 
+def compacted_batch(day_prefix: str, first_ms: int, last_ms: int, object_id: str) -> str:
+    """A closed day's log batches rewritten as one object (``datalog.compact_predictions``),
+    under that day's prefix: named by its newest batch's time, so a listing from a time on
+    (S3 ``StartAfter``) that would list one of its batches lists it too, then ``c`` and its
+    oldest batch's time (``written_span``)."""
+    return (
+        f"{day_prefix}{last_ms:0{_TIME_DIGITS}d}-c{first_ms:0{_TIME_DIGITS}d}-{object_id}.parquet"
+    )
+
+
+def _compacted_first(key: str) -> int | None:
+    """A ``compacted_batch`` key's oldest batch time in milliseconds; None for another key
+    (a batch's id is hex followed by ``.parquet``, never ``c`` and digits alone)."""
+    middle = key.rsplit("/", 1)[-1].split("-")[1:2]
+    if middle and middle[0][:1] == "c" and middle[0][1:].isdigit():
+        return int(middle[0][1:])
+    return None
+
+
+def written_span(key: str) -> tuple[float, float]:
+    """The write times of the oldest and the newest batch a log object holds: both its
+    ``written_at`` but for a ``compacted_batch``."""
+    first = _compacted_first(key)
+    last = written_at(key)
+    return (last if first is None else first / 1000), last
+
+
+def is_compacted(key: str) -> bool:
+    """A ``compacted_batch`` key."""
+    return _compacted_first(key) is not None
+
+
 def feedback_day(ts: float) -> str:
     """The prefix of the labelled rows written on the UTC day of ``ts``."""
     return f"{FEEDBACK}dt={day(ts)}/"

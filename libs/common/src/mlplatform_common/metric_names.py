@@ -19,6 +19,8 @@ MODEL_INFO = "mlplatform_model_info"  # Gauge{version} = 1
 MODEL_LOAD_SECONDS = "mlplatform_model_load_seconds"  # Gauge
 MODEL_ALIAS_MISMATCH = "mlplatform_model_alias_mismatch"  # Gauge: 1 = alias names another version
 PREDICTION_LOG_DROPPED = "mlplatform_prediction_log_dropped_rows"  # Counter
+PREDICTION_LOG_WAIT = "mlplatform_prediction_log_wait_seconds"  # Histogram (its _count: waits)
+PREDICTION_LOG_WAIT_LIMIT = "mlplatform_prediction_log_wait_limit_reached"  # Counter
 BACKUP_PREDICTIONS = "mlplatform_backup_predictions"  # Counter
 UNKNOWN_CATEGORIES = "mlplatform_unknown_categories"  # Counter{feature}: values never trained on
 

@@ -11,7 +11,9 @@ One run:
 5. push the numbers to the Pushgateway under ``{job="mlplatform-reporter", instance="mlplatform",
    release, namespace}`` (``CommonSettings.push_grouping_key``), replacing this release's
    previous run's; ``last_success`` is part of that push, so it only ever moves when a run got
-   this far.
+   this far;
+6. delete the prediction log's days past the retention, then compact its closed days (off the
+   serving's core: ``datalog.compact_predictions``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class RunOutcome:
     prod_data_rows: int
     pushed: bool
     expired: dict[str, int] | None = None  # the log's day partitions and objects deleted
+    compacted: dict[str, int] | None = None  # the log's closed days rewritten (compact_log)
 
 
 def report_id(ts: float) -> str:
@@ -307,7 +310,8 @@ def run(
     except Exception as exc:  # an optional dashboard must not fail the report
         logger.warning("Evidently UI at %s: %s", settings.evidently_ui_url, exc)
     pushed = push(settings, metrics_registry(result, time.time()))
-    return RunOutcome(rid, result, exported, pushed, expire_log(settings, store, now))
+    expired = expire_log(settings, store, now)
+    return RunOutcome(rid, result, exported, pushed, expired, compact_log(settings, store, now))
 
 
 def check_retention(settings: ReporterSettings) -> None:
@@ -338,6 +342,24 @@ def expire_log(settings: ReporterSettings, store: Store, now: float) -> dict[str
     return dropped
 
 
+def compact_log(settings: ReporterSettings, store: Store, now: float) -> dict[str, int] | None:
+    """Rewrite the prediction log's closed days as ZSTD objects (None: switched off). After the
+    retention, so no expired day is rewritten first."""
+    if not settings.log_compact:
+        return None
+    done = datalog.compact_predictions(store, now, max_rows=settings.log_compact_rows)
+    if done["days"]:
+        logger.info(
+            "prediction log: compacted %d closed days (%d batches into %d objects; %d left "
+            "by a stopped compaction deleted)",
+            done["days"],
+            done["batches"],
+            done["objects"],
+            done["leftovers"],
+        )
+    return done
+
+
 def describe(outcome: RunOutcome) -> str:
     """A short summary for the terminal."""
     r = outcome.result
@@ -362,5 +384,11 @@ def describe(outcome: RunOutcome) -> str:
     if outcome.expired is not None:
         lines.append(
             f"  prediction log: {outcome.expired['partitions']} expired day partitions deleted"
+        )
+    if outcome.compacted is not None and outcome.compacted["days"]:
+        c = outcome.compacted
+        lines.append(
+            f"  prediction log: {c['days']} closed days compacted ({c['batches']} batches into "
+            f"{c['objects']} objects)"
         )
     return "\n".join(lines)

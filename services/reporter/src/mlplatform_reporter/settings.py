@@ -36,6 +36,14 @@ class ReporterSettings(CommonSettings):
     older than that (``0`` keeps every day). The labelled rows, which carry their features,
     and the reports are kept. Must cover the window and the feedback lookback (checked)."""
 
+    log_compact: bool = True
+    """Each report rewrites the prediction log's closed days (ended an hour ago or more) as
+    ZSTD Parquet objects of at most ``log_compact_rows`` rows: the serving writes small,
+    uncompressed ones to spare its core (bench/BENCHMARKS.md)."""
+
+    log_compact_rows: int = Field(default=100_000, ge=1)
+    """Rows per compacted object at most (one serving batch, if larger)."""
+
     drift_method: str = "ks"
     """Evidently stat test for every numerical column, fixed so scores mean the same thing from
     run to run (``ks``: two-sample Kolmogorov-Smirnov; the score is its p-value). Category

@@ -59,6 +59,26 @@ BACKUP = Counter(names.BACKUP_PREDICTIONS, "Rows answered by the backup estimato
 LOG_DROPPED = Counter(
     names.PREDICTION_LOG_DROPPED, "Prediction log rows dropped while the store was down"
 )
+# Back-pressure (``PredictionLog.make_room``): only requests that waited are observed.
+LOG_WAIT = Histogram(
+    names.PREDICTION_LOG_WAIT,
+    "Time requests waited for room in the prediction log's buffer (those that waited)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+)
+LOG_WAIT_LIMIT = Counter(
+    names.PREDICTION_LOG_WAIT_LIMIT,
+    "Requests that waited the whole MLPLATFORM_LOG_WAIT_MAX_SECONDS for room in the "
+    "prediction log, then were answered (the buffer may then drop its oldest rows)",
+)
+
+
+def observe_log_wait(seconds: float, limit_reached: bool) -> None:
+    """One request's wait for room in the prediction log."""
+    LOG_WAIT.observe(seconds)
+    if limit_reached:
+        LOG_WAIT_LIMIT.inc()
+
+
 MODEL_INFO = Gauge(
     names.MODEL_INFO, "The model version being served (1)", ["version"], multiprocess_mode="liveall"
 )

@@ -230,6 +230,8 @@ class PredictionLog:
         cache_rows: int,
         cache_bytes: int = 2**62,
         on_drop: Callable[[int], None] = lambda n: None,
+        max_wait: float = 1.0,
+        on_wait: Callable[[float, bool], None] = lambda seconds, limit: None,
     ) -> None:
         self.store = store
         self.flush_rows = flush_rows
@@ -240,6 +242,8 @@ class PredictionLog:
         self.cache_rows = cache_rows
         self.cache_bytes = cache_bytes
         self.on_drop = on_drop
+        self.max_wait = max_wait
+        self.on_wait = on_wait
         self._pending: deque[Entry] = deque()
         self._pending_rows = 0
         self._pending_bytes = 0
@@ -322,12 +326,20 @@ class PredictionLog:
             self._pending_rows > self.max_rows // 2 or self._pending_bytes > self.max_bytes // 2
         )
 
-    async def make_room(self, max_wait: float = 2.0) -> None:
+    async def make_room(self) -> float:
         """Backpressure: while backlogged, hold this request (not the event loop) so the
-        writer catches up instead of the buffer dropping rows. Bounded by ``max_wait``."""
-        deadline = time.monotonic() + max_wait
-        while self.backlogged() and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+        writer catches up instead of the buffer dropping rows, at most ``max_wait`` seconds;
+        then it goes on (past the bounds the oldest rows are dropped and counted). Returns
+        the seconds waited; each wait goes to ``on_wait`` with whether it reached the bound."""
+        if not self.backlogged():
+            return 0.0
+        started = time.monotonic()
+        deadline = started + self.max_wait
+        while (now := time.monotonic()) < deadline and self.backlogged():
+            await asyncio.sleep(min(0.005, deadline - now))
+        waited = time.monotonic() - started
+        self.on_wait(waited, now >= deadline)
+        return waited
 
     def lookup(self, prediction_id: str) -> dict[str, Any] | None:
         """A recent prediction's log row, from memory."""

@@ -52,6 +52,8 @@ class Service:
             cache_rows=settings.recent_cache_rows,
             cache_bytes=int(settings.recent_cache_mb * 2**20),
             on_drop=lambda n: obs.LOG_DROPPED.inc(n),
+            max_wait=settings.log_wait_max_seconds,
+            on_wait=obs.observe_log_wait,
         )
         self.plane = DataPlane(settings, self.runtime, self.log, self.stats)
         self.feedback = Feedback(settings, store, self.registry, self.runtime, self.log)

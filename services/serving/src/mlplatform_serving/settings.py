@@ -100,6 +100,12 @@ class ServingSettings(CommonSettings):
     """... and beyond about this much memory (a one-row request costs a few kB). Requests
     wait for a writer that is behind past half of either bound."""
 
+    log_wait_max_seconds: float = Field(default=1.0, ge=0)
+    """How long a request waits at most for a writer that is behind (back-pressure); then it
+    is answered, and past the buffer's bounds its oldest rows are dropped and counted. Well
+    under wrk's and most clients' 2 s timeouts, with the request's own time on top
+    (``mlplatform_prediction_log_wait_seconds``; bench/BENCHMARKS.md)."""
+
     recent_cache_rows: int = 100_000
     """Recent predictions kept in memory for ``/feedback`` by ``prediction_id`` (older ones
     are found in the stored log)..."""
