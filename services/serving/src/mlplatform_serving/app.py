@@ -28,7 +28,7 @@ from mlplatform_serving.codecs.v2 import V2Request
 from mlplatform_serving.errors import error_response, response_for
 from mlplatform_serving.hotpath import HotRoutes
 from mlplatform_serving.launcher import make_launcher
-from mlplatform_serving.routes import admin, feedback, health, metrics, models, predict, v2
+from mlplatform_serving.routes import admin, feedback, health, metrics, models, predict, runs, v2
 from mlplatform_serving.runtime import task_of
 from mlplatform_serving.schemas import FeedbackRequest, PredictRequest, ReloadRequest
 from mlplatform_serving.service import Service
@@ -261,7 +261,7 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
         logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return response_for(exc)
 
-    for module in (predict, feedback, models, health, metrics, admin, v2):
+    for module in (predict, feedback, models, runs, health, metrics, admin, v2):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

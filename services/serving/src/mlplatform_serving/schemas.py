@@ -147,6 +147,16 @@ class ReportEntry(BaseModel):
     summary: dict[str, Any]
 
 
+class RetrainRunsPage(BaseModel):
+    runs: list[dict[str, Any]] = Field(
+        description="Run records as the retrainer stored them (at, outcome, reasons, version, "
+        "production, new_rows, metric, direction, gate...), each with its id, newest first"
+    )
+    next: str | None = Field(
+        description="Pass as `before` for the next page; null when no older run is left"
+    )
+
+
 class Page(BaseModel):
     page: int
     page_size: int
