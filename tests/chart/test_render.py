@@ -338,6 +338,7 @@ def test_ingress_publishes_the_web_app_grafana_and_the_prediction_api(
         "/api/models",
         "/api/reports",
         "/api/reports/20260604T101500123Z",
+        "/api/retrain-runs",
         "/api/admin/reload",
         "/api/admin/retrain",
         "/api/v2x",

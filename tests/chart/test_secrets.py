@@ -147,6 +147,7 @@ def test_the_writer_token_is_generated_once_and_reaches_serving_and_the_web_app(
     (c,) = serving["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert (env["MLPLATFORM_FEEDBACK_RATE"], env["MLPLATFORM_FEEDBACK_BURST"]) == ("10", "100")
+    assert env["MLPLATFORM_FEEDBACK_BATCH_MAX"] == "1000"  # rows per /feedback batch
     # GitOps: the named Secret supplies it under the same key
     sealed = _token_refs(objects(render(variant_values("gitops"), cluster=False)))
     assert sealed["serving"]["MLPLATFORM_WRITER_TOKEN"] == (

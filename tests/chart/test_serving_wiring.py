@@ -78,6 +78,7 @@ INSIDE = {
     "/reports",
     "/reports/{report_id}",
     "/reports/{report_id}/summary",
+    "/retrain-runs",
     "/admin/reload",
     "/admin/retrain",
     "/admin/unpin",

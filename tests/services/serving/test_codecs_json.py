@@ -97,7 +97,7 @@ def test_hostile_json_bodies(client: TestClient, raw: bytes, fragment: str) -> N
 
 def test_unsupported_content_type(client: TestClient, rows) -> None:
     r = client.post("/predict", content=b"x", headers={"content-type": "application/xml"})
-    assert_error(r, 422, "content-type: 'application/xml' is not supported")
+    assert_error(r, 415, "content-type: 'application/xml' is not supported")
     # Media types are case-insensitive (RFC 9110).
     body = json.dumps({"features": rows[0]}).encode()
     r = client.post("/predict", content=body, headers={"content-type": "Application/JSON"})

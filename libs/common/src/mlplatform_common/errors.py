@@ -34,6 +34,18 @@ class InvalidInput(MLPlatformError):
     status_code = 422
 
 
+class PayloadTooLarge(MLPlatformError):
+    """A request carries more than a limit allows (rows, bytes); the message names it."""
+
+    status_code = 413
+
+
+class UnsupportedMediaType(MLPlatformError):
+    """A body in a format the route does not read; the message names the accepted ones."""
+
+    status_code = 415
+
+
 class Unauthorized(MLPlatformError):
     """A protected operation was called without a valid token."""
 

@@ -9,6 +9,7 @@ before any object is read.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 MODELS = "models/"
@@ -137,6 +138,18 @@ def report_file(report_id: str, filename: str) -> str:
 def retrain_run(stamp: str) -> str:
     """The record of one retrainer run (``stamp`` sorts by time)."""
     return f"{RETRAIN_RUNS}{stamp}.json"
+
+
+# The stamp the retrainer names a run record with (``%Y%m%dT%H%M%S%f``).
+RETRAIN_RUN_STAMP = r"^\d{8}T\d{12}$"
+
+
+def retrain_run_stamp(key: str) -> str | None:
+    """The stamp of a ``retrain_run`` key; None for a foreign object under the prefix."""
+    stamp = key.removeprefix(RETRAIN_RUNS).removesuffix(".json")
+    if not key.startswith(RETRAIN_RUNS) or not key.endswith(".json"):
+        return None
+    return stamp if re.match(RETRAIN_RUN_STAMP, stamp) else None
 
 
 def trigger(name: str) -> str:

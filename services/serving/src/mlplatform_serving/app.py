@@ -28,9 +28,14 @@ from mlplatform_serving.codecs.v2 import V2Request
 from mlplatform_serving.errors import error_response, response_for
 from mlplatform_serving.hotpath import HotRoutes
 from mlplatform_serving.launcher import make_launcher
-from mlplatform_serving.routes import admin, feedback, health, metrics, models, predict, v2
+from mlplatform_serving.routes import admin, feedback, health, metrics, models, predict, runs, v2
 from mlplatform_serving.runtime import task_of
-from mlplatform_serving.schemas import FeedbackRequest, PredictRequest, ReloadRequest
+from mlplatform_serving.schemas import (
+    FeedbackBatchRequest,
+    FeedbackRequest,
+    PredictRequest,
+    ReloadRequest,
+)
 from mlplatform_serving.service import Service
 from mlplatform_serving.settings import ServingSettings, get_settings
 
@@ -261,14 +266,25 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
         logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return response_for(exc)
 
-    for module in (predict, feedback, models, health, metrics, admin, v2):
+    for module in (predict, feedback, models, runs, health, metrics, admin, v2):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             add_body_schemas(
-                FastAPI.openapi(app), (PredictRequest, FeedbackRequest, ReloadRequest, V2Request)
+                FastAPI.openapi(app),
+                (
+                    PredictRequest,
+                    FeedbackRequest,
+                    FeedbackBatchRequest,
+                    ReloadRequest,
+                    V2Request,
+                ),
             )
+            # Each item is validated on its own (a bad one fails alone), so the model takes
+            # any object; the document shows what an item holds.
+            batch = app.openapi_schema["components"]["schemas"]["FeedbackBatchRequest"]  # type: ignore[index]
+            batch["properties"]["items"]["items"] = {"$ref": "#/components/schemas/FeedbackRequest"}
         schema: dict[str, Any] = app.openapi_schema  # type: ignore[assignment]
         model = service.runtime.model if service.runtime.ready else None
         try:

@@ -74,10 +74,10 @@ async def require_admin(
 
 async def require_writer(
     request: Request, service: ServiceDep, _: Annotated[Any, Security(WRITER_SCHEME)]
-) -> None:
-    """Bearer-token check and rate of the endpoints that write training data: the writer
-    token or the admin token, then one token from that key's bucket (429 over it). Runs
-    before the body is read, so a refused request stores nothing."""
+) -> str:
+    """Bearer-token check of the endpoints that write training data: the writer token or the
+    admin token. Returns the key's name, whose rate the route takes (``take_writes``) once it
+    knows how many rows the body carries, before anything is stored."""
     keys = service.settings.writer_keys()
     given = _bearer(request)
     if given is None:
@@ -88,11 +88,22 @@ async def require_writer(
             matched = name
     if matched is None:
         raise Unauthorized("wrong bearer token (Authorization: Bearer <writer token>)")
-    wait = service.write_limit.take(matched)
+    return matched
+
+
+WriterKey = Annotated[str, Depends(require_writer)]
+
+
+def take_writes(service: Service, key: str, rows: int) -> None:
+    """Take ``rows`` tokens from ``key``'s bucket, or raise 429 (``TooManyRequests``) with
+    the seconds until they are there."""
+    wait = service.write_limit.take(key, rows)
     if wait:
         limit = service.write_limit
+        batch = f"a batch of {rows} rows is more than it holds now; " if rows > 1 else ""
         raise TooManyRequests(
-            f"the {matched} key is over its write rate ({limit.rate:g}/s, burst "
-            f"{limit.burst:g}); nothing was stored, retry in {max(1, math.ceil(wait))} s",
+            f"the {key} key is over its write rate ({limit.rate:g}/s, burst "
+            f"{limit.burst:g}); {batch}nothing was stored, retry in "
+            f"{max(1, math.ceil(wait))} s",
             retry_after=max(1, math.ceil(wait)),
         )

@@ -9,6 +9,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -18,13 +19,29 @@ from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.schema import REGRESSION, is_category
 from mlplatform_common.storage import Store
 from mlplatform_serving import observability as obs
-from mlplatform_serving.codecs.common import number
+from mlplatform_serving.codecs.common import number, parse_model
 from mlplatform_serving.codecs.json_rows import RowsCodec
 from mlplatform_serving.predlog import PredictionLog
 from mlplatform_serving.runtime import ModelRuntime, task_of
+from mlplatform_serving.schemas import FeedbackRequest
 from mlplatform_serving.settings import ServingSettings
 
 logger = logging.getLogger("mlplatform.serving")
+
+
+# Labelled rows of one batch written to the store at once (``Feedback.record_batch``).
+FEEDBACK_WRITERS = 8
+
+
+def _row_error(index: int, exc: MLPlatformError) -> dict[str, Any]:
+    """A batch row's failure: its index, the status it would have had alone, and the message
+    naming the row (``items.<i>.``) and the field."""
+    return {
+        "index": index,
+        "status": exc.status_code,
+        "error": f"items.{index}.{exc.message}",
+        "type": exc.type,
+    }
 
 
 def _logged_value(value: Any, category: bool) -> Any:
@@ -65,6 +82,100 @@ class Feedback:
     ) -> dict[str, Any]:
         """Store one labelled row durably and say how many arrived since training."""
         model = self.runtime.model
+        row = self._labelled_row(target, prediction_id, features, prediction)
+        key = datalog.write_feedback(self.store, row)
+        obs.FEEDBACK.inc()
+        count, started = self._count_and_trigger([key], model.version)
+        return {
+            "feedback_id": keys.feedback_id(key),
+            "prediction_id": prediction_id,
+            "stored": True,
+            "model_version": row["model_version"],
+            "labelled_since_training": count,
+            "retrain_every": self.settings.retrain_every,
+            "retrain_started": started,
+        }
+
+    def record_batch(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Store each item (a ``FeedbackRequest``'s fields) as its own labelled row: each row
+        is one object, stored whole or not at all, and a row that fails (bad fields, an
+        unknown id, a store error) never stops the others. Says, per row in order, 201 with
+        its ``feedback_id`` or the error's status, message (``items.<i>.<field>: ...``) and
+        type; the rows stored count towards the next retrain as single rows do."""
+        model = self.runtime.model
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        ready: list[tuple[int, dict[str, Any]]] = []
+        for i, item in enumerate(items):
+            try:
+                req: FeedbackRequest = parse_model(FeedbackRequest, item)
+                row = self._labelled_row(
+                    req.target, req.prediction_id, req.features, req.prediction
+                )
+            except MLPlatformError as exc:
+                results[i] = _row_error(i, exc)
+                continue
+            ready.append((i, row))
+
+        def write(row: dict[str, Any]) -> str | MLPlatformError:
+            try:
+                return datalog.write_feedback(self.store, row)
+            except MLPlatformError as exc:  # this row only; the others go on
+                return exc
+
+        # One object per row: written a few at a time, as one by one a 1,000-row batch
+        # waits a store round trip per row.
+        with ThreadPoolExecutor(FEEDBACK_WRITERS, thread_name_prefix="feedback") as pool:
+            written = list(pool.map(write, [row for _, row in ready]))
+        stored = []
+        for (i, row), key in zip(ready, written, strict=True):
+            if isinstance(key, MLPlatformError):
+                results[i] = _row_error(i, key)
+                continue
+            stored.append(key)
+            results[i] = {
+                "index": i,
+                "status": 201,
+                "feedback_id": keys.feedback_id(key),
+                "prediction_id": row["prediction_id"],
+            }
+        if stored:
+            obs.FEEDBACK.inc(len(stored))
+        count, started = self._count_and_trigger(stored, model.version)
+        return {
+            "stored": len(stored),
+            "failed": len(items) - len(stored),
+            "results": results,
+            "labelled_since_training": count,
+            "retrain_every": self.settings.retrain_every,
+            "retrain_started": started,
+        }
+
+    def _count_and_trigger(self, stored: list[str], version: str) -> tuple[int | None, bool]:
+        """Count the rows just stored and start a retrain if a multiple of k was reached.
+        The rows are stored: from here on nothing may turn the answer into an error, or a
+        client that retries would store them twice."""
+        if not stored:
+            return None, False
+        try:
+            counter = self._feedback_counter()
+            for key in stored:
+                counter.note(key)
+            count = counter.count(max_age=self.settings.feedback_count_max_age)
+            return count, self._maybe_retrain(count, version)
+        except MLPlatformError as exc:
+            logger.warning("feedback stored; counting labelled rows failed: %s", exc.message)
+            return None, False
+
+    def _labelled_row(
+        self,
+        target: Any,
+        prediction_id: str | None,
+        features: dict[str, Any] | None,
+        prediction: Any | None,
+    ) -> dict[str, Any]:
+        """The labelled row to store for one feedback: checked, and resolved from the log
+        (by ``prediction_id``) or from the row given in full."""
+        model = self.runtime.model
         if prediction_id is not None and features is not None:
             raise InvalidInput("prediction_id: give either prediction_id or features, not both")
         if prediction_id is not None:
@@ -99,36 +210,12 @@ class Feedback:
             version = model.version
         else:
             raise InvalidInput("prediction_id: give prediction_id, or features with the target")
-        key = datalog.write_feedback(
-            self.store,
-            {
-                "prediction_id": prediction_id,
-                "model_version": version,
-                "prediction": predicted,
-                "target": str(target),
-                "features": row_features,
-            },
-        )
-        obs.FEEDBACK.inc()
-        # The row is stored: from here on nothing may turn the answer into an error, or a
-        # client that retries would store it twice.
-        count: int | None
-        try:
-            counter = self._feedback_counter()
-            counter.note(key)
-            count = counter.count(max_age=self.settings.feedback_count_max_age)
-            started = self._maybe_retrain(count, model.version)
-        except MLPlatformError as exc:
-            logger.warning("feedback stored; counting labelled rows failed: %s", exc.message)
-            count, started = None, False
         return {
-            "feedback_id": keys.feedback_id(key),
             "prediction_id": prediction_id,
-            "stored": True,
             "model_version": version,
-            "labelled_since_training": count,
-            "retrain_every": self.settings.retrain_every,
-            "retrain_started": started,
+            "prediction": predicted,
+            "target": str(target),
+            "features": row_features,
         }
 
     def _label_of(self, value: Any, field: str, manifest: dict[str, Any] | None = None) -> Any:

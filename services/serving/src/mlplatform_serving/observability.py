@@ -135,6 +135,8 @@ class RollingStats:
         self._feature_rows = 0
         self.max_feature_rows = max_feature_rows
         self.labels: CountOf[str] = CountOf()
+        # Rows by the version that answered them: a reload changes the version mid-process.
+        self.by_version: CountOf[str] = CountOf()
         self.rows = 0
         self.backup_rows = 0
         self.low_confidence = 0
@@ -164,6 +166,7 @@ class RollingStats:
                 if count:
                     self.labels[key] += count
             self.rows += n
+            self.by_version[served.version] += n
             self.backup_rows += n if backup else 0
             if getattr(served, "regression", False):
                 self.value_rows += n
@@ -202,6 +205,7 @@ class RollingStats:
             classified = rows - self.value_rows
             return {
                 "predictions": rows,
+                "predictions_by_version": dict(self.by_version),
                 "class_distribution": {k: v / rows for k, v in sorted(self.labels.items())}
                 if rows
                 else {},

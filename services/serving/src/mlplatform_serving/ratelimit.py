@@ -28,17 +28,22 @@ class TokenBuckets:
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when counted)
 
-    def take(self, key: str) -> float:
-        """Take one token from ``key``'s bucket: 0.0 if it had one, else the seconds until it
-        will (nothing is taken then). A rate of 0 means no limit."""
+    def take(self, key: str, n: int = 1) -> float:
+        """Take ``n`` tokens (a batch's rows) from ``key``'s bucket: 0.0 if it had them,
+        else the seconds until it will (nothing is taken then). A rate of 0 means no limit.
+
+        More than ``burst`` tokens are never there at once: such a batch is taken from a full
+        bucket and leaves it below zero, so the key waits until the rate has paid for every
+        row; the rate holds on average, and no batch the API accepts is refused forever."""
         if self.rate <= 0:
             return 0.0
+        need = min(float(n), self.burst)
         with self._lock:
             now = self._clock()
             tokens, then = self._buckets.get(key, (self.burst, now))
             tokens = min(self.burst, tokens + (now - then) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[key] = (tokens - 1.0, now)
+            if tokens >= need:
+                self._buckets[key] = (tokens - n, now)
                 return 0.0
             self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / self.rate
+            return (need - tokens) / self.rate

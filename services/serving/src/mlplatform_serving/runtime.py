@@ -329,6 +329,15 @@ class ModelRuntime:
         served = self._served
         return served.engine.name if served else None
 
+    def _load_failed(self, message: str, detail: str, waiting: bool = False) -> None:
+        """Log a failed load: an ERROR only while no model serves (the process cannot answer);
+        with one serving (a refused reload), or while waiting for a first model, a WARNING."""
+        serving = self._served
+        if serving is not None:
+            logger.warning(message + "; %s keeps serving", detail, serving.version)
+        else:
+            (logger.warning if waiting else logger.error)(message, detail)
+
     def load(self, version: str | None = None, signature: str | None = None) -> LoadedModel:
         """Load and verify ``version`` (default: the pinned version, else the production
         alias) and swap it in. On failure the current model, if any, stays.
@@ -350,16 +359,17 @@ class ModelRuntime:
             except MLPlatformError as exc:
                 if self._served is None:
                     self.not_ready_reason = f"{exc.type}: {exc.message}"
-                # Waiting for a first model (a bootstrap still training) is no error.
+                # Waiting for a first model (a bootstrap still training) is no error, nor is
+                # a refused reload: the current model keeps serving.
                 waiting = self._served is None and isinstance(exc, ModelNotFound)
-                (logger.warning if waiting else logger.error)("model load failed: %s", exc.message)
+                self._load_failed("model load failed: %s", exc.message, waiting)
                 raise
             try:
                 served = make_served(model)
             except MLPlatformError as exc:
                 if self._served is None:
                     self.not_ready_reason = f"{exc.type}: {exc.message}"
-                logger.error("model %s not servable: %s", model.version, exc.message)
+                self._load_failed(f"model {model.version} not servable: %s", exc.message)
                 raise
             served.engine.run(np.zeros((1, len(served.features))))  # warm up
             self.load_seconds = time.perf_counter() - started

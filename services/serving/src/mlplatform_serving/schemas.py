@@ -83,6 +83,39 @@ class FeedbackResponse(BaseModel):
     retrain_started: bool
 
 
+class FeedbackBatchRequest(Strict):
+    """Many labelled rows at once; each item is a ``FeedbackRequest``, judged on its own."""
+
+    items: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="Rows as single `/feedback` bodies take them: `{prediction_id, target}` or "
+        "`{features, prediction?, target}`; at most MLPLATFORM_FEEDBACK_BATCH_MAX",
+    )
+
+
+class FeedbackRowResult(BaseModel):
+    """One item's outcome: 201 with its ids, or the error it would have had on its own."""
+
+    index: int = Field(description="The item's position in `items`")
+    status: int = Field(description="201 stored, else the HTTP status of its error")
+    feedback_id: str | None = Field(default=None, description="Set when stored")
+    prediction_id: str | None = Field(default=None, description="Set when stored")
+    error: str | None = Field(default=None, description="Set when not stored; names the field")
+    type: str | None = Field(default=None, description="Set when not stored: the error class")
+
+
+class FeedbackBatchResponse(BaseModel):
+    stored: int = Field(description="Rows durably in the store")
+    failed: int = Field(description="Rows not stored (each says why in `results`)")
+    results: list[FeedbackRowResult] = Field(description="One per item, in the items' order")
+    labelled_since_training: int | None = Field(
+        description="Labelled rows received since the serving model was trained (null if "
+        "nothing was stored, or the store could not be listed just now)"
+    )
+    retrain_every: int = Field(description="A retrain starts every this many labelled rows")
+    retrain_started: bool
+
+
 class HealthResponse(BaseModel):
     status: str
     model_loaded: bool
@@ -147,6 +180,16 @@ class ReportEntry(BaseModel):
     summary: dict[str, Any]
 
 
+class RetrainRunsPage(BaseModel):
+    runs: list[dict[str, Any]] = Field(
+        description="Run records as the retrainer stored them (at, outcome, reasons, version, "
+        "production, new_rows, metric, direction, gate...), each with its id, newest first"
+    )
+    next: str | None = Field(
+        description="Pass as `before` for the next page; null when no older run is left"
+    )
+
+
 class Page(BaseModel):
     page: int
     page_size: int
@@ -160,7 +203,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         401: "Missing or wrong bearer token",
         404: "Not found",
         409: "The request conflicts with the store's state (named in the message)",
-        415: "A compressed body (Content-Encoding); send it uncompressed",
+        415: "A body in a format the route does not read (Content-Type), or compressed "
+        "(Content-Encoding)",
         413: "Body over the size limit",
         422: "Invalid input; the message names the field",
         429: "The key is over its rate; retry after Retry-After seconds, nothing was stored",

@@ -64,7 +64,13 @@ class ServingSettings(CommonSettings):
 
     feedback_burst: int = Field(default=100, ge=1)
     """... and how many it may write at once before the rate applies (the bucket's size).
-    Over them ``/feedback`` answers 429 with ``Retry-After`` and stores nothing."""
+    Over them ``/feedback`` answers 429 with ``Retry-After`` and stores nothing. A batch counts
+    as its rows; one larger than the burst is taken from a full bucket, which it leaves in
+    debt (the key then waits until the rate has paid for every row)."""
+
+    feedback_batch_max: int = Field(default=1000, ge=1)
+    """Most labelled rows one ``/feedback`` batch (``{"items": [...]}``) may carry; more get
+    413 and nothing is stored."""
 
     max_batch_rows: int = 10_000
     """Most rows one ``/predict`` call may carry."""

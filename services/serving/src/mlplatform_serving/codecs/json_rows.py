@@ -138,6 +138,11 @@ class RowsCodec:
     def checked(self, body: bytes, max_rows: int) -> tuple[np.ndarray, str]:
         """Any body the fast path refused: parsed again, and its first problem named."""
         data = parse_json(body)
+        if type(data) is list:  # rows without the envelope: pydantic's "valid dictionary" says less
+            raise InvalidInput(
+                'body: a JSON array; send {"instances": [...]} for many rows, or '
+                '{"features": {...}} for one'
+            )
         # The envelope's shape is checked by hand: pydantic would copy every row of a batch
         # before validate reads them again. Any other shape gets pydantic's exact error.
         one = type(data) is dict and len(data) == 1

@@ -50,7 +50,8 @@ def system_metrics(
 
 @router.get("/metrics/kpis", responses={503: ERRORS[503]}, summary="Business KPIs")
 def kpis(runtime: RuntimeDep, service: ServiceDep) -> dict[str, Any]:
-    """Prediction volume, class mix, confidence, backup use, labelled rows since training."""
+    """Prediction volume (in all and per model version, since this process started), class
+    mix, confidence, backup use, labelled rows since training."""
     return {
         "model_version": runtime.model.version,
         **service.stats.kpis(),

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
-from mlplatform_common.errors import InvalidInput
+from mlplatform_common.errors import UnsupportedMediaType
 from mlplatform_serving.codecs import csv_rows, json_rows
 from mlplatform_serving.codecs.table import Table
 from mlplatform_serving.dataplane import DataPlane
@@ -49,8 +49,9 @@ async def answer(plane: DataPlane, headers: Headers, body: bytes) -> bytes:
     elif content_type in ("application/json", ""):
         X, field = json_rows.decode(body, plane.served, plane.max_rows)
     else:
-        raise InvalidInput(
-            f"content-type: {content_type!r:.60} is not supported; use application/json or text/csv"
+        raise UnsupportedMediaType(
+            f"content-type: {content_type!r:.60} is not supported; send application/json "
+            "or text/csv"
         )
     result, ids = await plane.infer(X, field)
     return json_rows.encode(result, ids)
