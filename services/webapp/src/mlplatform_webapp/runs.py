@@ -8,6 +8,10 @@ from typing import Any
 import pandas as pd
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _fmt(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None if value is None else str(value)
@@ -29,7 +33,7 @@ def gate_line(gate: Any) -> str | None:
 def run_row(run: dict[str, Any]) -> dict[str, Any]:
     """One run as a table row: when, what triggered it, the outcome, the gate's numbers side
     by side, the reasons, and the version it produced."""
-    gate = run.get("gate") if isinstance(run.get("gate"), dict) else {}
+    gate = _dict(run.get("gate"))
     reasons = run.get("reasons")
     reasons = [str(r) for r in reasons] if isinstance(reasons, list) else []
     return {
@@ -61,7 +65,7 @@ def lineage(models: dict[str, Any]) -> pd.DataFrame:
     for m in models.get("versions") or []:
         if not isinstance(m, dict):
             continue
-        data = m.get("training_data") if isinstance(m.get("training_data"), dict) else {}
+        data = _dict(m.get("training_data"))
         rows.append(
             {
                 "version": m.get("version"),
@@ -80,21 +84,25 @@ def lineage(models: dict[str, Any]) -> pd.DataFrame:
 def compare_metrics(a: dict[str, Any], b: dict[str, Any]) -> pd.DataFrame:
     """Split and metric of either version side by side, with the difference (b - a)."""
     rows = []
-    ma = a.get("metrics") if isinstance(a.get("metrics"), dict) else {}
-    mb = b.get("metrics") if isinstance(b.get("metrics"), dict) else {}
+    ma = _dict(a.get("metrics"))
+    mb = _dict(b.get("metrics"))
     for split in sorted(set(ma) | set(mb)):
-        sa = ma.get(split) if isinstance(ma.get(split), dict) else {}
-        sb = mb.get(split) if isinstance(mb.get(split), dict) else {}
+        sa = _dict(ma.get(split))
+        sb = _dict(mb.get(split))
         for metric in sorted(set(sa) | set(sb)):
             va, vb = sa.get(metric), sb.get(metric)
-            both = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (va, vb))
+            diff = (
+                float(vb) - float(va)
+                if isinstance(va, int | float) and isinstance(vb, int | float)
+                else None
+            )
             rows.append(
                 {
                     "split": split,
                     "metric": metric,
                     str(a.get("version")): va,
                     str(b.get("version")): vb,
-                    "difference": vb - va if both else None,
+                    "difference": diff,
                 }
             )
     return pd.DataFrame(rows)

@@ -21,6 +21,10 @@ QUALITY = {
 """The quality metrics the trend draws per task."""
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -69,9 +73,9 @@ def points(entries: list[dict[str, Any]]) -> pd.DataFrame:
         at = report_time(report_id, doc)
         if at is None or not isinstance(doc, dict):
             continue
-        drift = doc.get("drift") if isinstance(doc.get("drift"), dict) else {}
-        quality = doc.get("quality") if isinstance(doc.get("quality"), dict) else {}
-        counts = doc.get("rows") if isinstance(doc.get("rows"), dict) else {}
+        drift = _dict(doc.get("drift"))
+        quality = _dict(doc.get("quality"))
+        counts = _dict(doc.get("rows"))
         flat = summary.numbers(doc)
         row: dict[str, Any] = {
             "at": at,

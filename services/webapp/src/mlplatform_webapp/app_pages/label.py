@@ -96,10 +96,10 @@ if upload is not None:
         table, stopped = done[1], done[2]
     if stopped:
         st.error(f"Stopped early: {stopped}", icon=":material/cloud_off:")
-    stored = int((table["result"] == "stored").sum())
+    n_stored = int((table["result"] == "stored").sum())
     failed = table[table["result"] != "stored"]
     st.success(
-        f"Stored {stored} of {len(table)} labels"
+        f"Stored {n_stored} of {len(table)} labels"
         + (f"; {len(failed)} not stored (reasons below)." if len(failed) else "."),
         icon=":material/task_alt:",
     )
