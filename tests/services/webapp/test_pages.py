@@ -22,7 +22,7 @@ from tests.services.webapp.conftest import (
     texts,
 )
 
-PAGES = ["predict", "batch", "label", "model", "monitoring", "admin"]
+PAGES = ["predict", "batch", "label", "model", "monitoring", "runs", "system", "admin"]
 
 
 def down_url() -> str:

@@ -30,8 +30,9 @@ if not entries:
     st.stop()
 
 
-def promotion_rules(frame: pd.DataFrame) -> alt.Chart | None:
-    """Each promotion within the trend's time range, as a dashed rule labelled by version."""
+def promotion_rules(frame: pd.DataFrame) -> tuple[Any, list[str]]:
+    """Each promotion within the trend's time range, as a dashed rule labelled by version,
+    and those versions."""
     try:
         runs = ui.retrain_runs(100)["runs"]
     except ApiError:
@@ -39,12 +40,12 @@ def promotion_rules(frame: pd.DataFrame) -> alt.Chart | None:
     try:
         marks = trends.promotions(ui.models(), runs)
     except ApiError:
-        return None
+        return None, []
     if frame.empty or marks.empty:
-        return None
+        return None, []
     marks = marks[(marks["at"] >= frame["at"].min()) & (marks["at"] <= frame["at"].max())]
     if marks.empty:
-        return None
+        return None, []
     base = alt.Chart(marks)
     rule = base.mark_rule(strokeDash=[4, 4], color="gray").encode(
         x="at:T", tooltip=["version", "at:T"]
@@ -52,7 +53,7 @@ def promotion_rules(frame: pd.DataFrame) -> alt.Chart | None:
     text = base.mark_text(align="left", dx=3, dy=-110, color="gray").encode(
         x="at:T", text="version"
     )
-    return rule + text
+    return rule + text, [str(v) for v in marks["version"]]
 
 
 def line(data: pd.DataFrame, y: str, color: str, title: str, marks: Any) -> None:
@@ -77,18 +78,22 @@ frame = trends.within(trends.points(entries), WINDOWS.get(window or "Everything"
 if frame.empty:
     st.caption("No report in this window has a time to place it on the axis.")
 else:
-    marks = promotion_rules(frame)
+    marks, promoted = promotion_rules(frame)
     st.caption(
         f"{len(frame)} reports from {frame['at'].min():%Y-%m-%d %H:%M} to "
-        f"{frame['at'].max():%Y-%m-%d %H:%M} UTC; dashed lines: a version went into production."
+        f"{frame['at'].max():%Y-%m-%d %H:%M} UTC; "
+        + (
+            f"dashed lines: went into production ({', '.join(promoted)})."
+            if promoted
+            else "no version went into production in this window."
+        )
     )
     left, right = st.columns(2)
     with left:
-        st.markdown("**Drift share**")
         drift = trends.long(frame, ["drift share (embedding)", "drift share (raw)"], "space")
+        st.markdown(f"**Drift share** ({len(drift)} points)")
         line(drift, "value", "space", "share of drifted columns", marks)
     with right:
-        st.markdown("**Per-feature drift score** (p-value: lower is more drift)")
         in_window = [
             e
             for e in entries
@@ -97,6 +102,9 @@ else:
         scores = trends.feature_scores(in_window or entries, "raw")
         if scores.empty:
             scores = trends.feature_scores(in_window or entries, "embedding")
+        st.markdown(
+            f"**Per-feature drift score** ({len(scores)} points; p-value: lower is more drift)"
+        )
         if scores.empty:
             st.caption("These reports record no per-feature score.")
         else:
@@ -114,11 +122,11 @@ else:
     left, right = st.columns(2)
     with left:
         metrics = trends.quality_metrics(frame)
-        st.markdown("**Quality** (labelled rows in the tooltip)")
+        quality = trends.long(frame, metrics, "metric").merge(
+            frame[["at", "labelled rows"]], on="at", how="left"
+        )
+        st.markdown(f"**Quality** ({len(quality)} points; labelled rows in the tooltip)")
         if metrics:
-            quality = trends.long(frame, metrics, "metric").merge(
-                frame[["at", "labelled rows"]], on="at", how="left"
-            )
             chart = (
                 alt.Chart(quality)
                 .mark_line(point=True)
@@ -133,12 +141,12 @@ else:
         else:
             st.caption("No report in this window had enough labelled rows for quality.")
     with right:
-        st.markdown("**Prediction volume and labelled rows per report**")
         volume = trends.long(frame, ["predictions", "labelled rows"], "rows")
+        st.markdown(f"**Prediction volume and labelled rows per report** ({len(volume)} points)")
         line(volume, "value", "rows", "rows", marks)
     mix = trends.prediction_mix(in_window or entries)
     if not mix.empty:
-        st.markdown("**Prediction distribution** (share of each predicted class)")
+        st.markdown(f"**Prediction distribution** ({len(mix)} points; share of each class)")
         st.altair_chart(
             alt.Chart(mix)
             .mark_area()

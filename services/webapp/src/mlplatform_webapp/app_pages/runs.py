@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from mlplatform_webapp import runs, ui
+from mlplatform_webapp.api_client import ApiError, ApiRejected
 
 PAGE_SIZE = 20
 
@@ -16,7 +17,14 @@ st.caption(
 )
 # The cursors of the pages seen so far: "Older" pushes the API's next cursor, "Newer" pops it.
 cursors: list[str | None] = st.session_state.setdefault("runs_cursors", [None])
-page = ui.fetch_or_stop(ui.retrain_runs, PAGE_SIZE, cursors[-1])
+try:
+    page = ui.retrain_runs(PAGE_SIZE, cursors[-1])
+except ApiRejected as exc:
+    # a serving from before /retrain-runs answers 404: say so, rather than wait for it
+    st.error(f"The API cannot list retrain runs: {exc.message}", icon=":material/block:")
+    st.stop()
+except ApiError as exc:
+    ui.stop_unavailable(exc)
 found = page["runs"]
 if not found and len(cursors) == 1:
     st.info(
