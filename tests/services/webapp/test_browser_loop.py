@@ -47,8 +47,8 @@ def loop_store(tmp_path_factory, trained, shipped_dataset) -> LocalStore:  # typ
 
 @pytest.fixture(scope="module")
 def loop_env(loop_store: LocalStore) -> dict[str, str]:
-    # no rate on labels: 1,000 of them go in a few batches
-    return serving_env(loop_store.root, MLPLATFORM_FEEDBACK_RATE="0")
+    # no rate on labels (1,000 of them go in a few batches); the jobs push no metrics
+    return serving_env(loop_store.root, MLPLATFORM_FEEDBACK_RATE="0", MLPLATFORM_PUSHGATEWAY_URL="")
 
 
 @pytest.fixture(scope="module")
