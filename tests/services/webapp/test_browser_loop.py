@@ -24,7 +24,7 @@ from mlplatform_common import datalog
 from mlplatform_common.storage import LocalStore
 from mlplatform_reporter.simulate import replay, shift_scale
 from mlplatform_webapp import samples
-from tests.conftest import ServingProcess, published_local_store, run_cli
+from tests.conftest import REPO, ServingProcess, run_cli
 from tests.services.webapp.conftest import WRITER_TOKEN, serving_env
 from tests.services.webapp.test_browser import (
     WebappProcess,
@@ -39,20 +39,25 @@ WRITER = {"Authorization": f"Bearer {WRITER_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def loop_store(tmp_path_factory, trained, shipped_dataset) -> LocalStore:  # type: ignore[no-untyped-def]
-    return published_local_store(
-        tmp_path_factory.mktemp("loop") / "store", trained, shipped_dataset
-    )
-
-
-@pytest.fixture(scope="module")
-def loop_env(loop_store: LocalStore) -> dict[str, str]:
+def loop_env(tmp_path_factory) -> dict[str, str]:  # type: ignore[no-untyped-def]
     # no rate on labels (1,000 of them go in a few batches); the jobs push no metrics
-    return serving_env(loop_store.root, MLPLATFORM_FEEDBACK_RATE="0", MLPLATFORM_PUSHGATEWAY_URL="")
+    root = tmp_path_factory.mktemp("loop") / "store"
+    return serving_env(root, MLPLATFORM_FEEDBACK_RATE="0", MLPLATFORM_PUSHGATEWAY_URL="")
 
 
 @pytest.fixture(scope="module")
-def loop_serving(loop_env: dict[str, str]) -> Iterator[ServingProcess]:
+def loop_store(loop_env: dict[str, str]) -> LocalStore:
+    """v1 trained as a user does (`make train`): its data set is in the store for retrains."""
+    store = LocalStore(Path(loop_env["MLPLATFORM_STORE_URL"].removeprefix("file://")))
+    store.ensure()
+    _run(
+        "mlplatform_retrainer", ["train", "--data", str(REPO / "data/breast_cancer.csv")], loop_env
+    )
+    return store
+
+
+@pytest.fixture(scope="module")
+def loop_serving(loop_env: dict[str, str], loop_store: LocalStore) -> Iterator[ServingProcess]:
     proc = ServingProcess(loop_env).start()
     yield proc
     proc.stop()
