@@ -118,7 +118,7 @@ def test_trend_charts_have_data_after_a_drift_and_a_retrain(
 ) -> None:
     page = open_page(browser)
     page.goto(loop_webapp.url + "/monitoring")
-    expect(page.get_by_role("heading", name="Trends")).to_be_visible()
+    expect(page.get_by_role("heading", name="Trends")).to_be_visible(timeout=60_000)
     expect(page.get_by_text(re.compile(r"^3 reports from"))).to_be_visible()
     # every chart says how many points it draws: each has data
     for title in (
@@ -150,7 +150,7 @@ def test_runs_page_shows_a_promoted_and_a_rejected_run_with_reasons(
     goto(page, "Retrain runs")
     rejected = page.get_by_test_id("stExpander").filter(has_text="· rejected")
     promoted = page.get_by_test_id("stExpander").filter(has_text="· promoted · v2")
-    expect(rejected).to_have_count(1)
+    expect(rejected).to_have_count(1, timeout=60_000)
     expect(promoted).to_have_count(1)
     for run, verb in ((rejected, "reject"), (promoted, "promote")):
         run.locator("summary").click()  # open the run's expander
@@ -191,7 +191,7 @@ def test_a_csv_of_1000_labels_is_stored_with_a_result_per_row(
     goto(page, "Label")
     page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(upload))
     page.get_by_role("button", name="Send 1000 labels").click()
-    expect(page.get_by_text("Stored 1000 of 1000 labels.")).to_be_visible()
+    expect(page.get_by_text("Stored 1000 of 1000 labels.")).to_be_visible(timeout=180_000)
     page.screenshot(path=str(artifacts / "labels.png"), full_page=True)
     with page.expect_download() as download_info:
         page.get_by_role("button", name=re.compile("Download results")).click()
