@@ -112,7 +112,7 @@ else:
                 alt.Chart(scores)
                 .mark_rect()
                 .encode(
-                    x=alt.X("at:O", title=None, timeUnit="yearmonthdatehoursminutes"),
+                    x=alt.X("at:O", title=None, timeUnit="yearmonthdatehoursminutesseconds"),
                     y=alt.Y("feature:N", title=None),
                     color=alt.Color("score:Q", scale=alt.Scale(scheme="redyellowgreen")),
                     tooltip=["feature", "at:T", alt.Tooltip("score:Q", format=".3g")],
