@@ -36,19 +36,20 @@ def run_row(run: dict[str, Any]) -> dict[str, Any]:
     gate = _dict(run.get("gate"))
     reasons = run.get("reasons")
     reasons = [str(r) for r in reasons] if isinstance(reasons, list) else []
+    # the numbers first, the long texts last: a narrow page still shows the gate's scores
     return {
         "at": run.get("at"),
         "outcome": run.get("outcome"),
-        "trigger": "; ".join(reasons) or None,
+        "version": run.get("version"),
         "metric": run.get("metric") or gate.get("metric"),
         "candidate": gate.get("candidate"),
         "production score": gate.get("current"),
         "tolerance": gate.get("tolerance"),
         "holdout rows": gate.get("holdout_rows"),
-        "gate": gate_line(run.get("gate")),
-        "version": run.get("version"),
         "production after": run.get("followed") or run.get("production"),
         "new labelled rows": run.get("new_rows"),
+        "trigger": "; ".join(reasons) or None,
+        "gate": gate_line(run.get("gate")),
         "id": run.get("id"),
     }
 
