@@ -133,7 +133,8 @@ def test_trend_charts_have_data_after_a_drift_and_a_retrain(
         assert points >= 3, (title, points)
     # the drifted window's share is on the chart's data, and v2's promotion is marked
     expect(page.get_by_text(re.compile(r"went into production \(.*v2.*\)"))).to_be_visible()
-    assert page.get_by_test_id("stVegaLiteChart").count() >= 4
+    # four charts drawn (the fourth is there once the page has drawn them all)
+    expect(page.get_by_test_id("stVegaLiteChart").nth(3)).to_be_visible(timeout=60_000)
     assert "Traceback" not in main_text(page)
     page.screenshot(path=str(artifacts / "trends.png"), full_page=True)
     page.close()
