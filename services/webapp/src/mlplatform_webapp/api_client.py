@@ -138,6 +138,22 @@ class ApiClient:
         """``GET /metrics/kpis``."""
         return dict(self._json("GET", "/metrics/kpis"))
 
+    def system(self) -> dict[str, Any]:
+        """``GET /metrics/system``: latency percentiles, error rate, throughput."""
+        return dict(self._json("GET", "/metrics/system"))
+
+    def retrain_runs(self, limit: int = 20, before: str | None = None) -> dict[str, Any]:
+        """``GET /retrain-runs``: one page of runs, newest first, ``{"runs", "next"}``."""
+        params: dict[str, Any] = {"limit": limit}
+        if before:
+            params["before"] = before
+        data = self._json("GET", "/retrain-runs", params=params)
+        runs = data.get("runs") if isinstance(data, dict) else None
+        return {
+            "runs": [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else [],
+            "next": data.get("next") if isinstance(data, dict) else None,
+        }
+
     def reports(self, limit: int = 50) -> list[dict[str, Any]]:
         """``GET /reports``: newest first, each ``{"id", "summary"}``."""
         data = self._json("GET", "/reports", params={"limit": limit})
@@ -181,6 +197,22 @@ class ApiClient:
             except ApiRejected as exc:
                 # Retry-After on a 409 (a prediction another replica has not logged yet) or a
                 # 429 (over the key's rate): nothing was stored, so asking again is safe.
+                wait = exc.retry_after
+                if wait is None or time.monotonic() + wait > deadline:
+                    raise
+                time.sleep(wait)
+
+    def feedback_batch(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """``POST /feedback`` with ``items``: ``{"stored", "failed", "results"}``, one result
+        per item (201 with its ``feedback_id``, or a 4xx with the ``error``)."""
+        deadline = time.monotonic() + FEEDBACK_RETRY_SECONDS
+        while True:
+            try:
+                return dict(
+                    self._json("POST", "/feedback", json={"items": items}, headers=self._writer)
+                )
+            except ApiRejected as exc:
+                # a 429 stores nothing of the batch: asking again after Retry-After is safe
                 wait = exc.retry_after
                 if wait is None or time.monotonic() + wait > deadline:
                     raise

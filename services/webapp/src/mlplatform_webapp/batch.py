@@ -18,8 +18,8 @@ from mlplatform_webapp.api_client import ApiClient, ApiRejected, ApiUnavailable
 
 TARGET = "target"
 PREDICTION_COLUMNS = {
-    "classification": ["prediction_id", "label", "label_name", "probability", "model_version"],
-    "regression": ["prediction_id", "value", "model_version"],
+    "classification": ["label_name", "label", "probability", "prediction_id", "model_version"],
+    "regression": ["value", "prediction_id", "model_version"],
 }
 
 
@@ -162,15 +162,17 @@ def result_table(
     reasons: list[str | None],
     task: str = "classification",
 ) -> pd.DataFrame:
-    """The uploaded columns followed by each row's prediction (a class, or a regression's
-    ``value``) or ``error``."""
-    out = upload.frame.copy()
-    out.insert(0, "row", range(1, len(out) + 1))
+    """Each row's prediction first (a class with its probability, or a regression's ``value``),
+    its id and ``error``, then the uploaded columns: what a reader looks for leads."""
+    out = pd.DataFrame({"row": range(1, len(upload.frame) + 1)})
     for col in PREDICTION_COLUMNS.get(task, PREDICTION_COLUMNS["classification"]):
         # object dtype: a failed row's None must not turn integer labels into floats
         out[col] = pd.Series([a.get(col) if a else None for a in answers], dtype=object)
     out["error"] = reasons
-    return out
+    uploaded = upload.frame.reset_index(drop=True)
+    # an uploaded column of the same name as ours (a file of earlier results) keeps a suffix
+    uploaded = uploaded.rename(columns={c: f"{c} (file)" for c in uploaded if c in out.columns})
+    return pd.concat([out, uploaded], axis=1)
 
 
 def run(

@@ -47,7 +47,8 @@ def random_row(
         row = rows.iloc[i]
         target = row[TARGET].item() if TARGET in rows.columns else None
         return {n: float(row[n]) for n in names}, target, f"held-out row {i + 1} of {len(rows)}"
-    return {f["name"]: draw(f, rng) for f in schema}, None, "drawn from the reference statistics"
+    drawn = {f["name"]: draw(f, rng) for f in schema}
+    return drawn, None, "values drawn from the training data's statistics"
 
 
 def draw(spec: dict[str, Any], rng: random.Random) -> Any:

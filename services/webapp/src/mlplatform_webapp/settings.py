@@ -51,6 +51,10 @@ class WebappSettings(CommonSettings):
     batch_chunk_rows: int = 200
     """Rows sent in one ``/predict`` call by the Batch page."""
 
+    label_chunk_rows: int = 100
+    """Labels sent in one batch ``/feedback`` call by the Label page (within the API's burst of
+    labelled rows, so a chunk is not refused as a whole)."""
+
     @field_validator("base_url_path")
     @classmethod
     def _strip_slashes(cls, value: str) -> str:

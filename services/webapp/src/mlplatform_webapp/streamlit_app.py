@@ -14,6 +14,8 @@ PAGES = [
     st.Page("app_pages/label.py", title="Label", icon=":material/label:"),
     st.Page("app_pages/model.py", title="Model", icon=":material/model_training:"),
     st.Page("app_pages/monitoring.py", title="Monitoring", icon=":material/monitoring:"),
+    st.Page("app_pages/runs.py", title="Retrain runs", icon=":material/history:"),
+    st.Page("app_pages/system.py", title="System", icon=":material/speed:"),
     st.Page("app_pages/admin.py", title="Admin", icon=":material/admin_panel_settings:"),
 ]
 

@@ -36,8 +36,13 @@ def _models(api_url: str) -> dict[str, Any]:
 
 
 @st.cache_data(ttl=TTL, show_spinner=False)
-def _reports(api_url: str) -> list[dict[str, Any]]:
-    return client().reports()
+def _reports(api_url: str, limit: int) -> list[dict[str, Any]]:
+    return client().reports(limit)
+
+
+@st.cache_data(ttl=TTL, show_spinner=False)
+def _runs(api_url: str, limit: int, before: str | None) -> dict[str, Any]:
+    return client().retrain_runs(limit, before)
 
 
 @st.cache_data(ttl=600, show_spinner=False, max_entries=8)
@@ -55,9 +60,14 @@ def models() -> dict[str, Any]:
     return _models(get_settings().api_url)
 
 
-def reports() -> list[dict[str, Any]]:
-    """``GET /reports`` (cached)."""
-    return _reports(get_settings().api_url)
+def reports(limit: int = 50) -> list[dict[str, Any]]:
+    """``GET /reports`` (cached), newest first."""
+    return _reports(get_settings().api_url, limit)
+
+
+def retrain_runs(limit: int = 20, before: str | None = None) -> dict[str, Any]:
+    """``GET /retrain-runs`` (cached): one page, ``{"runs", "next"}``."""
+    return _runs(get_settings().api_url, limit, before)
 
 
 def report_html(report_id: str) -> str:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 
-from mlplatform_webapp import cards, ui
+from mlplatform_webapp import cards, runs, ui
 
 st.title("Model")
 history = ui.fetch_or_stop(ui.models)
@@ -76,55 +77,79 @@ def _split(split: Any) -> str | None:
     return " / ".join(parts) + seed
 
 
-versions = [row(m) for m in history.get("versions") or [] if isinstance(m, dict)]
+manifests = [m for m in history.get("versions") or [] if isinstance(m, dict)]
+versions = [row(m) for m in manifests]
 st.subheader("Versions")
 if not versions:
     st.info("No version is published yet.")
 else:
     table = pd.DataFrame(versions)
-    st.dataframe(table, hide_index=True)
+    # st.table, not st.dataframe: every column and cell shown whole, never cut at the edge
+    st.table(table, hide_index=True)
     plotted = [m for m in METRICS if f"test {m}" in table.columns]
-    scores = [m for m in plotted if m in cards.SCORES_0_1]
     if plotted:
         st.subheader("Test metrics by version")
-    if scores:  # scores share a 0–1 axis
-        long = table.melt(
-            id_vars="version", value_vars=[f"test {m}" for m in scores], var_name="metric"
-        )
-        long["metric"] = long["metric"].str.removeprefix("test ")
-        st.bar_chart(long, x="version", y="value", color="metric", stack=False, height=320)
-    others = [m for m in plotted if m not in cards.SCORES_0_1]
-    # error metrics are in the target's units and R² may be negative: each on its own axis
-    for column, m in zip(st.columns(max(len(others), 1)), others, strict=False):
-        with column:
+    # each metric on its own axis, scaled to the versions' values: a 0-1 axis hid differences
+    for i, m in enumerate(plotted):
+        if i % 3 == 0:  # rows of three charts, in the metrics' order
+            columns = st.columns(3)
+        values = table[["version", f"test {m}"]].dropna().rename(columns={f"test {m}": "value"})
+        with columns[i % 3]:
             st.caption(f"Test {cards.metric_label(m)}")
-            st.bar_chart(table, x="version", y=f"test {m}", height=240)
+            st.altair_chart(
+                alt.Chart(values)
+                .mark_line(point=alt.OverlayMarkDef(size=80))
+                .encode(
+                    x=alt.X("version:N", sort=list(table["version"]), title=None),
+                    y=alt.Y(
+                        "value:Q",
+                        title=None,
+                        scale=alt.Scale(domain=list(runs.domain(list(values["value"])))),
+                    ),
+                    tooltip=["version", alt.Tooltip("value:Q", format=".4f")],
+                ),
+                width="stretch",
+                height=220,
+            )
+
+    st.subheader("Line of versions")
+    line = runs.lineage(history)
+    st.table(line, hide_index=True)
+    if len(manifests) >= 2:
+        st.subheader("Compare two versions")
+        names = [str(m.get("version")) for m in manifests]
+        left, right = st.columns(2)
+        first = left.selectbox("Version", names, index=len(names) - 2, key="model_compare_a")
+        second = right.selectbox("with", names, index=len(names) - 1, key="model_compare_b")
+        by_name = {str(m.get("version")): m for m in manifests}
+        a, b = by_name[first], by_name[second]
+        st.markdown("**Metrics**")
+        st.table(runs.compare_metrics(a, b), hide_index=True)
+        st.markdown("**Feature schema**")
+        st.table(runs.compare_schemas(a, b), hide_index=True)
 
 st.subheader(f"Card of {card.get('version', '?')} (serving)")
-left, right = st.columns(2)
-with left:
-    st.markdown(
-        "\n".join(
-            f"- **{label}:** {value}"
-            for label, value in (
-                ("created", card.get("created_at")),
-                ("estimator", card.get("estimator")),
-                ("backup estimator", card.get("backup_estimator")),
-                ("parent", card.get("parent") or "none"),
-                ("task", task),
-                ("target", card.get("target")),
-                ("embedding", f"{card.get('n_components', '?')} PCA components"),
-                ("classes", ", ".join(ui.class_labels(card)) or None),
-                ("training data", (card.get("training_data") or {}).get("dataset")),
-                ("split", _split(card.get("split"))),
-            )
-            if value is not None
+st.markdown(
+    "\n".join(
+        f"- **{label}:** {value}"
+        for label, value in (
+            ("created", card.get("created_at")),
+            ("estimator", card.get("estimator")),
+            ("backup estimator", card.get("backup_estimator")),
+            ("parent", card.get("parent") or "none"),
+            ("task", task),
+            ("target", card.get("target")),
+            ("embedding", f"{card.get('n_components', '?')} PCA components"),
+            ("classes", ", ".join(ui.class_labels(card)) or None),
+            ("training data", (card.get("training_data") or {}).get("dataset")),
+            ("split", _split(card.get("split"))),
         )
+        if value is not None
     )
-with right:
-    metrics = cards.metrics_frame(card)
-    if not metrics.empty:
-        st.dataframe(metrics)
+)
+metrics = cards.metrics_frame(card)
+if not metrics.empty:
+    st.table(metrics)
 st.subheader("Feature schema")
 st.dataframe(cards.schema_table(cards.schema(card)), hide_index=True)
 with st.expander("Reference statistics"):
