@@ -50,14 +50,14 @@ def report() -> dict[str, float]:
     data = ReportInput(
         model_version="v1",
         classes=[0, 1],
-        features=list(X_ref.columns),
+        schema=model.schema,
         reference_embedding=ref_emb,
         reference_raw=X_ref,
         production=production,
         labelled=labelled,
     )
     started = time.perf_counter()
-    result = build_report(data, DriftConfig(), model.pipeline)
+    result = build_report(data, DriftConfig(), model.pipeline, min_labelled_rows=30)
     seconds = time.perf_counter() - started
     assert result.drift, "no drift computed"
     return {

@@ -199,6 +199,14 @@ def test_a_shipped_data_set_goes_the_whole_loop(s3_server: S3Server, name: str, 
         assert ("rmse" in quality) == (task == "regression"), quality
         assert ("f1" in quality) == (task == "classification"), quality
         assert report["drift"], report
+        # what the window predicted, for the web app's trends
+        predicted = report["predictions"]
+        assert ("p50" in predicted) == (task == "regression"), predicted
+        if task == "classification":
+            assert (
+                set(predicted["counts"]) <= set(classes)
+                and sum(predicted["counts"].values()) >= LABELLED
+            )
 
         # retrain: the gate compares by the task's metric, then the swap and a rollback
         proc = run_cli(

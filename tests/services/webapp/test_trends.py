@@ -24,6 +24,7 @@ from streamlit.testing.v1 import AppTest
 from mlplatform_common import keys
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import LocalStore
+from mlplatform_reporter.report import prediction_summary
 from mlplatform_retrainer.gate import GateResult
 from mlplatform_retrainer.retrain import RunResult, _write_run_record
 from mlplatform_webapp import labels, runs, samples, system, trends
@@ -134,6 +135,41 @@ def test_feature_scores_and_the_prediction_mix_over_time() -> None:
     ]
     mix = trends.prediction_mix(entries)
     assert dict(zip(mix["prediction"], mix["share"], strict=True)) == {"0": 0.3, "1": 0.7}
+
+
+def test_what_the_reporter_records_of_predictions_draws_both_tasks_trends() -> None:
+    # The reporter's own summary of a window's predictions, as each report stores it.
+    classes = pd.DataFrame({"prediction": ["Adelie", "Gentoo", "Adelie", None]})
+    values = pd.DataFrame({"prediction": [float(v) for v in range(1, 101)]})
+    entries = [
+        {
+            "id": "a",
+            "summary": {
+                **summary_at(NOW),
+                "predictions": prediction_summary(classes, "classification"),
+            },
+        },
+        {
+            "id": "b",
+            "summary": {
+                **summary_at(NOW, task="regression"),
+                "predictions": prediction_summary(values, "regression"),
+            },
+        },
+    ]
+    mix = trends.prediction_mix(entries[:1])
+    assert dict(zip(mix["prediction"], mix["share"], strict=True)) == {
+        "Adelie": 2 / 3,
+        "Gentoo": 1 / 3,
+    }
+    drawn = trends.prediction_values(entries)
+    assert dict(zip(drawn["statistic"], drawn["value"], strict=True)) == {
+        "p10": 10.9,
+        "p50": 50.5,
+        "p90": 90.1,
+        "mean": 50.5,
+    }
+    assert prediction_summary(pd.DataFrame(columns=["prediction"]), "regression") == {}
 
 
 def test_promotions_take_a_promoted_runs_time_over_the_versions_own() -> None:

@@ -272,6 +272,8 @@ class ReportResult:
     quality_note: str | None = None
     """Why quality is empty or partial, or its section is not drawn; None when all is there."""
     task: str = CLASSIFICATION
+    predictions: dict[str, Any] = field(default_factory=dict)
+    """What the window predicted (``prediction_summary``), for the trends over time."""
 
     def summary(self) -> dict[str, Any]:
         """The JSON-ready summary stored beside the HTML.
@@ -296,10 +298,33 @@ class ReportResult:
             "quality_status": q.status if q else EMPTY,
             "quality_note": self.quality_note,
             "notes": self.notes,
+            "predictions": self.predictions,
         }
 
 
 # -- pure data preparation ---------------------------------------------------------------------
+
+
+def prediction_summary(production: pd.DataFrame, task: str) -> dict[str, Any]:
+    """The window's predictions: ``counts`` per class for a classifier; for a regression the
+    ``count``, ``mean`` and the 10th, 50th and 90th percentiles of the values."""
+    if production.empty or "prediction" not in production.columns:
+        return {}
+    predicted = production["prediction"].dropna()
+    if task != CLASSIFICATION:
+        values = pd.to_numeric(predicted, errors="coerce").dropna()
+        if values.empty:
+            return {}
+        q = values.quantile([0.1, 0.5, 0.9])
+        return {
+            "count": len(values),
+            "mean": round(float(values.mean()), 6),
+            "p10": round(float(q.loc[0.1]), 6),
+            "p50": round(float(q.loc[0.5]), 6),
+            "p90": round(float(q.loc[0.9]), 6),
+        }
+    counts = predicted.astype(str).value_counts()
+    return {"counts": {str(k): int(v) for k, v in counts.sort_index().items()}}
 
 
 def attach_probabilities(feedback: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
@@ -835,6 +860,7 @@ def build_report(
         snapshots=snapshots,
         quality_note=quality_note,
         task=data.task,
+        predictions=prediction_summary(production, data.task),
     )
 
 

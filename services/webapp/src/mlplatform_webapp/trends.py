@@ -165,6 +165,24 @@ def prediction_mix(entries: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["at", "prediction", "share"])
 
 
+def prediction_values(entries: list[dict[str, Any]]) -> pd.DataFrame:
+    """``at``, ``version``, ``statistic``, ``value``: a regression's predicted values per report
+    (the summary's ``predictions`` ``p10``, ``p50``, ``p90`` and ``mean``)."""
+    rows: list[dict[str, Any]] = []
+    for entry in entries:
+        doc = entry.get("summary")
+        at = report_time(str(entry.get("id")), doc)
+        found = doc.get("predictions") if isinstance(doc, dict) else None
+        if at is None or not isinstance(found, dict) or "counts" in found:
+            continue
+        for statistic in ("p10", "p50", "p90", "mean"):
+            value = _number(found.get(statistic))
+            if value is not None:
+                version = str(doc.get("model_version", "")) if isinstance(doc, dict) else ""
+                rows.append({"at": at, "version": version, "statistic": statistic, "value": value})
+    return pd.DataFrame(rows, columns=["at", "version", "statistic", "value"])
+
+
 def promotions(models: dict[str, Any], runs: list[dict[str, Any]] | None = None) -> pd.DataFrame:
     """``at``, ``version``: when each version went into production. A promoted retrain run's
     time wins (it is when the alias moved); else the version's ``promoted_at`` or, lacking

@@ -158,6 +158,10 @@ else:
             ),
             width="stretch",
         )
+    values = trends.prediction_values(in_window or entries)
+    if not values.empty:
+        st.markdown(f"**Predicted values** ({len(values)} points; percentiles and mean)")
+        line(values, "value", "statistic", "predicted value", marks)
 
 st.subheader("One report")
 ids = [str(e["id"]) for e in entries]
