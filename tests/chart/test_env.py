@@ -31,6 +31,7 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
     | {
         "dev_mode",  # never in a cluster: secrets have no defaults there
         "model_version",  # the retrainer patches MODEL_VERSION in; unset = production alias
+        "log_wait_max_seconds",  # back-pressure bound; 1 s keeps requests under clients' timeouts
         "model_name",
         "opentelemetry",  # the chart's telemetry is Prometheus; no OpenTelemetry SDK in the image
         "keep_alive_seconds",
@@ -54,6 +55,7 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "dev_mode",
         # the web app never reads the store: it talks to the serving API only
         "store_url",
+        "label_chunk_rows",  # 100 rows a request fits the writer key's default burst
         "s3_endpoint",
         "s3_access_key",
         "s3_secret_key",
@@ -71,6 +73,9 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
     "reporter": TUNING
     | {
         "dev_mode",
+        # closed days compacted by every report, in objects of up to 100k rows
+        "log_compact",
+        "log_compact_rows",
         "push_timeout_seconds",
         "feedback_lookback_hours",
         "min_drift_rows",
