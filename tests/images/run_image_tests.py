@@ -509,9 +509,9 @@ def check_page(url: str, api_url: str) -> None:
             page = browser.new_page()
             page.goto(url)
             expect(page.get_by_text(f"Serving API: {api_url}")).to_be_visible(timeout=60_000)
-            expect(page.get_by_text(re.compile(r"Model v1 \(classification\) · 30 features"))).to_be_visible(
-                timeout=60_000
-            )
+            expect(
+                page.get_by_text(re.compile(r"Model v1 \(classification\) · 30 features"))
+            ).to_be_visible(timeout=60_000)
             shot = Path(tempfile.gettempdir()) / "mlplatform-webapp-image.png"
             page.screenshot(path=str(shot), full_page=True)
             log(f"web app page names {api_url} and model v1 (screenshot {shot})")
