@@ -32,7 +32,6 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "dev_mode",  # never in a cluster: secrets have no defaults there
         "model_version",  # the retrainer patches MODEL_VERSION in; unset = production alias
         "log_wait_max_seconds",  # back-pressure bound; 1 s keeps requests under clients' timeouts
-        "model_name",
         "opentelemetry",  # the chart's telemetry is Prometheus; no OpenTelemetry SDK in the image
         "keep_alive_seconds",
         "load_retry_seconds",

@@ -350,7 +350,14 @@ one Pushgateway keep their own series. */}}
 {{- end }}
 
 {{/* Environment shared by every component that reads the store (CommonSettings). */}}
+{{- /* The named model every component of the release works on (keys.model_root). */}}
+{{- define "mlplatform.modelEnv" -}}
+- name: MLPLATFORM_MODEL_NAME
+  value: {{ .Values.config.modelName | quote }}
+{{- end }}
+
 {{- define "mlplatform.storeEnv" -}}
+{{ include "mlplatform.modelEnv" . }}
 - name: MLPLATFORM_STORE_URL
   value: {{ printf "s3://%s" .Values.store.bucket | quote }}
 - name: MLPLATFORM_S3_ENDPOINT

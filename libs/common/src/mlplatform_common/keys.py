@@ -27,6 +27,29 @@ TRIGGERS = "state/triggers/"
 
 _TIME_DIGITS = 15  # milliseconds since the epoch, zero-padded so names sort by time
 
+# Named models. Every key below is relative to one model's root: the default name's root is
+# the store's root, so a store written before models had names is that model, unmoved; any
+# other name lives under ``named/<name>/``. Names are DNS-label-like: they end up in
+# Kubernetes names, V2 URLs and Prometheus labels.
+DEFAULT_MODEL = "mlplatform"
+NAMED = "named/"
+MODEL_NAME = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it is a valid model name; else ValueError saying what one looks like."""
+    if not re.match(MODEL_NAME, name):
+        raise ValueError(
+            f"model name {name!r:.60}: use 1-40 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit (e.g. 'fraud', 'churn-eu')"
+        )
+    return name
+
+
+def model_root(name: str) -> str:
+    """The prefix every key of the named model lives under ('' for the default name)."""
+    return "" if check_model_name(name) == DEFAULT_MODEL else f"{NAMED}{name}/"
+
 
 def dataset(name: str, filename: str = "raw.csv") -> str:
     """A shipped or uploaded training data set."""

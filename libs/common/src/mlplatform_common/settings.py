@@ -6,9 +6,10 @@ variables with the ``MLPLATFORM_`` prefix (``MLPLATFORM_STORE_URL`` and so on).
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mlplatform_common import keys
 from mlplatform_common.errors import ConfigurationError
 
 # Only ever used when MLPLATFORM_DEV_MODE is true: a laptop run needs no secret set up.
@@ -51,6 +52,16 @@ class CommonSettings(BaseSettings):
 
     s3_retries: int = 2
     """How many times a failed S3 request is retried before ``StorageUnavailable``."""
+
+    model_name: str = keys.DEFAULT_MODEL
+    """The named model this process works on: its versions, alias, log, reports and runs
+    (``keys.model_root``), and its name in the Open Inference Protocol
+    (``/v2/models/<name>``). The default name is a store's root: stores from before names."""
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        return keys.check_model_name(value)
 
     signing_key: SecretStr | None = None
     """HMAC-SHA256 key that signs model manifests; required outside dev mode."""

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from mlplatform_common import keys
 from mlplatform_common.errors import InvalidInput, ObjectNotFound, StorageUnavailable
 from mlplatform_common.settings import CommonSettings
 
@@ -396,13 +397,76 @@ class S3Store(Store):
                 raise self._failed(exc, f"deleting {key!r} from") from None
 
 
+class ScopedStore(Store):
+    """One named model's part of a store: every key is read and written under ``prefix``
+    (``keys.model_root``), and listings give keys back without it, so the code above works on
+    one model's keys as if the store were its own. ``root`` is the whole store."""
+
+    def __init__(self, root: Store, prefix: str) -> None:
+        self.root, self.prefix = root, prefix
+        self.url = f"{root.url.rstrip('/')}/{prefix}"
+
+    def get(self, key: str) -> bytes:
+        return self.root.get(self.prefix + key)
+
+    def put(
+        self, key: str, data: bytes | memoryview, content_type: str = "application/octet-stream"
+    ) -> None:
+        self.root.put(self.prefix + key, data, content_type)
+
+    def put_if_absent(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> bool:
+        return self.root.put_if_absent(self.prefix + key, data, content_type)
+
+    def exists(self, key: str) -> bool:
+        return self.root.exists(self.prefix + key)
+
+    def list_keys(self, prefix: str = "", start_after: str | None = None) -> list[str]:
+        after = None if start_after is None else self.prefix + start_after
+        found = self.root.list_keys(self.prefix + prefix, after)
+        return [k[len(self.prefix) :] for k in found]
+
+    def delete(self, key: str) -> None:
+        self.root.delete(self.prefix + key)
+
+    def ensure(self) -> None:
+        self.root.ensure()
+
+
+def for_model(root: Store, name: str) -> Store:
+    """The part of ``root`` that belongs to the named model: ``root`` itself for the default
+    name (stores from before names), else a ``ScopedStore``."""
+    while isinstance(root, ScopedStore):
+        root = root.root
+    prefix = keys.model_root(name)
+    return ScopedStore(root, prefix) if prefix else root
+
+
+def root_of(store: Store) -> Store:
+    """The whole store a model's part belongs to."""
+    return store.root if isinstance(store, ScopedStore) else store
+
+
+def model_names(store: Store) -> list[str]:
+    """Every named model with at least one object in the store, the default name first when
+    the store's root has one of its keys."""
+    root = root_of(store)
+    named = [n for n in root.list_dirs(keys.NAMED) if re.match(keys.MODEL_NAME, n)]
+    has_default = any(root.list_keys(prefix)[:1] for prefix in (keys.MODELS, keys.PRODUCTION_ALIAS))
+    return ([keys.DEFAULT_MODEL] if has_default else []) + [
+        n for n in named if n != keys.DEFAULT_MODEL
+    ]
+
+
 def _code(exc: ClientError) -> str:
     """The S3 error code of a failed request (``NoSuchKey``, ``PreconditionFailed``, ``404``)."""
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def open_store(settings: CommonSettings, *, ensure: bool = False) -> Store:
-    """Build the store named by ``settings.store_url`` (``file://path`` or ``s3://bucket``)."""
+    """The part of the store named by ``settings.store_url`` (``file://path`` or
+    ``s3://bucket``) that belongs to ``settings.model_name`` (``for_model``)."""
     url = settings.store_url
     if url.startswith("file://"):
         store: Store = LocalStore(url[len("file://") :] or ".")
@@ -424,4 +488,4 @@ def open_store(settings: CommonSettings, *, ensure: bool = False) -> Store:
         raise InvalidInput(f"MLPLATFORM_STORE_URL {url!r}: expected file://<path> or s3://<bucket>")
     if ensure:
         store.ensure()
-    return store
+    return for_model(store, settings.model_name)

@@ -47,9 +47,6 @@ class ServingSettings(CommonSettings):
     """Version to serve (``MODEL_VERSION``, set in the pod template by the retrainer); unset:
     the production alias."""
 
-    model_name: str = "mlplatform"
-    """Model name in the Open Inference Protocol (``/v2/models/<name>``)."""
-
     admin_token: SecretStr | None = None
     """Bearer token of ``/admin/*``; required outside dev mode."""
 
