@@ -138,9 +138,10 @@ def test_requests_wait_for_a_writer_that_is_behind_but_not_for_a_store_that_is_d
     settings = serving_settings(log_flush_seconds=3600, log_buffer_max_rows=40)
     with TestClient(create_app(settings, model_store)) as c:
         log = c.app.state.service.log
+        log._flush_lock.acquire()  # the writer is busy with an earlier object: behind
         c.post("/predict", json={"instances": rows[:30]})
         assert log.backlogged()  # 30 of 40 waiting, the store fine
-        flusher = threading.Timer(0.3, log.flush)
+        flusher = threading.Timer(0.3, log._flush_lock.release)  # the writer then takes them
         flusher.start()
         started = time.monotonic()
         r = c.post("/predict", json={"instances": rows[:5]})

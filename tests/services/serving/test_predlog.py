@@ -266,3 +266,17 @@ def test_the_writer_reuses_freed_memory_instead_of_faulting_it_in_again() -> Non
     default, kept = faults("default"), faults("kept")
     assert default > 4_000  # the premise: every later round still faults its memory in
     assert kept * 10 < default
+
+
+def test_a_buffer_bound_under_twice_the_flush_rows_wakes_the_writer_before_requests_wait(
+    local_store: Store,
+) -> None:
+    # requests wait past half the bound (30 rows); the writer must not wait for 50
+    log = _log(local_store, flush_rows=50, max_rows=60)
+    served = _served("v1", [0, 1])
+    log.add(_result(served, 20), [datalog.new_prediction_ids(20, time.time())], time.time())
+    assert not log._due() and not log.backlogged()
+    log.add(_result(served, 10), [datalog.new_prediction_ids(10, time.time())], time.time())
+    assert log._due() and log._wake.is_set()  # 30 rows: half the bound, under flush_rows
+    log.flush()
+    assert not log.backlogged() and log._pending_rows == 0

@@ -303,8 +303,12 @@ class PredictionLog:
 
     def _full(self) -> bool:
         """Enough is waiting to write now: ``flush_rows`` rows, or a quarter of the memory
-        bound (wide rows reach it first)."""
-        return self._pending_rows >= self.flush_rows or self._pending_bytes >= self.max_bytes // 4
+        bound (wide rows reach it first), or as many rows as make requests wait (a buffer
+        bound under twice ``flush_rows`` would otherwise hold requests until the timer)."""
+        return (
+            self._pending_rows >= min(self.flush_rows, self.max_rows // 2)
+            or self._pending_bytes >= self.max_bytes // 4
+        )
 
     def _trim(self) -> int:
         """Drop the oldest requests past the bounds (never the newest one)."""

@@ -82,15 +82,16 @@ class ServingSettings(CommonSettings):
     """How often the served version is compared with the production alias (``/ready``'s
     ``alias_matches``, ``mlplatform_model_alias_mismatch``)."""
 
-    log_flush_rows: int = 50_000
+    log_flush_rows: int = 25_000
     """The prediction log is written when this many rows are buffered ... (a Parquet write
-    costs little more for many rows than for few: fewer, larger objects are faster;
-    bench/BENCHMARKS.md, "Figures moved out of the code")"""
+    costs little more for many rows than for few, but each object's rows are held twice while
+    it is written: 50,000 put one serving process past its memory target; the reporter's
+    compaction merges a day's objects; bench/BENCHMARKS.md)"""
 
     log_flush_seconds: float = 2.0
     """... or when the oldest buffered row is this old."""
 
-    log_write_max_rows: int = 50_000
+    log_write_max_rows: int = 25_000
     """... in objects of at most this many rows (whole requests; a bigger request is one
     object): it bounds the writer's memory when it catches up with a backlog."""
 
