@@ -295,3 +295,26 @@ def test_bad_input_exits_with_one_line_and_writes_nothing(
     assert "Traceback" not in proc.stderr and not _progress(proc.stdout)
     assert set(store.list_keys()) == before  # no output, no log rows
     assert datalog.read_predictions(store).empty
+
+
+def test_the_backup_answers_when_the_primary_model_raises(
+    local_store, trained, shipped_dataset: Dataset
+) -> None:  # type: ignore[no-untyped-def]
+    from mlplatform_retrainer.batch import make_engine
+
+    publish_trained(ModelRegistry(local_store, SIGNING_KEY), trained, shipped_dataset)
+    model = ModelRegistry(local_store, SIGNING_KEY).load("v1")
+    engine = make_engine(model)
+    assert engine.name == "onnxruntime"
+    X = encoded_frame(shipped_dataset.X.iloc[:40], model.manifest["feature_schema"]).to_numpy()
+    out, Z, backup = engine.run(X)
+    assert not backup and Z.shape == (40, model.manifest["n_components"])
+
+    def broken(X: np.ndarray) -> tuple[np.ndarray, None]:
+        raise RuntimeError("primary down")
+
+    engine._run = broken
+    out, Z, backup = engine.run(X)
+    assert backup and np.isnan(Z).all() and Z.shape == (40, model.manifest["n_components"])
+    frame = pd.DataFrame(X, columns=model.features)
+    np.testing.assert_allclose(out, model.backup.predict_proba(frame))

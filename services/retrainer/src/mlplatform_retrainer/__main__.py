@@ -78,7 +78,12 @@ def _unpin(settings: RetrainerSettings, args: argparse.Namespace) -> int:
 
 def _batch(settings: RetrainerSettings, args: argparse.Namespace) -> int:
     done = run_batch(
-        settings, args.input, args.output, args.version, args.chunk_rows, progress=print
+        settings,
+        args.input,
+        args.output,
+        args.version,
+        args.chunk_rows,
+        progress=lambda line: print(line, flush=True),  # a line as it happens, in a pod too
     )
     print(
         f"scored {done['rows']} rows of {done['input']} with model {done['version']} "

@@ -127,18 +127,49 @@ class Engine:
     _run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
     _embed: Callable[[np.ndarray], np.ndarray]
 
-    def run(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out, Z = self._run(X)
+    def run(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The answers, the embedding and whether the backup gave them: as in serving
+        (``ModelRuntime.predict``), the backup answers when the primary model raises, and its
+        rows are logged without an embedding."""
+        try:
+            out, Z = self._run(X)
+        except Exception:
+            if self.model.backup is None:
+                raise
+            logger.exception("primary model %s failed; the backup answers", self.model.version)
+            frame = pd.DataFrame(X, columns=self.model.features)
+            backup = self.model.backup
+            answer = backup.predict(frame) if self.regression else backup.predict_proba(frame)
+            answer = np.asarray(answer, dtype=np.float64)
+            # Rows the backup answered are logged without an embedding, as serving logs them.
+            width = int(self.model.manifest.get("n_components") or 0)
+            return (
+                (answer.reshape(-1) if self.regression else answer),
+                _no_embedding(X, width),
+                True,
+            )
         if Z is None:
             with np.errstate(all="ignore"):
                 Z = self._embed(X)
-        return out, np.asarray(Z, dtype=np.float64)
+        return out, np.asarray(Z, dtype=np.float64), False
 
 
-def _session(data: bytes) -> Any:
+def _no_embedding(X: np.ndarray, width: int) -> np.ndarray:
+    return np.full((len(X), width), np.nan)
+
+
+def _session(model: LoadedModel, data: bytes | None, info: dict[str, Any]) -> Any | None:
+    """An ONNX Runtime session of a checked graph, or None (none, failed its check, or not
+    loadable: scikit-learn answers, as in serving's ``runtime._onnx``)."""
+    if data is None or not info or "error" in info:
+        return None
     import onnxruntime as ort
 
-    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        logger.warning("ONNX file of %s not usable (%s); using scikit-learn", model.version, exc)
+        return None
 
 
 def make_engine(model: LoadedModel) -> Engine:
@@ -162,12 +193,9 @@ def make_engine(model: LoadedModel) -> Engine:
     run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]] = sklearn_run
     embed: Callable[[np.ndarray], np.ndarray] = sklearn_embed
     name = "sklearn"
-    if model.onnx is not None and info and "error" not in info:
-        session = _session(model.onnx)
-        outputs = [
-            info["output"],
-            *([info["embedding_output"]] if info.get("embedding_output") else []),
-        ]
+    session = _session(model, model.onnx, info)
+    if session is not None:
+        outputs = [info["output"], *filter(None, [info.get("embedding_output")])]
 
         def onnx_run(X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
             got = session.run(outputs, {info["input"]: X})
@@ -176,8 +204,8 @@ def make_engine(model: LoadedModel) -> Engine:
 
         run, name = onnx_run, "onnxruntime"
         embedding_info = info.get("embedding") or {}
-        if model.embedding_onnx is not None and embedding_info and "error" not in embedding_info:
-            embedding = _session(model.embedding_onnx)
+        embedding = _session(model, model.embedding_onnx, embedding_info)
+        if embedding is not None:
 
             def onnx_embed(X: np.ndarray) -> np.ndarray:
                 return np.asarray(
@@ -193,6 +221,7 @@ def _log_frame(
     X: np.ndarray,
     out: np.ndarray,
     Z: np.ndarray,
+    backup: bool,
     ids: datalog.PredictionIds,
     ts: float,
     regression: bool,
@@ -213,7 +242,7 @@ def _log_frame(
         columns["prediction"] = pd.Categorical.from_codes(labels, [str(c) for c in model.classes])
         columns["probability"] = out[np.arange(n), labels]
         columns.update({f"proba_{j}": np.ascontiguousarray(out[:, j]) for j in range(out.shape[1])})
-    columns["backup"] = np.zeros(n, dtype=bool)
+    columns["backup"] = np.full(n, backup)
     columns[datalog.SOURCE_COLUMN] = pd.Categorical.from_codes(
         np.zeros(n, dtype=np.int8), [datalog.BATCH]
     )
@@ -322,7 +351,7 @@ def run_batch(
     scored = []
     for start in range(0, total, chunk_rows):
         chunk = X[start : start + chunk_rows]
-        out, Z = engine.run(chunk)
+        out, Z, backup = engine.run(chunk)
         finite = np.isfinite(out).reshape(len(out), -1).all(axis=1)
         if not finite.all():
             raise InvalidInput(
@@ -330,19 +359,19 @@ def run_batch(
                 "model (its arithmetic overflowed)"
             )
         ts = time.time()
-        scored.append((chunk, out, Z, datalog.new_prediction_ids(len(chunk), ts), ts))
+        scored.append((chunk, out, Z, backup, datalog.new_prediction_ids(len(chunk), ts), ts))
         done = start + len(chunk)
         progress(f"rows {done}/{total} ({done * 100 // total}%)")
     log_keys = [
         # Named by the time of the write, as the serving's are: a report window that has
         # closed before it cannot miss it.
         datalog.write_predictions(
-            store, _log_frame(model, chunk, out, Z, ids, ts, engine.regression)
+            store, _log_frame(model, chunk, out, Z, backup, ids, ts, engine.regression)
         )
-        for chunk, out, Z, ids, ts in scored
+        for chunk, out, Z, backup, ids, ts in scored
     ]
     answers = pd.concat(
-        [_answers(model, out, ids, engine.regression) for _, out, _, ids, _ in scored],
+        [_answers(model, out, ids, engine.regression) for _, out, _, _, ids, _ in scored],
         ignore_index=True,
     )
     result = pd.concat([frame, answers], axis=1)
