@@ -255,6 +255,7 @@ def test_feedback_by_the_id_of_a_batch_row_stores_that_row(
         ("batch/cols.csv", "wrong-columns", [], "missing ['mean_radius'"),
         ("batch/png.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", [], "not a CSV file"),
         ("batch/junk.parquet", b"id,a\n1,2\n", [], "not a readable Parquet file"),
+        ("batch/cut.parquet", "truncated-parquet", [], "not a readable Parquet file"),
         ("batch/ok.csv", "good", ["--version", "v9"], "model version v9 does not exist"),
         ("batch/cell.csv", "bad-cell", [], "line 5, column 'mean_radius': 'abc' is not a number"),
         ("batch/ok.txt", "good", [], "must end in .csv or .parquet"),
@@ -281,6 +282,10 @@ def test_bad_input_exits_with_one_line_and_writes_nothing(
         body = rows.to_csv(index=False).encode()
     elif body == "wrong-columns":
         body = rows.drop(columns="mean_radius").assign(customer="x").to_csv(index=False).encode()
+    elif body == "truncated-parquet":  # the magic at both ends, a footer cut short
+        buf = io.BytesIO()
+        rows.to_parquet(buf, index=False)
+        body = buf.getvalue()[:40] + buf.getvalue()[-8:]
     elif body == "bad-cell":
         rows = rows.astype(object)
         rows.loc[3, "mean_radius"] = "abc"

@@ -52,6 +52,7 @@ FORMATS = {".csv": "csv", ".parquet": "parquet"}
 # Keys the platform owns (a signed version, the alias, the log, the reports, the state, other
 # models): a batch output never overwrites them.
 OWNED = (keys.MODELS, "registry/", "production/", keys.REPORTS, "state/", keys.NAMED)
+PARQUET_MAGIC = b"PAR1"
 CONTENT_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 
 
@@ -103,7 +104,13 @@ def read_table(data: bytes, fmt: str, name: str) -> pd.DataFrame:
                 skip_blank_lines=True,
             )
         else:
+            # Parquet starts and ends with its magic: anything else is refused here, before
+            # the reader parses a footer of random bytes.
+            if len(data) < 12 or data[:4] != PARQUET_MAGIC or data[-4:] != PARQUET_MAGIC:
+                raise InvalidInput(f"{name}: not a readable Parquet file (no Parquet magic)")
             frame = pd.read_parquet(io.BytesIO(data), engine="fastparquet")
+    except InvalidInput:
+        raise
     except UnicodeDecodeError:
         raise InvalidInput(f"{name}: not a CSV file (not UTF-8 text)") from None
     except pd.errors.EmptyDataError:
