@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from pydantic_settings import BaseSettings
 
+from mlplatform_common.settings import CommonSettings
 from mlplatform_reporter.settings import ReporterSettings
 from mlplatform_retrainer.settings import RetrainerSettings
 from mlplatform_serving.settings import ServingSettings
@@ -20,6 +21,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "reporter": ReporterSettings,
     "retrainer": RetrainerSettings,
     "bootstrap": RetrainerSettings,
+    "batch": RetrainerSettings,  # python -m mlplatform_retrainer batch
 }
 
 # Settings the chart has no named value for, per container (each can still be set through the
@@ -113,6 +115,13 @@ LEFT_AT_DEFAULT["bootstrap"] = LEFT_AT_DEFAULT["retrainer"] | {
     "quality_threshold",
     "gate_tolerance",
 }
+# `batch` reads the store and the registry only (CommonSettings); nothing of training,
+# retraining, rollout or pushing.
+LEFT_AT_DEFAULT["batch"] = (
+    (set(RetrainerSettings.model_fields) - set(CommonSettings.model_fields))
+    | TUNING
+    | {"dev_mode", "release", "namespace"}
+)
 # HOME: for libraries that cache under ~ (the root filesystem is read-only); TZ: the extraEnv of
 # ci/scheduling-values.yaml
 NOT_MLPLATFORM = {"HOME", "TZ"}

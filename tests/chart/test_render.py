@@ -508,6 +508,8 @@ def test_network_policies_cover_every_pod(rendered: tuple[Obj, ...], variant: st
             "reporter",
             "retrainer",
             "bootstrap",
+            # the batch scoring Jobs, when the chart installs their CronJob
+            *(["batch"] if variant_values(variant).get("batch", {}).get("enabled") else []),
         }
 
 

@@ -217,3 +217,29 @@ def test_a_compacted_key_spans_its_batches_and_a_batch_key_is_never_taken_for_on
     batch = keys.predictions_batch(10 * DAY + 5, "c12345678901")  # a hex id that starts with c
     assert not keys.is_compacted(batch)
     assert keys.written_span(batch) == (10 * DAY + 5, 10 * DAY + 5)
+
+
+def test_batch_flagged_batches_compact_apart_and_keep_their_flag(store: Store) -> None:
+    """A batch job's objects (``log_source`` = batch) beside the serving's (no column): the
+    flag survives compaction, and unflagged rows read as online before and after."""
+    online = datalog.write_predictions(
+        store, _served(10 * DAY + 100.0, 30, seed=1), ts=10 * DAY + 100.0
+    )
+    flagged = _served(10 * DAY + 200.0, 20, seed=2)
+    flagged[datalog.SOURCE_COLUMN] = pd.Categorical.from_codes(
+        np.zeros(20, dtype=np.int8), [datalog.BATCH]
+    )
+    batch = datalog.write_predictions(store, flagged, ts=10 * DAY + 200.0)
+    before = datalog.read_predictions(store)
+    assert before[datalog.SOURCE_COLUMN].value_counts().to_dict() == {"online": 30, "batch": 20}
+    out = datalog.compact_predictions(store, NOW)
+    assert out["batches"] == 2 and out["objects"] == 2  # two schemas, two objects
+    assert online not in store.list_keys() and batch not in store.list_keys()
+    after = datalog.read_predictions(store)
+    pd.testing.assert_frame_equal(
+        after.sort_values("prediction_id").reset_index(drop=True)[list(before.columns)],
+        before.sort_values("prediction_id").reset_index(drop=True),
+    )
+    # a reader of one id (/feedback) gets the flag too
+    pid = after.loc[after[datalog.SOURCE_COLUMN] == "batch", "prediction_id"].iloc[0]
+    assert datalog.find_prediction(store, pid, now=NOW)[datalog.SOURCE_COLUMN] == "batch"  # type: ignore[index]

@@ -35,7 +35,14 @@ from mlplatform_common import keys
 from mlplatform_common.errors import ObjectNotFound, StorageUnavailable
 from mlplatform_common.storage import Store, json_bytes
 
-# Columns of every prediction log row besides the raw features and PCA_* embedding columns.
+# Where a logged row comes from: ``BATCH`` for the rows of a batch scoring job
+# (``mlplatform_retrainer.batch``), which writes this column; the serving's batches have none,
+# and readers give their rows ``ONLINE``, so logs written before the column read the same.
+SOURCE_COLUMN = "log_source"
+ONLINE = "online"
+BATCH = "batch"
+# Columns of every prediction log row as read, besides the raw features and PCA_* embedding
+# columns.
 PREDICTION_COLUMNS = [
     "prediction_id",
     "ts",
@@ -44,6 +51,7 @@ PREDICTION_COLUMNS = [
     "probability",
     "proba_json",
     "backup",
+    SOURCE_COLUMN,
 ]
 FEEDBACK_COLUMNS = [
     "feedback_id",
@@ -71,7 +79,12 @@ def first_log_column(names: Iterable[Any]) -> str | None:
     """The first of ``names`` that is a column of the log's own (ids, time, prediction,
     probabilities, embedding, label), or None: a feature of that name would collide with it
     in the logged rows."""
-    own = {*PREDICTION_COLUMNS, *FEEDBACK_COLUMNS, *COMPACT_ID_COLUMNS, LOG_BATCH_COLUMN}
+    own = {
+        *PREDICTION_COLUMNS,
+        *FEEDBACK_COLUMNS,
+        *COMPACT_ID_COLUMNS,
+        LOG_BATCH_COLUMN,
+    }
     return next((str(n) for n in names if n in own or _OWN_COLUMN.fullmatch(str(n))), None)
 
 
@@ -269,9 +282,10 @@ def _read_batch(
     until: float | None = None,
 ) -> pd.DataFrame:
     """One log batch (or ``only`` the rows of that prediction id), as ``PREDICTION_COLUMNS``
-    plus the features and embedding: compact columns expanded, dictionary-encoded ones
-    (model_version, prediction) as plain values. A compacted object's rows are those of its
-    batches written in ``(since, until]``, as the batches' own keys would have chosen them."""
+    plus the features, embedding and ``SOURCE_COLUMN``: compact columns expanded,
+    dictionary-encoded ones (model_version, prediction) as plain values. A compacted
+    object's rows are those of its batches written in ``(since, until]``, as the batches' own
+    keys would have chosen them."""
     frame = pd.read_parquet(io.BytesIO(data), engine="fastparquet")
     if LOG_BATCH_COLUMN in frame.columns:
         batches = frame.pop(LOG_BATCH_COLUMN).astype("category")
@@ -292,6 +306,10 @@ def _read_batch(
         frame = frame[frame["prediction_id"] == only]
     for column in frame.select_dtypes("category").columns:
         frame[column] = frame[column].astype(object)
+    if SOURCE_COLUMN in frame.columns:
+        frame[SOURCE_COLUMN] = frame[SOURCE_COLUMN].fillna(ONLINE)
+    else:
+        frame[SOURCE_COLUMN] = ONLINE
     return frame
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from mlplatform_common import datalog
-from mlplatform_common.errors import DatasetError
+from mlplatform_common.errors import DatasetError, InvalidInput
 from mlplatform_common.quality import to_builtin
 
 MIN_ROWS_PER_CLASS = 5
@@ -424,3 +425,60 @@ def embed(pipeline: Any, X: pd.DataFrame) -> pd.DataFrame:
     """
     Z = pipeline.named_steps["embedding"].transform(X)
     return pd.DataFrame(Z, columns=embedding_columns(Z.shape[1]), index=X.index)
+
+
+def check_columns(columns: list[Any], schema: list[dict[str, Any]], name: str) -> None:
+    """A table's header against a version's features: ``InvalidInput`` naming the features
+    it lacks and the columns it should not have (any order is fine)."""
+    features = [f["name"] for f in schema]
+    header = [str(c) for c in columns]
+    missing = [f for f in features if f not in header]
+    extra = [c for c in header if c not in features]
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if missing or extra or twice:
+        parts = [f"missing {missing}"] if missing else []
+        parts += [f"unexpected {extra}"] if extra else []
+        parts += [f"named twice {twice}"] if twice else []
+        raise InvalidInput(
+            f"{name}: the columns must be the model's {len(features)} features: " + "; ".join(parts)
+        )
+
+
+def encode_checked(
+    frame: pd.DataFrame, schema: list[dict[str, Any]], where: Callable[[int], str]
+) -> np.ndarray:
+    """A table of a version's features (numbers as numbers or as text, a missing cell as
+    NaN/None) checked as serving checks a row, then ``encode``d: a number feature's values
+    are finite numbers within ±``FEATURE_LIMIT``, and a value is missing only where the
+    schema allows it; a category takes any text (one the version never saw is encoded as
+    unknown). ``InvalidInput`` names the first bad cell (``where(row)``, the column)."""
+    converted = pd.DataFrame(index=frame.index)
+    for spec in schema:
+        name = spec["name"]
+        col = frame[name]
+        absent = col.isna().to_numpy()
+        if absent.any() and not nullable(spec):
+            i = int(np.flatnonzero(absent)[0])
+            raise InvalidInput(
+                f"{where(i)}, column {name!r}: missing, and {name!r} may not be missing "
+                "(it had a value in every training row)"
+            )
+        if is_category(spec):
+            converted[name] = col
+            continue
+        if pd.api.types.is_bool_dtype(col):
+            raise InvalidInput(f"column {name!r}: booleans, and {name!r} is a number feature")
+        values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            bad = ~absent & ~(np.abs(values) <= FEATURE_LIMIT)  # NaN, inf, too large
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            cell = col.iloc[i]
+            why = (
+                f"{cell!r:.40} is not a number"
+                if np.isnan(values[i])
+                else f"{cell!r:.40} is not a finite number within ±{FEATURE_LIMIT:g}"
+            )
+            raise InvalidInput(f"{where(i)}, column {name!r}: {why}")
+        converted[name] = values
+    return encode(converted, schema)

@@ -46,6 +46,7 @@ from evidently.core.report import Snapshot
 from evidently.legacy.renderers.html_widgets import group_widget, text_widget
 from evidently.presets import ClassificationPreset, DataDriftPreset, RegressionPreset
 
+from mlplatform_common.datalog import BATCH, SOURCE_COLUMN
 from mlplatform_common.quality import regression_metrics
 from mlplatform_common.schema import (
     CLASSIFICATION,
@@ -725,6 +726,13 @@ def build_report(
             f"{len(data.production) - len(production)} logged rows lack some feature, or have "
             f"one that is not finite or beyond ±{FEATURE_LIMIT:g}, and were left out"
         )
+    if SOURCE_COLUMN in production.columns:  # logs from before the flag have none
+        batch = int((production[SOURCE_COLUMN] == BATCH).sum())
+        if batch:
+            notes.append(
+                f"{batch} of the {len(production)} production rows were scored by batch jobs "
+                f"({SOURCE_COLUMN}={BATCH}); the drift counts them like online traffic"
+            )
     # Quality is the reported version's: labels of predictions another version made (before
     # a retrain or a rollback) say nothing about it.
     labelled = data.labelled

@@ -1,5 +1,5 @@
 """``python -m mlplatform_retrainer``: train, run (retrain if triggered), rollback, promote,
-pin, unpin, schedule."""
+pin, unpin, schedule, batch (score a file in the store)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from mlplatform_common.errors import MLPlatformError
 from mlplatform_common.log import configure_logging
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import open_store
+from mlplatform_retrainer.batch import DEFAULT_CHUNK_ROWS, run_batch
 from mlplatform_retrainer.job import describe, train_from_file
 from mlplatform_retrainer.retrain import promote, rollback, run, unpin
 from mlplatform_retrainer.rollout import rollout_local
@@ -75,6 +76,22 @@ def _unpin(settings: RetrainerSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch(settings: RetrainerSettings, args: argparse.Namespace) -> int:
+    done = run_batch(
+        settings,
+        args.input,
+        args.output,
+        args.version,
+        args.chunk_rows,
+        progress=lambda line: print(line, flush=True),  # a line as it happens, in a pod too
+    )
+    print(
+        f"scored {done['rows']} rows of {done['input']} with model {done['version']} "
+        f"({done['engine']}): {done['output']}; {len(done['log_keys'])} prediction log batches"
+    )
+    return 0
+
+
 def _schedule(settings: RetrainerSettings, args: argparse.Namespace) -> int:
     from apscheduler.schedulers.blocking import BlockingScheduler
 
@@ -129,6 +146,18 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(handler=_promote, pin=pin)
     p = sub.add_parser("unpin", help="lift a rollback's or a pin's hold: retrains may promote")
     p.set_defaults(handler=_unpin)
+    p = sub.add_parser(
+        "batch", help="score a CSV or Parquet file in the store (batch transform), logged as batch"
+    )
+    p.add_argument("--input", required=True, help="key of a .csv or .parquet in the model's store")
+    p.add_argument(
+        "--output", help="key to write (default: <input without extension>.predictions.<ext>)"
+    )
+    p.add_argument("--version", help="a published version, e.g. v3 (default: production)")
+    p.add_argument(
+        "--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows scored per chunk"
+    )
+    p.set_defaults(handler=_batch)
     p = sub.add_parser("schedule", help="run the trigger check every MLPLATFORM_SCHEDULE_SECONDS")
     p.set_defaults(handler=_schedule)
     args = parser.parse_args(argv)
