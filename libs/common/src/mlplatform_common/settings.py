@@ -81,9 +81,15 @@ class CommonSettings(BaseSettings):
     Deployment and CronJob they act on, and a label on every series the jobs push."""
 
     def push_grouping_key(self) -> dict[str, str]:
-        """The Pushgateway grouping key besides ``job``: one group per job, release and
-        namespace, so a push replaces only its own release's previous push."""
-        return {"instance": "mlplatform", "release": self.release, "namespace": self.namespace}
+        """The Pushgateway grouping key besides ``job``: one group per job, release, namespace
+        and named model, so a push replaces only its own model's previous push (two names run
+        from one release and namespace, as on a laptop, keep their own series)."""
+        return {
+            "instance": "mlplatform",
+            "release": self.release,
+            "namespace": self.namespace,
+            "model": self.model_name,
+        }
 
     def secret_or_dev(self, value: SecretStr | None, dev_default: str) -> str | None:
         """A secret setting's value; unset or empty: ``dev_default`` in dev mode, else None."""

@@ -9,7 +9,7 @@ One run:
    the report (``mlplatform_common.reports``): its HTML, then its summary last (a report
    without a summary is incomplete);
 5. push the numbers to the Pushgateway under ``{job="mlplatform-reporter", instance="mlplatform",
-   release, namespace}`` (``CommonSettings.push_grouping_key``), replacing this release's
+   release, namespace, model}`` (``CommonSettings.push_grouping_key``), replacing this model's
    previous run's; ``last_success`` is part of that push, so it only ever moves when a run got
    this far;
 6. delete the prediction log's days past the retention, then compact its closed days (off the
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -158,6 +158,7 @@ def build(
         labelled=labelled,
         window=win,
         task=model.manifest.get("task", CLASSIFICATION),
+        model_name=settings.model_name,
     )
     config = DriftConfig(
         method=settings.drift_method,
@@ -301,7 +302,7 @@ def run(
     store = store or open_store(settings, ensure=True)
     win = window(settings, store, now)
     model = _production_model(settings, store)
-    result = build(settings, store, model, win)
+    result = replace(build(settings, store, model, win), model_name=settings.model_name)
     exported = write_prod_data(store, model) if model is not None else 0
     rid = report_id(now)
     archive(store, result, rid)
@@ -364,7 +365,8 @@ def describe(outcome: RunOutcome) -> str:
     """A short summary for the terminal."""
     r = outcome.result
     lines = [
-        f"report {outcome.report_id} (model {r.model_version or '-'}, {r.task or '-'}): "
+        f"report {outcome.report_id} (model {r.model_name} {r.model_version or '-'}, "
+        f"{r.task or '-'}): "
         f"{r.rows['production']} predictions, {r.rows['labelled']} labelled"
     ]
     for space, d in r.drift.items():

@@ -80,9 +80,11 @@ class RunResult:
     """The version the alias was moved to because the Deployment serves it (rollout undo)."""
     metric: str | None = None
     """The metric the quality trigger and the gate compared by, for the production's task."""
+    model: str = keys.DEFAULT_MODEL
+    """The named model the run worked on (``CommonSettings.model_name``)."""
 
     def describe(self) -> str:
-        parts = [f"retrain {self.outcome}"]
+        parts = [f"retrain {self.outcome} (model {self.model})"]
         if self.followed:
             parts.append(f"production alias moved to {self.followed}, which serving runs")
         if self.reasons:
@@ -303,6 +305,7 @@ def _count_and_push_metrics(
 def _write_run_record(store: Store, result: RunResult) -> None:
     record = {
         "at": utcnow(),
+        "model": result.model,
         "outcome": result.outcome,
         "reasons": result.reasons,
         "version": result.version,
@@ -687,8 +690,8 @@ def run(settings: RetrainerSettings, force: bool = False, store: Store | None = 
         lock.acquire()
     except LockHeld as exc:
         logger.info("another retrain is running: %s; exiting", exc.message)
-        return RunResult("locked", [exc.message])
-    result = RunResult("failed")
+        return RunResult("locked", [exc.message], model=settings.model_name)
+    result = RunResult("failed", model=settings.model_name)
     try:
         followed = follow_deployment(settings, registry)
         reasons, new_rows, report_id = triggers(settings, store, registry, force)
@@ -705,6 +708,7 @@ def run(settings: RetrainerSettings, force: bool = False, store: Store | None = 
             logger.info("retrain triggered: %s", "; ".join(reasons))
             result = retrain(settings, store, registry, reasons, new_rows, report_id)
         result.followed = followed
+        result.model = settings.model_name
         _write_run_record(store, result)
         _count_and_push_metrics(settings, store, result, success=result.rollout_error is None)
     except BaseException:
