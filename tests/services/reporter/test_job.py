@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from sklearn import metrics as skm
 
 from mlplatform_common import datalog, keys
@@ -203,6 +204,38 @@ def test_two_named_models_of_one_release_keep_their_own_series(
             _q("mlplatform_report_rows", dataset="production", release="blue", model=name), n
         )
     assert len(prom_stack.query("mlplatform_report_last_success_timestamp_seconds")) == 2
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_the_default_name_replaces_the_group_pushed_before_names(
+    store: Store, model: LoadedModel, prom_stack: PromStack
+) -> None:
+    prom_stack.clear()
+    before_names = {"instance": "mlplatform", "release": "blue", "namespace": "ml"}
+    old = CollectorRegistry()
+    Gauge("mlplatform_report_last_success_timestamp_seconds", "x", registry=old).set(1.0)
+    push_to_gateway(
+        prom_stack.pushgateway_url,
+        job="mlplatform-reporter",
+        grouping_key=before_names,
+        registry=old,
+    )
+    # another name of the release leaves it (it is not that name's)
+    job.run(
+        reporter_settings(
+            pushgateway_url=prom_stack.pushgateway_url,
+            release="blue",
+            namespace="ml",
+            model_name="fraud",
+        ),
+        store=for_model(store, "fraud"),
+    )
+    assert sorted(g.get("model", "-") for g in prom_stack.groups()) == ["-", "fraud"]
+    settings = reporter_settings(
+        pushgateway_url=prom_stack.pushgateway_url, release="blue", namespace="ml"
+    )
+    job.run(settings, store=store)
+    assert sorted(g.get("model", "-") for g in prom_stack.groups()) == ["fraud", "mlplatform"]
 
 
 @pytest.mark.parametrize("store", ["local"], indirect=True)

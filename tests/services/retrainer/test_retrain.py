@@ -8,6 +8,7 @@ import time
 
 import pandas as pd
 import pytest
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 from mlplatform_common import keys
 from mlplatform_common.lock import LockHeld, StoreLock
@@ -167,6 +168,27 @@ def test_two_named_models_of_one_release_keep_their_own_runs_and_series(
         time.sleep(0.3)
     seen = {(r["metric"]["release"], r["metric"]["model"]): r["value"][1] for r in found}
     assert seen == {("blue", "fraud"): "1", ("blue", "churn-eu"): "2"}
+
+
+def test_the_default_name_replaces_the_group_pushed_before_names(
+    v1_store: Store, prom_stack: PromStack
+) -> None:
+    prom_stack.clear()
+    before_names = {"instance": "mlplatform", "release": "blue", "namespace": "ml"}
+    old = CollectorRegistry()
+    Gauge("mlplatform_model_version_number", "x", registry=old).set(1)
+    push_to_gateway(
+        prom_stack.pushgateway_url,
+        job="mlplatform-retrainer",
+        grouping_key=before_names,
+        registry=old,
+    )
+    settings = retrainer_settings(
+        pushgateway_url=prom_stack.pushgateway_url, release="blue", namespace="ml"
+    )
+    assert run(settings, store=v1_store).outcome == "skipped"
+    (group,) = prom_stack.groups()
+    assert group["model"] == "mlplatform" and group["release"] == "blue"
 
 
 def test_k_labelled_rows_train_and_promote_v2(v1_store: Store) -> None:

@@ -91,6 +91,14 @@ class CommonSettings(BaseSettings):
             "model": self.model_name,
         }
 
+    def legacy_push_grouping_key(self) -> dict[str, str] | None:
+        """The group this release's job pushed before models had names (no ``model``), which
+        a push of the default name replaces: left behind, its last success time would stay old
+        and its numbers would sit beside the new group's. None for any other name."""
+        if self.model_name != keys.DEFAULT_MODEL:
+            return None
+        return {k: v for k, v in self.push_grouping_key().items() if k != "model"}
+
     def secret_or_dev(self, value: SecretStr | None, dev_default: str) -> str | None:
         """A secret setting's value; unset or empty: ``dev_default`` in dev mode, else None."""
         if value is not None and value.get_secret_value():

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+from prometheus_client import CollectorRegistry, Gauge, delete_from_gateway, push_to_gateway
 
 from mlplatform_common import datalog, keys, reports
 from mlplatform_common import metric_names as m
@@ -275,6 +275,16 @@ def push(settings: ReporterSettings, reg: CollectorRegistry) -> bool:
             f"Pushgateway {settings.pushgateway_url} did not take the metrics: {exc}"
         ) from None
     logger.info("pushed metrics to %s", settings.pushgateway_url)
+    if legacy := settings.legacy_push_grouping_key():
+        try:  # best effort: the numbers are pushed; a stale old group is not worth a failure
+            delete_from_gateway(
+                settings.pushgateway_url,
+                job=m.REPORTER_JOB,
+                grouping_key=legacy,
+                timeout=settings.push_timeout_seconds,
+            )
+        except OSError as exc:
+            logger.warning("could not delete the group pushed before model names: %s", exc)
     return True
 
 

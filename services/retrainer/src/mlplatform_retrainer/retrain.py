@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    delete_from_gateway,
+    push_to_gateway,
+)
 
 from mlplatform_common import datalog, keys
 from mlplatform_common import metric_names as names
@@ -300,6 +306,14 @@ def _count_and_push_metrics(
         )
     except OSError as exc:
         logger.warning("could not push metrics to %s: %s", settings.pushgateway_url, exc)
+        return
+    if legacy := settings.legacy_push_grouping_key():
+        try:  # the group pushed before model names (CommonSettings.legacy_push_grouping_key)
+            delete_from_gateway(
+                settings.pushgateway_url, job=names.RETRAINER_JOB, grouping_key=legacy, timeout=10
+            )
+        except OSError as exc:
+            logger.warning("could not delete the group pushed before model names: %s", exc)
 
 
 def _write_run_record(store: Store, result: RunResult) -> None:
