@@ -75,6 +75,7 @@ INSIDE = {
     "/metrics/feature-distribution",
     "/model",
     "/models",
+    "/models/names",  # other releases' models sharing the store: not for the internet
     "/reports",
     "/reports/{report_id}",
     "/reports/{report_id}/summary",
@@ -129,13 +130,23 @@ def test_the_helm_test_pod_script_passes_against_real_serving(model_store: Store
         }
     ).start()
     try:
-        env = {**os.environ, "API": serving.url}
+        # the pod's model name is serving's (a release's test never passes on another's model)
+        assert env_value(c, "MODEL_NAME") == "mlplatform"
+        env = {**os.environ, "API": serving.url, "MODEL_NAME": "mlplatform"}
         ok = subprocess.run(
             [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
         )
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert "ready:" in ok.stdout and "prediction:" in ok.stdout
         assert "feedback without the writer token: 401" in ok.stdout
+        other = subprocess.run(
+            [sys.executable, "-c", script],
+            env={**env, "MODEL_NAME": "fraud"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert other.returncode != 0 and "'model_name': 'mlplatform'" in other.stderr
     finally:
         serving.stop()
     assert model_store.list_keys("production/feedback/") == []

@@ -13,13 +13,14 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from sklearn import metrics as skm
 
 from mlplatform_common import datalog, keys
 from mlplatform_common.errors import IntegrityError
 from mlplatform_common.registry import LoadedModel
 from mlplatform_common.schema import embed
-from mlplatform_common.storage import LocalStore, Store
+from mlplatform_common.storage import LocalStore, Store, for_model
 from mlplatform_reporter import job
 from mlplatform_reporter.__main__ import main
 from mlplatform_reporter.simulate import replay, shift_scale
@@ -28,6 +29,7 @@ from tests.services.reporter.conftest import (
     PromStack,
     StubServing,
     log_traffic,
+    published,
     reporter_settings,
 )
 
@@ -167,6 +169,73 @@ def test_releases_sharing_a_pushgateway_keep_their_own_series(
             time.sleep(0.3)
         assert before <= float(series["value"][1]) <= after, (labels, series)
     assert len(prom_stack.query("mlplatform_report_last_success_timestamp_seconds")) == 3
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_two_named_models_of_one_release_keep_their_own_series(
+    store: Store, trained, shipped_dataset, heldout: pd.DataFrame, prom_stack: PromStack
+) -> None:
+    prom_stack.clear()
+    rows = {"fraud": 12, "churn-eu": 7}  # a different window per name, to tell them apart
+    for name, n in rows.items():
+        part = for_model(store, name)
+        log_traffic(part, published(part, trained, shipped_dataset), heldout.iloc[:n])
+    for name in rows:
+        settings = reporter_settings(
+            pushgateway_url=prom_stack.pushgateway_url,
+            release="blue",
+            namespace="ml",
+            model_name=name,
+        )
+        outcome = job.run(settings, store=for_model(store, name))
+        summary = for_model(store, name).get_json(
+            keys.report_file(outcome.report_id, "summary.json")
+        )
+        assert summary["model_name"] == name
+        assert summary["rows"]["production"] == rows[name]
+        html = for_model(store, name).get(keys.report_file(outcome.report_id, "report.html"))
+        assert f"{name} v1".encode() in html
+    # one Pushgateway group per name: the second push replaced nothing of the first
+    groups = prom_stack.groups()
+    assert sorted(g["model"] for g in groups) == sorted(rows)
+    assert {(g["release"], g["namespace"]) for g in groups} == {("blue", "ml")}
+    for name, n in rows.items():
+        prom_stack.wait_for(
+            _q("mlplatform_report_rows", dataset="production", release="blue", model=name), n
+        )
+    assert len(prom_stack.query("mlplatform_report_last_success_timestamp_seconds")) == 2
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_the_default_name_replaces_the_group_pushed_before_names(
+    store: Store, model: LoadedModel, prom_stack: PromStack
+) -> None:
+    prom_stack.clear()
+    before_names = {"instance": "mlplatform", "release": "blue", "namespace": "ml"}
+    old = CollectorRegistry()
+    Gauge("mlplatform_report_last_success_timestamp_seconds", "x", registry=old).set(1.0)
+    push_to_gateway(
+        prom_stack.pushgateway_url,
+        job="mlplatform-reporter",
+        grouping_key=before_names,
+        registry=old,
+    )
+    # another name of the release leaves it (it is not that name's)
+    job.run(
+        reporter_settings(
+            pushgateway_url=prom_stack.pushgateway_url,
+            release="blue",
+            namespace="ml",
+            model_name="fraud",
+        ),
+        store=for_model(store, "fraud"),
+    )
+    assert sorted(g.get("model", "-") for g in prom_stack.groups()) == ["-", "fraud"]
+    settings = reporter_settings(
+        pushgateway_url=prom_stack.pushgateway_url, release="blue", namespace="ml"
+    )
+    job.run(settings, store=store)
+    assert sorted(g.get("model", "-") for g in prom_stack.groups()) == ["fraud", "mlplatform"]
 
 
 @pytest.mark.parametrize("store", ["local"], indirect=True)
@@ -315,7 +384,7 @@ def test_cli_run_succeeds_and_fails_with_exit_codes(tmp_path, trained, shipped_d
     published_local_store(tmp_path / "store", trained, shipped_dataset)
     ok = _run_cli(tmp_path / "store")
     assert ok.returncode == 0, ok.stderr
-    assert "(model v1, classification): 0 predictions, 0 labelled" in ok.stdout
+    assert "(model mlplatform v1, classification): 0 predictions, 0 labelled" in ok.stdout
     bad = _run_cli(tmp_path / "store", MLPLATFORM_SIGNING_KEY=None, MLPLATFORM_DEV_MODE="false")
     assert bad.returncode == 1
     assert "MLPLATFORM_SIGNING_KEY is not set" in bad.stderr

@@ -8,18 +8,19 @@ import time
 
 import pandas as pd
 import pytest
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 from mlplatform_common import keys
 from mlplatform_common.lock import LockHeld, StoreLock
 from mlplatform_common.registry import ModelRegistry
-from mlplatform_common.storage import Store
+from mlplatform_common.storage import Store, for_model
 from mlplatform_retrainer import retrain as retrain_module
 from mlplatform_retrainer.gate import decide
-from mlplatform_retrainer.job import publish
+from mlplatform_retrainer.job import publish, upload_dataset
 from mlplatform_retrainer.retrain import promote, rollback, run, unpin
 from mlplatform_retrainer.rollout import RolloutFailed
 from mlplatform_retrainer.train import TrainConfig
-from tests.conftest import DATA, SIGNING_KEY, free_port
+from tests.conftest import DATA, SIGNING_KEY, free_port, publish_trained
 from tests.services.reporter.conftest import PromStack
 from tests.services.retrainer.conftest import (
     add_feedback,
@@ -135,6 +136,59 @@ def test_releases_sharing_a_pushgateway_keep_their_own_run_counts(
         time.sleep(0.3)
     seen = {(r["metric"]["release"], r["metric"]["namespace"]): r["value"][1] for r in found}
     assert seen == {("blue", "ml"): "1", ("green", "ml"): "2", ("blue", "staging"): "3"}
+
+
+def test_two_named_models_of_one_release_keep_their_own_runs_and_series(
+    local_store: Store, trained, shipped_dataset, prom_stack: PromStack
+) -> None:
+    prom_stack.clear()
+    runs = {"fraud": 1, "churn-eu": 2}  # skipped runs per name, to tell their counts apart
+    for name, n in runs.items():
+        part = for_model(local_store, name)
+        upload_dataset(part, shipped_dataset)
+        publish_trained(ModelRegistry(part, SIGNING_KEY), trained, shipped_dataset)
+        settings = retrainer_settings(
+            pushgateway_url=prom_stack.pushgateway_url,
+            release="blue",
+            namespace="ml",
+            model_name=name,
+        )
+        for _ in range(n):
+            result = run(settings, store=part)
+            assert result.outcome == "skipped" and f"(model {name})" in result.describe()
+        records = part.list_keys(keys.RETRAIN_RUNS)
+        assert [part.get_json(r)["model"] for r in records] == [name] * n
+    assert sorted(g["model"] for g in prom_stack.groups()) == sorted(runs)
+    query = (
+        'mlplatform_retrain_runs_total{job="mlplatform-retrainer",outcome="skipped",'
+        'release="blue",model=~"fraud|churn-eu"}'  # not an earlier test's series
+    )
+    deadline = time.monotonic() + 20
+    while len(found := prom_stack.query(query)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    seen = {(r["metric"]["release"], r["metric"]["model"]): r["value"][1] for r in found}
+    assert seen == {("blue", "fraud"): "1", ("blue", "churn-eu"): "2"}
+
+
+def test_the_default_name_replaces_the_group_pushed_before_names(
+    v1_store: Store, prom_stack: PromStack
+) -> None:
+    prom_stack.clear()
+    before_names = {"instance": "mlplatform", "release": "blue", "namespace": "ml"}
+    old = CollectorRegistry()
+    Gauge("mlplatform_model_version_number", "x", registry=old).set(1)
+    push_to_gateway(
+        prom_stack.pushgateway_url,
+        job="mlplatform-retrainer",
+        grouping_key=before_names,
+        registry=old,
+    )
+    settings = retrainer_settings(
+        pushgateway_url=prom_stack.pushgateway_url, release="blue", namespace="ml"
+    )
+    assert run(settings, store=v1_store).outcome == "skipped"
+    (group,) = prom_stack.groups()
+    assert group["model"] == "mlplatform" and group["release"] == "blue"
 
 
 def test_k_labelled_rows_train_and_promote_v2(v1_store: Store) -> None:

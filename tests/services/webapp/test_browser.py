@@ -165,6 +165,11 @@ def test_predict_feedback_model_and_batch_under_a_base_path(
     assert page.url == f"{webapp.url}/model"
     expect(page.get_by_test_id("stMetric").filter(has_text="In production")).to_contain_text("v1")
     expect(page.get_by_text("Card of v1 (serving)")).to_be_visible()
+    # which named model: the page (serving's answer) and the sidebar (the app's setting)
+    expect(page.get_by_test_id("stCaptionContainer").filter(has_text="Named model")).to_have_text(
+        "Named model mlplatform"
+    )
+    expect(page.get_by_test_id("stSidebar").get_by_text("Model: mlplatform")).to_be_visible()
     page.screenshot(path=str(artifacts / "model.png"), full_page=True)
 
     # batch: upload, predict with one bad row, download the results

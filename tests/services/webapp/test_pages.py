@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import httpx
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from mlplatform_common import datalog
 from mlplatform_common.registry import ModelRegistry
-from mlplatform_common.storage import LocalStore
+from mlplatform_common.storage import LocalStore, for_model
 from mlplatform_webapp import samples
 from mlplatform_webapp.settings import get_settings
 from tests.conftest import SIGNING_KEY, ServingProcess, free_port, publish_trained
@@ -147,6 +148,7 @@ def test_model_page_shows_versions_metrics_and_production(serving, webapp_env) -
     assert not at.exception and not at.error
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Serving"] == "v1" and metrics["In production"] == "v1"
+    assert "Named model **mlplatform**" in [c.value for c in at.caption]  # the default name
     # a table, not a scrolled grid: no column is cut at the page's edge (issue 29)
     table = at.table[0].value
     assert table["version"].tolist() == ["v1"]
@@ -285,3 +287,29 @@ def test_a_held_production_is_shown_and_the_admin_page_lifts_the_hold(
         assert "held" not in texts(at)
     finally:
         proc.stop()
+
+
+def test_the_app_names_its_model_and_the_model_page_lists_the_store_s_others(
+    tmp_path, trained, shipped_dataset, webapp_env
+) -> None:  # type: ignore[no-untyped-def]
+    root = LocalStore(tmp_path / "store")
+    root.ensure()
+    for name in ("fraud", "churn-eu"):
+        publish_trained(ModelRegistry(for_model(root, name), SIGNING_KEY), trained, shipped_dataset)
+    fraud = ServingProcess(serving_env(root.root, MLPLATFORM_MODEL_NAME="fraud")).start()
+    try:
+        webapp_env.setenv("MLPLATFORM_MODEL_NAME", "fraud")
+        at = page("model", fraud.url, webapp_env).run()
+        assert not at.exception and not at.error and not at.warning
+        (caption,) = [c.value for c in at.caption if "Named model" in c.value]
+        assert caption.startswith("Named model **fraud**") and "churn-eu" in caption
+        assert "fraud," not in caption  # the others only
+        at = AppTest.from_file(str(APP_DIR / "streamlit_app.py"), default_timeout=30).run()
+        assert "Model: **fraud**" in [c.value for c in at.sidebar.caption]
+        # pointed at another release's serving: said, not hidden
+        webapp_env.setenv("MLPLATFORM_MODEL_NAME", "churn-eu")
+        st.cache_data.clear()
+        at = page("model", fraud.url, webapp_env).run()
+        assert "serves the named model 'fraud', not 'churn-eu'" in at.warning[0].value
+    finally:
+        fraud.stop()

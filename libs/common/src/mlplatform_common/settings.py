@@ -81,9 +81,23 @@ class CommonSettings(BaseSettings):
     Deployment and CronJob they act on, and a label on every series the jobs push."""
 
     def push_grouping_key(self) -> dict[str, str]:
-        """The Pushgateway grouping key besides ``job``: one group per job, release and
-        namespace, so a push replaces only its own release's previous push."""
-        return {"instance": "mlplatform", "release": self.release, "namespace": self.namespace}
+        """The Pushgateway grouping key besides ``job``: one group per job, release, namespace
+        and named model, so a push replaces only its own model's previous push (two names run
+        from one release and namespace, as on a laptop, keep their own series)."""
+        return {
+            "instance": "mlplatform",
+            "release": self.release,
+            "namespace": self.namespace,
+            "model": self.model_name,
+        }
+
+    def legacy_push_grouping_key(self) -> dict[str, str] | None:
+        """The group this release's job pushed before models had names (no ``model``), which
+        a push of the default name replaces: left behind, its last success time would stay old
+        and its numbers would sit beside the new group's. None for any other name."""
+        if self.model_name != keys.DEFAULT_MODEL:
+            return None
+        return {k: v for k, v in self.push_grouping_key().items() if k != "model"}
 
     def secret_or_dev(self, value: SecretStr | None, dev_default: str) -> str | None:
         """A secret setting's value; unset or empty: ``dev_default`` in dev mode, else None."""

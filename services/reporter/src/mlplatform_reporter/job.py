@@ -9,7 +9,7 @@ One run:
    the report (``mlplatform_common.reports``): its HTML, then its summary last (a report
    without a summary is incomplete);
 5. push the numbers to the Pushgateway under ``{job="mlplatform-reporter", instance="mlplatform",
-   release, namespace}`` (``CommonSettings.push_grouping_key``), replacing this release's
+   release, namespace, model}`` (``CommonSettings.push_grouping_key``), replacing this model's
    previous run's; ``last_success`` is part of that push, so it only ever moves when a run got
    this far;
 6. delete the prediction log's days past the retention, then compact its closed days (off the
@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+from prometheus_client import CollectorRegistry, Gauge, delete_from_gateway, push_to_gateway
 
 from mlplatform_common import datalog, keys, reports
 from mlplatform_common import metric_names as m
@@ -158,6 +158,7 @@ def build(
         labelled=labelled,
         window=win,
         task=model.manifest.get("task", CLASSIFICATION),
+        model_name=settings.model_name,
     )
     config = DriftConfig(
         method=settings.drift_method,
@@ -274,6 +275,16 @@ def push(settings: ReporterSettings, reg: CollectorRegistry) -> bool:
             f"Pushgateway {settings.pushgateway_url} did not take the metrics: {exc}"
         ) from None
     logger.info("pushed metrics to %s", settings.pushgateway_url)
+    if legacy := settings.legacy_push_grouping_key():
+        try:  # best effort: the numbers are pushed; a stale old group is not worth a failure
+            delete_from_gateway(
+                settings.pushgateway_url,
+                job=m.REPORTER_JOB,
+                grouping_key=legacy,
+                timeout=settings.push_timeout_seconds,
+            )
+        except OSError as exc:
+            logger.warning("could not delete the group pushed before model names: %s", exc)
     return True
 
 
@@ -301,7 +312,7 @@ def run(
     store = store or open_store(settings, ensure=True)
     win = window(settings, store, now)
     model = _production_model(settings, store)
-    result = build(settings, store, model, win)
+    result = replace(build(settings, store, model, win), model_name=settings.model_name)
     exported = write_prod_data(store, model) if model is not None else 0
     rid = report_id(now)
     archive(store, result, rid)
@@ -364,7 +375,8 @@ def describe(outcome: RunOutcome) -> str:
     """A short summary for the terminal."""
     r = outcome.result
     lines = [
-        f"report {outcome.report_id} (model {r.model_version or '-'}, {r.task or '-'}): "
+        f"report {outcome.report_id} (model {r.model_name} {r.model_version or '-'}, "
+        f"{r.task or '-'}): "
         f"{r.rows['production']} predictions, {r.rows['labelled']} labelled"
     ]
     for space, d in r.drift.items():

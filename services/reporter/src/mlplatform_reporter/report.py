@@ -248,6 +248,8 @@ class ReportInput:
     for regression both are numbers, possibly as text."""
     window: dict[str, Any] = field(default_factory=dict)
     task: str = CLASSIFICATION
+    model_name: str = "mlplatform"
+    """The named model (``CommonSettings.model_name``), named in the report's header."""
 
     @property
     def features(self) -> list[str]:
@@ -275,6 +277,8 @@ class ReportResult:
     task: str = CLASSIFICATION
     predictions: dict[str, Any] = field(default_factory=dict)
     """What the window predicted (``prediction_summary``), for the trends over time."""
+    model_name: str = "mlplatform"
+    """The named model reported on (``CommonSettings.model_name``; set by the job)."""
 
     def summary(self) -> dict[str, Any]:
         """The JSON-ready summary stored beside the HTML.
@@ -290,6 +294,7 @@ class ReportResult:
             if q.task == CLASSIFICATION:
                 counts["roc_auc_rows"] = q.roc_auc_rows
         return {
+            "model_name": self.model_name,
             "model_version": self.model_version,
             "task": self.task,
             "window": self.window,
@@ -697,7 +702,7 @@ def quality_snapshot(
 def _header(data: ReportInput, rows: dict[str, int], notes: list[str]) -> str:
     window = data.window
     lines = [
-        f"**Model version:** {data.model_version} ({data.task})",
+        f"**Model:** {data.model_name} {data.model_version} ({data.task})",
         f"**Window:** {window.get('since_iso') or 'the beginning'} to "
         f"{window.get('until_iso', '-')} ({window.get('mode', '-')})",
         f"**Rows:** {rows['production']} predictions, {rows['labelled']} labelled, "

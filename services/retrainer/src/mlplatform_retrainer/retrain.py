@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    delete_from_gateway,
+    push_to_gateway,
+)
 
 from mlplatform_common import datalog, keys
 from mlplatform_common import metric_names as names
@@ -80,9 +86,11 @@ class RunResult:
     """The version the alias was moved to because the Deployment serves it (rollout undo)."""
     metric: str | None = None
     """The metric the quality trigger and the gate compared by, for the production's task."""
+    model: str = keys.DEFAULT_MODEL
+    """The named model the run worked on (``CommonSettings.model_name``)."""
 
     def describe(self) -> str:
-        parts = [f"retrain {self.outcome}"]
+        parts = [f"retrain {self.outcome} (model {self.model})"]
         if self.followed:
             parts.append(f"production alias moved to {self.followed}, which serving runs")
         if self.reasons:
@@ -298,11 +306,20 @@ def _count_and_push_metrics(
         )
     except OSError as exc:
         logger.warning("could not push metrics to %s: %s", settings.pushgateway_url, exc)
+        return
+    if legacy := settings.legacy_push_grouping_key():
+        try:  # the group pushed before model names (CommonSettings.legacy_push_grouping_key)
+            delete_from_gateway(
+                settings.pushgateway_url, job=names.RETRAINER_JOB, grouping_key=legacy, timeout=10
+            )
+        except OSError as exc:
+            logger.warning("could not delete the group pushed before model names: %s", exc)
 
 
 def _write_run_record(store: Store, result: RunResult) -> None:
     record = {
         "at": utcnow(),
+        "model": result.model,
         "outcome": result.outcome,
         "reasons": result.reasons,
         "version": result.version,
@@ -687,8 +704,8 @@ def run(settings: RetrainerSettings, force: bool = False, store: Store | None = 
         lock.acquire()
     except LockHeld as exc:
         logger.info("another retrain is running: %s; exiting", exc.message)
-        return RunResult("locked", [exc.message])
-    result = RunResult("failed")
+        return RunResult("locked", [exc.message], model=settings.model_name)
+    result = RunResult("failed", model=settings.model_name)
     try:
         followed = follow_deployment(settings, registry)
         reasons, new_rows, report_id = triggers(settings, store, registry, force)
@@ -705,6 +722,7 @@ def run(settings: RetrainerSettings, force: bool = False, store: Store | None = 
             logger.info("retrain triggered: %s", "; ".join(reasons))
             result = retrain(settings, store, registry, reasons, new_rows, report_id)
         result.followed = followed
+        result.model = settings.model_name
         _write_run_record(store, result)
         _count_and_push_metrics(settings, store, result, success=result.rollout_error is None)
     except BaseException:

@@ -124,6 +124,7 @@ class HealthResponse(BaseModel):
 
 class ReadyResponse(BaseModel):
     ready: bool
+    model_name: str = Field(description="The named model served (MLPLATFORM_MODEL_NAME)")
     model_version: str
     production_alias: str | None = Field(
         default=None, description="The version the production alias names (checked periodically)"
@@ -132,6 +133,15 @@ class ReadyResponse(BaseModel):
         default=None, description="Whether that is the version served (null: not checked yet)"
     )
     alias_detail: str | None = Field(default=None, description="Why they differ, if they do")
+
+
+class ModelNames(BaseModel):
+    serving: str = Field(description="The named model this server serves", examples=["fraud"])
+    names: list[str] = Field(
+        description="Every named model in the store, the default name first when its store "
+        "root holds one",
+        examples=[["mlplatform", "fraud"]],
+    )
 
 
 class ErrorResponse(BaseModel):

@@ -130,6 +130,10 @@ class ApiClient:
         """``GET /models``: every version and the production alias."""
         return dict(self._json("GET", "/models"))
 
+    def model_names(self) -> dict[str, Any]:
+        """``GET /models/names``: ``{"serving": name, "names": [...]}`` (the store's models)."""
+        return dict(self._json("GET", "/models/names"))
+
     def model_metrics(self) -> dict[str, Any]:
         """``GET /metrics/model``."""
         return dict(self._json("GET", "/metrics/model"))

@@ -23,5 +23,7 @@ page = st.navigation(PAGES)
 settings = get_settings()
 # The browser's address of the API: inside a cluster api_url is a Service name it cannot open.
 public_api = (settings.public_api_url or settings.api_url).rstrip("/")
+# The named model this release looks at (the chart sets the same name as serving's)
+st.sidebar.caption(f"Model: **{settings.model_name}**")
 st.sidebar.caption(f"Serving API: [{public_api}/docs]({public_api}/docs)")
 page.run()

@@ -36,6 +36,11 @@ def _models(api_url: str) -> dict[str, Any]:
 
 
 @st.cache_data(ttl=TTL, show_spinner=False)
+def _model_names(api_url: str) -> dict[str, Any]:
+    return client().model_names()
+
+
+@st.cache_data(ttl=TTL, show_spinner=False)
 def _reports(api_url: str, limit: int) -> list[dict[str, Any]]:
     return client().reports(limit)
 
@@ -58,6 +63,16 @@ def model_card() -> dict[str, Any]:
 def models() -> dict[str, Any]:
     """``GET /models`` (cached)."""
     return _models(get_settings().api_url)
+
+
+def model_names() -> list[str] | None:
+    """The store's named models (``GET /models/names``, cached); None when serving cannot say
+    (a serving from before names answers 404): a page shows them, it never stops for them."""
+    try:
+        names = _model_names(get_settings().api_url).get("names")
+    except ApiError:
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None
 
 
 def reports(limit: int = 50) -> list[dict[str, Any]]:

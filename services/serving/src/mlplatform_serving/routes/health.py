@@ -28,6 +28,7 @@ async def ready(service: ServiceDep) -> dict[str, Any]:
     state = service.alias_state
     return {
         "ready": True,
+        "model_name": service.settings.model_name,
         "model_version": service.runtime.model.version,
         "production_alias": state.get("production_alias"),
         "alias_matches": state.get("alias_matches"),

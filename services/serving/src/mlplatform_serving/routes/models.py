@@ -1,4 +1,4 @@
-"""GET /model, /models, /reports: what is served and what the reporter archived."""
+"""GET /model, /models, /models/names, /reports: what is served and what the reporter archived."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, Response
 
+from mlplatform_common.storage import model_names
 from mlplatform_serving.deps import RuntimeDep, ServiceDep
-from mlplatform_serving.schemas import ERRORS, ReportEntry
+from mlplatform_serving.schemas import ERRORS, ModelNames, ReportEntry
 
 router = APIRouter(tags=["models"])
 
@@ -23,6 +24,7 @@ def model(runtime: RuntimeDep, service: ServiceDep) -> dict[str, Any]:
     """The served version's card: task, typed feature schema, classes, metrics, lineage."""
     alias = service.registry.production()
     return {
+        "name": service.settings.model_name,
         **card(runtime.model.manifest),
         "task": runtime.served.task,  # versions from before tasks were classifiers
         "production_version": alias["version"] if alias else None,
@@ -36,10 +38,19 @@ def models(service: ServiceDep, runtime: RuntimeDep) -> dict[str, Any]:
     """Version history with metrics, oldest first, and which one is in production."""
     alias = service.registry.production()
     return {
+        "name": service.settings.model_name,
         "production": alias,
         "serving": runtime.version,
         "versions": [card(m) for m in service.registry.list_versions()],
     }
+
+
+@router.get("/models/names", response_model=ModelNames, summary="The named models in the store")
+def names(service: ServiceDep) -> dict[str, Any]:
+    """Every named model with objects in the store this server reads (releases sharing a
+    store each serve one), and the one this server serves. A listing of the store per call:
+    for pages, not for the hot path."""
+    return {"serving": service.settings.model_name, "names": model_names(service.store)}
 
 
 @router.get("/reports", response_model=list[ReportEntry], tags=["reports"], summary="Reports")

@@ -9,10 +9,27 @@ import pandas as pd
 import streamlit as st
 
 from mlplatform_webapp import cards, runs, ui
+from mlplatform_webapp.settings import get_settings
 
 st.title("Model")
 history = ui.fetch_or_stop(ui.models)
 card = ui.fetch_or_stop(ui.model_card)
+# The named model serving serves (its own answer; the web app's setting names the one expected)
+name = str(card.get("name") or history.get("name") or get_settings().model_name)
+others = [n for n in ui.model_names() or [] if n != name]
+st.caption(
+    f"Named model **{name}**"
+    + (
+        f" · other named models in this store: {', '.join(others)} (each served by its own release)"
+        if others
+        else ""
+    )
+)
+if name != get_settings().model_name:
+    st.warning(
+        f"The serving API serves the named model {name!r}, not {get_settings().model_name!r} "
+        "(MLPLATFORM_MODEL_NAME): MLPLATFORM_API_URL points at another release's serving."
+    )
 task = cards.task(card)
 METRICS = cards.METRICS[task]
 alias = history.get("production") or {}
