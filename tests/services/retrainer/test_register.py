@@ -8,7 +8,6 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,8 @@ from xgboost import XGBClassifier
 from mlplatform_common import storage
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.schema import load_dataset
-from mlplatform_common.storage import LocalStore, S3Store
 from mlplatform_common.settings import DEV_SIGNING_KEY
+from mlplatform_common.storage import LocalStore, S3Store
 from tests.conftest import REPO, SIGNING_KEY, S3Server, ServingProcess, run_cli, serving_env
 from tests.services.retrainer.user_models import Crashes, Hangs, RaisesOnPredict
 from tests.services.serving.test_tasks import rows_of, v2_inputs
@@ -83,7 +82,7 @@ def _lightgbm(tmp: Path) -> tuple[Path, Path, Any]:
 
 
 @pytest.fixture(scope="module")
-def registered(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def registered(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Three models registered under three names into one bucket, each promoted."""
     tmp = tmp_path_factory.mktemp("register")
     store = s3_server.store()
@@ -110,7 +109,7 @@ def registered(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) ->
             data.with_suffix(".csv") if name != "cancer" else DATA / "breast_cancer.csv",
             target,
         )
-    yield store, env, models
+    return store, env, models
 
 
 def _registry(store: S3Store, name: str) -> ModelRegistry:
@@ -153,7 +152,7 @@ def test_registered_versions_are_signed_with_their_origin_and_kept_apart(registe
 
 @pytest.mark.parametrize("name", ["penguins", "cancer", "diabetes"])
 def test_a_registered_model_is_served_with_its_own_predictions(registered, name: str) -> None:  # type: ignore[no-untyped-def]
-    store, env, models = registered
+    _store, env, models = registered
     model, data, target = models[name]
     dataset = load_dataset(data, target)
     rows = rows_of(dataset, 6, start=3)

@@ -50,6 +50,8 @@ EMBEDDING_OUTPUT = "embedding"
 MODEL_FILE = "model.onnx"
 EMBEDDING_FILE = "embedding.onnx"
 REGRESSION = "regression"
+REGISTERED_OPSET = {"": OPSET, "ai.onnx.ml": 3}
+"""Registered models' graphs: onnxmltools' LightGBM converter writes ai.onnx.ml 3 at most."""
 
 
 def _impute_doubles(scope: Any, operator: Any, container: Any) -> None:
@@ -186,6 +188,7 @@ def _to_onnx(
     n_features: int,
     input_name: str = INPUT,
     float32: bool = False,
+    opset: Any = OPSET,
     **kwargs: Any,
 ) -> Any:  # onnx.ModelProto
     from skl2onnx import to_onnx
@@ -196,8 +199,7 @@ def _to_onnx(
     return to_onnx(
         estimator,
         initial_types=[(input_name, tensor([None, n_features]))],
-        # onnxmltools' LightGBM converter writes ai.onnx.ml 3 at most; skl2onnx's are ready.
-        target_opset={"": OPSET, "ai.onnx.ml": 3},
+        target_opset=opset,
         **kwargs,
     )
 
@@ -328,14 +330,18 @@ def convert_registered(
     embedding_info, _graph, _Z = _convert_embedding({"embedding": embedding}, X_check, files)
     info, data = check.graph(
         "registered model",
-        lambda: _to_onnx(model, X.shape[1], options=options, **_output_types(task)),
+        lambda: _to_onnx(
+            model, X.shape[1], options=options, opset=REGISTERED_OPSET, **_output_types(task)
+        ),
         None,
     )
     if data is None:
         first = info["error"]
         info, data = check.graph(
             "registered model on float32",
-            lambda: _float32_rest(model, X.shape[1], options, task, input_name=INPUT),
+            lambda: _float32_rest(
+                model, X.shape[1], options, task, input_name=INPUT, opset=REGISTERED_OPSET
+            ),
             None,
         )
         if data is None:
@@ -451,7 +457,12 @@ def _joined(
 
 
 def _float32_rest(
-    rest: Any, n_in: int, options: Any, task: str, input_name: str = EMBEDDING_OUTPUT
+    rest: Any,
+    n_in: int,
+    options: Any,
+    task: str,
+    input_name: str = EMBEDDING_OUTPUT,
+    opset: Any = OPSET,
 ) -> Any:
     """The graph of ``rest`` converted on float32, taking and returning float64: ONNX Runtime
     runs regression forests and hist gradient boosting only in float32 (and so does
@@ -461,7 +472,13 @@ def _float32_rest(
 
     inner = "input32"
     head = _to_onnx(
-        rest, n_in, input_name=inner, float32=True, options=options, **_output_types(task, True)
+        rest,
+        n_in,
+        input_name=inner,
+        float32=True,
+        options=options,
+        opset=opset,
+        **_output_types(task, True),
     )
     graph = head.graph
     casts = [helper.make_node("Cast", [input_name], [inner], to=TensorProto.DOUBLE)]
