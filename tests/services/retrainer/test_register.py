@@ -412,3 +412,42 @@ def test_a_skops_pipeline_of_scikit_learn_types_registers_as_a_candidate(
     assert registry.production_version() == "v1"
     proc = run_cli("mlplatform_retrainer", ["status", "--name", "fraud"], env)
     assert "production: v1" in proc.stdout and "* v1  registered" in proc.stdout
+
+
+def test_rows_a_registered_model_refuses_are_bad_input_not_a_crash() -> None:
+    """A category value the user's encoder never saw: a 422 from serving, naming the model's
+    complaint, not a 500."""
+    from mlplatform_common.errors import InvalidInput
+    from mlplatform_common.registered import RegisteredModel
+    from mlplatform_common.schema import encoded_frame, feature_schema
+
+    X = pd.DataFrame({"colour": ["red", "blue"] * 10, "size": np.arange(20.0)})
+    y = [0, 1] * 10
+    strict = ColumnTransformer([("c", OneHotEncoder(), ["colour"])], remainder="passthrough")
+    model = Pipeline([("prep", strict), ("lr", LogisticRegression())]).fit(X, y)
+    schema = feature_schema(X)
+    wrapped = RegisteredModel(model, schema, embedding=None)
+    seen = encoded_frame(X.iloc[:2], schema)
+    np.testing.assert_allclose(wrapped.predict_proba(seen), model.predict_proba(X.iloc[:2]))
+    unseen = encoded_frame(pd.DataFrame({"colour": ["green"], "size": [1.0]}), schema)
+    with pytest.raises(
+        InvalidInput, match="refused these rows: ValueError: Found unknown categories"
+    ):
+        wrapped.predict_proba(unseen)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["status", "--name", "Bad_Name"], {}, "model name 'Bad_Name': use 1-40 lowercase"),
+        (["status"], {"MLPLATFORM_MODEL_NAME": "Bad"}, "MLPLATFORM_MODEL_NAME: Value error"),
+        (["rollback", "--name", "nothing-here"], {}, "no previous production version"),
+    ],
+)
+def test_a_bad_name_or_state_is_one_line(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    proc = run_cli("mlplatform_retrainer", args, {**_local_env(tmp_path / "store"), **env})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlplatform_common.errors import InvalidInput
 from mlplatform_common.schema import decode, is_category
 
 
@@ -68,7 +69,17 @@ class RegisteredModel:
         return self.model.classes_
 
     def predict(self, X: Any) -> Any:
-        return self.model.predict(raw_rows(X, self.schema))
+        return self._call("predict", X)
 
     def predict_proba(self, X: Any) -> Any:
-        return self.model.predict_proba(raw_rows(X, self.schema))
+        return self._call("predict_proba", X)
+
+    def _call(self, method: str, X: Any) -> Any:
+        rows = raw_rows(X, self.schema)
+        try:
+            return getattr(self.model, method)(rows)
+        except Exception as exc:
+            # It predicted every reference row when it was registered: what it refuses now is
+            # in the rows (a category value it never saw, with an encoder that says so).
+            text = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            raise InvalidInput(f"the registered model refused these rows: {text}") from exc

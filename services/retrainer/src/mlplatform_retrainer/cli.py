@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -53,8 +54,12 @@ def _refusals(command: Callable[..., None]) -> Callable[..., None]:
             logger.error("%s: %s", exc.type, exc.message)
             sys.exit(1)
         except ValueError as exc:  # a model name (keys.check_model_name), the settings
-            first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-            logger.error("InvalidInput: %s", first)
+            text = str(exc)
+            if isinstance(exc, ValidationError):
+                error = exc.errors()[0]
+                field = "_".join(str(part) for part in error["loc"]).upper()
+                text = f"MLPLATFORM_{field}: {error['msg']}"
+            logger.error("InvalidInput: %s", text)
             sys.exit(1)
 
     return run
@@ -174,6 +179,10 @@ def register(
     where it can, sign it and publish it as a new version."""
     from mlplatform_retrainer import register as registration
 
+    # The user's own classes import from where the command runs, in this process as in the
+    # separate one that loads the file first (`python -m` puts the folder on the path).
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     settings = _settings(name)
     done = registration.register(
         settings,
