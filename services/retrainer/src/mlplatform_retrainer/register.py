@@ -334,8 +334,11 @@ def register(
     fmt = model_format(model_path)
     raw = read_table(data_path)
     dataset = parse_dataset(raw, target, name=data_path.stem, task=task)
-    rows = raw_rows(encoded_frame(dataset.X, feature_schema(dataset.X)), feature_schema(dataset.X))
-    found = probe(model_path, rows, trust, timeout)
+    # The rows as serving will hand them to the model: encoded by the schema, decoded back.
+    data_schema = feature_schema(dataset.X)
+    found = probe(
+        model_path, raw_rows(encoded_frame(dataset.X, data_schema), data_schema), trust, timeout
+    )
     model_task = CLASSIFICATION if found["classifier"] else REGRESSION
     if task is not None and task != model_task:
         raise RegistrationError(f"--task {task}, but {model_path.name} is a {model_task} model")
