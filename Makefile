@@ -137,6 +137,11 @@ promote: run-sync ## Put a version in production by hand: make promote VERSION=v
 unpin: run-sync ## Lift a rollback's or pin's hold: retrains may promote again
 	@$(DEV_ENV) $(RUN_ONLY) python -m mlplatform_retrainer unpin
 
+# The same commands as `uv run mlplatform ...` (register, status, promote N vK, ...: README).
+.PHONY: status
+status: run-sync ## The production version, its hold and every version: make status [NAME=model]
+	@$(DEV_ENV) $(RUN_ONLY) mlplatform status $(if $(NAME),--name $(NAME))
+
 ##@ Cluster (kind)
 
 KIND_CLUSTER ?= mlplatform

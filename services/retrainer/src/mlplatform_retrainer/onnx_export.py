@@ -50,6 +50,8 @@ EMBEDDING_OUTPUT = "embedding"
 MODEL_FILE = "model.onnx"
 EMBEDDING_FILE = "embedding.onnx"
 REGRESSION = "regression"
+REGISTERED_OPSET = {"": OPSET, "ai.onnx.ml": 3}
+"""Registered models' graphs: onnxmltools' LightGBM converter writes ai.onnx.ml 3 at most."""
 
 
 def _impute_doubles(scope: Any, operator: Any, container: Any) -> None:
@@ -138,7 +140,47 @@ def _register_converters() -> None:
             _int_missing_tracks(get_converter(alias)),
             options=options,
         )
+    _register_boosting()
     _registered = True
+
+
+def _register_boosting() -> None:
+    """XGBoost's and LightGBM's scikit-learn models through onnxmltools' converters, where the
+    retrainer's ``boosting`` extra is installed (registered models)."""
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+
+    classifier_options = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+    try:
+        from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+        from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+    except ImportError:
+        return
+    for module, prefix, converter in (
+        ("xgboost", "XGBoostXGB", convert_xgboost),
+        ("lightgbm", "LightGbmLGBM", convert_lightgbm),
+    ):
+        try:
+            library = __import__(module)
+        except ImportError:
+            continue
+        head = "XGB" if module == "xgboost" else "LGBM"
+        update_registered_converter(
+            getattr(library, f"{head}Classifier"),
+            f"{prefix}Classifier",
+            calculate_linear_classifier_output_shapes,
+            converter,
+            options=classifier_options,
+        )
+        update_registered_converter(
+            getattr(library, f"{head}Regressor"),
+            f"{prefix}Regressor",
+            calculate_linear_regressor_output_shapes,
+            converter,
+        )
 
 
 def _to_onnx(
@@ -146,6 +188,7 @@ def _to_onnx(
     n_features: int,
     input_name: str = INPUT,
     float32: bool = False,
+    opset: Any = OPSET,
     **kwargs: Any,
 ) -> Any:  # onnx.ModelProto
     from skl2onnx import to_onnx
@@ -156,7 +199,7 @@ def _to_onnx(
     return to_onnx(
         estimator,
         initial_types=[(input_name, tensor([None, n_features]))],
-        target_opset=OPSET,
+        target_opset=opset,
         **kwargs,
     )
 
@@ -262,6 +305,67 @@ def convert(
     return files, {**info, "embedding": embedding_info}
 
 
+def convert_registered(
+    model: Any, embedding: Any, X_check: pd.DataFrame, task: str
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The checked ONNX files of a registered model (``mlplatform_common.registered``):
+    ``model.onnx`` from the user's own estimator or pipeline, tried on float64 and then on
+    float32 between two casts (XGBoost's and LightGBM's trees), and ``embedding.onnx`` from the
+    drift embedding; each checked on every reference row as ``convert``'s are. Only models
+    whose features are all numbers are converted: the user's model takes category text, and
+    the platform's graphs take category codes."""
+    X = X_check.to_numpy(dtype=np.float64)
+    model = _without_booster_names(model)
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    if task == REGRESSION:
+        expected = np.asarray(model.predict(X_check), dtype=np.float64).reshape(-1, 1)
+        tolerance = TOLERANCE * max(1.0, float(np.abs(expected).max(initial=0.0)))
+        output, options = VALUE_OUTPUT, None
+    else:
+        expected = np.asarray(model.predict_proba(X_check), dtype=np.float64)
+        tolerance, output = TOLERANCE, OUTPUT
+        options = {id(final): {"zipmap": False}}
+    check = _Check(task, output, expected, tolerance, X)
+    files: dict[str, bytes] = {}
+    embedding_info, _graph, _Z = _convert_embedding({"embedding": embedding}, X_check, files)
+    info, data = check.graph(
+        "registered model",
+        lambda: _to_onnx(
+            model, X.shape[1], options=options, opset=REGISTERED_OPSET, **_output_types(task)
+        ),
+        None,
+    )
+    if data is None:
+        first = info["error"]
+        info, data = check.graph(
+            "registered model on float32",
+            lambda: _float32_rest(
+                model, X.shape[1], options, task, input_name=INPUT, opset=REGISTERED_OPSET
+            ),
+            None,
+        )
+        if data is None:
+            info["error"] = f"{first}; on float32: {info['error']}"[:500]
+    if data is None:
+        return files, {**info, "embedding": embedding_info}
+    files[MODEL_FILE] = data
+    return files, {**info, "embedding": embedding_info}
+
+
+def _without_booster_names(model: Any) -> Any:
+    """A copy of the model whose XGBoost booster has no feature names: onnxmltools reads the
+    features of a booster by the names ``f0, f1, ...`` only (the graph takes one tensor)."""
+    import copy
+
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    if not callable(getattr(final, "get_booster", None)):
+        return model
+    model = copy.deepcopy(model)
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    final.get_booster().feature_names = None
+    return model
+
+
 def _is_tree_ensemble(estimator: Any) -> bool:
     return hasattr(estimator, "estimators_") or hasattr(estimator, "_predictors")
 
@@ -352,7 +456,14 @@ def _joined(
     )
 
 
-def _float32_rest(rest: Any, n_in: int, options: Any, task: str) -> Any:
+def _float32_rest(
+    rest: Any,
+    n_in: int,
+    options: Any,
+    task: str,
+    input_name: str = EMBEDDING_OUTPUT,
+    opset: Any = OPSET,
+) -> Any:
     """The graph of ``rest`` converted on float32, taking and returning float64: ONNX Runtime
     runs regression forests and hist gradient boosting only in float32 (and so does
     scikit-learn's forest; hist gradient boosting compares in float64, so a row near a
@@ -361,10 +472,16 @@ def _float32_rest(rest: Any, n_in: int, options: Any, task: str) -> Any:
 
     inner = "input32"
     head = _to_onnx(
-        rest, n_in, input_name=inner, float32=True, options=options, **_output_types(task, True)
+        rest,
+        n_in,
+        input_name=inner,
+        float32=True,
+        options=options,
+        opset=opset,
+        **_output_types(task, True),
     )
     graph = head.graph
-    casts = [helper.make_node("Cast", [EMBEDDING_OUTPUT], [inner], to=TensorProto.DOUBLE)]
+    casts = [helper.make_node("Cast", [input_name], [inner], to=TensorProto.DOUBLE)]
     casts[0].attribute[0].i = TensorProto.FLOAT
     outputs = []
     for out in graph.output:
@@ -378,7 +495,7 @@ def _float32_rest(rest: Any, n_in: int, options: Any, task: str) -> Any:
         wide = helper.make_tensor_value_info(out.name, TensorProto.DOUBLE, None)
         wide.type.tensor_type.shape.CopyFrom(out.type.tensor_type.shape)
         outputs.append(wide)
-    new_input = helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.DOUBLE, [None, n_in])
+    new_input = helper.make_tensor_value_info(input_name, TensorProto.DOUBLE, [None, n_in])
     new_graph = helper.make_graph(
         [casts[0], *graph.node, *casts[1:]],
         graph.name,
@@ -396,7 +513,8 @@ def _convert_embedding(
 ) -> tuple[dict[str, Any], Any, np.ndarray]:
     """What the embedding's check found, its graph (None if not published) and scikit-learn's
     embedding of the rows."""
-    step = dict(pipeline.steps).get("embedding")
+    steps = pipeline if isinstance(pipeline, dict) else dict(pipeline.steps)
+    step = steps.get("embedding")
     if step is None:
         return {"error": "the pipeline has no 'embedding' step"}, None, np.empty((0, 0))
     Z = np.asarray(step.transform(X_check), dtype=np.float64)

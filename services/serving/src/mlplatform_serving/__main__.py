@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="python -m mlplatform_serving",
+        description="Serve the named model (MLPLATFORM_MODEL_NAME) of the store "
+        "(MLPLATFORM_STORE_URL) over HTTP with uvicorn: POST /predict, /feedback, the Open "
+        "Inference Protocol v2 under /v2, docs at /docs. Every setting is an MLPLATFORM_* "
+        "environment variable (README, 'Settings').",
+    ).parse_args(argv)
     from mlplatform_serving.settings import get_settings
 
     settings = get_settings()

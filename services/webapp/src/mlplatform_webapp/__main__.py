@@ -6,6 +6,7 @@ straight to Streamlit.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -36,7 +37,13 @@ def command() -> list[str]:
     return args
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        prog="python -m mlplatform_webapp",
+        description="Run the web app (Streamlit) on MLPLATFORM_WEBAPP_HOST:MLPLATFORM_WEBAPP_PORT; "
+        "it talks only to the serving API at MLPLATFORM_API_URL. Every setting is an "
+        "MLPLATFORM_* environment variable (README, 'Settings').",
+    ).parse_args(argv)
     args = command()
     os.execv(args[0], args)  # noqa: S606 - our own interpreter and fixed arguments
 

@@ -1,0 +1,438 @@
+"""Register a model trained elsewhere: ``mlplatform register`` (docs/architecture.md,
+"Registered models").
+
+A fitted scikit-learn-compatible estimator or Pipeline (XGBoost and LightGBM through their
+scikit-learn API) and its reference data become a signed version like a trained one:
+
+1. the reference data is read and checked (``schema.parse_dataset``);
+2. the model file is loaded and run on every reference row in a separate process first
+   (``probe``), with a timeout: a model that crashes, hangs or raises, is not fitted, is not a
+   model, or does not take the data's columns is refused with one line, and nothing is written;
+3. the task and classes come from the model, the feature schema from the data;
+4. the drift embedding is PCA over the model's own transformed features when the pipeline has
+   steps before its final estimator, else over the numeric raw features;
+5. ONNX is converted and checked where it can be (``onnx_export.convert_registered``);
+6. the version is published through the registry (``origin: registered``), a candidate unless
+   ``promote``.
+
+Formats: ``.skops`` is loaded with skops.io, which refuses any type not trusted (scikit-learn's
+own are); ``trust`` names the others the user trusts. ``.joblib``/``.pkl`` are pickles: loading
+one runs whatever code it holds.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import sklearn
+
+from mlplatform_common.errors import DatasetError, InvalidInput
+from mlplatform_common.quality import to_builtin
+from mlplatform_common.registered import ModelTransformEmbedding, RegisteredModel, raw_rows
+from mlplatform_common.registry import MODEL, REF_DATA, ModelRegistry
+from mlplatform_common.schema import (
+    CLASSIFICATION,
+    REGRESSION,
+    Dataset,
+    embed,
+    encoded_frame,
+    feature_schema,
+    is_category,
+    parse_dataset,
+)
+from mlplatform_common.storage import open_store
+from mlplatform_retrainer import onnx_export
+from mlplatform_retrainer.job import upload_dataset
+from mlplatform_retrainer.retrain import promote as promote_version
+from mlplatform_retrainer.settings import RetrainerSettings
+from mlplatform_retrainer.train import evaluate
+
+logger = logging.getLogger("mlplatform.retrainer")
+
+SKOPS = "skops"
+PICKLE = "joblib"
+FORMATS = {".skops": SKOPS, ".joblib": PICKLE, ".pkl": PICKLE, ".pickle": PICKLE}
+DEFAULT_TIMEOUT = 120.0
+"""Seconds the separate process may take to load the model and predict the reference rows."""
+_REFUSED = 3
+"""The probe's exit code for a model it refuses (its one line on stderr says why)."""
+
+
+class RegistrationError(InvalidInput):
+    """A model file or its reference data cannot be registered: the message says why."""
+
+
+@dataclass
+class Registered:
+    version: str
+    manifest: dict[str, Any]
+    promoted: bool
+    alias: dict[str, Any] | None = None
+
+
+def model_format(path: Path) -> str:
+    """``skops`` or ``joblib`` by the file's suffix."""
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise RegistrationError(
+            f"{path.name}: unknown model format {path.suffix or '(no suffix)'!r}; use .skops "
+            "(loaded safely) or .joblib/.pkl (a pickle: loading it runs its code)"
+        )
+    return fmt
+
+
+def load_model(path: Path, trust: Sequence[str] = ()) -> Any:
+    """Load a model file by its format; a skops file only if every type it holds is trusted
+    (scikit-learn's own, or named in ``trust``)."""
+    fmt = model_format(path)
+    if not path.is_file():
+        raise RegistrationError(f"{path}: no such file")
+    if fmt == SKOPS:
+        import skops.io
+
+        try:
+            untrusted = skops.io.get_untrusted_types(file=path)
+        except Exception as exc:
+            raise RegistrationError(f"{path.name} is not a skops file ({_line(exc)})") from None
+        refused = [t for t in untrusted if t not in trust]
+        if refused:
+            raise RegistrationError(
+                f"{path.name} holds types that are not trusted: {', '.join(refused)}; loading "
+                "them runs their code: if you trust them, pass --trust TYPE for each"
+            )
+        try:
+            return skops.io.load(path, trusted=list(untrusted))
+        except Exception as exc:
+            raise RegistrationError(f"{path.name} could not be loaded ({_line(exc)})") from None
+    try:
+        return joblib.load(path)
+    except Exception as exc:
+        raise RegistrationError(
+            f"{path.name} could not be loaded as a joblib/pickle file ({_line(exc)})"
+        ) from None
+
+
+def _line(exc: BaseException) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text[:300]
+
+
+def is_classifier(model: Any) -> bool:
+    return hasattr(model, "classes_")
+
+
+def check_model(model: Any, name: str, rows: pd.DataFrame) -> pd.DataFrame:
+    """That ``model`` is a fitted model taking exactly ``rows``' columns and predicts every
+    row; returns the rows in the model's column order."""
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    if not callable(getattr(model, "predict", None)):
+        raise RegistrationError(
+            f"{name} is not a model: it holds a {type(model).__name__}, which has no predict"
+        )
+    try:
+        check_is_fitted(model)
+    except NotFittedError:
+        raise RegistrationError(
+            f"{name}: the {type(model).__name__} is not fitted; fit it before registering it"
+        ) from None
+    except TypeError as exc:
+        raise RegistrationError(f"{name} is not a scikit-learn model ({_line(exc)})") from None
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None:
+        names = [str(n) for n in names]
+        missing = [n for n in names if n not in rows.columns]
+        extra = [c for c in rows.columns if c not in names]
+        problems = []
+        if missing:
+            problems.append(f"lacks the model's features {missing}")
+        if extra:
+            problems.append(f"has columns the model was not fitted on {extra}")
+        if problems:
+            raise RegistrationError(
+                f"the reference data {' and '.join(problems)} (besides the target)"
+            )
+        rows = rows[names]
+    else:
+        n = getattr(model, "n_features_in_", None)
+        if n is not None and n != rows.shape[1]:
+            raise RegistrationError(
+                f"{name} takes {n} features; the reference data has {rows.shape[1]} "
+                f"besides the target: {list(rows.columns)}"
+            )
+    try:
+        predictions = np.asarray(model.predict(rows))
+        if is_classifier(model):
+            if not callable(getattr(model, "predict_proba", None)):
+                raise RegistrationError(
+                    f"{name}: the classifier has no predict_proba; the platform answers with "
+                    "class probabilities"
+                )
+            proba = np.asarray(model.predict_proba(rows), dtype=np.float64)
+            if proba.shape != (len(rows), len(model.classes_)):
+                raise RegistrationError(
+                    f"{name}: predict_proba gave shape {proba.shape}, not "
+                    f"({len(rows)}, {len(model.classes_)})"
+                )
+    except RegistrationError:
+        raise
+    except Exception as exc:
+        raise RegistrationError(f"{name} raised on the reference rows: {_line(exc)}") from None
+    if len(predictions) != len(rows):
+        raise RegistrationError(
+            f"{name} gave {len(predictions)} predictions for {len(rows)} reference rows"
+        )
+    return rows
+
+
+def probe(path: Path, rows: pd.DataFrame, trust: Sequence[str], timeout: float) -> dict[str, Any]:
+    """Load the model and predict ``rows`` in a separate process (a model file is untrusted
+    code until it has shown it loads and predicts): what it found, or ``RegistrationError``
+    with one line for a model that is refused, crashes or does not finish in ``timeout``."""
+    with tempfile.TemporaryDirectory(prefix="mlplatform-register-") as tmp:
+        spec: dict[str, Any] = {
+            "model": str(path.resolve()),
+            "rows": str(Path(tmp) / "rows.pkl"),
+            "out": str(Path(tmp) / "out.json"),
+            "trust": list(trust),
+        }
+        rows.to_pickle(spec["rows"])
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "mlplatform_retrainer.register", json.dumps(spec)],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise RegistrationError(
+                f"{path.name} did not load and predict the {len(rows)} reference rows within "
+                f"{timeout:g}s (--timeout); refused"
+            ) from None
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        if proc.returncode == _REFUSED and lines:
+            raise RegistrationError(lines[-1])
+        if proc.returncode < 0:
+            name = signal.Signals(-proc.returncode).name
+            raise RegistrationError(
+                f"{path.name} crashed the process that loaded it and predicted the reference "
+                f"rows ({name}); refused"
+            )
+        if proc.returncode != 0:
+            last = lines[-1] if lines else f"exit code {proc.returncode}"
+            raise RegistrationError(f"{path.name}: loading it failed ({last[:300]})")
+        found: dict[str, Any] = json.loads(Path(spec["out"]).read_text())
+        return found
+
+
+def _probe_main(spec_text: str) -> int:
+    """The separate process of ``probe``: one line on stderr and exit code ``_REFUSED`` for a
+    refused model."""
+    spec = json.loads(spec_text)
+    path = Path(spec["model"])
+    try:
+        model = load_model(path, spec["trust"])
+        rows = check_model(model, path.name, pd.read_pickle(spec["rows"]))
+    except RegistrationError as exc:
+        print(exc.message, file=sys.stderr)
+        return _REFUSED
+    found = {"features": list(rows.columns), "classifier": is_classifier(model)}
+    Path(spec["out"]).write_text(json.dumps(found))
+    return 0
+
+
+def read_table(path: Path) -> bytes:
+    """The reference data as CSV bytes (what the store keeps as the data set): a CSV as it is,
+    a Parquet file converted."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    if path.suffix.lower() == ".parquet":
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:
+            raise DatasetError(f"{path.name}: not a readable Parquet file ({_line(exc)})") from None
+        return frame.to_csv(index=False).encode()
+    if path.suffix.lower() != ".csv":
+        raise DatasetError(f"{path.name}: the reference data must be a .csv or .parquet file")
+    return path.read_bytes()
+
+
+def _embedding(
+    model: Any, X: pd.DataFrame, schema: list[dict[str, Any]], n_components: int, seed: int
+) -> tuple[Any, str]:
+    """The drift embedding fitted on the reference rows (encoded) and what it is over."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.decomposition import PCA
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from mlplatform_retrainer.train import embedding_rank, preprocessor
+
+    if isinstance(model, Pipeline) and len(model.steps) > 1:
+        head = model[:-1]
+        try:
+            Z = head.transform(raw_rows(X, schema))
+            Z = np.nan_to_num(np.asarray(Z.toarray() if hasattr(Z, "toarray") else Z, float))
+            n = max(1, min(n_components, Z.shape[1], len(Z)))
+            pca = PCA(n_components=n, random_state=seed).fit(Z)
+            return ModelTransformEmbedding(head, pca, schema), "model transform"
+        except Exception as exc:  # a step whose output is not numbers: the raw features then
+            logger.warning("the model's transform steps give no embedding (%s)", _line(exc))
+    numbers = [j for j, f in enumerate(schema) if not is_category(f)]
+    if numbers:
+        steps: list[tuple[str, Any]] = [("scale", StandardScaler())]
+        if any(schema[j].get("nullable") for j in numbers):
+            steps.insert(0, ("impute", SimpleImputer(strategy="median")))
+        prep = ColumnTransformer([("numbers", Pipeline(steps), numbers)], sparse_threshold=0)
+        rank, space = len(numbers), "raw numbers"
+    else:  # categories only: one-hot, as trained versions embed them
+        prep, rank, space = preprocessor(schema), embedding_rank(schema), "raw features"
+    n = max(1, min(n_components, rank, len(X)))
+    embedding = Pipeline([("prep", prep), ("pca", PCA(n_components=n, random_state=seed))])
+    return embedding.fit(X), space
+
+
+def _clone_check(model: Any) -> dict[str, Any]:
+    """What a retrain (item 3 of issue 27: refit a clone) needs to know."""
+    try:
+        sklearn.base.clone(model)
+    except Exception as exc:
+        return {"clone": False, "reason": _line(exc)}
+    return {"clone": True}
+
+
+def register(
+    settings: RetrainerSettings,
+    model_path: Path,
+    data_path: Path,
+    target: str,
+    *,
+    task: str | None = None,
+    promote: bool = False,
+    trust: Sequence[str] = (),
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Registered:
+    """Check, convert, sign and publish a model trained elsewhere with its reference data
+    (module docstring). Raises ``RegistrationError``/``DatasetError`` before anything is
+    written to the store."""
+    fmt = model_format(model_path)
+    raw = read_table(data_path)
+    dataset = parse_dataset(raw, target, name=data_path.stem, task=task)
+    # The rows as serving will hand them to the model: encoded by the schema, decoded back.
+    data_schema = feature_schema(dataset.X)
+    found = probe(
+        model_path, raw_rows(encoded_frame(dataset.X, data_schema), data_schema), trust, timeout
+    )
+    model_task = CLASSIFICATION if found["classifier"] else REGRESSION
+    if task is not None and task != model_task:
+        raise RegistrationError(f"--task {task}, but {model_path.name} is a {model_task} model")
+    if dataset.task != model_task:
+        dataset = parse_dataset(raw, target, name=data_path.stem, task=model_task)
+    # The model's column order: scikit-learn checks it against the order it was fitted in.
+    dataset = Dataset(**{**dataset.__dict__, "X": dataset.X[found["features"]]})
+    schema = feature_schema(dataset.X)
+    Xe = encoded_frame(dataset.X, schema)
+    model = load_model(model_path, trust)  # shown above to load and predict
+    classes: list[Any] = []
+    if model_task == CLASSIFICATION:
+        classes = [to_builtin(c) for c in np.asarray(model.classes_)]
+        unknown = sorted({str(v) for v in dataset.y.unique()} - {str(c) for c in classes})
+        if unknown:
+            raise RegistrationError(
+                f"target {target!r} has values {unknown[:10]} that {model_path.name} does not "
+                f"predict (its classes: {classes[:20]})"
+            )
+        dataset.y = dataset.y.map({str(c): c for c in classes} | {c: c for c in classes})
+    embedding, space = _embedding(model, Xe, schema, settings.n_components, settings.seed)
+    wrapped = RegisteredModel(model, schema, embedding)
+    metrics = {"reference": evaluate(wrapped, Xe, dataset.y, model_task)}
+    ref_data = embed(wrapped, Xe).reset_index(drop=True)
+    ref_data["target"] = dataset.y.to_numpy()
+    if any(is_category(f) for f in schema):
+        categories = [f["name"] for f in schema if is_category(f)]
+        onnx_files: dict[str, bytes] = {}
+        onnx_info: dict[str, Any] = {
+            "error": f"category features {categories}: the model takes their text, the "
+            "platform's graphs take codes; served by scikit-learn"
+        }
+    else:
+        onnx_files, onnx_info = onnx_export.convert_registered(model, embedding, Xe, model_task)
+    files = {MODEL: _dump(wrapped), REF_DATA: ref_data.to_csv(index=False).encode(), **onnx_files}
+    class_names = [dataset.class_names.get(str(c), str(c)) for c in classes]
+    manifest = {
+        "parent": None,
+        "origin": "registered",
+        "format": fmt,
+        "source_file": model_path.name,
+        "task": model_task,
+        "target": dataset.target,
+        "feature_schema": schema,
+        "classes": classes,
+        "class_names": class_names,
+        "n_components": int(ref_data.shape[1] - 1),
+        "embedding_space": space,
+        "estimator": _estimator_name(model),
+        "backup_estimator": None,
+        "metrics": metrics,
+        "training_data": {
+            "dataset": dataset.name,
+            "sha256": dataset.sha256,
+            "rows": len(dataset.X),
+        },
+        "retrain": _clone_check(model),
+        "sklearn_version": sklearn.__version__,
+        "onnx": onnx_info,
+    }
+    store = open_store(settings, ensure=True)
+    registry = ModelRegistry(store, settings.require_signing_key())
+    upload_dataset(store, dataset)
+    version = registry.publish(files, manifest)
+    alias = promote_version(settings, version, store=store) if promote else None
+    return Registered(version, registry.manifest(version), promote, alias)
+
+
+def _estimator_name(model: Any) -> str:
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    return f"{type(final).__module__}.{type(final).__name__}"
+
+
+def _dump(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    joblib.dump(obj, buf)
+    return buf.getvalue()
+
+
+def describe(registered: Registered, store_url: str) -> str:
+    """A short summary for the terminal."""
+    m = registered.manifest
+    scores = ", ".join(f"{k}={v:.3f}" for k, v in m["metrics"]["reference"].items())
+    where = "in production" if registered.promoted else "published as a candidate"
+    engine = "onnxruntime" if "error" not in m["onnx"] else "scikit-learn"
+    return (
+        f"model {registered.version} ({m['task']}, {m['estimator']}) {where} at {store_url}\n"
+        f"  reference rows: {scores}\n  served by {engine}"
+        + (f" ({m['onnx']['error'][:160]})" if engine == "scikit-learn" else "")
+    )
+
+
+__all__ = ["Registered", "RegistrationError", "describe", "load_model", "register"]
+
+
+if __name__ == "__main__":
+    sys.exit(_probe_main(sys.argv[1]))
