@@ -56,7 +56,6 @@ from mlplatform_common.schema import (
 from mlplatform_common.storage import open_store
 from mlplatform_retrainer import onnx_export
 from mlplatform_retrainer.job import upload_dataset
-from mlplatform_retrainer.retrain import promote as promote_version
 from mlplatform_retrainer.settings import RetrainerSettings
 from mlplatform_retrainer.train import evaluate
 
@@ -317,6 +316,100 @@ def _clone_check(model: Any) -> dict[str, Any]:
     return {"clone": True}
 
 
+def as_classes(y: pd.Series, classes: list[Any]) -> pd.Series:
+    """Labels as the model's classes (a CSV's "1" is the class 1); others left as they are."""
+    lookup = {str(c): c for c in classes}
+    return y.map(lambda v: lookup.get(str(v), v))
+
+
+@dataclass
+class Wrapped:
+    """A fitted user model wrapped as the platform runs it, with what its version records."""
+
+    model: RegisteredModel
+    schema: list[dict[str, Any]]
+    Xe: pd.DataFrame
+    """The rows it was fitted on (or registered with), encoded by ``schema``."""
+    y: pd.Series
+    classes: list[Any]
+    embedding_space: str
+    ref_data: pd.DataFrame
+    task: str
+
+    @property
+    def pipeline(self) -> RegisteredModel:  # as the gate scores a trained candidate
+        return self.model
+
+
+def wrap(
+    model: Any, X: pd.DataFrame, y: pd.Series, task: str, n_components: int, seed: int
+) -> Wrapped:
+    """``model`` (fitted on ``X``, in its column order, and ``y``) behind the platform's encoded
+    rows, with a drift embedding fitted on ``X`` and ``X`` embedded as its reference data."""
+    schema = feature_schema(X)
+    Xe = encoded_frame(X, schema)
+    classes: list[Any] = []
+    if task == CLASSIFICATION:
+        classes = [to_builtin(c) for c in np.asarray(model.classes_)]
+    embedding, space = _embedding(model, Xe, schema, n_components, seed)
+    wrapped = RegisteredModel(model, schema, embedding)
+    ref_data = embed(wrapped, Xe).reset_index(drop=True)
+    ref_data["target"] = y.to_numpy()
+    return Wrapped(wrapped, schema, Xe, y, classes, space, ref_data, task)
+
+
+def version_files(
+    wrapped: Wrapped,
+    dataset: Dataset,
+    *,
+    metrics: dict[str, dict[str, float]],
+    fields: dict[str, Any],
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The files and the manifest of a version of a registered model (converted to ONNX where
+    it can be); ``fields`` are the caller's (parent, format, a refit's gate and data)."""
+    model, schema = wrapped.model.model, wrapped.schema
+    if any(is_category(f) for f in schema):
+        categories = [f["name"] for f in schema if is_category(f)]
+        onnx_files: dict[str, bytes] = {}
+        onnx_info: dict[str, Any] = {
+            "error": f"category features {categories}: the model takes their text, the "
+            "platform's graphs take codes; served by scikit-learn"
+        }
+    else:
+        embedding = wrapped.model.named_steps["embedding"]
+        onnx_files, onnx_info = onnx_export.convert_registered(
+            model, embedding, wrapped.Xe, wrapped.task
+        )
+    files = {
+        MODEL: _dump(wrapped.model),
+        REF_DATA: wrapped.ref_data.to_csv(index=False).encode(),
+        **onnx_files,
+    }
+    manifest = {
+        "origin": "registered",
+        "task": wrapped.task,
+        "target": dataset.target,
+        "feature_schema": schema,
+        "classes": wrapped.classes,
+        "class_names": [dataset.class_names.get(str(c), str(c)) for c in wrapped.classes],
+        "n_components": int(wrapped.ref_data.shape[1] - 1),
+        "embedding_space": wrapped.embedding_space,
+        "estimator": _estimator_name(model),
+        "backup_estimator": None,
+        "metrics": metrics,
+        "training_data": {
+            "dataset": dataset.name,
+            "sha256": dataset.sha256,
+            "rows": len(dataset.X),
+        },
+        "retrain": _clone_check(model),
+        "sklearn_version": sklearn.__version__,
+        "onnx": onnx_info,
+        **fields,
+    }
+    return files, manifest
+
+
 def register(
     settings: RetrainerSettings,
     model_path: Path,
@@ -346,8 +439,6 @@ def register(
         dataset = parse_dataset(raw, target, name=data_path.stem, task=model_task)
     # The model's column order: scikit-learn checks it against the order it was fitted in.
     dataset = Dataset(**{**dataset.__dict__, "X": dataset.X[found["features"]]})
-    schema = feature_schema(dataset.X)
-    Xe = encoded_frame(dataset.X, schema)
     model = load_model(model_path, trust)  # shown above to load and predict
     classes: list[Any] = []
     if model_task == CLASSIFICATION:
@@ -358,51 +449,21 @@ def register(
                 f"target {target!r} has values {unknown[:10]} that {model_path.name} does not "
                 f"predict (its classes: {classes[:20]})"
             )
-        dataset.y = dataset.y.map({str(c): c for c in classes} | {c: c for c in classes})
-    embedding, space = _embedding(model, Xe, schema, settings.n_components, settings.seed)
-    wrapped = RegisteredModel(model, schema, embedding)
-    metrics = {"reference": evaluate(wrapped, Xe, dataset.y, model_task)}
-    ref_data = embed(wrapped, Xe).reset_index(drop=True)
-    ref_data["target"] = dataset.y.to_numpy()
-    if any(is_category(f) for f in schema):
-        categories = [f["name"] for f in schema if is_category(f)]
-        onnx_files: dict[str, bytes] = {}
-        onnx_info: dict[str, Any] = {
-            "error": f"category features {categories}: the model takes their text, the "
-            "platform's graphs take codes; served by scikit-learn"
-        }
-    else:
-        onnx_files, onnx_info = onnx_export.convert_registered(model, embedding, Xe, model_task)
-    files = {MODEL: _dump(wrapped), REF_DATA: ref_data.to_csv(index=False).encode(), **onnx_files}
-    class_names = [dataset.class_names.get(str(c), str(c)) for c in classes]
-    manifest = {
-        "parent": None,
-        "origin": "registered",
-        "format": fmt,
-        "source_file": model_path.name,
-        "task": model_task,
-        "target": dataset.target,
-        "feature_schema": schema,
-        "classes": classes,
-        "class_names": class_names,
-        "n_components": int(ref_data.shape[1] - 1),
-        "embedding_space": space,
-        "estimator": _estimator_name(model),
-        "backup_estimator": None,
-        "metrics": metrics,
-        "training_data": {
-            "dataset": dataset.name,
-            "sha256": dataset.sha256,
-            "rows": len(dataset.X),
-        },
-        "retrain": _clone_check(model),
-        "sklearn_version": sklearn.__version__,
-        "onnx": onnx_info,
-    }
+        dataset.y = as_classes(dataset.y, classes)
+    wrapped = wrap(model, dataset.X, dataset.y, model_task, settings.n_components, settings.seed)
+    files, manifest = version_files(
+        wrapped,
+        dataset,
+        metrics={"reference": evaluate(wrapped.model, wrapped.Xe, wrapped.y, model_task)},
+        fields={"parent": None, "format": fmt, "source_file": model_path.name},
+    )
     store = open_store(settings, ensure=True)
     registry = ModelRegistry(store, settings.require_signing_key())
     upload_dataset(store, dataset)
     version = registry.publish(files, manifest)
+    # Imported here: retrain imports this module for refits of registered versions.
+    from mlplatform_retrainer.retrain import promote as promote_version
+
     alias = promote_version(settings, version, store=store) if promote else None
     return Registered(version, registry.manifest(version), promote, alias)
 
