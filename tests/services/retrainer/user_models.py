@@ -37,3 +37,37 @@ class Crashes(_Fitted):
     def predict(self, X: Any) -> np.ndarray:
         os.kill(os.getpid(), signal.SIGSEGV)
         raise AssertionError("unreachable")
+
+
+class _Threshold:
+    """A classifier fitted elsewhere (``trained``): the first column above its median."""
+
+    classes_: np.ndarray
+    threshold_: float
+    n_features_in_: int
+
+    def fit(self, X: Any, y: Any) -> _Threshold:
+        raise RuntimeError("only its vendor can train this model")
+
+    @classmethod
+    def trained(cls, X: Any, y: Any) -> Any:
+        model = cls()
+        model.classes_ = np.unique(y)
+        model.n_features_in_ = X.shape[1]
+        model.threshold_ = float(np.median(np.asarray(X)[:, 0]))
+        return model
+
+    def predict(self, X: Any) -> np.ndarray:
+        return np.asarray(self.classes_)[(np.asarray(X)[:, 0] > self.threshold_).astype(int)]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        high = (np.asarray(X)[:, 0] > self.threshold_).astype(float)
+        return np.column_stack([1 - high, high])
+
+
+class RefusesRefit(_Threshold, ClassifierMixin, BaseEstimator):
+    """It registers, predicts and clones, but its ``fit`` raises: a retrain cannot refit it."""
+
+
+class NotCloneable(_Threshold):
+    """Not a scikit-learn estimator (no ``get_params``): ``sklearn.base.clone`` refuses it."""

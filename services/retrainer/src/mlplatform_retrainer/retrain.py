@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import sklearn.base
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -37,6 +38,7 @@ from mlplatform_common.errors import (
 )
 from mlplatform_common.lock import LockHeld, StoreLock
 from mlplatform_common.quality import HIGHER_IS_BETTER, better
+from mlplatform_common.registered import raw_rows
 from mlplatform_common.registry import LoadedModel, ModelRegistry, utcnow, version_number
 from mlplatform_common.reports import ReportArchive
 from mlplatform_common.schema import (
@@ -47,9 +49,11 @@ from mlplatform_common.schema import (
     complete_rows,
     encode,
     encoded_frame,
+    feature_schema,
     parse_dataset,
 )
 from mlplatform_common.storage import Store, open_store
+from mlplatform_retrainer import register as registration
 from mlplatform_retrainer.gate import GateResult, decide, recent_split
 from mlplatform_retrainer.job import publish, train_with_progress
 from mlplatform_retrainer.rollout import RolloutFailed, roll_out, served_version
@@ -68,6 +72,9 @@ logger = logging.getLogger("mlplatform.retrainer")
 
 CLASSIFICATION_QUALITY_THRESHOLD = 0.8
 """The quality trigger's default for classification: the report's metric below it."""
+REGISTERED = "registered"
+"""A manifest's ``origin`` for a model trained elsewhere (``mlplatform register``) and its
+refits."""
 
 
 @dataclass
@@ -481,7 +488,7 @@ def _score_and_gate(
     registry: ModelRegistry,
     production: str,
     current: LoadedModel,
-    candidate: TrainingResult,
+    candidate: TrainingResult | registration.Wrapped,
     data: CandidateData,
     seed: int,
 ) -> GateResult:
@@ -515,7 +522,7 @@ def _publish_and_promote(
     registry: ModelRegistry,
     result: RunResult,
     gate: GateResult,
-    candidate: TrainingResult,
+    candidate: TrainingResult | registration.Wrapped,
     data: CandidateData,
     config: TrainConfig,
     hold: dict[str, Any] | None,
@@ -524,27 +531,26 @@ def _publish_and_promote(
     alias to it (``result`` says which). Returns the alias as it was before the promotion
     (None if not promoted)."""
     production, reasons = result.production, result.reasons
-    version = publish(
-        registry,
-        candidate,
-        data.training,
-        config,
-        parent=production,
-        extra={
-            "trigger": reasons,
-            "gate": asdict(gate),
-            "training_data": {
-                "dataset": data.training.name,
-                "sha256": data.training.sha256,
-                "rows": len(data.training.X),
-                "reference_rows": data.reference_rows,
-                "feedback_rows": data.feedback_rows,
-                # the gate's reference rows were kept out (line_best trusts only this)
-                "held_out_excluded": True,
-                "split_seed": config.seed,
-            },
+    extra = {
+        "trigger": reasons,
+        "gate": asdict(gate),
+        "training_data": {
+            "dataset": data.training.name,
+            "sha256": data.training.sha256,
+            "rows": len(data.training.X),
+            "reference_rows": data.reference_rows,
+            "feedback_rows": data.feedback_rows,
+            # the gate's reference rows were kept out (line_best trusts only this)
+            "held_out_excluded": True,
+            "split_seed": config.seed,
         },
-    )
+    }
+    if isinstance(candidate, registration.Wrapped):
+        version = _publish_refit(registry, candidate, data, production, extra)
+    else:
+        version = publish(
+            registry, candidate, data.training, config, parent=production, extra=extra
+        )
     result.version = version
     if hold:
         # A rollback or a pin holds: the candidate is kept for review, not promoted.
@@ -559,6 +565,75 @@ def _publish_and_promote(
     registry.promote(version)
     result.production = version
     return before
+
+
+def _refit(
+    settings: RetrainerSettings, current: LoadedModel, data: CandidateData
+) -> tuple[registration.Wrapped | None, CandidateData, str | None]:
+    """A ``sklearn.base.clone`` of the registered production model fitted on the candidate's
+    rows (in the user's column order, category text as it takes them), wrapped as register
+    wraps it; or why it cannot be. Labels become the model's classes (a CSV's "1" is 1)."""
+    task = data.training.task
+    if task == CLASSIFICATION:
+        classes = current.manifest["classes"]
+        training = replace(data.training, y=registration.as_classes(data.training.y, classes))
+        data = replace(
+            data,
+            training=training,
+            hold_y=registration.as_classes(data.hold_y, classes),
+            reference_y=registration.as_classes(data.reference_y, classes),
+        )
+    X = data.training.X[current.features]
+    schema = feature_schema(X)  # a labelled row's new category is one the refit learns
+    try:
+        model = sklearn.base.clone(current.pipeline.model)
+        model.fit(raw_rows(encoded_frame(X, schema), schema), data.training.y)
+    except Exception as exc:  # the user's code: whatever it raises, production stays
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        return None, data, f"refitting a clone of it raised {text}"
+    # A new embedding, fitted on the training rows: the registered one is over the production
+    # model's transform steps, which the refit replaced (its one-hot columns may differ).
+    wrapped = registration.wrap(
+        model, X, data.training.y, task, settings.n_components, settings.seed
+    )
+    return wrapped, data, None
+
+
+def _publish_refit(
+    registry: ModelRegistry,
+    candidate: registration.Wrapped,
+    data: CandidateData,
+    production: str | None,
+    extra: dict[str, Any],
+) -> str:
+    """Publish a refit of a registered version as register publishes one, its child."""
+    manifest = registry.manifest(production) if production else {}
+    task = candidate.task
+    holdout = encoded_frame(data.hold_X, candidate.schema)
+    files, fields = registration.version_files(
+        candidate,
+        data.training,
+        metrics={
+            "training": evaluate(candidate.model, candidate.Xe, candidate.y, task),
+            "test": evaluate(candidate.model, holdout, data.hold_y, task),
+        },
+        fields={
+            "parent": production,
+            "refit_of": production,
+            "format": manifest.get("format"),
+            "source_file": manifest.get("source_file"),
+            **extra,
+        },
+    )
+    return registry.publish(files, fields)
+
+
+def _not_refittable(current: LoadedModel) -> str | None:
+    """Why the registered production version cannot be refitted, as register recorded it."""
+    check = current.manifest.get("retrain") or {}
+    if check.get("clone") is False:
+        return f"sklearn.base.clone refused it when it was registered ({check.get('reason')})"
+    return None
 
 
 def _roll_out_or_restore(
@@ -645,8 +720,29 @@ def retrain(
             new_rows=new_rows,
             metric=settings.metric_for(task),
         )
-    data = _candidate_data(settings, reference, ref_parts, usable, current)
-    candidate = train_with_progress(data.training, config, test=(data.hold_X, data.hold_y))
+    registered = current.manifest.get("origin") == REGISTERED
+    why_not = _not_refittable(current) if registered else None
+    candidate: TrainingResult | registration.Wrapped | None = None
+    if why_not is None:
+        data = _candidate_data(settings, reference, ref_parts, usable, current)
+        if registered:
+            candidate, data, why_not = _refit(settings, current, data)
+        else:
+            candidate = train_with_progress(data.training, config, test=(data.hold_X, data.hold_y))
+    if candidate is None:
+        # Served and monitored as it is; these rows are answered, so it is not retried every
+        # k rows: the next trigger (new rows, a report) decides again.
+        logger.warning(
+            "retrain skipped: registered model %s cannot be refitted: %s", production, why_not
+        )
+        _write_watermark(store, feedback, "skipped", report_id)
+        return RunResult(
+            "skipped",
+            [*reasons, f"but {production} cannot be refitted ({why_not}); it stays in production"],
+            production=production,
+            new_rows=new_rows,
+            metric=settings.metric_for(task),
+        )
 
     gate = _score_and_gate(settings, registry, production, current, candidate, data, config.seed)
     hold = registry.hold() if gate.promote else None
