@@ -66,11 +66,7 @@ def _label(store: Store, rows: pd.DataFrame, targets: pd.Series) -> None:
 @pytest.fixture(scope="module")
 def bucket(s3_server: S3Server) -> tuple[S3Store, dict[str, str]]:
     store = s3_server.store()
-    # v1 was fitted on every reference row, the gate's test split too, and is scored on it
-    # against a candidate that never saw it: a tolerance that lets an honest refit through.
-    env = serving_env(
-        s3_server, store.bucket, MLPLATFORM_ROLLOUT="none", MLPLATFORM_GATE_TOLERANCE="1.0"
-    )
+    env = serving_env(s3_server, store.bucket, MLPLATFORM_ROLLOUT="none")
     return store, env
 
 
@@ -104,7 +100,9 @@ def test_a_registered_pipeline_with_a_category_column_is_refitted_through_the_ga
     taught = y.loc[gentoo.index] + 1500
     _label(storage.for_model(store, "penguins"), gentoo, taught)
 
-    proc = _cli(env, "run", "--force", "--name", "penguins")
+    # v1 was fitted on every reference row, the gate's test split too, and is scored on it
+    # against a refit that never saw it: a tolerance (relative, for rmse) lets it through.
+    proc = _cli({**env, "MLPLATFORM_GATE_TOLERANCE": "1.0"}, "run", "--force", "--name", "penguins")
     assert proc.returncode == 0, proc.stderr
     assert "retrain promoted (model penguins)" in proc.stdout, proc.stdout
     registry = _registry(store, "penguins")
@@ -144,7 +142,16 @@ def test_a_registered_xgboost_classifier_is_refitted(
     labelled = labelled + 0.001 * labelled.abs().mean()  # new rows, not reference rows
     _label(storage.for_model(store, "cancer"), labelled, y.loc[labelled.index])
 
-    proc = _cli(env, "run", "--force", "--name", "cancer")
+    # With the default tolerance the gate rejects the refit: v1 was fitted on every reference
+    # row, so it scores F1 1.0 on the gate's reference part, which the refit never saw.
+    proc = _cli({**env, "MLPLATFORM_GATE_TOLERANCE": "0.02"}, "run", "--force", "--name", "cancer")
+    assert proc.returncode == 0, proc.stderr
+    assert "retrain rejected (model cancer)" in proc.stdout, proc.stdout
+    assert _registry(store, "cancer").versions() == ["v1"]
+    (rejected,) = _runs(store, "cancer")
+    assert rejected["outcome"] == "rejected" and rejected["gate"]["reference_current"] == 1.0
+    assert rejected["gate"]["reference_candidate"] > 0.9  # an honest refit, held to v1's memory
+    proc = _cli({**env, "MLPLATFORM_GATE_TOLERANCE": "0.05"}, "run", "--force", "--name", "cancer")
     assert proc.returncode == 0, proc.stderr
     assert "retrain promoted (model cancer)" in proc.stdout, proc.stdout
     registry = _registry(store, "cancer")
