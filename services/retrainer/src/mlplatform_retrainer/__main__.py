@@ -9,12 +9,12 @@ import logging
 import sys
 from pathlib import Path
 
-from mlplatform_common.errors import MLPlatformError
+from mlplatform_common.errors import InvalidInput, MLPlatformError
 from mlplatform_common.log import configure_logging
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import open_store
 from mlplatform_retrainer.batch import DEFAULT_CHUNK_ROWS, run_batch
-from mlplatform_retrainer.job import describe, train_from_file
+from mlplatform_retrainer.job import describe, train_from_file, train_from_store
 from mlplatform_retrainer.retrain import promote, rollback, run, unpin
 from mlplatform_retrainer.rollout import rollout_local
 from mlplatform_retrainer.settings import RetrainerSettings, get_settings
@@ -33,7 +33,12 @@ def _train(settings: RetrainerSettings, args: argparse.Namespace) -> int:
             return 0
     if args.task:
         settings = settings.model_copy(update={"task": args.task})
-    published = train_from_file(settings, args.data, args.target, promote=not args.no_promote)
+    if args.dataset:
+        if args.target or args.data != DEFAULT_DATA:
+            raise InvalidInput("--dataset: a stored data set has its target; omit --data/--target")
+        published = train_from_store(settings, args.dataset, promote=not args.no_promote)
+    else:
+        published = train_from_file(settings, args.data, args.target, promote=not args.no_promote)
     store = open_store(settings)
     print(describe(published, store.url))
     if published.promoted and settings.resolved_rollout() == "local":
@@ -116,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a model from a CSV and publish it")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="training CSV")
+    p.add_argument(
+        "--dataset", help="train on this data set of the model's store instead of --data"
+    )
     p.add_argument("--target", help="target column (default: from <csv>.meta.json, else 'target')")
     p.add_argument(
         "--task",
