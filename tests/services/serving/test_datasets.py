@@ -114,7 +114,7 @@ HEADER = b"species,island,bill_length_mm,bill_depth_mm,flipper_length_mm,body_ma
         (PENGUINS * 8, {}, 413, "over the limit of 0.1 MB (MLPLATFORM_DATASET_MAX_MB)"),
         (b"a,a,species\n" + b"1,2,x\n" * 30, {}, 422, "named twice: ['a']"),
         (HEADER, {}, 422, "header but no rows"),
-        (HEADER + PENGUINS.split(b"\n", 1)[1][:300], {}, 422, "fewer than"),
+        (HEADER + PENGUINS.split(b"\n", 1)[1][:300], {}, 422, "has a single class"),
         (PENGUINS, {"name": "Bad Name"}, 422, "name 'Bad Name'"),
         (PENGUINS, {"headers": {"Authorization": "Bearer wrong"}}, 401, "bearer token"),
         (PENGUINS, {"headers": {}}, 401, "bearer token"),
