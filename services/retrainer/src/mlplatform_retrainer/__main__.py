@@ -14,7 +14,12 @@ from mlplatform_common.log import configure_logging
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import open_store
 from mlplatform_retrainer.batch import DEFAULT_CHUNK_ROWS, run_batch
-from mlplatform_retrainer.job import describe, train_from_file, train_from_store
+from mlplatform_retrainer.job import (
+    describe,
+    train_from_file,
+    train_from_store,
+    train_from_url,
+)
 from mlplatform_retrainer.retrain import promote, rollback, run, unpin
 from mlplatform_retrainer.rollout import rollout_local
 from mlplatform_retrainer.settings import RetrainerSettings, get_settings
@@ -33,10 +38,21 @@ def _train(settings: RetrainerSettings, args: argparse.Namespace) -> int:
             return 0
     if args.task:
         settings = settings.model_copy(update={"task": args.task})
+    if args.dataset and (args.data_url or args.target or args.data != DEFAULT_DATA):
+        raise InvalidInput("--dataset: a stored data set has its target; omit --data/--target")
+    if args.data_url and args.data != DEFAULT_DATA:
+        raise InvalidInput("--data-url: give either --data or --data-url")
     if args.dataset:
-        if args.target or args.data != DEFAULT_DATA:
-            raise InvalidInput("--dataset: a stored data set has its target; omit --data/--target")
         published = train_from_store(settings, args.dataset, promote=not args.no_promote)
+    elif args.data_url:
+        published = train_from_url(
+            settings,
+            args.data_url,
+            args.target,
+            args.name,
+            timeout=args.timeout,
+            promote=not args.no_promote,
+        )
     else:
         published = train_from_file(settings, args.data, args.target, promote=not args.no_promote)
     store = open_store(settings)
@@ -123,6 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="training CSV")
     p.add_argument(
         "--dataset", help="train on this data set of the model's store instead of --data"
+    )
+    p.add_argument(
+        "--data-url",
+        help="download a CSV or Parquet file over HTTP(S) (at most MLPLATFORM_DATASET_MAX_MB) "
+        "and train on it instead of --data",
+    )
+    p.add_argument("--name", help="with --data-url: the data set's name (default: the file's)")
+    p.add_argument(
+        "--timeout", type=float, default=60.0, help="with --data-url: seconds without a byte"
     )
     p.add_argument("--target", help="target column (default: from <csv>.meta.json, else 'target')")
     p.add_argument(

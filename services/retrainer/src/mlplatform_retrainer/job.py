@@ -6,16 +6,18 @@ import io
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 import joblib
 import pandas as pd
 import sklearn
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mlplatform_common import datasets
-from mlplatform_common.errors import DatasetError
+from mlplatform_common.errors import DatasetError, InvalidInput
 from mlplatform_common.registry import BACKUP, MODEL, REF_DATA, ModelRegistry
 from mlplatform_common.schema import Dataset, encoded_frame, load_dataset
 from mlplatform_common.storage import Store, open_store
@@ -203,6 +205,48 @@ def _train_and_publish(
     return Published(version, result, promote)
 
 
+def download(url: str, max_mb: float, timeout: float) -> bytes:
+    """An HTTP(S) URL's body, read in chunks and refused past ``max_mb`` (before it is all
+    read) or ``timeout`` seconds between bytes; errors name the URL and the problem."""
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise InvalidInput(f"--data-url: {url!r:.100} is not an http:// or https:// URL")
+    limit = datasets.max_bytes(max_mb)
+    body = bytearray()
+    try:
+        with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
+            if response.status_code != 200:
+                raise InvalidInput(f"--data-url: {url} answered HTTP {response.status_code}")
+            for chunk in response.iter_bytes():
+                body.extend(chunk)
+                if len(body) > limit:
+                    raise datasets.too_large(max_mb)
+    except httpx.HTTPError as exc:
+        raise InvalidInput(f"--data-url: {url} could not be read: {exc!r:.200}") from None
+    return bytes(body)
+
+
+def train_from_url(
+    settings: RetrainerSettings,
+    url: str,
+    target: str | None = None,
+    name: str | None = None,
+    *,
+    timeout: float = 60.0,
+    promote: bool = True,
+) -> Published:
+    """``train --data-url URL`` (the chart's ``bootstrap.dataUrl``): download a CSV or Parquet
+    file (bounded by MLPLATFORM_DATASET_MAX_MB and ``timeout``), validate it as a data set
+    named ``name`` (default: the URL's file name), train, store it with the version."""
+    raw = download(url, settings.dataset_max_mb, timeout)
+    stem = PurePosixPath(urlsplit(url).path).stem.lower().replace(".", "-")
+    dataset = datasets.prepare(
+        raw, name or stem or "downloaded", target or "target", task=settings.task
+    )
+    logger.info("training on %s: %d rows, target %r", url, len(dataset.X), dataset.target)
+    store = open_store(settings, ensure=True)
+    return _train_and_publish(settings, store, dataset, promote=promote, upload=True)
+
+
 def describe(published: Published, store_url: str) -> str:
     """A short summary for the terminal."""
     test = published.result.metrics["test"]
@@ -217,6 +261,7 @@ __all__ = [
     "publish",
     "train_from_file",
     "train_from_store",
+    "train_from_url",
     "upload_dataset",
     "upload_dataset_file",
 ]
