@@ -26,7 +26,15 @@ PENGUINS = (REPO / "data" / "penguins.csv").read_bytes()
 def served(s3_server: S3Server) -> Iterator[tuple[ServingProcess, Store, dict[str, str]]]:
     bucket = f"b-{uuid.uuid4().hex[:12]}"
     store = s3_server.store(bucket)
-    env = serving_env(s3_server, bucket, MLPLATFORM_DATASET_MAX_MB="0.1")
+    # Other bodies are bound to 4 KB: an upload has its own, larger bound, also under the
+    # ingress' prefix.
+    env = serving_env(
+        s3_server,
+        bucket,
+        MLPLATFORM_DATASET_MAX_MB="0.1",
+        MLPLATFORM_MAX_BODY_BYTES="4096",
+        MLPLATFORM_ROOT_PATH="/api",
+    )
     proc = ServingProcess(env).start(wait_ready=False)  # no model yet: data comes first
     yield proc, store, env
     proc.stop()
@@ -82,6 +90,22 @@ def test_an_upload_is_stored_and_listed_and_trains_a_model(served) -> None:
     assert "missing ['year']" in wrong.json()["error"]
     assert "unexpected ['colour']" in wrong.json()["error"]
     assert not store.exists(keys.dataset("penguins-2"))
+
+
+def test_the_upload_bound_holds_under_the_ingress_prefix_and_others_keep_theirs(served) -> None:
+    proc, store, _ = served
+    r = httpx.post(
+        f"{proc.url}/api/admin/datasets",
+        params={"name": "via-ingress", "target": "species"},
+        content=PENGUINS,  # 16 KB: over the 4 KB of other bodies, within the 0.1 MB
+        headers=ADMIN,
+        timeout=30,
+    )
+    assert r.status_code == 201, r.text
+    big = _upload(proc, PENGUINS * 8, "too-big")
+    assert big.status_code == 413 and "MLPLATFORM_DATASET_MAX_MB" in big.json()["error"]
+    other = httpx.post(f"{proc.url}/predict", content=b"x" * 5000, headers=ADMIN)
+    assert other.status_code == 413 and "limit of 4096 bytes" in other.json()["error"]
 
 
 def test_a_parquet_upload_is_stored_as_the_csv_the_readers_parse(served, tmp_path: Path) -> None:

@@ -100,8 +100,11 @@ class ObservabilityMiddleware:
             await send(message)
 
         received = 0
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root + "/"):
+            path = path[len(root) :]  # behind the ingress: /api/admin/datasets
         max_body, too_large = self.path_limits.get(
-            scope.get("path", ""), (self.max_body, f"body: over the limit of {self.max_body} bytes")
+            path, (self.max_body, f"body: over the limit of {self.max_body} bytes")
         )
 
         async def receive_wrapper() -> Message:
