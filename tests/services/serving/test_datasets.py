@@ -102,6 +102,7 @@ def test_the_upload_bound_holds_under_the_ingress_prefix_and_others_keep_theirs(
         timeout=30,
     )
     assert r.status_code == 201, r.text
+    assert store.exists(keys.dataset("via-ingress", "meta.json"))
     big = _upload(proc, PENGUINS * 8, "too-big")
     assert big.status_code == 413 and "MLPLATFORM_DATASET_MAX_MB" in big.json()["error"]
     other = httpx.post(f"{proc.url}/predict", content=b"x" * 5000, headers=ADMIN)
