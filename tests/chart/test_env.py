@@ -51,6 +51,7 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "alias_check_seconds",
         "low_confidence_threshold",
         "release",  # pushes nothing: its series get release and namespace from the scrape
+        "dataset_max_mb",  # 100 MB uploads through the API; a cluster's ingress may cap lower
     },
     "webapp": {
         "dev_mode",
@@ -97,6 +98,7 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "lock_ttl_seconds",
         "serving_url",  # local rollout only; in the cluster the Deployment is patched
         "schedule_seconds",  # local `schedule` command only
+        "dataset_max_mb",  # upload_dataset_file (a laptop's CLI); the CronJob downloads nothing
     },
 }
 LEFT_AT_DEFAULT["bootstrap"] = LEFT_AT_DEFAULT["retrainer"] | {

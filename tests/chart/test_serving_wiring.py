@@ -83,6 +83,7 @@ INSIDE = {
     "/admin/reload",
     "/admin/retrain",
     "/admin/unpin",
+    "/admin/datasets",  # like every /admin route: through the web app or a port-forward
     "/docs/oauth2-redirect",
     "/redoc",
 }

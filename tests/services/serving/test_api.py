@@ -289,6 +289,8 @@ def test_the_document_declares_the_tokens_the_routes_check(client: TestClient) -
         ("/admin/reload", "post"): [{"adminToken": []}],
         ("/admin/retrain", "post"): [{"adminToken": []}],
         ("/admin/unpin", "post"): [{"adminToken": []}],
+        ("/admin/datasets", "post"): [{"adminToken": []}],
+        ("/admin/datasets", "get"): [{"adminToken": []}],
     }
 
 

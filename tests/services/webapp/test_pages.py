@@ -23,7 +23,7 @@ from tests.services.webapp.conftest import (
     texts,
 )
 
-PAGES = ["predict", "batch", "label", "model", "monitoring", "runs", "system", "admin"]
+PAGES = ["predict", "batch", "label", "model", "monitoring", "runs", "system", "data", "admin"]
 
 
 def down_url() -> str:

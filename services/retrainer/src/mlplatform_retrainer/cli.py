@@ -21,7 +21,7 @@ import click
 from pydantic import ValidationError
 
 from mlplatform_common import keys
-from mlplatform_common.errors import MLPlatformError
+from mlplatform_common.errors import InvalidInput, MLPlatformError
 from mlplatform_common.log import configure_logging
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.schema import TASKS
@@ -84,6 +84,20 @@ def cli() -> None:
     show_default=True,
     help="training CSV",
 )
+@click.option("--dataset", help="train on this data set of the model's store instead of --data")
+@click.option(
+    "--data-url",
+    help="download a CSV or Parquet file over HTTP(S) (at most MLPLATFORM_DATASET_MAX_MB), "
+    "keep it as a data set and train on it instead of --data",
+)
+@click.option("--dataset-name", help="with --data-url: the data set's name (default: the file's)")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="with --data-url: seconds without a byte",
+)
 @click.option("--target", help="target column (default: from <csv>.meta.json, else 'target')")
 @click.option(
     "--task",
@@ -97,13 +111,23 @@ def cli() -> None:
 def train(
     name: str | None,
     data: Path,
+    dataset: str | None,
+    data_url: str | None,
+    dataset_name: str | None,
+    timeout: float,
     target: str | None,
     task: str | None,
     no_promote: bool,
     if_missing: bool,
 ) -> None:
-    """Train a model from a CSV and publish it (promoted unless --no-promote)."""
-    from mlplatform_retrainer.job import describe, train_from_file
+    """Train a model from a CSV, a data set in the store or a URL, and publish it (promoted
+    unless --no-promote)."""
+    from mlplatform_retrainer.job import (
+        describe,
+        train_from_file,
+        train_from_store,
+        train_from_url,
+    )
     from mlplatform_retrainer.rollout import rollout_local
 
     settings = _settings(name)
@@ -115,7 +139,18 @@ def train(
             return
     if task:
         settings = settings.model_copy(update={"task": task})
-    published = train_from_file(settings, data, target, promote=not no_promote)
+    if dataset and (data_url or target or data != DEFAULT_DATA):
+        raise InvalidInput("--dataset: a stored data set has its target; omit --data/--target")
+    if data_url and data != DEFAULT_DATA:
+        raise InvalidInput("--data-url: give either --data or --data-url")
+    if dataset:
+        published = train_from_store(settings, dataset, promote=not no_promote)
+    elif data_url:
+        published = train_from_url(
+            settings, data_url, target, dataset_name, timeout=timeout, promote=not no_promote
+        )
+    else:
+        published = train_from_file(settings, data, target, promote=not no_promote)
     store = open_store(settings)
     click.echo(describe(published, store.url))
     if published.promoted and settings.resolved_rollout() == "local":
@@ -344,6 +379,31 @@ def batch(
     click.echo(
         f"scored {done['rows']} rows of {done['input']} with model {done['version']} "
         f"({done['engine']}): {done['output']}; {len(done['log_keys'])} prediction log batches"
+    )
+
+
+@cli.group()
+def data() -> None:
+    """Data sets in the named model's store (train --dataset NAME trains on one)."""
+
+
+@data.command("upload")
+@name_option
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--dataset-name", help="the data set's name (default: the file's)")
+@click.option("--target", help="target column (default: from <file>.meta.json, else 'target')")
+@_refusals
+def data_upload(name: str | None, path: Path, dataset_name: str | None, target: str | None) -> None:
+    """Check a CSV or Parquet file and store it as a data set (MLPLATFORM_DATASET_MAX_MB)."""
+    from mlplatform_retrainer.job import upload_dataset_file
+
+    settings = _settings(name)
+    click.echo(f"uploading {path} ({path.stat().st_size / 2**20:.1f} MB) ...")
+    stored = upload_dataset_file(settings, path, dataset_name, target)
+    click.echo(
+        f"stored data set {stored['name']!r}: {stored['rows']} rows, "
+        f"{len(stored['columns']) - 1} features, target {stored['target']!r} ({stored['task']}); "
+        f"train on it with: mlplatform train --dataset {stored['name']}"
     )
 
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 import joblib
 import pandas as pd
 import sklearn
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mlplatform_common import keys
-from mlplatform_common.errors import DatasetError
+from mlplatform_common import datasets
+from mlplatform_common.errors import DatasetError, InvalidInput
 from mlplatform_common.registry import BACKUP, MODEL, REF_DATA, ModelRegistry
 from mlplatform_common.schema import Dataset, encoded_frame, load_dataset
 from mlplatform_common.storage import Store, open_store
@@ -61,15 +64,34 @@ def train_with_progress(
 
 
 def upload_dataset(store: Store, dataset: Dataset) -> None:
-    """Keep the training data in the store, so retraining in a cluster can read it."""
-    store.put(keys.dataset(dataset.name), dataset.raw, "text/csv")
-    meta = {
-        "target": dataset.target,
-        "task": dataset.task,
-        "class_names": dataset.class_names,
-        "sha256": dataset.sha256,
-    }
-    store.put_json(keys.dataset(dataset.name, "meta.json"), meta)
+    """Keep the training data in the store, so retraining in a cluster can read it (``make
+    train`` replaces the file's data set of the same name, as it always has)."""
+    datasets.write(store, dataset, replace=True)
+
+
+def upload_dataset_file(
+    settings: RetrainerSettings,
+    path: Path,
+    name: str | None = None,
+    target: str | None = None,
+) -> dict[str, Any]:
+    """Store a local CSV or Parquet file as a named data set of the model (what ``POST
+    /admin/datasets`` does with a body): bounded by MLPLATFORM_DATASET_MAX_MB, validated,
+    refused if the name exists. ``name`` defaults to the file's stem, ``target`` to its
+    ``.meta.json``'s, else ``target``. Returns the stored data set's summary."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    if path.stat().st_size > datasets.max_bytes(settings.dataset_max_mb):
+        raise datasets.too_large(settings.dataset_max_mb)
+    meta_path = path.with_suffix(".meta.json")
+    meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    dataset = datasets.prepare(
+        path.read_bytes(),
+        name or path.stem,
+        target or meta.get("target") or "target",
+        task=settings.task,
+    )
+    return datasets.write(open_store(settings, ensure=True), dataset)
 
 
 def publish(
@@ -135,10 +157,6 @@ def train_from_file(
             f"{data} as a {settings.task} task (--task or MLPLATFORM_TASK): {exc.message}"
         ) from None
     store = open_store(settings, ensure=True)
-    registry = ModelRegistry(store, settings.require_signing_key())
-    config = TrainConfig(
-        n_components=settings.n_components, estimator=settings.estimator, seed=settings.seed
-    )
     logger.info(
         "training on %s: %d rows, %d features, target %r, %s",
         data,
@@ -147,8 +165,37 @@ def train_from_file(
         dataset.target,
         dataset.task_reason,
     )
+    return _train_and_publish(settings, store, dataset, promote=promote, upload=True)
+
+
+def train_from_store(
+    settings: RetrainerSettings, dataset_name: str, *, promote: bool = True
+) -> Published:
+    """``train --dataset NAME``: train on a data set already in the model's store (uploaded
+    with ``POST /admin/datasets`` or ``upload_dataset_file``), publish, (by default) promote."""
+    store = open_store(settings, ensure=True)
+    dataset = datasets.load(store, dataset_name)
+    logger.info(
+        "training on stored dataset %s: %d rows, %d features, target %r, %s",
+        dataset_name,
+        len(dataset.X),
+        len(dataset.features),
+        dataset.target,
+        dataset.task,
+    )
+    return _train_and_publish(settings, store, dataset, promote=promote, upload=False)
+
+
+def _train_and_publish(
+    settings: RetrainerSettings, store: Store, dataset: Dataset, *, promote: bool, upload: bool
+) -> Published:
+    registry = ModelRegistry(store, settings.require_signing_key())
+    config = TrainConfig(
+        n_components=settings.n_components, estimator=settings.estimator, seed=settings.seed
+    )
     result = train_with_progress(dataset, config)
-    upload_dataset(store, dataset)
+    if upload:  # a file's data set, once it trained
+        upload_dataset(store, dataset)
     current = registry.production()
     version = publish(
         registry, result, dataset, config, parent=current["version"] if current else None
@@ -156,6 +203,48 @@ def train_from_file(
     if promote:
         registry.promote(version)
     return Published(version, result, promote)
+
+
+def download(url: str, max_mb: float, timeout: float) -> bytes:
+    """An HTTP(S) URL's body, read in chunks and refused past ``max_mb`` (before it is all
+    read) or ``timeout`` seconds between bytes; errors name the URL and the problem."""
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise InvalidInput(f"--data-url: {url!r:.100} is not an http:// or https:// URL")
+    limit = datasets.max_bytes(max_mb)
+    body = bytearray()
+    try:
+        with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
+            if response.status_code != 200:
+                raise InvalidInput(f"--data-url: {url} answered HTTP {response.status_code}")
+            for chunk in response.iter_bytes():
+                body.extend(chunk)
+                if len(body) > limit:
+                    raise datasets.too_large(max_mb)
+    except httpx.HTTPError as exc:
+        raise InvalidInput(f"--data-url: {url} could not be read: {exc!r:.200}") from None
+    return bytes(body)
+
+
+def train_from_url(
+    settings: RetrainerSettings,
+    url: str,
+    target: str | None = None,
+    name: str | None = None,
+    *,
+    timeout: float = 60.0,
+    promote: bool = True,
+) -> Published:
+    """``train --data-url URL`` (the chart's ``bootstrap.dataUrl``): download a CSV or Parquet
+    file (bounded by MLPLATFORM_DATASET_MAX_MB and ``timeout``), validate it as a data set
+    named ``name`` (default: the URL's file name), train, store it with the version."""
+    raw = download(url, settings.dataset_max_mb, timeout)
+    stem = PurePosixPath(urlsplit(url).path).stem.lower().replace(".", "-")
+    dataset = datasets.prepare(
+        raw, name or stem or "downloaded", target or "target", task=settings.task
+    )
+    logger.info("training on %s: %d rows, target %r", url, len(dataset.X), dataset.target)
+    store = open_store(settings, ensure=True)
+    return _train_and_publish(settings, store, dataset, promote=promote, upload=True)
 
 
 def describe(published: Published, store_url: str) -> str:
@@ -166,4 +255,13 @@ def describe(published: Published, store_url: str) -> str:
     return f"model {published.version} {where} at {store_url}\n  test: {scores}"
 
 
-__all__ = ["Published", "describe", "publish", "train_from_file", "upload_dataset"]
+__all__ = [
+    "Published",
+    "describe",
+    "publish",
+    "train_from_file",
+    "train_from_store",
+    "train_from_url",
+    "upload_dataset",
+    "upload_dataset_file",
+]

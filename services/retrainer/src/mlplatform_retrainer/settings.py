@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
+from mlplatform_common import datasets
 from mlplatform_common.errors import ConfigurationError
 from mlplatform_common.quality import DEFAULT_METRIC
 from mlplatform_common.schema import CLASSIFICATION, REGRESSION
@@ -33,6 +34,9 @@ class RetrainerSettings(CommonSettings):
     ``random_forest``, ``hist_gradient_boosting``; regression: ``ridge`` (default),
     ``random_forest``, ``hist_gradient_boosting``. A retrain whose production task has no
     estimator of this name trains production's estimator."""
+
+    dataset_max_mb: float = Field(default=datasets.DEFAULT_MAX_MB, gt=0)
+    """Largest data set ``upload_dataset_file`` stores and ``train --data-url`` downloads."""
 
     task: str | None = None
     """``classification`` or ``regression`` for ``train``; default: read from the target

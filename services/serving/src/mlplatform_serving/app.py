@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mlplatform_common import datasets
 from mlplatform_common.errors import InvalidInput, MLPlatformError
 from mlplatform_common.registry import LoadedModel
 from mlplatform_common.schema import REGRESSION, is_category
@@ -69,10 +70,19 @@ class ObservabilityMiddleware:
     A plain ASGI middleware (not ``BaseHTTPMiddleware``) to stay cheap on the hot path.
     """
 
-    def __init__(self, app: ASGIApp, stats: obs.RollingStats, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        stats: obs.RollingStats,
+        max_body_bytes: int,
+        path_limits: dict[str, tuple[int, str]] | None = None,
+    ) -> None:
         self.app = app
         self.stats = stats
         self.max_body = max_body_bytes
+        # Routes with their own, larger bound (a data set upload), enforced by the route as
+        # it reads; here only as a backstop.
+        self.path_limits = path_limits or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,20 +100,26 @@ class ObservabilityMiddleware:
             await send(message)
 
         received = 0
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root + "/"):
+            path = path[len(root) :]  # behind the ingress: /api/admin/datasets
+        max_body, too_large = self.path_limits.get(
+            path, (self.max_body, f"body: over the limit of {self.max_body} bytes")
+        )
 
         async def receive_wrapper() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
+                if received > max_body:
                     raise _BodyTooLarge
             return message
 
         try:
             headers = dict(scope["headers"])
             length = headers.get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_body:
+            if length is not None and length.isdigit() and int(length) > max_body:
                 raise _BodyTooLarge
             encoding = headers.get(b"content-encoding", b"").strip().lower()
             if encoding not in (b"", b"identity"):
@@ -118,8 +134,7 @@ class ObservabilityMiddleware:
         except _BodyTooLarge:
             if not response_started:
                 status = 413
-                message = f"body: over the limit of {self.max_body} bytes"
-                await error_response(413, message, "PayloadTooLarge")(scope, receive, send)
+                await error_response(413, too_large, "PayloadTooLarge")(scope, receive, send)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
@@ -298,7 +313,15 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
     routes = {route.path: route for m in (predict, v2) for route in m.router.routes}
     app.add_middleware(HotRoutes, plane=service.plane, routes=routes)
     app.add_middleware(
-        ObservabilityMiddleware, stats=service.stats, max_body_bytes=settings.max_body_bytes
+        ObservabilityMiddleware,
+        stats=service.stats,
+        max_body_bytes=settings.max_body_bytes,
+        path_limits={
+            f"{admin.router.prefix}/datasets": (
+                datasets.max_bytes(settings.dataset_max_mb),
+                datasets.too_large(settings.dataset_max_mb).message,
+            )
+        },
     )
     if settings.root_path:
         app.add_middleware(RootPath, root_path=settings.root_path)

@@ -6,6 +6,7 @@ from functools import lru_cache
 
 from pydantic import AliasChoices, Field, SecretStr
 
+from mlplatform_common import datasets
 from mlplatform_common.errors import Unauthorized
 from mlplatform_common.settings import DEV_ADMIN_TOKEN, DEV_WRITER_TOKEN, CommonSettings
 
@@ -74,6 +75,10 @@ class ServingSettings(CommonSettings):
 
     max_body_bytes: int = 16 * 1024 * 1024
     """Largest request body accepted; larger ones get 413."""
+
+    dataset_max_mb: float = Field(default=datasets.DEFAULT_MAX_MB, gt=0)
+    """Largest data set ``POST /admin/datasets`` takes (CSV or Parquet, as sent); a larger
+    one gets 413 while it is read, and nothing is stored."""
 
     load_retry_seconds: float = 5.0
     """While no model is loaded, how often loading is tried again."""

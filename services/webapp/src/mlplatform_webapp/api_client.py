@@ -239,6 +239,27 @@ class ApiClient:
             self._json("POST", "/admin/retrain", headers={"Authorization": f"Bearer {token}"})
         )
 
+    def upload_dataset(
+        self, token: str, name: str, target: str, data: bytes, timeout: float = 300.0
+    ) -> dict[str, Any]:
+        """``POST /admin/datasets`` (bearer token): store a CSV or Parquet file as a named data
+        set; the answer is its summary (rows, columns, schema, task)."""
+        return dict(
+            self._json(
+                "POST",
+                "/admin/datasets",
+                params={"name": name, "target": target},
+                content=data,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=timeout,  # a large file takes longer than a prediction
+            )
+        )
+
+    def datasets(self, token: str) -> list[dict[str, Any]]:
+        """``GET /admin/datasets`` (bearer token): the model's stored data sets."""
+        answer = self._json("GET", "/admin/datasets", headers={"Authorization": f"Bearer {token}"})
+        return list(answer.get("datasets", []))
+
     def unpin(self, token: str) -> dict[str, Any]:
         """``POST /admin/unpin`` (bearer token): lift a rollback's or a pin's hold."""
         return dict(

@@ -16,6 +16,7 @@ PAGES = [
     st.Page("app_pages/monitoring.py", title="Monitoring", icon=":material/monitoring:"),
     st.Page("app_pages/runs.py", title="Retrain runs", icon=":material/history:"),
     st.Page("app_pages/system.py", title="System", icon=":material/speed:"),
+    st.Page("app_pages/data.py", title="Data", icon=":material/dataset:"),
     st.Page("app_pages/admin.py", title="Admin", icon=":material/admin_panel_settings:"),
 ]
 

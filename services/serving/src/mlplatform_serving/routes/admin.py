@@ -1,13 +1,15 @@
-"""POST /admin/reload, /admin/retrain and /admin/unpin (bearer token)."""
+"""POST /admin/reload, /admin/retrain, /admin/unpin and /admin/datasets, GET /admin/datasets
+(bearer token)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from mlplatform_common.errors import ConfigurationError
+from mlplatform_common import datasets
+from mlplatform_common.errors import ConfigurationError, InvalidInput
 from mlplatform_serving.codecs.common import parse_model
 from mlplatform_serving.deps import ServiceDep, read_json, require_admin
 from mlplatform_serving.schemas import ERRORS, ReloadRequest, ReloadResponse
@@ -56,3 +58,55 @@ def unpin(service: ServiceDep) -> dict[str, Any]:
     """Lift the hold a rollback or a pin put on production: the next retrain whose candidate
     passes the gate promotes it again. The production version itself does not change."""
     return {"production": service.unpin()}
+
+
+DATASET_BODY = {
+    "required": True,
+    "content": {
+        "text/csv": {"schema": {"type": "string"}},
+        "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+@router.post(
+    "/datasets",
+    status_code=201,
+    responses={k: v for k, v in ERRORS.items() if k in (409, 413, 422, 503)},
+    openapi_extra={"requestBody": DATASET_BODY},
+)
+async def upload_dataset(
+    request: Request,
+    service: ServiceDep,
+    name: Annotated[str, Query(description="the data set's name (like a model's; '_' too)")],
+    target: Annotated[str, Query(description="the target column")],
+    task: Annotated[
+        Literal["classification", "regression"] | None,
+        Query(description="default: read from the target's values"),
+    ] = None,
+    match_model: Annotated[
+        bool, Query(description="the columns must be the production model's features")
+    ] = False,
+) -> dict[str, Any]:
+    """Store a CSV or Parquet file (the raw body; Parquet is read by its magic bytes) as a
+    named data set of this model, to train on (`train --dataset NAME`). The size bound
+    (MLPLATFORM_DATASET_MAX_MB) is enforced while the body is read; the file is validated
+    (header, target, unique columns, rows) and stored whole or not at all."""
+    body = await request.body()
+    features = None
+    if match_model:
+        alias = await run_in_threadpool(service.registry.production)
+        if alias is None:
+            raise InvalidInput("match_model: this model has no production version yet")
+        manifest = await run_in_threadpool(service.registry.manifest, alias["version"])
+        features = [f["name"] for f in manifest["feature_schema"]]
+    dataset = await run_in_threadpool(
+        datasets.prepare, body, name, target, task=task, features=features
+    )
+    return await run_in_threadpool(datasets.write, service.store, dataset)
+
+
+@router.get("/datasets", responses={503: ERRORS[503]})
+def list_datasets(service: ServiceDep) -> dict[str, Any]:
+    """The model's stored data sets: name, target, task, rows, columns."""
+    return {"datasets": datasets.listing(service.store)}
