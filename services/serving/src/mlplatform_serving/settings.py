@@ -90,8 +90,9 @@ class ServingSettings(CommonSettings):
     log_flush_rows: int = 25_000
     """The prediction log is written when this many rows are buffered ... (a Parquet write
     costs little more for many rows than for few, but each object's rows are held twice while
-    it is written: 50,000 put one serving process past its memory target; the reporter's
-    compaction merges a day's objects; bench/BENCHMARKS.md)"""
+    it is written: 50,000 put one serving process past its memory target, at the price of
+    fewer rows/s where requests outrun the writer; the reporter's compaction merges a day's
+    objects; bench/BENCHMARKS.md)"""
 
     log_flush_seconds: float = 2.0
     """... or when the oldest buffered row is this old."""
