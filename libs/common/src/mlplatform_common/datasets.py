@@ -194,9 +194,10 @@ def write(store: Store, dataset: Dataset, *, replace: bool = False) -> dict[str,
     return summary_
 
 
-def load(store: Store, name: str) -> Dataset:
-    """A stored data set, parsed as the retrainer trains on it."""
-    check_name(name)
+def load(store: Store, name: str, *, target: str | None = None, task: str | None = None) -> Dataset:
+    """A stored data set, parsed as the retrainer trains on it: with the target and task its
+    meta says, else ``target``/``task`` (data sets stored before the meta kept them). Every
+    reader of a stored data set (training, retrains, the reporter) comes here."""
     try:
         meta = store.get_json(keys.dataset(name, "meta.json"))
         raw = store.get(keys.dataset(name))
@@ -205,7 +206,11 @@ def load(store: Store, name: str) -> Dataset:
             f"dataset {name!r} is not in the store (upload it: POST /admin/datasets)"
         ) from None
     return parse_dataset(
-        raw, meta["target"], name=name, class_names=meta.get("class_names"), task=meta.get("task")
+        raw,
+        meta.get("target") or target or "target",
+        name=name,
+        class_names=meta.get("class_names"),
+        task=meta.get("task") or task,
     )
 
 

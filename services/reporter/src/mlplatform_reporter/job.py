@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 from prometheus_client import CollectorRegistry, Gauge, delete_from_gateway, push_to_gateway
 
-from mlplatform_common import datalog, keys, reports
+from mlplatform_common import datalog, datasets, keys, reports
 from mlplatform_common import metric_names as m
 from mlplatform_common.errors import (
     ConfigurationError,
@@ -38,7 +38,7 @@ from mlplatform_common.errors import (
 )
 from mlplatform_common.registry import LoadedModel, ModelRegistry
 from mlplatform_common.reports import ReportArchive
-from mlplatform_common.schema import CLASSIFICATION, parse_dataset
+from mlplatform_common.schema import CLASSIFICATION
 from mlplatform_common.storage import Store, open_store
 from mlplatform_reporter.report import (
     DriftConfig,
@@ -101,15 +101,12 @@ def _reference_raw(store: Store, manifest: dict[str, Any]) -> pd.DataFrame:
     if not name:
         return pd.DataFrame()
     try:
-        raw = store.get(keys.dataset(name))
-        meta = store.get_json(keys.dataset(name, "meta.json"))
+        dataset = datasets.load(
+            store, name, target=manifest.get("target"), task=manifest.get("task")
+        )
     except ObjectNotFound:
         logger.warning("training data %s of the production model is not in the store", name)
         return pd.DataFrame()
-    target = meta.get("target") or manifest.get("target") or "target"
-    task = meta.get("task") or manifest.get("task")
-    try:
-        dataset = parse_dataset(raw, target, name=name, task=task)
     except DatasetError as exc:
         logger.warning("training data of the production model is not readable: %s", exc)
         return pd.DataFrame()

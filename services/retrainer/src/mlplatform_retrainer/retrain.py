@@ -28,7 +28,7 @@ from prometheus_client import (
     push_to_gateway,
 )
 
-from mlplatform_common import datalog, keys
+from mlplatform_common import datalog, datasets, keys
 from mlplatform_common import metric_names as names
 from mlplatform_common.errors import (
     ConfigurationError,
@@ -50,7 +50,6 @@ from mlplatform_common.schema import (
     encode,
     encoded_frame,
     feature_schema,
-    parse_dataset,
 )
 from mlplatform_common.storage import Store, open_store
 from mlplatform_retrainer import register as registration
@@ -262,20 +261,12 @@ def _reference(store: Store, dataset_name: str, task: str) -> Dataset:
     """The reference data set, parsed with the task its store meta says (``task`` for data
     sets uploaded before tasks were kept)."""
     try:
-        meta = store.get_json(keys.dataset(dataset_name, "meta.json"))
-        raw = store.get(keys.dataset(dataset_name))
+        return datasets.load(store, dataset_name, task=task)
     except ObjectNotFound:
         raise ModelNotFound(
             f"reference data set {dataset_name!r} is not in the store "
             "(train a first model: make train)"
         ) from None
-    return parse_dataset(
-        raw,
-        meta["target"],
-        name=dataset_name,
-        class_names=meta.get("class_names"),
-        task=meta.get("task") or task,
-    )
 
 
 def _count_and_push_metrics(

@@ -121,3 +121,17 @@ def fetch_or_stop(fetch: Any, *args: Any) -> Any:
         return fetch(*args)
     except ApiError as exc:
         stop_unavailable(exc)
+
+
+def admin_token(key: str) -> str:
+    """The admin token a page acts with: the one typed, else the one this app is configured
+    with (``webapp.passAdminToken``); empty when neither."""
+    configured = get_settings().token()
+    typed = st.text_input(
+        "Admin token",
+        type="password",
+        key=key,
+        help="The serving API's MLPLATFORM_ADMIN_TOKEN."
+        + (" Leave empty to use the token this app is configured with." if configured else ""),
+    ).strip()
+    return typed or configured or ""

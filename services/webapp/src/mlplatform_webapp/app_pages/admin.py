@@ -7,7 +7,6 @@ import streamlit as st
 
 from mlplatform_webapp import ui
 from mlplatform_webapp.api_client import ApiError, ApiRejected
-from mlplatform_webapp.settings import get_settings
 
 st.title("Admin")
 health = ui.fetch_or_stop(ui.client().health)
@@ -16,15 +15,7 @@ st.caption(
     + ("" if health.get("model_loaded") else " (not ready)")
 )
 
-configured = get_settings().token()
-typed = st.text_input(
-    "Admin token",
-    type="password",
-    key="admin_token",
-    help="The serving API's MLPLATFORM_ADMIN_TOKEN."
-    + (" Leave empty to use the token this app is configured with." if configured else ""),
-).strip()
-token = typed or configured
+token = ui.admin_token("admin_token")
 version = st.text_input(
     "Version to reload (empty: the production alias)", key="admin_version"
 ).strip()

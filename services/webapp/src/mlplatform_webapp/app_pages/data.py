@@ -10,7 +10,6 @@ import streamlit as st
 
 from mlplatform_webapp import ui
 from mlplatform_webapp.api_client import ApiError, ApiRejected
-from mlplatform_webapp.settings import get_settings
 
 st.title("Data")
 ui.fetch_or_stop(ui.client().health)
@@ -19,15 +18,7 @@ st.caption(
     "`python -m mlplatform_retrainer train --dataset NAME`."
 )
 
-configured = get_settings().token()
-typed = st.text_input(
-    "Admin token",
-    type="password",
-    key="data_token",
-    help="The serving API's MLPLATFORM_ADMIN_TOKEN."
-    + (" Leave empty to use the token this app is configured with." if configured else ""),
-).strip()
-token = typed or configured
+token = ui.admin_token("data_token")
 if not token:
     st.info("Enter the admin token to upload and list data sets.", icon=":material/key:")
     st.stop()
