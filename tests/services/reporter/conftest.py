@@ -111,6 +111,16 @@ class PromStack:
         r = httpx.put(f"{self.pushgateway_url}/api/v1/admin/wipe", timeout=5)
         assert r.status_code in (200, 202), r.text
 
+    def push_before_names(self, job: str, metric: str, value: float) -> None:
+        """Push ``metric`` for release ``blue`` in namespace ``ml`` under the grouping key of
+        the jobs before named models (no ``model`` label), as an upgraded release left it."""
+        from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+        old = CollectorRegistry()
+        Gauge(metric, "x", registry=old).set(value)
+        before_names = {"instance": "mlplatform", "release": "blue", "namespace": "ml"}
+        push_to_gateway(self.pushgateway_url, job=job, grouping_key=before_names, registry=old)
+
     def groups(self) -> list[dict[str, str]]:
         """The Pushgateway's groups, each as its grouping key's labels (``job`` included)."""
         r = httpx.get(f"{self.pushgateway_url}/api/v1/metrics", timeout=5)

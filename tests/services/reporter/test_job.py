@@ -13,7 +13,6 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from sklearn import metrics as skm
 
 from mlplatform_common import datalog, keys
@@ -211,14 +210,8 @@ def test_the_default_name_replaces_the_group_pushed_before_names(
     store: Store, model: LoadedModel, prom_stack: PromStack
 ) -> None:
     prom_stack.clear()
-    before_names = {"instance": "mlplatform", "release": "blue", "namespace": "ml"}
-    old = CollectorRegistry()
-    Gauge("mlplatform_report_last_success_timestamp_seconds", "x", registry=old).set(1.0)
-    push_to_gateway(
-        prom_stack.pushgateway_url,
-        job="mlplatform-reporter",
-        grouping_key=before_names,
-        registry=old,
+    prom_stack.push_before_names(
+        "mlplatform-reporter", "mlplatform_report_last_success_timestamp_seconds", 1.0
     )
     # another name of the release leaves it (it is not that name's)
     job.run(

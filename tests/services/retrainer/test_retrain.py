@@ -8,7 +8,6 @@ import time
 
 import pandas as pd
 import pytest
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 from mlplatform_common import keys
 from mlplatform_common.lock import LockHeld, StoreLock
@@ -174,15 +173,7 @@ def test_the_default_name_replaces_the_group_pushed_before_names(
     v1_store: Store, prom_stack: PromStack
 ) -> None:
     prom_stack.clear()
-    before_names = {"instance": "mlplatform", "release": "blue", "namespace": "ml"}
-    old = CollectorRegistry()
-    Gauge("mlplatform_model_version_number", "x", registry=old).set(1)
-    push_to_gateway(
-        prom_stack.pushgateway_url,
-        job="mlplatform-retrainer",
-        grouping_key=before_names,
-        registry=old,
-    )
+    prom_stack.push_before_names("mlplatform-retrainer", "mlplatform_model_version_number", 1)
     settings = retrainer_settings(
         pushgateway_url=prom_stack.pushgateway_url, release="blue", namespace="ml"
     )
