@@ -15,6 +15,8 @@ import celpy
 import pytest
 from celpy import celtypes
 
+from mlplatform_common import actions
+from mlplatform_common.errors import InvalidInput
 from mlplatform_serving.launcher import FORCE_ANNOTATION, job_from_cronjob
 from tests.chart.conftest import (
     NAMESPACE,
@@ -164,6 +166,51 @@ def test_the_policy_and_binding_are_valid_kubernetes_objects(objs: tuple[Obj, ..
 @pytest.mark.parametrize("force", [False, True])
 def test_the_launchers_job_is_admitted(objs: tuple[Obj, ...], force: bool) -> None:
     assert admission(objs, launched(objs, force)) == []
+
+
+ACTIONS = [
+    actions.promote("v3"),
+    actions.promote("v12", pin=True),
+    actions.rollback(),
+    actions.register("01jf3k9x2mz"),
+]
+
+
+@pytest.mark.parametrize("action", ACTIONS, ids=str)
+def test_a_job_for_an_action_is_admitted_and_read_by_the_retrainer(
+    objs: tuple[Obj, ...], action: actions.Action
+) -> None:
+    job = as_admitted(job_from_cronjob(stored_cronjob(objs), "promote", action=action))
+    assert admission(objs, job) == []
+    template = job["spec"]["template"]
+    assert template["metadata"]["annotations"][actions.ANNOTATION] == str(action)
+    (container,) = template["spec"]["containers"]
+    (entry,) = [e for e in container["env"] if e["name"] == actions.ENV]
+    assert entry["valueFrom"]["fieldRef"]["fieldPath"] == (
+        f"metadata.annotations['{actions.ANNOTATION}']"
+    )
+    assert actions.parse(template["metadata"]["annotations"][actions.ANNOTATION]) == action
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "retrain",
+        "promote:latest",
+        "promote:v3;x",
+        "register:../../x",
+        "register:A",
+        "rollback:v1",
+        "",
+    ],
+)
+def test_any_other_action_is_denied_and_refused(objs: tuple[Obj, ...], value: str) -> None:
+    # the policy and actions.parse agree: what one refuses, the other does too
+    job = launched(objs)
+    job["spec"]["template"]["metadata"].setdefault("annotations", {})[actions.ANNOTATION] = value
+    assert len(admission(objs, job)) == 1
+    with pytest.raises(InvalidInput, match=actions.ENV):
+        actions.parse(value)
 
 
 def test_the_forced_job_differs_from_the_cronjob_by_one_annotation(objs: tuple[Obj, ...]) -> None:

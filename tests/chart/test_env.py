@@ -102,8 +102,10 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
     },
 }
 LEFT_AT_DEFAULT["bootstrap"] = LEFT_AT_DEFAULT["retrainer"] | {
-    # the retrainer's is its pod's mlplatform.io/force annotation (serving's /admin/retrain)
+    # the retrainer's are its pod's mlplatform.io/force and mlplatform.io/action annotations
+    # (serving's admin API)
     "force",
+    "action",
     # `train --if-missing` neither rolls out nor pushes metrics
     "rollout",
     "release",

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from mlplatform_common import actions
 from mlplatform_retrainer.rollout import VERSION_ANNOTATION, rollout_kubernetes
 from mlplatform_serving.launcher import FORCE_ANNOTATION, KubernetesApi, kubernetes_launcher
 from tests.conftest import REPO
@@ -147,6 +148,14 @@ def test_admin_retrain_in_a_cluster_forces_the_job(api: FakeApiServer) -> None:
     cron_template = CRONJOB["spec"]["jobTemplate"]["spec"]["template"]
     assert template["metadata"]["labels"] == cron_template["metadata"]["labels"]
     assert "annotations" not in cron_template["metadata"]  # the CronJob's own is not touched
+
+
+def test_an_action_in_a_cluster_is_the_jobs_one_annotation(api: FakeApiServer) -> None:
+    launch = kubernetes_launcher(serving_settings(namespace="ml"), api=KubernetesApi(api.url))
+    launch("requested through /admin/rollback", action=actions.rollback())
+    template = api.requests[-1]["body"]["spec"]["template"]
+    assert template["metadata"]["annotations"] == {actions.ANNOTATION: "rollback"}
+    assert template["spec"] == CRONJOB["spec"]["jobTemplate"]["spec"]["template"]["spec"]
 
 
 @pytest.mark.parametrize(

@@ -412,6 +412,15 @@ def test_a_skops_pipeline_of_scikit_learn_types_registers_as_a_candidate(
     assert registry.production_version() == "v1"
     proc = run_cli("mlplatform_retrainer", ["status", "--name", "fraud"], env)
     assert "production: v1" in proc.stdout and "* v1  registered" in proc.stdout
+    # What serving's admin API starts: a run with MLPLATFORM_ACTION does that instead of a retrain.
+    proc = run_cli(
+        "mlplatform_retrainer",
+        ["run"],
+        {**env, "MLPLATFORM_MODEL_NAME": "fraud", "MLPLATFORM_ACTION": "pin:v1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "fraud: production is v1 and held" in proc.stdout
+    assert registry.production()["hold"]["reason"] == "pinned to v1 by hand"  # type: ignore[index]
 
 
 def test_rows_a_registered_model_refuses_are_bad_input_not_a_crash() -> None:
@@ -442,6 +451,8 @@ def test_rows_a_registered_model_refuses_are_bad_input_not_a_crash() -> None:
         (["status", "--name", "Bad_Name"], {}, "model name 'Bad_Name': use 1-40 lowercase"),
         (["status"], {"MLPLATFORM_MODEL_NAME": "Bad"}, "MLPLATFORM_MODEL_NAME: Value error"),
         (["rollback", "--name", "nothing-here"], {}, "no previous production version"),
+        (["run"], {"MLPLATFORM_ACTION": "rollback"}, "no previous production version"),
+        (["run"], {"MLPLATFORM_ACTION": "retrain"}, "MLPLATFORM_ACTION='retrain': use promote:vN"),
     ],
 )
 def test_a_bad_name_or_state_is_one_line(

@@ -20,8 +20,8 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from mlplatform_common import keys
-from mlplatform_common.errors import InvalidInput, MLPlatformError
+from mlplatform_common import actions, keys
+from mlplatform_common.errors import ConfigurationError, InvalidInput, MLPlatformError
 from mlplatform_common.log import configure_logging
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.schema import TASKS
@@ -246,19 +246,42 @@ def _name_and_version(args: tuple[str, ...], name: str | None) -> tuple[str | No
     )
 
 
+def _promoted(settings: RetrainerSettings, version: str, pin: bool) -> str:
+    from mlplatform_retrainer.retrain import promote
+
+    alias = promote(settings, version, pin=pin)
+    held = " and held (retrains keep their candidates until `unpin`)" if pin else ""
+    now, rollout = alias["version"], alias["rollout"]
+    return f"{settings.model_name}: production is {now}{held}; rollout: {rollout}"
+
+
+def _rolled_back(settings: RetrainerSettings) -> str:
+    from mlplatform_retrainer.retrain import rollback
+
+    alias = rollback(settings)
+    was, rollout, now = alias["rolled_back_from"], alias["rollout"], alias["version"]
+    return (
+        f"{settings.model_name}: production is {now} again (was {was}); rollout: {rollout}\n"
+        "it holds: retrains keep their candidates for review until `unpin`"
+    )
+
+
+def _act(settings: RetrainerSettings, action: actions.Action) -> str:
+    """What a run started with MLPLATFORM_ACTION does instead of a retrain."""
+    if action.verb in ("promote", "pin"):
+        return _promoted(settings, str(action.argument), action.verb == "pin")
+    if action.verb == "rollback":
+        return _rolled_back(settings)
+    raise ConfigurationError(f"{actions.ENV}={action}: this retrainer cannot do {action.verb!r}")
+
+
 def _promote_command(pin: bool, text: str) -> None:
     @name_option
     @click.argument("args", nargs=-1, metavar="[NAME] VERSION")
     @_refusals
     def command(name: str | None, args: tuple[str, ...]) -> None:
-        from mlplatform_retrainer.retrain import promote
-
         name, version = _name_and_version(args, name)
-        settings = _settings(name)
-        alias = promote(settings, version, pin=pin)
-        held = " and held (retrains keep their candidates until `unpin`)" if pin else ""
-        now, rollout = alias["version"], alias["rollout"]
-        click.echo(f"{settings.model_name}: production is {now}{held}; rollout: {rollout}")
+        click.echo(_promoted(_settings(name), version, pin))
 
     command.__doc__ = text
     cli.command("pin" if pin else "promote")(command)
@@ -273,14 +296,7 @@ _promote_command(True, "Put a version in production and hold it there until unpi
 @_refusals
 def rollback(name: str | None) -> None:
     """Move production back to the previous version (it holds until unpin)."""
-    from mlplatform_retrainer.retrain import rollback as roll_back
-
-    settings = _settings(name)
-    alias = roll_back(settings)
-    was, rollout = alias["rolled_back_from"], alias["rollout"]
-    now = alias["version"]
-    click.echo(f"{settings.model_name}: production is {now} again (was {was}); rollout: {rollout}")
-    click.echo("it holds: retrains keep their candidates for review until `unpin`")
+    click.echo(_rolled_back(_settings(name)))
 
 
 @cli.command()
@@ -334,10 +350,14 @@ def status(name: str | None) -> None:
 @click.option("--force", is_flag=True, help="retrain even if no trigger fires")
 @_refusals
 def run(name: str | None, force: bool) -> None:
-    """Retrain if a trigger fires (k labelled rows, drift, quality)."""
+    """Retrain if a trigger fires (k labelled rows, drift, quality); with MLPLATFORM_ACTION set
+    (serving's admin API), do that action instead."""
     from mlplatform_retrainer.retrain import run as run_once
 
     settings = _settings(name)
+    if settings.action:  # started by serving's admin API for one action, not a retrain
+        click.echo(_act(settings, actions.parse(settings.action)))
+        return
     result = run_once(settings, force=force or settings.force)
     click.echo(result.describe())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from mlplatform_common import datasets
 from mlplatform_common.errors import ConfigurationError
@@ -103,6 +103,11 @@ class RetrainerSettings(CommonSettings):
     annotation ``mlplatform.io/force`` (downward API), which serving's /admin/retrain puts on the
     Job's pod template; empty (no annotation) is false."""
 
+    action: str | None = None
+    """Do this instead of a retrain (``mlplatform_common.actions``: promote:vN, pin:vN,
+    rollback, register:<upload id>). Serving's admin API starts such runs; in the chart the pod
+    reads it from its annotation ``mlplatform.io/action``; empty (no annotation) is none."""
+
     schedule_seconds: float = 60.0
     """``schedule``: how often the trigger check runs."""
 
@@ -112,11 +117,13 @@ class RetrainerSettings(CommonSettings):
         # the chart renders an unset value as ""
         return None if value == "" else value
 
-    @field_validator("force", mode="before")
+    @field_validator("force", "action", mode="before")
     @classmethod
-    def _absent_annotation_is_false(cls, value: object) -> object:
+    def _absent_annotation_is_unset(cls, value: object, info: ValidationInfo) -> object:
         # the downward API gives "" for an annotation the pod does not carry
-        return False if value == "" else value
+        if value != "":
+            return value
+        return False if info.field_name == "force" else None
 
     def resolved_rollout(self) -> str:
         if self.rollout != "auto":

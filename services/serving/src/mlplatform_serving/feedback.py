@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -21,6 +20,7 @@ from mlplatform_common.storage import Store
 from mlplatform_serving import observability as obs
 from mlplatform_serving.codecs.common import number, parse_model
 from mlplatform_serving.codecs.json_rows import RowsCodec
+from mlplatform_serving.launcher import Launcher
 from mlplatform_serving.predlog import PredictionLog
 from mlplatform_serving.runtime import ModelRuntime, task_of
 from mlplatform_serving.schemas import FeedbackRequest
@@ -70,7 +70,7 @@ class Feedback:
         self.runtime = runtime
         self.log = log
         # Starts one retrain without waiting: (reason, force) -> started.
-        self.retrain_launcher: Callable[[str, bool], bool] | None = None
+        self.retrain_launcher: Launcher | None = None
         self._counter: tuple[str, datalog.FeedbackCounter] | None = None
 
     def record(

@@ -1,4 +1,5 @@
-"""Starting a retrain from serving, without waiting for it.
+"""Starting a retrainer run from serving, without waiting for it: a retrain, or an action
+(``mlplatform_common.actions``: promote, pin, rollback, register an upload).
 
 In Kubernetes: a Job created from the retrainer CronJob, as ``kubectl create job
 --from=cronjob/<retrainer>`` does. Locally: a ``python -m mlplatform_retrainer run`` process.
@@ -13,18 +14,26 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
+from mlplatform_common import actions
+from mlplatform_common.actions import Action
 from mlplatform_common.errors import ConfigurationError, MLPlatformError
 from mlplatform_serving.settings import ServingSettings
 
 logger = logging.getLogger("mlplatform.serving")
 
-Launcher = Callable[[str, bool], bool]
+
+class Launcher(Protocol):
+    def __call__(self, reason: str, force: bool = False, action: Action | None = None) -> bool:
+        """Start one retrainer run (``force``: retrain without a trigger; ``action``: do that
+        instead of a retrain); True once started."""
+        ...
+
+
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 # A forced retrain is this pod-template annotation, which the CronJob's container reads as
 # MLPLATFORM_FORCE (downward API): the Job's pod spec stays the CronJob's exactly, as the chart's
@@ -98,19 +107,24 @@ class KubernetesApi:
 
 
 def job_from_cronjob(
-    cronjob: dict[str, Any], reason: str, now: float | None = None, force: bool = False
+    cronjob: dict[str, Any],
+    reason: str,
+    now: float | None = None,
+    force: bool = False,
+    action: Action | None = None,
 ) -> dict[str, Any]:
-    """The Job that ``kubectl create job --from=cronjob/NAME`` would create; ``force`` adds
-    only the pod-template annotation ``FORCE_ANNOTATION``."""
+    """The Job that ``kubectl create job --from=cronjob/NAME`` would create; ``force`` and
+    ``action`` add only the pod-template annotations ``FORCE_ANNOTATION`` and
+    ``actions.ANNOTATION``."""
     meta = cronjob["spec"]["jobTemplate"].get("metadata") or {}
     name = cronjob["metadata"]["name"]
     spec = copy.deepcopy(cronjob["spec"]["jobTemplate"]["spec"])
-    if force:
+    extra = {FORCE_ANNOTATION: "true"} if force else {}
+    if action is not None:
+        extra[actions.ANNOTATION] = str(action)
+    if extra:
         template_meta = spec["template"].setdefault("metadata", {})
-        template_meta["annotations"] = {
-            **(template_meta.get("annotations") or {}),
-            FORCE_ANNOTATION: "true",
-        }
+        template_meta["annotations"] = {**(template_meta.get("annotations") or {}), **extra}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -142,11 +156,11 @@ def kubernetes_launcher(settings: ServingSettings, api: KubernetesApi | None = N
     """Create a Job from the retrainer CronJob (in-cluster credentials unless ``api`` is given)."""
     api = api or KubernetesApi.in_cluster()
 
-    def launch(reason: str, force: bool) -> bool:
+    def launch(reason: str, force: bool = False, action: Action | None = None) -> bool:
         what = f"creating a Job from cronjob/{settings.retrainer_cronjob}"
         cronjob = api.read_namespaced_cron_job(settings.retrainer_cronjob, settings.namespace)
         # force (/admin/retrain): the Job retrains even without a trigger
-        job = job_from_cronjob(cronjob, reason, force=force)
+        job = job_from_cronjob(cronjob, reason, force=force, action=action)
         api.create_namespaced_job(settings.namespace, job, what)
         logger.info("started job/%s: %s", job["metadata"]["name"], reason)
         return True
@@ -157,12 +171,13 @@ def kubernetes_launcher(settings: ServingSettings, api: KubernetesApi | None = N
 def local_launcher(settings: ServingSettings) -> Launcher:
     """Start the retrainer as a detached local process."""
 
-    def launch(reason: str, force: bool) -> bool:
+    def launch(reason: str, force: bool = False, action: Action | None = None) -> bool:
         env = {
             **os.environ,
             "MLPLATFORM_SERVING_URL": os.environ.get(
                 "MLPLATFORM_SERVING_URL", f"http://127.0.0.1:{settings.port}"
             ),
+            actions.ENV: "" if action is None else str(action),
         }
         cmd = [sys.executable, "-m", "mlplatform_retrainer", "run", *(["--force"] if force else [])]
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from mlplatform_common.storage import Store
 from mlplatform_serving import observability as obs
 from mlplatform_serving.dataplane import DataPlane
 from mlplatform_serving.feedback import Feedback
+from mlplatform_serving.launcher import Launcher
 from mlplatform_serving.predlog import PredictionLog
 from mlplatform_serving.ratelimit import TokenBuckets
 from mlplatform_serving.runtime import ModelRuntime
@@ -64,12 +64,12 @@ class Service:
         self.alias_state: dict[str, Any] = {}
 
     @property
-    def retrain_launcher(self) -> Callable[[str, bool], bool] | None:
-        """Starts one retrain without waiting: (reason, force) -> started."""
+    def retrain_launcher(self) -> Launcher | None:
+        """Starts one retrainer run without waiting: (reason, force, action) -> started."""
         return self.feedback.retrain_launcher
 
     @retrain_launcher.setter
-    def retrain_launcher(self, launcher: Callable[[str, bool], bool] | None) -> None:
+    def retrain_launcher(self, launcher: Launcher | None) -> None:
         self.feedback.retrain_launcher = launcher
 
     # -- lifecycle ------------------------------------------------------------------------
