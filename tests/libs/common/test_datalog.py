@@ -251,3 +251,27 @@ def test_retention_leaves_foreign_names_under_the_log_alone(local_store: Store) 
         "objects": 0,
     }
     assert local_store.exists("production/predictions/dt=garbage/x.parquet")
+
+
+def test_the_log_is_read_alike_by_pyarrow_so_by_duckdb_and_spark(store: Store) -> None:
+    """Users read the log with their own tools: a text column with a missing cell (a category
+    feature) and a missing number must come back as written, not shifted, batch and compacted."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    batch = _batch(["a", "b", "c"], 1000.0)
+    batch["colour"] = ["red", None, "blue"]
+    batch.loc[1, "mean_radius"] = np.nan
+    datalog.write_predictions(store, batch, ts=1000.0)
+    datalog.compact_predictions(store, now=1000.0 + 3 * DAY)
+    (key,) = store.list_keys(datalog.keys.PREDICTIONS)
+    assert datalog.keys.is_compacted(key)
+    for blob in (bytes(datalog.parquet_bytes(batch, datalog.LOG_COMPRESSION)), store.get(key)):
+        theirs = pq.read_table(io.BytesIO(blob)).to_pandas()
+        assert theirs["colour"].tolist() == ["red", None, "blue"]
+        assert theirs["prediction_id"].tolist() == ["a", "b", "c"]
+        ours = pd.read_parquet(io.BytesIO(blob), engine="fastparquet")
+        pd.testing.assert_frame_equal(
+            theirs[ours.columns].astype(object), ours.astype(object), check_dtype=False
+        )

@@ -200,15 +200,17 @@ def parquet_bytes(rows: pd.DataFrame, compression: str | None) -> memoryview:
     buf = io.BytesIO()
     # No column statistics and declared string columns: a third less CPU per write, measured
     # (bench/BENCHMARKS.md); readers here filter in pandas, not by Parquet statistics. Only
-    # object columns may hold nulls ("infer"): numbers keep NaN as a value, as pandas does,
-    # and skip a null count and definition levels per column (half the rest of the write).
+    # text columns may hold nulls: numbers keep NaN as a value, as pandas does, and skip a
+    # null count and definition levels per column (half the rest of the write). The columns
+    # are named, not has_nulls="infer": with it fastparquet marks them required while it
+    # writes their nulls, and pyarrow (so DuckDB, Spark) reads shifted values.
     rows.to_parquet(
         buf,
         engine="fastparquet",
         index=False,
         object_encoding="utf8",
         stats=False,
-        has_nulls="infer",
+        has_nulls=[c for c, t in rows.dtypes.items() if t.kind == "O" or "str" in str(t)],
         compression=compression,
     )
     return buf.getbuffer()  # a view, not a copy
