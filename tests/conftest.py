@@ -382,6 +382,13 @@ class ServingProcess:
             time.sleep(0.2)
         raise RuntimeError(f"serving not up on {self.url}:\n{self.stop()}")
 
+    def output_so_far(self) -> str:
+        """What the running process has written, read without moving the offset it writes at."""
+        import os
+
+        fd = self.output.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+
     def stop(self) -> str:
         """Stop with SIGTERM (graceful shutdown flushes the log); return its output."""
 

@@ -82,6 +82,8 @@ INSIDE = {
     "/retrain-runs",
     "/admin/reload",
     "/admin/retrain",
+    "/admin/promote",
+    "/admin/rollback",
     "/admin/unpin",
     "/admin/datasets",  # like every /admin route: through the web app or a port-forward
     "/docs/oauth2-redirect",

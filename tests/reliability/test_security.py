@@ -153,7 +153,13 @@ def test_feedback_refuses_missing_and_wrong_writer_tokens_and_stores_nothing(
             r = c.post("/feedback", json=body, headers=headers, params=params)
             assert r.status_code == 401, r.text
         # the writer token opens no admin endpoint
-        for path in ("/admin/reload", "/admin/retrain", "/admin/unpin"):
+        for path in (
+            "/admin/reload",
+            "/admin/retrain",
+            "/admin/promote",
+            "/admin/rollback",
+            "/admin/unpin",
+        ):
             assert c.post(path, headers=WRITER).status_code == 401
     assert secret_store.list_keys("production/feedback/") == before
 

@@ -288,6 +288,8 @@ def test_the_document_declares_the_tokens_the_routes_check(client: TestClient) -
         ("/feedback", "post"): [{"writerToken": []}],
         ("/admin/reload", "post"): [{"adminToken": []}],
         ("/admin/retrain", "post"): [{"adminToken": []}],
+        ("/admin/promote", "post"): [{"adminToken": []}],
+        ("/admin/rollback", "post"): [{"adminToken": []}],
         ("/admin/unpin", "post"): [{"adminToken": []}],
         ("/admin/datasets", "post"): [{"adminToken": []}],
         ("/admin/datasets", "get"): [{"adminToken": []}],

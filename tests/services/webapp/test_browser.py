@@ -21,9 +21,17 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from mlplatform_common import datalog
+from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import LocalStore
 from mlplatform_webapp import samples
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS, REPO, ServingProcess, free_port
+from tests.conftest import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPO,
+    SIGNING_KEY,
+    ServingProcess,
+    free_port,
+)
 from tests.services.webapp.conftest import WRITER_TOKEN, serving_env
 
 BASE_PATH = "app"
@@ -171,6 +179,11 @@ def test_predict_feedback_model_and_batch_under_a_base_path(
     )
     expect(page.get_by_test_id("stSidebar").get_by_text("Model: mlplatform")).to_be_visible()
     page.screenshot(path=str(artifacts / "model.png"), full_page=True)
+    # promoting needs the admin token, which this app does not hold: said, nothing started
+    alias = ModelRegistry(model_store, SIGNING_KEY).production()
+    page.locator("button", has_text="Promote").click()
+    expect(page.get_by_text("Enter the admin token to promote or roll back.")).to_be_visible()
+    assert ModelRegistry(model_store, SIGNING_KEY).production() == alias
 
     # batch: upload, predict with one bad row, download the results
     held = samples.held_out().head(12)

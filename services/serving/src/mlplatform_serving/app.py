@@ -35,6 +35,7 @@ from mlplatform_serving.schemas import (
     FeedbackBatchRequest,
     FeedbackRequest,
     PredictRequest,
+    PromoteRequest,
     ReloadRequest,
 )
 from mlplatform_serving.service import Service
@@ -293,6 +294,7 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
                     FeedbackRequest,
                     FeedbackBatchRequest,
                     ReloadRequest,
+                    PromoteRequest,
                     V2Request,
                 ),
             )

@@ -185,6 +185,30 @@ class ReloadResponse(BaseModel):
     previous_version: str | None
 
 
+class PromoteRequest(Strict):
+    version: str = Field(
+        pattern=VERSION_PATTERN, description="The published version to put in production"
+    )
+    pin: bool = Field(
+        default=False,
+        strict=True,
+        description="Hold it there: retrains keep their candidates for review until "
+        "/admin/unpin. Without it a promotion lifts any hold.",
+    )
+
+
+class ActionResponse(BaseModel):
+    """A retrainer run was started to move the production alias; it moves it under the
+    retrain lock and rolls it out (GET /models shows the result)."""
+
+    action: str = Field(description="What the run does", examples=["pin:v3", "rollback"])
+    started: bool
+    model: str = Field(description="The named model", examples=["fraud"])
+    production: str | None = Field(
+        description="The production version when the run was started", examples=["v2"]
+    )
+
+
 class ReportEntry(BaseModel):
     id: str
     summary: dict[str, Any]

@@ -12,9 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from mlplatform_common import keys
+from mlplatform_common import actions, keys
 from mlplatform_common.errors import (
+    ConfigurationError,
+    Conflict,
+    IntegrityError,
     MLPlatformError,
+    ModelNotFound,
 )
 from mlplatform_common.lock import StoreLock
 from mlplatform_common.registry import ModelRegistry
@@ -164,6 +168,50 @@ class Service:
         would otherwise read the hold and then be overruled)."""
         with StoreLock(self.store, keys.RETRAIN_LOCK, ttl_seconds=60):
             return self.registry.unpin()
+
+    # -- moves of the production alias by hand (a retrainer run makes them) ------------
+
+    def promote(self, version: str, pin: bool = False) -> dict[str, Any]:
+        """Check that ``version`` is a published version that verifies, then start the
+        retrainer run that promotes (``pin``: and holds) it, as ``mlplatform promote|pin``
+        does: under the retrain lock, with the rollout. Nothing is moved here."""
+        try:
+            self.registry.manifest(version)
+        except IntegrityError as exc:
+            raise ModelNotFound(
+                f"model version {version} cannot be promoted: {exc.message}"
+            ) from None
+        return self._start(actions.promote(version, pin), "/admin/promote")
+
+    def rollback(self) -> dict[str, Any]:
+        """Check that production has a previous version that verifies, then start the
+        retrainer run that rolls back to it (``mlplatform rollback``: it holds)."""
+        alias = self.registry.production()
+        if not alias:
+            raise Conflict("no model is in production: there is nothing to roll back")
+        history = alias.get("history") or []
+        if not history:
+            raise Conflict(f"production {alias['version']} has no previous version to roll back to")
+        try:
+            self.registry.manifest(history[-1])
+        except (ModelNotFound, IntegrityError) as exc:
+            raise Conflict(f"cannot roll back to {history[-1]}: {exc.message}") from None
+        return self._start(actions.rollback(), "/admin/rollback")
+
+    def _start(self, action: actions.Action, route: str) -> dict[str, Any]:
+        if self.retrain_launcher is None:
+            raise ConfigurationError(
+                f"no retrain launcher is configured in this deployment to run {action} "
+                "(MLPLATFORM_RETRAIN_LAUNCHER=none): use the mlplatform CLI"
+            )
+        before = self.registry.production()
+        started = self.retrain_launcher(f"{action} requested through {route}", action=action)
+        return {
+            "action": str(action),
+            "started": started,
+            "model": self.settings.model_name,
+            "production": before["version"] if before else None,
+        }
 
     # -- reports and summaries ------------------------------------------------------------
 

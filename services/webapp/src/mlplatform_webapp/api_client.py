@@ -260,6 +260,26 @@ class ApiClient:
         answer = self._json("GET", "/admin/datasets", headers={"Authorization": f"Bearer {token}"})
         return list(answer.get("datasets", []))
 
+    def promote(self, token: str, version: str, pin: bool = False) -> dict[str, Any]:
+        """``POST /admin/promote`` (bearer token): start the run that puts ``version`` in
+        production (``pin``: and holds it); the answer is ``{"action", "started", "model",
+        "production"}``, the alias moves when that run is done."""
+        return dict(
+            self._json(
+                "POST",
+                "/admin/promote",
+                json={"version": version, "pin": pin},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        )
+
+    def rollback(self, token: str) -> dict[str, Any]:
+        """``POST /admin/rollback`` (bearer token): start the run that moves production back
+        to the previous version; the answer as ``promote``'s."""
+        return dict(
+            self._json("POST", "/admin/rollback", headers={"Authorization": f"Bearer {token}"})
+        )
+
     def unpin(self, token: str) -> dict[str, Any]:
         """``POST /admin/unpin`` (bearer token): lift a rollback's or a pin's hold."""
         return dict(

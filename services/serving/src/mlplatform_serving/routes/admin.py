@@ -1,5 +1,5 @@
-"""POST /admin/reload, /admin/retrain, /admin/unpin and /admin/datasets, GET /admin/datasets
-(bearer token)."""
+"""POST /admin/reload, /admin/retrain, /admin/promote, /admin/rollback, /admin/unpin and
+/admin/datasets, GET /admin/datasets (bearer token)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from mlplatform_common import datasets
 from mlplatform_common.errors import ConfigurationError, InvalidInput
 from mlplatform_serving.codecs.common import parse_model
 from mlplatform_serving.deps import ServiceDep, read_json, require_admin
-from mlplatform_serving.schemas import ERRORS, ReloadRequest, ReloadResponse
+from mlplatform_serving.schemas import (
+    ERRORS,
+    ActionResponse,
+    PromoteRequest,
+    ReloadRequest,
+    ReloadResponse,
+)
 
 router = APIRouter(
     prefix="/admin",
@@ -51,6 +57,42 @@ def retrain(service: ServiceDep) -> dict[str, Any]:
         raise ConfigurationError("no retrain launcher is configured in this deployment")
     started = service.retrain_launcher("requested through /admin/retrain", True)
     return {"retrain_started": started}
+
+
+@router.post(
+    "/promote",
+    status_code=202,
+    response_model=ActionResponse,
+    responses={k: v for k, v in ERRORS.items() if k in (404, 422, 503)},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/PromoteRequest"}}
+            },
+        }
+    },
+)
+async def promote(request: Request, service: ServiceDep) -> dict[str, Any]:
+    """Put a version in production (`pin`: and hold it there), as `mlplatform promote|pin`
+    does: a retrainer run moves the alias under the retrain lock and rolls it out. Answered
+    once the version is checked (404: none such, or it fails verification) and the run is
+    started."""
+    req = parse_model(PromoteRequest, await read_json(request))
+    return await run_in_threadpool(service.promote, req.version, req.pin)
+
+
+@router.post(
+    "/rollback",
+    status_code=202,
+    response_model=ActionResponse,
+    responses={k: v for k, v in ERRORS.items() if k in (409, 503)},
+)
+def rollback(service: ServiceDep) -> dict[str, Any]:
+    """Move production back to the previous version, as `mlplatform rollback` does (it holds
+    until /admin/unpin): a retrainer run moves the alias and rolls it out. 409 when there is
+    no previous version to go back to."""
+    return service.rollback()
 
 
 @router.post("/unpin", responses={k: v for k, v in ERRORS.items() if k in (409, 503)})

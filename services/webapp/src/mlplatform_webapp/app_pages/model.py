@@ -1,7 +1,9 @@
-"""Model: the served version's card, every version with its metrics, and which is in production."""
+"""Model: the served version's card, every version with its metrics, and which is in production;
+promote, pin or roll back production with the admin token."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import altair as alt
@@ -9,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from mlplatform_webapp import cards, runs, ui
+from mlplatform_webapp.api_client import ApiError, ApiRejected
 from mlplatform_webapp.settings import get_settings
 
 st.title("Model")
@@ -32,6 +35,9 @@ if name != get_settings().model_name:
     )
 task = cards.task(card)
 METRICS = cards.METRICS[task]
+# How long a promotion or a rollback is waited for: a retrainer run (a process, or a Job whose
+# pod must start) moves the alias after serving answered 202.
+MOVE_WAIT_SECONDS = 30.0
 alias = history.get("production") or {}
 production = alias.get("version") if isinstance(alias, dict) else None
 serving = history.get("serving") or card.get("version")
@@ -94,6 +100,100 @@ def _split(split: Any) -> str | None:
     return " / ".join(parts) + seed
 
 
+def _await_move(since: Any) -> dict[str, Any] | None:
+    """The production alias once it has moved (``updated_at`` other than ``since``), polling
+    ``GET /models`` for up to MOVE_WAIT_SECONDS; None if it has not moved by then."""
+    deadline = time.monotonic() + MOVE_WAIT_SECONDS
+    with st.spinner("Waiting for the retrainer run to move production…"):
+        while time.monotonic() < deadline:
+            try:
+                now = ui.client().models().get("production")
+            except ApiError:  # serving swaps the model now: ask again
+                now = None
+            if isinstance(now, dict) and now.get("updated_at") != since:
+                return now
+            time.sleep(1.0)
+    return None
+
+
+def _move(action: str, version: str, pin: bool, token: str) -> None:
+    """Ask serving to start the move, wait for it, and keep what to say for the rerun that
+    shows the new production (the metrics above are read before the move)."""
+    said: list[tuple[str, str]] = []
+    try:
+        if action == "promote":
+            answer = ui.client().promote(token, version, pin)
+        else:
+            answer = ui.client().rollback(token)
+    except ApiRejected as exc:
+        st.error(f"Refused: {exc.message}", icon=":material/block:")
+        return
+    except ApiError as exc:
+        st.error(exc.message, icon=":material/cloud_off:")
+        return
+    said.append(
+        (
+            "success",
+            f"Started {answer.get('action')} for {answer.get('model')} (production was "
+            f"{answer.get('production') or 'none'}): a retrainer run moves it and rolls it out.",
+        )
+    )
+    st.success(said[0][1])  # shown while the run is awaited
+    moved = _await_move(alias.get("updated_at"))
+    if moved is None:
+        said.append(
+            (
+                "warning",
+                f"Production has not changed yet: it is still {production or 'none'} after "
+                f"{MOVE_WAIT_SECONDS:.0f} s. The run may still be starting, or it failed (its "
+                "log says why); reload this page to see.",
+            )
+        )
+    else:
+        hold = moved.get("hold")
+        held = f", held: {hold.get('reason')}" if isinstance(hold, dict) else ""
+        said.append(("success", f"Production is now {moved.get('version')}{held}."))
+    st.session_state["model_moved"] = said
+    st.cache_data.clear()  # the alias changed: every page reads it anew
+    st.rerun()
+
+
+def _production_by_hand(manifests: list[dict[str, Any]]) -> None:
+    """Promote (or pin) a version, or roll back, through serving's admin API."""
+    st.subheader("Promote or roll back")
+    for kind, text in st.session_state.pop("model_moved", []):
+        getattr(st, kind)(text)
+    choices = [str(m.get("version")) for m in manifests if "error" not in m]
+    others = [v for v in choices if v != production] or choices
+    token = ui.admin_token("model_token")
+    left, right = st.columns([1, 2], vertical_alignment="bottom")
+    version = left.selectbox(
+        "Version", choices, index=choices.index(others[-1]), key="model_promote_version"
+    )
+    pin = right.checkbox(
+        "Pin it: retrains keep their candidates for review until the hold is lifted",
+        key="model_promote_pin",
+    )
+    buttons = st.container(horizontal=True)
+    promote = buttons.button(
+        "Promote", type="primary", icon=":material/publish:", key="model_promote"
+    )
+    previous = alias.get("previous") if isinstance(alias, dict) else None
+    rollback = buttons.button(
+        "Roll back",
+        icon=":material/undo:",
+        key="model_rollback",
+        help=f"Back to {previous}; it holds until the hold is lifted (Admin page)."
+        if previous
+        else "Back to the version in production before this one.",
+    )
+    if promote or rollback:
+        if not token:
+            st.error("Enter the admin token to promote or roll back.", icon=":material/key_off:")
+        else:
+            _move("promote" if promote else "rollback", version, pin, token)
+
+
 manifests = [m for m in history.get("versions") or [] if isinstance(m, dict)]
 versions = [row(m) for m in manifests]
 st.subheader("Versions")
@@ -103,6 +203,7 @@ else:
     table = pd.DataFrame(versions)
     # st.table, not st.dataframe: every column and cell shown whole, never cut at the edge
     st.table(table, hide_index=True)
+    _production_by_hand(manifests)
     plotted = [m for m in METRICS if f"test {m}" in table.columns]
     if plotted:
         st.subheader("Test metrics by version")
