@@ -18,8 +18,12 @@ from sklearn.preprocessing import StandardScaler
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import LocalStore
 from tests.conftest import DATA, SIGNING_KEY, ServingProcess
+from tests.services.webapp import test_browser
 from tests.services.webapp.conftest import ADMIN_TOKEN, serving_env
-from tests.services.webapp.test_browser import WebappProcess, artifacts, browser  # noqa: F401
+from tests.services.webapp.test_browser import WebappProcess
+
+# The Chromium and the screenshot folder of the web app's browser tests.
+browser, artifacts = test_browser.browser, test_browser.artifacts
 
 
 @pytest.fixture
@@ -38,7 +42,7 @@ def register_app(tmp_path: Path) -> Iterator[tuple[WebappProcess, LocalStore]]:
 
 
 def test_the_register_page_follows_the_registration_by_itself(
-    register_app, browser: Browser, artifacts: Path, tmp_path: Path  # noqa: F811 - the imported fixtures
+    register_app, browser: Browser, artifacts: Path, tmp_path: Path
 ) -> None:
     web, store = register_app
     frame = pd.read_csv(DATA)
