@@ -84,6 +84,8 @@ INSIDE = {
     "/admin/retrain",
     "/admin/unpin",
     "/admin/datasets",  # like every /admin route: through the web app or a port-forward
+    "/admin/models",
+    "/admin/models/uploads/{upload_id}",
     "/docs/oauth2-redirect",
     "/redoc",
 }
