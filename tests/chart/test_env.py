@@ -52,6 +52,7 @@ LEFT_AT_DEFAULT: dict[str, set[str]] = {
         "low_confidence_threshold",
         "release",  # pushes nothing: its series get release and namespace from the scrape
         "dataset_max_mb",  # 100 MB uploads through the API; a cluster's ingress may cap lower
+        "model_upload_max_mb",  # 200 MB: within the pod's 256 MiB /tmp, where the form waits
     },
     "webapp": {
         "dev_mode",

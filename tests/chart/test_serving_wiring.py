@@ -86,6 +86,8 @@ INSIDE = {
     "/admin/rollback",
     "/admin/unpin",
     "/admin/datasets",  # like every /admin route: through the web app or a port-forward
+    "/admin/models",
+    "/admin/models/uploads/{upload_id}",
     "/docs/oauth2-redirect",
     "/redoc",
 }

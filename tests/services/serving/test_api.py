@@ -293,6 +293,8 @@ def test_the_document_declares_the_tokens_the_routes_check(client: TestClient) -
         ("/admin/unpin", "post"): [{"adminToken": []}],
         ("/admin/datasets", "post"): [{"adminToken": []}],
         ("/admin/datasets", "get"): [{"adminToken": []}],
+        ("/admin/models", "post"): [{"adminToken": []}],
+        ("/admin/models/uploads/{upload_id}", "get"): [{"adminToken": []}],
     }
 
 

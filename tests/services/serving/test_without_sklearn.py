@@ -91,3 +91,47 @@ def test_a_version_without_onnx_files_is_refused_with_what_to_do(
     )
     r = httpx.post(serving.url + "/predict", json={"features": shipped_dataset.X.iloc[0].to_dict()})
     assert r.status_code == 200 and r.json()["model_version"] == "v1"
+
+
+def test_a_model_is_registered_through_a_serving_without_sklearn(
+    store: LocalStore, shipped_dataset
+) -> None:
+    """POST /admin/models never loads the model in serving: the form is read and the data
+    checked without scikit-learn, and the retrainer it starts registers the upload."""
+    import io
+
+    import skops.io
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = Pipeline([("scale", StandardScaler()), ("lr", LogisticRegression(max_iter=500))])
+    model.fit(shipped_dataset.X, shipped_dataset.y)
+    buf = io.BytesIO()
+    skops.io.dump(model, buf)
+    env = {
+        "MLPLATFORM_STORE_URL": f"file://{store.root}",
+        "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
+        "MLPLATFORM_ADMIN_TOKEN": "no-sklearn-admin",
+        "MLPLATFORM_RETRAIN_EVERY": "0",
+        "MLPLATFORM_RETRAIN_LAUNCHER": "local",
+    }
+    proc = ServingProcess(env, python_code=WITHOUT_SKLEARN).start()
+    try:
+        r = httpx.post(
+            proc.url + "/admin/models",
+            params={"wait": 120},
+            files={
+                "model": ("lr.skops", buf.getvalue()),
+                "data": ("cancer.csv", shipped_dataset.raw),
+            },
+            data={"target": "target"},
+            headers=ADMIN,
+            timeout=180,
+        )
+    finally:
+        output = proc.stop()
+    assert r.status_code == 201, r.text + output
+    assert r.json()["version"] == "v2" and r.json()["promoted"] is False
+    assert "Traceback" not in output, output
+    assert ModelRegistry(store, SIGNING_KEY).manifest("v2")["origin"] == "registered"

@@ -23,7 +23,18 @@ from tests.services.webapp.conftest import (
     texts,
 )
 
-PAGES = ["predict", "batch", "label", "model", "monitoring", "runs", "system", "data", "admin"]
+PAGES = [
+    "predict",
+    "batch",
+    "label",
+    "model",
+    "monitoring",
+    "runs",
+    "system",
+    "data",
+    "register",
+    "admin",
+]
 
 
 def down_url() -> str:

@@ -24,6 +24,7 @@ RETRAIN_RUNS = "state/retrain-runs/"
 RETRAIN_STATS = "state/retrain-stats.json"
 WATERMARK = "state/watermark.json"
 TRIGGERS = "state/triggers/"
+UPLOADS = "uploads/"
 
 _TIME_DIGITS = 15  # milliseconds since the epoch, zero-padded so names sort by time
 
@@ -178,3 +179,15 @@ def retrain_run_stamp(key: str) -> str | None:
 def trigger(name: str) -> str:
     """A marker whose atomic creation lets one replica start a retrainer run."""
     return f"{TRIGGERS}{name}.json"
+
+
+# A model upload's id (``actions.register``'s argument: the annotation the chart's policy admits).
+UPLOAD_ID = r"^[a-z0-9]{1,32}$"
+
+
+def upload_file(upload_id: str, filename: str) -> str:
+    """One object of a model upload (``POST /admin/models``): the model file, its reference
+    data, the request and the registration's outcome (``mlplatform_common.uploads``)."""
+    if not re.match(UPLOAD_ID, upload_id):
+        raise ValueError(f"upload id {upload_id!r:.60}: expected 1-32 lowercase letters or digits")
+    return f"{UPLOADS}{upload_id}/{filename}"

@@ -272,6 +272,13 @@ def _act(settings: RetrainerSettings, action: actions.Action) -> str:
         return _promoted(settings, str(action.argument), action.verb == "pin")
     if action.verb == "rollback":
         return _rolled_back(settings)
+    if action.verb == "register":  # an upload of POST /admin/models
+        from mlplatform_retrainer import register as registration
+
+        done = registration.register_upload(settings, str(action.argument))
+        return registration.describe(done, open_store(settings).url) + (
+            f"\nrollout: {done.alias['rollout']}" if done.alias is not None else ""
+        )
     raise ConfigurationError(f"{actions.ENV}={action}: this retrainer cannot do {action.verb!r}")
 
 

@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 import sklearn
 
-from mlplatform_common.errors import DatasetError, InvalidInput
+from mlplatform_common import keys, uploads
+from mlplatform_common.errors import DatasetError, InvalidInput, MLPlatformError
 from mlplatform_common.quality import to_builtin
 from mlplatform_common.registered import ModelTransformEmbedding, RegisteredModel, raw_rows
 from mlplatform_common.registry import MODEL, REF_DATA, ModelRegistry
@@ -61,9 +62,7 @@ from mlplatform_retrainer.train import evaluate
 
 logger = logging.getLogger("mlplatform.retrainer")
 
-SKOPS = "skops"
-PICKLE = "joblib"
-FORMATS = {".skops": SKOPS, ".joblib": PICKLE, ".pkl": PICKLE, ".pickle": PICKLE}
+SKOPS, PICKLE, FORMATS = uploads.SKOPS, uploads.PICKLE, uploads.MODEL_FORMATS
 DEFAULT_TIMEOUT = 120.0
 """Seconds the separate process may take to load the model and predict the reference rows."""
 _REFUSED = 3
@@ -468,6 +467,67 @@ def register(
     return Registered(version, registry.manifest(version), promote, alias)
 
 
+def register_upload(
+    settings: RetrainerSettings, upload_id: str, timeout: float = DEFAULT_TIMEOUT
+) -> Registered:
+    """Register a model uploaded through serving (``POST /admin/models``, which keeps it with
+    ``uploads.store_upload`` and starts this with ``actions.register(upload_id)``), as
+    ``register`` does a local file, and write the outcome for the upload: the version, or the
+    refusal's one line (``uploads.UploadRefused``, raised too). A retried run finds the
+    outcome and does not register twice."""
+    store = open_store(settings, ensure=True)
+    done = uploads.outcome(store, upload_id)
+    if done is not None:
+        if done["state"] == uploads.REFUSED:
+            raise uploads.UploadRefused(done["reason"])
+        registry = ModelRegistry(store, settings.require_signing_key())
+        return Registered(done["version"], registry.manifest(done["version"]), done["promoted"])
+    request = uploads.read_request(store, upload_id)
+    with tempfile.TemporaryDirectory(prefix="mlplatform-upload-") as tmp:
+        model_path = Path(tmp) / request["model_file"]
+        model_path.write_bytes(store.get(uploads.model_key(upload_id, request)))
+        data_path = Path(tmp) / f"{request['dataset']}.csv"
+        data_path.write_bytes(store.get(keys.upload_file(upload_id, uploads.DATA)))
+        try:
+            # Promoted below, once the version is published: a failed rollout is then told
+            # apart from a refused model.
+            registered = register(
+                settings,
+                model_path,
+                data_path,
+                request["target"],
+                task=request.get("task"),
+                trust=request.get("trust") or (),
+                timeout=timeout,
+            )
+        except MLPlatformError as exc:
+            uploads.finish(store, upload_id, {"state": uploads.REFUSED, "reason": exc.message})
+            raise uploads.UploadRefused(exc.message) from None
+        except Exception as exc:  # a bug here: the upload still gets an outcome, not pending
+            logger.exception("registering upload %s failed", upload_id)
+            reason = f"the registration failed ({_line(exc)}); see the retrainer's log"
+            uploads.finish(store, upload_id, {"state": uploads.REFUSED, "reason": reason})
+            raise uploads.UploadRefused(reason) from None
+    result: dict[str, Any] = {
+        "state": uploads.PUBLISHED,
+        "version": registered.version,
+        "promoted": False,
+    }
+    try:
+        if request.get("promote"):
+            from mlplatform_retrainer.retrain import promote as promote_version
+
+            registered.alias = promote_version(settings, registered.version, store=store)
+            registered.promoted = True
+            result.update(promoted=True, rollout=registered.alias["rollout"])
+    except MLPlatformError as exc:
+        result["reason"] = f"published, but not put in production: {exc.message}"
+        raise
+    finally:
+        uploads.finish(store, upload_id, result)
+    return registered
+
+
 def _estimator_name(model: Any) -> str:
     final = model.steps[-1][1] if hasattr(model, "steps") else model
     return f"{type(final).__module__}.{type(final).__name__}"
@@ -492,7 +552,14 @@ def describe(registered: Registered, store_url: str) -> str:
     )
 
 
-__all__ = ["Registered", "RegistrationError", "describe", "load_model", "register"]
+__all__ = [
+    "Registered",
+    "RegistrationError",
+    "describe",
+    "load_model",
+    "register",
+    "register_upload",
+]
 
 
 if __name__ == "__main__":

@@ -29,7 +29,17 @@ from mlplatform_serving.codecs.v2 import V2Request
 from mlplatform_serving.errors import error_response, response_for
 from mlplatform_serving.hotpath import HotRoutes
 from mlplatform_serving.launcher import make_launcher
-from mlplatform_serving.routes import admin, feedback, health, metrics, models, predict, runs, v2
+from mlplatform_serving.routes import (
+    admin,
+    feedback,
+    health,
+    metrics,
+    models,
+    predict,
+    runs,
+    v2,
+)
+from mlplatform_serving.routes import uploads as upload_routes
 from mlplatform_serving.runtime import task_of
 from mlplatform_serving.schemas import (
     FeedbackBatchRequest,
@@ -282,7 +292,7 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
         logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return response_for(exc)
 
-    for module in (predict, feedback, models, runs, health, metrics, admin, v2):
+    for module in (predict, feedback, models, runs, health, metrics, admin, upload_routes, v2):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
@@ -322,7 +332,12 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
             f"{admin.router.prefix}/datasets": (
                 datasets.max_bytes(settings.dataset_max_mb),
                 datasets.too_large(settings.dataset_max_mb).message,
-            )
+            ),
+            upload_routes.router.prefix: (
+                datasets.max_bytes(settings.model_upload_max_mb),
+                f"body: over the limit of {settings.model_upload_max_mb:g} MB for a model and "
+                "its reference data (MLPLATFORM_MODEL_UPLOAD_MAX_MB); nothing stored",
+            ),
         },
     )
     if settings.root_path:

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 from pydantic import AliasChoices, Field, SecretStr
 
-from mlplatform_common import datasets
+from mlplatform_common import datasets, uploads
 from mlplatform_common.errors import Unauthorized
 from mlplatform_common.settings import DEV_ADMIN_TOKEN, DEV_WRITER_TOKEN, CommonSettings
 
@@ -79,6 +79,11 @@ class ServingSettings(CommonSettings):
     dataset_max_mb: float = Field(default=datasets.DEFAULT_MAX_MB, gt=0)
     """Largest data set ``POST /admin/datasets`` takes (CSV or Parquet, as sent); a larger
     one gets 413 while it is read, and nothing is stored."""
+
+    model_upload_max_mb: float = Field(default=uploads.DEFAULT_MAX_MB, gt=0)
+    """Largest ``POST /admin/models`` body (the model file and its reference data, as sent);
+    a larger one gets 413 while it is read, and nothing is stored. Its files wait in ``/tmp``
+    while they are stored: the chart's is 256 MiB."""
 
     load_retry_seconds: float = 5.0
     """While no model is loaded, how often loading is tried again."""

@@ -255,6 +255,42 @@ class ApiClient:
             )
         )
 
+    def register_model(
+        self,
+        token: str,
+        model: tuple[str, bytes],
+        data: tuple[str, bytes],
+        target: str,
+        *,
+        promote: bool = False,
+        task: str | None = None,
+        trust: tuple[str, ...] = (),
+        timeout: float = 300.0,
+    ) -> dict[str, Any]:
+        """``POST /admin/models`` (bearer token): upload a model file and its reference data
+        (``(file name, bytes)`` each) to register; the answer (202) is the upload's id and
+        its ``status`` path, for ``upload_status``."""
+        fields: dict[str, Any] = {"target": target, "promote": "true" if promote else "false"}
+        if task:
+            fields["task"] = task
+        if trust:
+            fields["trust"] = list(trust)
+        return dict(
+            self._json(
+                "POST",
+                "/admin/models",
+                files={"model": model, "data": data},
+                data=fields,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=timeout,  # a large model takes longer than a prediction
+            )
+        )
+
+    def upload_status(self, token: str, status_path: str) -> dict[str, Any]:
+        """``GET /admin/models/uploads/{id}`` (bearer token): ``state`` pending, published
+        (with ``version``) or refused (with ``reason``)."""
+        return dict(self._json("GET", status_path, headers={"Authorization": f"Bearer {token}"}))
+
     def datasets(self, token: str) -> list[dict[str, Any]]:
         """``GET /admin/datasets`` (bearer token): the model's stored data sets."""
         answer = self._json("GET", "/admin/datasets", headers={"Authorization": f"Bearer {token}"})

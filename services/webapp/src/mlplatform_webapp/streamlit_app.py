@@ -17,6 +17,7 @@ PAGES = [
     st.Page("app_pages/runs.py", title="Retrain runs", icon=":material/history:"),
     st.Page("app_pages/system.py", title="System", icon=":material/speed:"),
     st.Page("app_pages/data.py", title="Data", icon=":material/dataset:"),
+    st.Page("app_pages/register.py", title="Register", icon=":material/upload_file:"),
     st.Page("app_pages/admin.py", title="Admin", icon=":material/admin_panel_settings:"),
 ]
 
