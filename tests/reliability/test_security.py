@@ -159,6 +159,8 @@ def test_feedback_refuses_missing_and_wrong_writer_tokens_and_stores_nothing(
             "/admin/promote",
             "/admin/rollback",
             "/admin/unpin",
+            "/admin/datasets",
+            "/admin/models",
         ):
             assert c.post(path, headers=WRITER).status_code == 401
     assert secret_store.list_keys("production/feedback/") == before
