@@ -223,11 +223,13 @@ def _gate_of_this_line(
 ) -> dict[str, Any] | None:
     """The manifest's gate if this code's gate recorded it on the same reference test split
     (data set, seed, metric) with that split's rows kept out of training; else None. Gates
-    recorded before the split's rows were kept out may be inflated: they end a line."""
+    recorded before the split's rows were kept out may be inflated: they end a line, as do a
+    registered line's (their reference scores are against a baseline refit, not a version)."""
     gate = manifest.get("gate") or {}
     data = manifest.get("training_data") or {}
     same = (
         gate.get("metric") == metric
+        and gate.get("reference_baseline", BASELINE_PRODUCTION) == BASELINE_PRODUCTION
         and data.get("sha256") == dataset_sha
         and data.get("split_seed") == seed
         and data.get("held_out_excluded") is True
