@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pytest
 from onnx import helper, numpy_helper
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -208,3 +209,25 @@ def test_hist_gradient_boosting_that_does_not_match_falls_back_with_the_reason(
     joined = info["embedding_output_error"]
     assert "trees on float32: probabilities: max abs difference" in joined, info
     assert "tensor(double)" in info["error"]  # why the float64 graph did not do
+
+
+def test_a_registered_lightgbm_graph_answers_rows_beyond_the_reference_as_lightgbm() -> None:
+    """LightGBM compares in float64 (bmi 33.1 <= 33.10000000000001 goes left); the converter
+    kept that threshold as the float32 33.0999985, so a later row with bmi 33.1 (no reference
+    row has it, so the check on the reference rows passed) was answered 12 % off."""
+    from lightgbm import LGBMRegressor
+    from sklearn.decomposition import PCA
+
+    data = pd.read_csv(DATA.parent / "diabetes.csv").sample(frac=1.0, random_state=0)
+    X, y = data.drop(columns=["progression"]), data["progression"]
+    reference = X.iloc[:300]
+    model = LGBMRegressor(n_estimators=60, learning_rate=0.05, random_state=0, verbose=-1)
+    model.fit(reference, y.iloc[:300])
+    assert not (reference["bmi"] == 33.1).any() and (X["bmi"] == 33.1).any()
+    embedding = PCA(n_components=2).fit(reference.to_numpy())
+
+    files, info = onnx_export.convert_registered(model, embedding, reference, "regression")
+    assert "error" not in info, info
+    session = ort.InferenceSession(files[onnx_export.MODEL_FILE])
+    (got,) = session.run([info["output"]], {info["input"]: X.to_numpy(dtype=np.float64)})
+    np.testing.assert_allclose(got.ravel(), model.predict(X), rtol=1e-5)

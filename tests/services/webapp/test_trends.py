@@ -231,7 +231,8 @@ def test_the_runs_table_puts_the_gates_numbers_side_by_side(tmp_path: Path) -> N
     assert rejected["candidate"] == 0.80 and rejected["production score"] == 0.97
     assert rejected["trigger"] == "drift share 0.60 >= 0.5 in report 20261206T120000Z"
     assert rejected["gate"] == (
-        "reject: candidate 0.8000 vs production 0.9700 on 40 holdout rows (tolerance 0.0200)"
+        "reject: candidate 0.8000 vs production 0.9700 on 40 holdout rows (reference test "
+        "split and newest labelled rows) (tolerance 0.0200)"
     )
     assert rejected["version"] == "v3" and rejected["production after"] == "v2"
     assert table.iloc[1]["gate"].startswith("promote: candidate 0.9700")

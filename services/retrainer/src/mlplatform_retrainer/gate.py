@@ -13,6 +13,13 @@ scores (F1, R²), with an absolute tolerance; lower for errors (RMSE, MAE), with
 Tolerating a small loss at each step would let a line of versions slide down step by step, so
 on the reference part the candidate must also come within the tolerance of the best score any
 version of its line had there (``reference_best``, from the manifests' gates).
+
+A registered model (``mlplatform register``) was fitted by its user on every reference row, the
+test split too, so scoring it there measures its memory. Its line is gated on rows neither
+model was fitted on (``HOLDOUT_LABELLED``): the holdout is the newest labelled rows alone, and
+on the reference test split the candidate is compared with a clone of the same model fitted
+on the reference rows outside that split (``BASELINE_REFIT``), which corrupted labels still
+show against.
 """
 
 from __future__ import annotations
@@ -22,6 +29,16 @@ from dataclasses import dataclass
 import pandas as pd
 
 from mlplatform_common.quality import HIGHER_IS_BETTER, better
+
+HOLDOUT_ALL = "reference test split and newest labelled rows"
+HOLDOUT_LABELLED = "newest labelled rows"
+"""A registered line's holdout: the rows no version of it was fitted on."""
+BASELINE_PRODUCTION = "production"
+BASELINE_REFIT = "a refit on the reference rows outside the test split"
+"""A registered line's reference-part baseline (production has seen those rows)."""
+MIN_LABELLED_HOLDOUT = 20
+"""Fewer newest labelled rows than this cannot judge a registered line's refit: one row would
+move its score by 5 % or more."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +54,10 @@ class GateResult:
     tolerance: float
     holdout_rows: int
     reference_best: float | None = None
+    holdout: str = HOLDOUT_ALL
+    """Which rows the holdout is (``HOLDOUT_ALL`` or a registered line's ``HOLDOUT_LABELLED``)."""
+    reference_baseline: str = BASELINE_PRODUCTION
+    """What the candidate is compared with on the reference part."""
 
     @property
     def direction(self) -> str:
@@ -56,11 +77,18 @@ class GateResult:
             if HIGHER_IS_BETTER[self.metric]
             else f"tolerance {self.tolerance:.0%} relative"
         )
+        # A registered line's gate says which rows and which baseline it used.
+        which = f" ({self.holdout})" if self.holdout != HOLDOUT_ALL else ""
+        baseline = (
+            f" (against {self.reference_baseline})"
+            if self.reference_baseline != BASELINE_PRODUCTION
+            else ""
+        )
         return (
             f"{verb}: candidate {self.metric}={self.candidate:.4f} vs production "
-            f"{self.current:.4f} on {self.holdout_rows} holdout rows, "
+            f"{self.current:.4f} on {self.holdout_rows} holdout rows{which}, "
             f"{self.reference_candidate:.4f} vs {self.reference_current:.4f}{best} on its "
-            f"reference part ({self.metric}: {self.direction}; {tolerance})"
+            f"reference part{baseline} ({self.metric}: {self.direction}; {tolerance})"
         )
 
 
@@ -71,6 +99,8 @@ def decide(
     tolerance: float,
     holdout_rows: int,
     reference_best: float | None = None,
+    holdout: str = HOLDOUT_ALL,
+    reference_baseline: str = BASELINE_PRODUCTION,
 ) -> GateResult:
     """Promote unless the candidate is worse than production by more than ``tolerance`` on
     the ``holdout`` or on its ``reference`` part (scores keyed by part, then metric), or worse
@@ -92,6 +122,8 @@ def decide(
         tolerance=tolerance,
         holdout_rows=holdout_rows,
         reference_best=reference_best,
+        holdout=holdout,
+        reference_baseline=reference_baseline,
     )
 
 

@@ -38,7 +38,7 @@ from mlplatform_common.errors import (
 )
 from mlplatform_common.lock import LockHeld, StoreLock
 from mlplatform_common.quality import HIGHER_IS_BETTER, better
-from mlplatform_common.registered import raw_rows
+from mlplatform_common.registered import RegisteredModel, raw_rows
 from mlplatform_common.registry import LoadedModel, ModelRegistry, utcnow, version_number
 from mlplatform_common.reports import ReportArchive
 from mlplatform_common.schema import (
@@ -53,7 +53,16 @@ from mlplatform_common.schema import (
 )
 from mlplatform_common.storage import Store, open_store
 from mlplatform_retrainer import register as registration
-from mlplatform_retrainer.gate import GateResult, decide, recent_split
+from mlplatform_retrainer.gate import (
+    BASELINE_PRODUCTION,
+    BASELINE_REFIT,
+    HOLDOUT_ALL,
+    HOLDOUT_LABELLED,
+    MIN_LABELLED_HOLDOUT,
+    GateResult,
+    decide,
+    recent_split,
+)
 from mlplatform_retrainer.job import publish, train_with_progress
 from mlplatform_retrainer.rollout import RolloutFailed, roll_out, served_version
 from mlplatform_retrainer.settings import RetrainerSettings
@@ -214,11 +223,13 @@ def _gate_of_this_line(
 ) -> dict[str, Any] | None:
     """The manifest's gate if this code's gate recorded it on the same reference test split
     (data set, seed, metric) with that split's rows kept out of training; else None. Gates
-    recorded before the split's rows were kept out may be inflated: they end a line."""
+    recorded before the split's rows were kept out may be inflated: they end a line, as do a
+    registered line's (their reference scores are against a baseline refit, not a version)."""
     gate = manifest.get("gate") or {}
     data = manifest.get("training_data") or {}
     same = (
         gate.get("metric") == metric
+        and gate.get("reference_baseline", BASELINE_PRODUCTION) == BASELINE_PRODUCTION
         and data.get("sha256") == dataset_sha
         and data.get("split_seed") == seed
         and data.get("held_out_excluded") is True
@@ -361,15 +372,21 @@ class CandidateData:
     """What a candidate is trained on and gated with."""
 
     training: Dataset
-    """The reference rows outside its test split, and the older labelled rows."""
+    """The reference rows outside its test split (first), and the older labelled rows."""
     hold_X: pd.DataFrame
-    """The gate's holdout: the reference test split, and the newest labelled rows."""
+    """The gate's holdout: the reference test split and the newest labelled rows; for a
+    registered line the newest labelled rows alone (``holdout``)."""
     hold_y: pd.Series
     reference_X: pd.DataFrame
     """The reference test split alone (``line_best`` compares versions on it)."""
     reference_y: pd.Series
     reference_rows: int
     feedback_rows: int
+    holdout: str = HOLDOUT_ALL
+    """Which rows ``hold_X`` is (``gate.HOLDOUT_ALL`` or ``gate.HOLDOUT_LABELLED``)."""
+    baseline: RegisteredModel | None = None
+    """What the candidate is compared with on the reference part instead of production (a
+    registered line's refit on the reference rows alone, ``_refit``); None: production."""
 
 
 def _rows_of(frame: pd.DataFrame, rows: pd.DataFrame, schema: list[dict[str, Any]]) -> Any:
@@ -419,9 +436,11 @@ def _candidate_data(
     ref_parts: Splits,
     usable: pd.DataFrame,
     current: LoadedModel,
+    registered: bool,
 ) -> CandidateData:
     """The reference rows and the usable labelled rows, split into training and holdout: the
-    newest labelled rows are held out with the reference test split."""
+    newest labelled rows are held out with the reference test split, or alone for a
+    ``registered`` line (its user fitted it on that split too: ``gate.HOLDOUT_LABELLED``)."""
     ref_pool_X = pd.concat([ref_parts.X_train, ref_parts.X_val])
     ref_pool_y = pd.concat([ref_parts.y_train, ref_parts.y_val])
     # As read: numbers (complete_rows made them floats), category text, NaN for missing.
@@ -463,14 +482,16 @@ def _candidate_data(
         sha256=reference.sha256,
         raw=b"",
     )
+    hold = ([] if registered else [(ref_parts.X_test, ref_parts.y_test)]) + [(hold_fb_X, hold_fb_y)]
     return CandidateData(
         training=training,
-        hold_X=pd.concat([ref_parts.X_test, hold_fb_X], ignore_index=True),
-        hold_y=pd.concat([ref_parts.y_test, hold_fb_y], ignore_index=True),
+        hold_X=pd.concat([X for X, _ in hold], ignore_index=True),
+        hold_y=pd.concat([y for _, y in hold], ignore_index=True),
         reference_X=ref_parts.X_test,
         reference_y=ref_parts.y_test,
         reference_rows=len(ref_pool_X),
         feedback_rows=len(train_fb_X),
+        holdout=HOLDOUT_LABELLED if registered else HOLDOUT_ALL,
     )
 
 
@@ -497,13 +518,22 @@ def _score_and_gate(
 
     task = data.training.task
     metric = settings.metric_for(task)
+    current_scores = scores(current.pipeline, current.manifest["feature_schema"])
+    if data.baseline is not None:
+        current_scores["reference"] = scores(data.baseline, data.baseline.schema)["reference"]
     gate = decide(
         scores(candidate.pipeline, candidate.schema),
-        scores(current.pipeline, current.manifest["feature_schema"]),
+        current_scores,
         metric,
         settings.gate_tolerance,
         len(data.hold_X),
-        reference_best=line_best(registry, production, metric, data.training.sha256, seed),
+        # A registered line's reference part is measured against its baseline, not its
+        # versions: there is no line of scores on it to keep from sliding.
+        reference_best=None
+        if data.baseline is not None
+        else line_best(registry, production, metric, data.training.sha256, seed),
+        holdout=data.holdout,
+        reference_baseline=BASELINE_PRODUCTION if data.baseline is None else BASELINE_REFIT,
     )
     logger.info("gate %s", gate.reason)
     return gate
@@ -534,6 +564,7 @@ def _publish_and_promote(
             # the gate's reference rows were kept out (line_best trusts only this)
             "held_out_excluded": True,
             "split_seed": config.seed,
+            "holdout": data.holdout,
         },
     }
     if isinstance(candidate, registration.Wrapped):
@@ -576,12 +607,19 @@ def _refit(
         )
     X = data.training.X[current.features]
     schema = feature_schema(X)  # a labelled row's new category is one the refit learns
+    rows = raw_rows(encoded_frame(X, schema), schema)
+    n_reference = data.reference_rows  # the training rows start with the reference rows
     try:
         model = sklearn.base.clone(current.pipeline.model)
-        model.fit(raw_rows(encoded_frame(X, schema), schema), data.training.y)
+        model.fit(rows, data.training.y)
+        # The gate's baseline on the reference test split, which production was fitted on:
+        # the same clone fitted on the reference rows alone shows what the labels changed.
+        baseline = sklearn.base.clone(current.pipeline.model)
+        baseline.fit(rows.iloc[:n_reference], data.training.y.iloc[:n_reference])
     except Exception as exc:  # the user's code: whatever it raises, production stays
         text = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
         return None, data, f"refitting a clone of it raised {text}"
+    data = replace(data, baseline=RegisteredModel(baseline, schema, None))
     # A new embedding, fitted on the training rows: the registered one is over the production
     # model's transform steps, which the refit replaced (its one-hot columns may differ).
     wrapped = registration.wrap(
@@ -713,23 +751,31 @@ def retrain(
         )
     registered = current.manifest.get("origin") == REGISTERED
     why_not = _not_refittable(current) if registered else None
+    why_not = f"cannot be refitted ({why_not})" if why_not else None
     candidate: TrainingResult | registration.Wrapped | None = None
     if why_not is None:
-        data = _candidate_data(settings, reference, ref_parts, usable, current)
+        data = _candidate_data(settings, reference, ref_parts, usable, current, registered)
         if registered:
-            candidate, data, why_not = _refit(settings, current, data)
+            candidate, data, refused = _refit(settings, current, data)
+            why_not = f"cannot be refitted ({refused})" if refused else None
+            if candidate is not None and len(data.hold_X) < MIN_LABELLED_HOLDOUT:
+                candidate = None
+                why_not = (
+                    f"cannot be judged: only {len(data.hold_X)} newest labelled rows are held "
+                    f"out for the gate, a refit needs {MIN_LABELLED_HOLDOUT} (the newest "
+                    f"{settings.holdout_feedback_share:.0%} of the labelled rows are held "
+                    "out: label more rows)"
+                )
         else:
             candidate = train_with_progress(data.training, config, test=(data.hold_X, data.hold_y))
     if candidate is None:
         # Served and monitored as it is; these rows are answered, so it is not retried every
         # k rows: the next trigger (new rows, a report) decides again.
-        logger.warning(
-            "retrain skipped: registered model %s cannot be refitted: %s", production, why_not
-        )
+        logger.warning("retrain skipped: registered model %s %s", production, why_not)
         _write_watermark(store, feedback, "skipped", report_id)
         return RunResult(
             "skipped",
-            [*reasons, f"but {production} cannot be refitted ({why_not}); it stays in production"],
+            [*reasons, f"but {production} {why_not}; it stays in production"],
             production=production,
             new_rows=new_rows,
             metric=settings.metric_for(task),

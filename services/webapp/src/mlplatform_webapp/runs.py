@@ -23,9 +23,10 @@ def gate_line(gate: Any) -> str | None:
     if not isinstance(gate, dict):
         return None
     verb = "promote" if gate.get("promote") else "reject"
+    which = f" ({gate['holdout']})" if gate.get("holdout") else ""  # runs before it: unsaid
     return (
         f"{verb}: candidate {_fmt(gate.get('candidate'))} vs production "
-        f"{_fmt(gate.get('current'))} on {gate.get('holdout_rows', '?')} holdout rows "
+        f"{_fmt(gate.get('current'))} on {gate.get('holdout_rows', '?')} holdout rows{which} "
         f"(tolerance {_fmt(gate.get('tolerance'))})"
     )
 
