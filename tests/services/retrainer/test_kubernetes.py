@@ -150,6 +150,14 @@ def test_admin_retrain_in_a_cluster_forces_the_job(api: FakeApiServer) -> None:
     assert "annotations" not in cron_template["metadata"]  # the CronJob's own is not touched
 
 
+def test_two_runs_started_in_one_second_get_two_jobs(api: FakeApiServer) -> None:
+    launch = kubernetes_launcher(serving_settings(namespace="ml"), api=KubernetesApi(api.url))
+    launch("an upload", action=actions.register("abc123"))
+    launch("requested through /admin/promote", action=actions.promote("v2"))
+    first, second = (r["body"]["metadata"]["name"] for r in api.requests if r["method"] == "POST")
+    assert first != second and len(first) <= 63 and len(second) <= 63
+
+
 def test_an_action_in_a_cluster_is_the_jobs_one_annotation(api: FakeApiServer) -> None:
     launch = kubernetes_launcher(serving_settings(namespace="ml"), api=KubernetesApi(api.url))
     launch("requested through /admin/rollback", action=actions.rollback())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -129,7 +130,9 @@ def job_from_cronjob(
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": f"{name[:40]}-auto-{int(now or time.time())}",
+            # a random tail: two runs started in one second (an upload and a promote) would
+            # otherwise get one name, and the API server refuses the second
+            "name": f"{name[:40]}-auto-{int(now or time.time())}-{secrets.token_hex(2)}",
             "namespace": cronjob["metadata"].get("namespace"),
             "labels": dict(meta.get("labels") or {}),
             "annotations": {
