@@ -173,6 +173,10 @@ ACTIONS = [
     actions.promote("v12", pin=True),
     actions.rollback(),
     actions.register("01jf3k9x2mz"),
+    actions.train("wine"),
+    actions.train("breast_cancer"),
+    actions.train("churn-2024"),
+    actions.train("a" * 64),
 ]
 
 
@@ -201,6 +205,13 @@ def test_a_job_for_an_action_is_admitted_and_read_by_the_retrainer(
         "register:../../x",
         "register:A",
         "rollback:v1",
+        "train:",
+        "train:Wine",
+        "train:-wine",
+        "train:wine_",
+        "train:../x",
+        "train:wine;rollback",
+        "train:" + "a" * 65,
         "",
     ],
 )

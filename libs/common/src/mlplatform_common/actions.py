@@ -16,9 +16,14 @@ from mlplatform_common.errors import InvalidInput
 
 ANNOTATION = "mlplatform.io/action"
 ENV = "MLPLATFORM_ACTION"
-Verb = Literal["promote", "pin", "rollback", "register"]
-# promote:v3, pin:v3, rollback, register:<upload id>; the chart's policy repeats this pattern
-PATTERN = r"^(rollback|(promote|pin):v[0-9]{1,9}|register:[a-z0-9]{1,32})$"
+Verb = Literal["promote", "pin", "rollback", "register", "train"]
+# A data set's name, as datasets.NAME (not imported: that module needs pandas).
+DATASET = r"[a-z0-9]([a-z0-9_-]{0,62}[a-z0-9])?"
+# promote:v3, pin:v3, rollback, register:<upload id>, train:<data set>; the chart's policy
+# repeats this pattern
+PATTERN = (
+    r"^(rollback|(promote|pin):v[0-9]{1,9}|register:[a-z0-9]{1,32}|train:" + DATASET + r")$"
+)
 
 
 @dataclass(frozen=True)
@@ -42,11 +47,16 @@ def register(upload_id: str) -> Action:
     return parse(f"register:{upload_id}")
 
 
+def train(dataset: str) -> Action:
+    return parse(f"train:{dataset}")
+
+
 def parse(text: str) -> Action:
     """The action ``text`` names; anything else is refused, naming the forms it may take."""
     if not re.fullmatch(PATTERN, text):
         raise InvalidInput(
-            f"{ENV}={text[:80]!r}: use promote:vN, pin:vN, rollback or register:<upload id>"
+            f"{ENV}={text[:80]!r}: use promote:vN, pin:vN, rollback, register:<upload id> "
+            "or train:<data set>"
         )
     verb, _, argument = text.partition(":")
     return Action(verb, argument or None)  # type: ignore[arg-type]
