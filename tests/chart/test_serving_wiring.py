@@ -85,6 +85,7 @@ INSIDE = {
     "/admin/promote",
     "/admin/rollback",
     "/admin/unpin",
+    "/admin/train",
     "/admin/datasets",  # like every /admin route: through the web app or a port-forward
     "/admin/models",
     "/admin/models/uploads/{upload_id}",

@@ -159,6 +159,7 @@ def test_feedback_refuses_missing_and_wrong_writer_tokens_and_stores_nothing(
             "/admin/promote",
             "/admin/rollback",
             "/admin/unpin",
+            "/admin/train",
             "/admin/datasets",
             "/admin/models",
         ):

@@ -291,6 +291,7 @@ def test_the_document_declares_the_tokens_the_routes_check(client: TestClient) -
         ("/admin/promote", "post"): [{"adminToken": []}],
         ("/admin/rollback", "post"): [{"adminToken": []}],
         ("/admin/unpin", "post"): [{"adminToken": []}],
+        ("/admin/train", "post"): [{"adminToken": []}],
         ("/admin/datasets", "post"): [{"adminToken": []}],
         ("/admin/datasets", "get"): [{"adminToken": []}],
         ("/admin/models", "post"): [{"adminToken": []}],

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from pydantic import ValidationError
@@ -27,6 +27,9 @@ from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.schema import TASKS
 from mlplatform_common.storage import open_store
 from mlplatform_retrainer.settings import RetrainerSettings, get_settings
+
+if TYPE_CHECKING:  # the command line imports training only for the commands that train
+    from mlplatform_retrainer.job import Published
 
 logger = logging.getLogger("mlplatform.retrainer")
 
@@ -122,13 +125,7 @@ def train(
 ) -> None:
     """Train a model from a CSV, a data set in the store or a URL, and publish it (promoted
     unless --no-promote)."""
-    from mlplatform_retrainer.job import (
-        describe,
-        train_from_file,
-        train_from_store,
-        train_from_url,
-    )
-    from mlplatform_retrainer.rollout import rollout_local
+    from mlplatform_retrainer.job import train_from_file, train_from_url
 
     settings = _settings(name)
     if if_missing:
@@ -144,15 +141,31 @@ def train(
     if data_url and data != DEFAULT_DATA:
         raise InvalidInput("--data-url: give either --data or --data-url")
     if dataset:
-        published = train_from_store(settings, dataset, promote=not no_promote)
-    elif data_url:
+        click.echo(_trained_on(settings, dataset, promote=not no_promote))
+        return
+    if data_url:
         published = train_from_url(
             settings, data_url, target, dataset_name, timeout=timeout, promote=not no_promote
         )
     else:
         published = train_from_file(settings, data, target, promote=not no_promote)
+    click.echo(_published(settings, published))
+
+
+def _trained_on(settings: RetrainerSettings, dataset: str, promote: bool = True) -> str:
+    """``train --dataset NAME`` and the action ``train:NAME`` (POST /admin/train)."""
+    from mlplatform_retrainer.job import train_from_store
+
+    return _published(settings, train_from_store(settings, dataset, promote=promote))
+
+
+def _published(settings: RetrainerSettings, published: Published) -> str:
+    """What a trained version became; a promoted one is rolled out to a local serving."""
+    from mlplatform_retrainer.job import describe
+    from mlplatform_retrainer.rollout import rollout_local
+
     store = open_store(settings)
-    click.echo(describe(published, store.url))
+    lines = [describe(published, store.url)]
     if published.promoted and settings.resolved_rollout() == "local":
         # Like a retrain, tell a local serving (make dev) to load it. Best effort: none may
         # be running yet (make dev trains v1 before it starts the services).
@@ -160,9 +173,12 @@ def train(
         signature = ModelRegistry(store, settings.require_signing_key()).signature(version)
         try:
             rollout_local(settings, version, signature)
-            click.echo(f"serving at {settings.serving_url} now serves {version}")
+            lines.append(f"serving at {settings.serving_url} now serves {version}")
         except MLPlatformError as exc:
-            click.echo(f"serving not told ({exc.message[:160]}); it loads {version} when it starts")
+            lines.append(
+                f"serving not told ({exc.message[:160]}); it loads {version} when it starts"
+            )
+    return "\n".join(lines)
 
 
 @cli.command()
@@ -279,6 +295,8 @@ def _act(settings: RetrainerSettings, action: actions.Action) -> str:
         return registration.describe(done, open_store(settings).url) + (
             f"\nrollout: {done.alias['rollout']}" if done.alias is not None else ""
         )
+    if action.verb == "train":  # a data set of POST /admin/train, as train --dataset
+        return _trained_on(settings, str(action.argument))
     raise ConfigurationError(f"{actions.ENV}={action}: this retrainer cannot do {action.verb!r}")
 
 

@@ -47,6 +47,7 @@ from mlplatform_serving.schemas import (
     PredictRequest,
     PromoteRequest,
     ReloadRequest,
+    TrainRequest,
 )
 from mlplatform_serving.service import Service
 from mlplatform_serving.settings import ServingSettings, get_settings
@@ -305,6 +306,7 @@ def create_app(settings: ServingSettings | None = None, store: Store | None = No
                     FeedbackBatchRequest,
                     ReloadRequest,
                     PromoteRequest,
+                    TrainRequest,
                     V2Request,
                 ),
             )

@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlplatform_common import actions
 from mlplatform_common.registry import VERSION_PATTERN
 
 _EXAMPLE_ROW = {"mean_radius": 14.1, "mean_texture": 19.3, "...": "every feature of GET /model"}
@@ -197,11 +198,21 @@ class PromoteRequest(Strict):
     )
 
 
-class ActionResponse(BaseModel):
-    """A retrainer run was started to move the production alias; it moves it under the
-    retrain lock and rolls it out (GET /models shows the result)."""
+class TrainRequest(Strict):
+    dataset: str = Field(
+        pattern=f"^{actions.DATASET}$",
+        description="A stored data set of this model (GET /admin/datasets) to train on",
+        examples=["wine"],
+    )
 
-    action: str = Field(description="What the run does", examples=["pin:v3", "rollback"])
+
+class ActionResponse(BaseModel):
+    """A retrainer run was started to move the production alias (or to train a version on a
+    data set and promote it); it moves it and rolls it out (GET /models shows the result)."""
+
+    action: str = Field(
+        description="What the run does", examples=["pin:v3", "rollback", "train:wine"]
+    )
     started: bool
     model: str = Field(description="The named model", examples=["fraud"])
     production: str | None = Field(

@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from mlplatform_common import actions, keys
+from mlplatform_common import actions, datasets, keys
 from mlplatform_common.errors import (
     ConfigurationError,
     Conflict,
     IntegrityError,
     MLPlatformError,
     ModelNotFound,
+    NotFound,
 )
 from mlplatform_common.lock import StoreLock
 from mlplatform_common.registry import ModelRegistry
@@ -197,6 +198,16 @@ class Service:
         except (ModelNotFound, IntegrityError) as exc:
             raise Conflict(f"cannot roll back to {history[-1]}: {exc.message}") from None
         return self._start(actions.rollback(), "/admin/rollback")
+
+    def train(self, dataset: str) -> dict[str, Any]:
+        """Check that ``dataset`` is a stored data set of this model, then start the retrainer
+        run that trains on it, publishes and promotes, as ``mlplatform train --dataset`` does."""
+        if dataset not in {d["name"] for d in datasets.listing(self.store)}:
+            raise NotFound(
+                f"dataset {dataset!r} is not a data set of model {self.settings.model_name} "
+                "(GET /admin/datasets lists them; upload one with POST /admin/datasets)"
+            )
+        return self._start(actions.train(dataset), "/admin/train")
 
     def _start(self, action: actions.Action, route: str) -> dict[str, Any]:
         if self.retrain_launcher is None:

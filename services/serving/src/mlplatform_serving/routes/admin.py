@@ -1,5 +1,5 @@
-"""POST /admin/reload, /admin/retrain, /admin/promote, /admin/rollback, /admin/unpin and
-/admin/datasets, GET /admin/datasets (bearer token)."""
+"""POST /admin/reload, /admin/retrain, /admin/promote, /admin/rollback, /admin/unpin,
+/admin/train and /admin/datasets, GET /admin/datasets (bearer token)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from mlplatform_serving.schemas import (
     PromoteRequest,
     ReloadRequest,
     ReloadResponse,
+    TrainRequest,
 )
 
 router = APIRouter(
@@ -93,6 +94,29 @@ def rollback(service: ServiceDep) -> dict[str, Any]:
     until /admin/unpin): a retrainer run moves the alias and rolls it out. 409 when there is
     no previous version to go back to."""
     return service.rollback()
+
+
+@router.post(
+    "/train",
+    status_code=202,
+    response_model=ActionResponse,
+    responses={k: v for k, v in ERRORS.items() if k in (404, 422, 503)},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/TrainRequest"}}
+            },
+        }
+    },
+)
+async def train(request: Request, service: ServiceDep) -> dict[str, Any]:
+    """Train a model on a stored data set, as `mlplatform train --dataset NAME` does: a
+    retrainer run trains, publishes a new version, promotes it and rolls it out. Answered
+    once the data set is found (404: none such) and the run is started; GET /models shows
+    the new version."""
+    req = parse_model(TrainRequest, await read_json(request))
+    return await run_in_threadpool(service.train, req.dataset)
 
 
 @router.post("/unpin", responses={k: v for k, v in ERRORS.items() if k in (409, 503)})
