@@ -316,6 +316,19 @@ class ApiClient:
             self._json("POST", "/admin/rollback", headers={"Authorization": f"Bearer {token}"})
         )
 
+    def train(self, token: str, dataset: str) -> dict[str, Any]:
+        """``POST /admin/train`` (bearer token): start the run that trains on the stored data
+        set, publishes and promotes; the answer as ``promote``'s, the version appears in
+        ``models()`` when that run is done."""
+        return dict(
+            self._json(
+                "POST",
+                "/admin/train",
+                json={"dataset": dataset},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        )
+
     def unpin(self, token: str) -> dict[str, Any]:
         """``POST /admin/unpin`` (bearer token): lift a rollback's or a pin's hold."""
         return dict(

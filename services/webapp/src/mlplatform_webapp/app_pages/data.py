@@ -1,9 +1,12 @@
 """Data: upload a CSV or Parquet file with its target as a named data set of the model
-(``POST /admin/datasets``, admin token), preview it, see its schema; list the stored ones."""
+(``POST /admin/datasets``, admin token), preview it, see its schema; list the stored ones and
+train a model on one (``POST /admin/train``), following the run until its version appears."""
 
 from __future__ import annotations
 
 import io
+import time
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -11,16 +14,87 @@ import streamlit as st
 from mlplatform_webapp import ui
 from mlplatform_webapp.api_client import ApiError, ApiRejected
 
+TRAIN_WAIT_SECONDS = 120.0
+"""How long the page follows a training run before it says the run is still going."""
+WHERE_TO_LOOK = (
+    "The Model page shows the version once it is published; the retrainer's log says how the "
+    "run goes (`kubectl logs -l app.kubernetes.io/component=retrainer`; with the local "
+    "launcher, serving's log)."
+)
+
+
+def _versions() -> tuple[set[str], str | None]:
+    """The published versions and the production one, as ``GET /models`` says now."""
+    answer = ui.client().models()
+    versions = {str(m.get("version")) for m in answer.get("versions") or [] if isinstance(m, dict)}
+    production = answer.get("production")
+    return versions, production.get("version") if isinstance(production, dict) else None
+
+
+def _await_version(before: set[str]) -> tuple[str | None, str | None]:
+    """The new version once it is published and in production (or TRAIN_WAIT_SECONDS have
+    passed), and the production version then; ``(None, ...)`` if none was published."""
+    deadline = time.monotonic() + TRAIN_WAIT_SECONDS
+    new, production = None, None
+    while time.monotonic() < deadline:
+        try:
+            versions, production = _versions()
+        except ApiError:  # serving swaps the model now: ask again
+            versions = set()
+        fresh = sorted(versions - before, key=lambda v: int(v.lstrip("v") or 0))
+        new = fresh[-1] if fresh else new
+        if new is not None and production == new:
+            break
+        time.sleep(1.0)
+    return new, production
+
+
+def _train(dataset: str, token: str) -> None:
+    """Ask serving to start the training run, then follow it: the new version and whether
+    it is in production, or that it is still training and where to look."""
+    try:
+        before, _ = _versions()
+        answer: dict[str, Any] = ui.client().train(token, dataset)
+    except ApiRejected as exc:
+        st.error(f"Refused: {exc.message}", icon=":material/block:")
+        return
+    except ApiError as exc:
+        st.error(exc.message, icon=":material/cloud_off:")
+        return
+    st.success(
+        f"Started {answer.get('action')} for {answer.get('model')} (production was "
+        f"{answer.get('production') or 'none'}): a retrainer run trains on {dataset}, publishes "
+        "the model and puts it in production."
+    )
+    with st.spinner(f"Training on {dataset} (up to {TRAIN_WAIT_SECONDS:.0f} s)…"):
+        new, production = _await_version(before)
+    if new is None:
+        st.warning(
+            f"Still training on {dataset} after {TRAIN_WAIT_SECONDS:.0f} s, or the run failed. "
+            + WHERE_TO_LOOK,
+            icon=":material/hourglass_top:",
+        )
+    elif production == new:
+        st.success(f"Trained {new} on {dataset}: it is in production.")
+        st.cache_data.clear()  # the alias changed: every page reads it anew
+    else:
+        st.warning(
+            f"Trained {new} on {dataset}, but it is not in production yet (production is "
+            f"{production or 'none'}). " + WHERE_TO_LOOK
+        )
+        st.cache_data.clear()
+
+
 st.title("Data")
 ui.fetch_or_stop(ui.client().health)
 st.caption(
-    "Store a CSV or Parquet file as a named data set of this model, then train on it: "
-    "`python -m mlplatform_retrainer train --dataset NAME`."
+    "Store a CSV or Parquet file as a named data set of this model, then train a model on it "
+    "with its button below (the new version goes into production)."
 )
 
 token = ui.admin_token("data_token")
 if not token:
-    st.info("Enter the admin token to upload and list data sets.", icon=":material/key:")
+    st.info("Enter the admin token to upload, list and train on data sets.", icon=":material/key:")
     st.stop()
 
 upload = st.file_uploader("CSV or Parquet file", type=["csv", "parquet"], key="data_file")
@@ -92,3 +166,18 @@ else:
             ]
         )
     )
+    st.subheader("Train a model")
+    for stored_set in stored_sets:
+        name = str(stored_set.get("name"))
+        line = st.container(horizontal=True, vertical_alignment="center")
+        line.markdown(
+            f"**{name}**: {stored_set.get('rows')} rows, target `{stored_set.get('target')}`"
+        )
+        if line.button(
+            "Train a model on it",
+            key=f"data_train_{name}",
+            icon=":material/model_training:",
+            help="A retrainer run trains on this data set, publishes the model and puts it "
+            "in production (as `mlplatform train --dataset NAME`).",
+        ):
+            _train(name, token)
