@@ -21,9 +21,7 @@ Verb = Literal["promote", "pin", "rollback", "register", "train"]
 DATASET = r"[a-z0-9]([a-z0-9_-]{0,62}[a-z0-9])?"
 # promote:v3, pin:v3, rollback, register:<upload id>, train:<data set>; the chart's policy
 # repeats this pattern
-PATTERN = (
-    r"^(rollback|(promote|pin):v[0-9]{1,9}|register:[a-z0-9]{1,32}|train:" + DATASET + r")$"
-)
+PATTERN = r"^(rollback|(promote|pin):v[0-9]{1,9}|register:[a-z0-9]{1,32}|train:" + DATASET + r")$"
 
 
 @dataclass(frozen=True)
