@@ -7,7 +7,7 @@ from typing import Any, NoReturn
 import streamlit as st
 
 from mlplatform_webapp import cards
-from mlplatform_webapp.api_client import ApiClient, ApiError
+from mlplatform_webapp.api_client import ApiClient, ApiError, ApiRejected
 from mlplatform_webapp.settings import get_settings
 
 TTL = get_settings().cache_ttl_seconds
@@ -121,6 +121,18 @@ def fetch_or_stop(fetch: Any, *args: Any) -> Any:
         return fetch(*args)
     except ApiError as exc:
         stop_unavailable(exc)
+
+
+def act(call: Any, *args: Any, **kwargs: Any) -> Any | None:
+    """Call a write or an admin request; if serving refuses it, show its message (a 4xx:
+    "Refused: ..."; unreachable or 5xx: the one line) and return None."""
+    try:
+        return call(*args, **kwargs)
+    except ApiRejected as exc:
+        st.error(f"Refused: {exc.message}", icon=":material/block:")
+    except ApiError as exc:
+        st.error(exc.message, icon=":material/cloud_off:")
+    return None
 
 
 def admin_token(key: str) -> str:

@@ -21,6 +21,13 @@ from mlplatform_serving.schemas import (
     TrainRequest,
 )
 
+
+def json_body(schema: str, required: bool = True) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads its JSON itself (``read_json``)."""
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    return {"requestBody": {"required": required, "content": {"application/json": {"schema": ref}}}}
+
+
 router = APIRouter(
     prefix="/admin",
     tags=["admin"],
@@ -33,14 +40,7 @@ router = APIRouter(
     "/reload",
     response_model=ReloadResponse,
     responses={k: v for k, v in ERRORS.items() if k in (404, 409, 413, 415, 422, 503)},
-    openapi_extra={
-        "requestBody": {
-            "required": False,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/ReloadRequest"}}
-            },
-        }
-    },
+    openapi_extra=json_body("ReloadRequest", required=False),
 )
 async def reload(request: Request, service: ServiceDep) -> dict[str, Any]:
     """Load a version (default: MODEL_VERSION or the production alias) and swap it in
@@ -65,14 +65,7 @@ def retrain(service: ServiceDep) -> dict[str, Any]:
     status_code=202,
     response_model=ActionResponse,
     responses={k: v for k, v in ERRORS.items() if k in (404, 422, 503)},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/PromoteRequest"}}
-            },
-        }
-    },
+    openapi_extra=json_body("PromoteRequest"),
 )
 async def promote(request: Request, service: ServiceDep) -> dict[str, Any]:
     """Put a version in production (`pin`: and hold it there), as `mlplatform promote|pin`
@@ -101,14 +94,7 @@ def rollback(service: ServiceDep) -> dict[str, Any]:
     status_code=202,
     response_model=ActionResponse,
     responses={k: v for k, v in ERRORS.items() if k in (404, 422, 503)},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/TrainRequest"}}
-            },
-        }
-    },
+    openapi_extra=json_body("TrainRequest"),
 )
 async def train(request: Request, service: ServiceDep) -> dict[str, Any]:
     """Train a model on a stored data set, as `mlplatform train --dataset NAME` does: a

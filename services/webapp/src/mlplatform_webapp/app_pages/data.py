@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from mlplatform_webapp import ui
-from mlplatform_webapp.api_client import ApiError, ApiRejected
+from mlplatform_webapp.api_client import ApiError
 
 TRAIN_WAIT_SECONDS = 120.0
 """How long the page follows a training run before it says the run is still going."""
@@ -52,14 +52,9 @@ def _await_version(before: set[str]) -> tuple[str | None, str | None]:
 def _train(dataset: str, token: str) -> None:
     """Ask serving to start the training run, then follow it: the new version and whether
     it is in production, or that it is still training and where to look."""
-    try:
-        before, _ = _versions()
-        answer: dict[str, Any] = ui.client().train(token, dataset)
-    except ApiRejected as exc:
-        st.error(f"Refused: {exc.message}", icon=":material/block:")
-        return
-    except ApiError as exc:
-        st.error(exc.message, icon=":material/cloud_off:")
+    before, _ = ui.fetch_or_stop(_versions)
+    answer: dict[str, Any] | None = ui.act(ui.client().train, token, dataset)
+    if answer is None:
         return
     st.success(
         f"Started {answer.get('action')} for {answer.get('model')} (production was "
@@ -120,13 +115,8 @@ if upload is not None:
         else st.text_input("Target column", key="data_target_text").strip()
     )
     if st.button("Store the data set", type="primary", key="data_store"):
-        try:
-            stored = ui.client().upload_dataset(token, name, str(target or ""), data)
-        except ApiRejected as exc:
-            st.error(f"Refused: {exc.message}", icon=":material/block:")
-        except ApiError as exc:
-            st.error(exc.message, icon=":material/cloud_off:")
-        else:
+        stored = ui.act(ui.client().upload_dataset, token, name, str(target or ""), data)
+        if stored is not None:
             st.success(
                 f"Stored {stored['name']}: {stored['rows']} rows, {len(stored['columns'])} "
                 f"columns, a {stored['task']} task ({stored['task_reason']}).",
@@ -147,13 +137,8 @@ if upload is not None:
             )
 
 st.subheader("Stored data sets")
-try:
-    stored_sets = ui.client().datasets(token)
-except ApiRejected as exc:
-    st.error(f"Refused: {exc.message}", icon=":material/block:")
-    st.stop()
-except ApiError as exc:
-    st.error(exc.message, icon=":material/cloud_off:")
+stored_sets = ui.act(ui.client().datasets, token)
+if stored_sets is None:
     st.stop()
 if not stored_sets:
     st.caption("None yet.")

@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from mlplatform_webapp import cards, runs, ui
-from mlplatform_webapp.api_client import ApiError, ApiRejected
+from mlplatform_webapp.api_client import ApiError
 from mlplatform_webapp.settings import get_settings
 
 st.title("Model")
@@ -120,16 +120,11 @@ def _move(action: str, version: str, pin: bool, token: str) -> None:
     """Ask serving to start the move, wait for it, and keep what to say for the rerun that
     shows the new production (the metrics above are read before the move)."""
     said: list[tuple[str, str]] = []
-    try:
-        if action == "promote":
-            answer = ui.client().promote(token, version, pin)
-        else:
-            answer = ui.client().rollback(token)
-    except ApiRejected as exc:
-        st.error(f"Refused: {exc.message}", icon=":material/block:")
-        return
-    except ApiError as exc:
-        st.error(exc.message, icon=":material/cloud_off:")
+    if action == "promote":
+        answer = ui.act(ui.client().promote, token, version, pin)
+    else:
+        answer = ui.act(ui.client().rollback, token)
+    if answer is None:
         return
     said.append(
         (

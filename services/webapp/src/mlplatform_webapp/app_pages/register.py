@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from mlplatform_webapp import ui
-from mlplatform_webapp.api_client import ApiError, ApiRejected
+from mlplatform_webapp.api_client import ApiError
 from mlplatform_webapp.settings import get_settings
 
 UPLOAD, OUTCOME = "register_upload", "register_outcome"
@@ -69,19 +69,15 @@ if st.button("Register", type="primary", key="register_submit", disabled=model i
     if model is None or data is None or not target:
         st.error("Choose a model file, its reference data and the target column.")
     else:
-        try:
-            answer = ui.client().register_model(
-                token,
-                (model.name, model.getvalue()),
-                (data.name, data.getvalue()),
-                str(target),
-                promote=promote,
-            )
-        except ApiRejected as exc:
-            st.error(f"Refused: {exc.message}", icon=":material/block:")
-        except ApiError as exc:
-            st.error(exc.message, icon=":material/cloud_off:")
-        else:
+        answer = ui.act(
+            ui.client().register_model,
+            token,
+            (model.name, model.getvalue()),
+            (data.name, data.getvalue()),
+            str(target),
+            promote=promote,
+        )
+        if answer is not None:
             st.session_state[UPLOAD] = {**answer, "name": model.name, "since": time.time()}
             st.session_state.pop(OUTCOME, None)
 
