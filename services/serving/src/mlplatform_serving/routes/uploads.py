@@ -226,12 +226,6 @@ async def register_model(
     rows, signs and publishes it. **A .joblib/.pkl file is a pickle: loading it runs its
     code**, which is why this takes the admin token; .skops is the safe format. Answers 202
     with the upload's status URL (`GET /admin/models/uploads/{id}`)."""
-    launcher = service.retrain_launcher
-    if launcher is None:
-        raise ConfigurationError(
-            "no retrain launcher is configured in this deployment: the retrainer registers "
-            "uploaded models (MLPLATFORM_RETRAIN_LAUNCHER)"
-        )
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "multipart/form-data":
         raise UnsupportedMediaType(
@@ -247,6 +241,13 @@ async def register_model(
         model, data, fields = await _checked(form, service, upload_id)
     finally:
         await form.close()
+    # Checked after the form, so a deployment without one still names a bad field first.
+    launcher = service.retrain_launcher
+    if launcher is None:
+        raise ConfigurationError(
+            "no retrain launcher is configured in this deployment: the retrainer registers "
+            "uploaded models (MLPLATFORM_RETRAIN_LAUNCHER)"
+        )
     await run_in_threadpool(uploads.store_upload, service.store, upload_id, model, data, fields)
     try:
         await run_in_threadpool(
