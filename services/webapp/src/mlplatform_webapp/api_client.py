@@ -112,6 +112,10 @@ class ApiClient:
                 f"The serving API answered {path} with something that is not JSON."
             ) from None
 
+    def _admin(self, method: str, path: str, token: str, **kw: Any) -> dict[str, Any]:
+        """A request with the admin (bearer) token, answered with a JSON object."""
+        return dict(self._json(method, path, headers={"Authorization": f"Bearer {token}"}, **kw))
+
     # -- reads -------------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
@@ -224,35 +228,29 @@ class ApiClient:
 
     def reload(self, token: str, version: str | None = None) -> dict[str, Any]:
         """``POST /admin/reload`` (bearer token)."""
-        return dict(
-            self._json(
-                "POST",
-                "/admin/reload",
-                json={"version": version} if version else None,
-                headers={"Authorization": f"Bearer {token}"},
-            )
+        return self._admin(
+            "POST",
+            "/admin/reload",
+            token,
+            json={"version": version} if version else None,
         )
 
     def retrain(self, token: str) -> dict[str, Any]:
         """``POST /admin/retrain`` (bearer token)."""
-        return dict(
-            self._json("POST", "/admin/retrain", headers={"Authorization": f"Bearer {token}"})
-        )
+        return self._admin("POST", "/admin/retrain", token)
 
     def upload_dataset(
         self, token: str, name: str, target: str, data: bytes, timeout: float = 300.0
     ) -> dict[str, Any]:
         """``POST /admin/datasets`` (bearer token): store a CSV or Parquet file as a named data
         set; the answer is its summary (rows, columns, schema, task)."""
-        return dict(
-            self._json(
-                "POST",
-                "/admin/datasets",
-                params={"name": name, "target": target},
-                content=data,
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=timeout,  # a large file takes longer than a prediction
-            )
+        return self._admin(
+            "POST",
+            "/admin/datasets",
+            token,
+            params={"name": name, "target": target},
+            content=data,
+            timeout=timeout,  # a large file takes longer than a prediction
         )
 
     def register_model(
@@ -275,62 +273,51 @@ class ApiClient:
             fields["task"] = task
         if trust:
             fields["trust"] = list(trust)
-        return dict(
-            self._json(
-                "POST",
-                "/admin/models",
-                files={"model": model, "data": data},
-                data=fields,
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=timeout,  # a large model takes longer than a prediction
-            )
+        return self._admin(
+            "POST",
+            "/admin/models",
+            token,
+            files={"model": model, "data": data},
+            data=fields,
+            timeout=timeout,  # a large model takes longer than a prediction
         )
 
     def upload_status(self, token: str, status_path: str) -> dict[str, Any]:
         """``GET /admin/models/uploads/{id}`` (bearer token): ``state`` pending, published
         (with ``version``) or refused (with ``reason``)."""
-        return dict(self._json("GET", status_path, headers={"Authorization": f"Bearer {token}"}))
+        return self._admin("GET", status_path, token)
 
     def datasets(self, token: str) -> list[dict[str, Any]]:
         """``GET /admin/datasets`` (bearer token): the model's stored data sets."""
-        answer = self._json("GET", "/admin/datasets", headers={"Authorization": f"Bearer {token}"})
-        return list(answer.get("datasets", []))
+        return list(self._admin("GET", "/admin/datasets", token).get("datasets", []))
 
     def promote(self, token: str, version: str, pin: bool = False) -> dict[str, Any]:
         """``POST /admin/promote`` (bearer token): start the run that puts ``version`` in
         production (``pin``: and holds it); the answer is ``{"action", "started", "model",
         "production"}``, the alias moves when that run is done."""
-        return dict(
-            self._json(
-                "POST",
-                "/admin/promote",
-                json={"version": version, "pin": pin},
-                headers={"Authorization": f"Bearer {token}"},
-            )
+        return self._admin(
+            "POST",
+            "/admin/promote",
+            token,
+            json={"version": version, "pin": pin},
         )
 
     def rollback(self, token: str) -> dict[str, Any]:
         """``POST /admin/rollback`` (bearer token): start the run that moves production back
         to the previous version; the answer as ``promote``'s."""
-        return dict(
-            self._json("POST", "/admin/rollback", headers={"Authorization": f"Bearer {token}"})
-        )
+        return self._admin("POST", "/admin/rollback", token)
 
     def train(self, token: str, dataset: str) -> dict[str, Any]:
         """``POST /admin/train`` (bearer token): start the run that trains on the stored data
         set, publishes and promotes; the answer as ``promote``'s, the version appears in
         ``models()`` when that run is done."""
-        return dict(
-            self._json(
-                "POST",
-                "/admin/train",
-                json={"dataset": dataset},
-                headers={"Authorization": f"Bearer {token}"},
-            )
+        return self._admin(
+            "POST",
+            "/admin/train",
+            token,
+            json={"dataset": dataset},
         )
 
     def unpin(self, token: str) -> dict[str, Any]:
         """``POST /admin/unpin`` (bearer token): lift a rollback's or a pin's hold."""
-        return dict(
-            self._json("POST", "/admin/unpin", headers={"Authorization": f"Bearer {token}"})
-        )
+        return self._admin("POST", "/admin/unpin", token)
