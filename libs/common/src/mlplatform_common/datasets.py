@@ -214,6 +214,12 @@ def load(store: Store, name: str, *, target: str | None = None, task: str | None
     )
 
 
+def stored(store: Store, name: str) -> bool:
+    """Whether ``name`` is a complete data set of the store's model: its meta, written last,
+    is there (one request, where ``listing`` reads every data set's)."""
+    return store.exists(keys.dataset(name, "meta.json"))
+
+
 def listing(store: Store) -> list[dict[str, Any]]:
     """Every complete data set (one with its meta) of the store's model, by name."""
     out = []

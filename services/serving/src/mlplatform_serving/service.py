@@ -202,7 +202,7 @@ class Service:
     def train(self, dataset: str) -> dict[str, Any]:
         """Check that ``dataset`` is a stored data set of this model, then start the retrainer
         run that trains on it, publishes and promotes, as ``mlplatform train --dataset`` does."""
-        if dataset not in {d["name"] for d in datasets.listing(self.store)}:
+        if not datasets.stored(self.store, dataset):
             raise NotFound(
                 f"dataset {dataset!r} is not a data set of model {self.settings.model_name} "
                 "(GET /admin/datasets lists them; upload one with POST /admin/datasets)"
