@@ -475,14 +475,20 @@ def test_cli_schedule_reports_on_an_interval(tmp_path, trained, shipped_dataset)
         text=True,
     )
     try:
+        # A report's directory appears with its HTML; summary.json is written last and
+        # marks it complete, so count only complete ones (the next may be mid-write).
+        def complete() -> list[str]:
+            return [
+                rid
+                for rid in store.list_dirs(keys.REPORTS)
+                if store.exists(keys.report_file(rid, "summary.json"))
+            ]
+
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(store.list_dirs(keys.REPORTS)) < 2:
+        while time.monotonic() < deadline and len(complete()) < 2:
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.5)
-        reports = store.list_dirs(keys.REPORTS)
-        assert len(reports) >= 2
-        for rid in reports[:2]:
-            assert store.exists(keys.report_file(rid, "summary.json"))
+        assert len(complete()) >= 2, store.list_dirs(keys.REPORTS)
     finally:
         proc.terminate()
         try:
