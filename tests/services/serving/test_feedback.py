@@ -8,11 +8,11 @@ import dataclasses
 import pytest
 from fastapi.testclient import TestClient
 
-from mlplatform_common import datalog
+from mlplatform_common import datalog, keys
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import Store
 from mlplatform_serving.app import create_app
-from tests.conftest import SIGNING_KEY, publish_trained
+from tests.conftest import SIGNING_KEY, S3Server, publish_trained
 from tests.services.serving.conftest import ADMIN, WRITER, assert_error, serving_settings
 
 
@@ -138,6 +138,37 @@ def test_retrain_starts_once_per_multiple_of_k(model_store: Store, rows) -> None
         ]
     assert flags == [False, False, True, False, False, True, False]
     assert started[0] == "3 labelled rows since v1 (k=3)"
+
+
+def test_trigger_markers_keep_the_newest_and_each_multiple_still_starts_once(
+    s3_server: S3Server, trained, shipped_dataset, rows
+) -> None:
+    """Two replicas on one real store: every multiple of k starts one run, and the markers
+    prefix is pruned to the newest (a marker from before markers carried ``at`` goes first)."""
+    store = s3_server.store()
+    publish_trained(ModelRegistry(store, SIGNING_KEY), trained, shipped_dataset)
+    store.put(keys.trigger("v0-50"), b'{"reason": "written before markers had a time"}')
+    started: list[str] = []
+    apps = [
+        create_app(serving_settings(retrain_every=2, feedback_count_max_age=0), store)
+        for _ in range(2)
+    ]
+    for app in apps:
+        app.state.service.retrain_launcher = lambda reason, force: started.append(reason) or True
+        app.state.service.feedback.markers_kept = 2  # pruned past 4
+    with TestClient(apps[0]) as a, TestClient(apps[1]) as b:
+        flags = [
+            (a, b)[i % 2]
+            .post("/feedback", headers=WRITER, json={"features": rows[i], "target": 1})
+            .json()["retrain_started"]
+            for i in range(13)
+        ]
+    assert flags == [count % 2 == 0 for count in range(1, 14)]  # 13 is in 12's multiple
+    assert started == [f"{n} labelled rows since v1 (k=2)" for n in range(2, 13, 2)]
+    # The old marker and v1-2, v1-4 went when v1-8 made five; v1-12 blocks row 13 still.
+    assert sorted(store.list_keys(keys.TRIGGERS)) == sorted(
+        keys.trigger(f"v1-{n}") for n in (6, 8, 10, 12)
+    )
 
 
 def test_feedback_by_id_finds_recent_rows_in_memory_and_older_ones_in_the_store(

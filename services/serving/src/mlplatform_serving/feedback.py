@@ -32,6 +32,11 @@ logger = logging.getLogger("mlplatform.serving")
 # Labelled rows of one batch written to the store at once (``Feedback.record_batch``).
 FEEDBACK_WRITERS = 8
 
+# Trigger markers kept (``Feedback.start_once``): a marker blocks a second run only while a
+# replica can still compute its name, which the newest ones cover (a replica whose count lags
+# by 50 multiples of k is not a case); past twice this many the oldest are deleted.
+TRIGGER_MARKERS_KEPT = 50
+
 
 def _row_error(index: int, exc: MLPlatformError) -> dict[str, Any]:
     """A batch row's failure: its index, the status it would have had alone, and the message
@@ -71,6 +76,7 @@ class Feedback:
         self.log = log
         # Starts one retrain without waiting: (reason, force) -> started.
         self.retrain_launcher: Launcher | None = None
+        self.markers_kept = TRIGGER_MARKERS_KEPT
         self._counter: tuple[str, datalog.FeedbackCounter] | None = None
 
     def record(
@@ -322,12 +328,37 @@ class Feedback:
         if self.retrain_launcher is None:
             return False
         safe = "".join(c if c.isalnum() or c in "-." else "-" for c in marker)
-        if not self.store.put_if_absent(
-            keys.trigger(safe), json.dumps({"reason": reason}).encode()
-        ):
+        body = {"reason": reason, "at": time.time()}
+        if not self.store.put_if_absent(keys.trigger(safe), json.dumps(body).encode()):
             return False
         try:
-            return self.retrain_launcher(reason, False)
+            started = self.retrain_launcher(reason, False)
         except MLPlatformError as exc:
             logger.error("could not start a retrain: %s", exc.message)
-            return False
+            started = False
+        try:
+            self._prune_markers()
+        except MLPlatformError as exc:  # the next new marker prunes again
+            logger.warning("could not delete old trigger markers: %s", exc.message)
+        return started
+
+    def _prune_markers(self) -> None:
+        """Keep the newest ``markers_kept`` markers once there are twice as many. A marker
+        is needed while a replica may compute its name again: ``<version>-<n>`` until the
+        count reaches the next multiple of k, a ``follow-`` one until the alias moves. A
+        retrain's end answers none of them: the next row, still in the same multiple, would
+        start another run. Markers written before they carried ``at`` go first."""
+        names = self.store.list_keys(keys.TRIGGERS)
+        if len(names) <= 2 * self.markers_kept:
+            return
+        written: list[tuple[float, str]] = []
+        for key in names:
+            try:
+                at = float(self.store.get_json(key).get("at", 0.0))
+            except NotFound:  # another replica pruned it
+                continue
+            except (MLPlatformError, AttributeError, TypeError, ValueError):
+                at = 0.0  # unreadable: oldest
+            written.append((at, key))
+        for _, key in sorted(written)[: len(written) - self.markers_kept]:
+            self.store.delete(key)
