@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from mlplatform_common import keys
+from mlplatform_common.lock import StoreLock
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import Store
 from tests.conftest import (
@@ -166,6 +168,34 @@ def test_the_retrainers_run_with_a_train_action_trains_and_a_bad_one_is_one_line
         assert len(lines) == 1 and message in lines[0], bad.stderr
     assert registry.versions() == [*before, new]
     assert registry.production_version() == new
+
+
+def test_train_that_promotes_is_refused_while_the_retrain_lock_is_held(served) -> None:  # type: ignore[no-untyped-def]
+    """The alias is read, then overwritten: a train promoting while a retrain or a move holds
+    the lock would lose one promotion. Both ways to train refuse at once, moving nothing; one
+    that does not promote publishes."""
+    proc, store, env = served
+    upload(proc, "penguins-locked")
+    registry = ModelRegistry(store, SIGNING_KEY)
+    before, alias = registry.versions(), registry.production()
+    with StoreLock(store, keys.RETRAIN_LOCK, 600, owner="a-running-retrain"):
+        for args, extra in (
+            (["train", "--dataset", "penguins-locked"], {}),
+            (["run"], {"MLPLATFORM_ACTION": "train:penguins-locked"}),
+        ):
+            refused = run_cli("mlplatform_retrainer", args, {**env, **extra})
+            assert refused.returncode == 1, refused.stdout + refused.stderr
+            lines = refused.stderr.strip().splitlines()
+            assert len(lines) == 1, refused.stderr
+            assert "not trained, a retrain or a move of production is running" in lines[0]
+            assert "held by a-running-retrain" in lines[0]
+        assert registry.versions() == before and registry.production() == alias
+        done = run_cli(
+            "mlplatform_retrainer", ["train", "--dataset", "penguins-locked", "--no-promote"], env
+        )
+        assert done.returncode == 0, done.stderr
+    assert len(registry.versions()) == len(before) + 1
+    assert registry.production() == alias
 
 
 def test_without_a_launcher_it_is_503_and_nothing_moves(

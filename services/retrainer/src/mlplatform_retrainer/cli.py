@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from mlplatform_common import actions, keys
 from mlplatform_common.errors import ConfigurationError, InvalidInput, MLPlatformError
+from mlplatform_common.lock import LockHeld, StoreLock
 from mlplatform_common.log import configure_logging
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.schema import TASKS
@@ -143,20 +144,46 @@ def train(
     if dataset:
         click.echo(_trained_on(settings, dataset, promote=not no_promote))
         return
-    if data_url:
-        published = train_from_url(
-            settings, data_url, target, dataset_name, timeout=timeout, promote=not no_promote
-        )
-    else:
-        published = train_from_file(settings, data, target, promote=not no_promote)
-    click.echo(_published(settings, published))
+
+    def trained() -> Published:
+        if data_url:
+            return train_from_url(
+                settings, data_url, target, dataset_name, timeout=timeout, promote=not no_promote
+            )
+        return train_from_file(settings, data, target, promote=not no_promote)
+
+    click.echo(_trained(settings, not no_promote, trained))
 
 
 def _trained_on(settings: RetrainerSettings, dataset: str, promote: bool = True) -> str:
     """``train --dataset NAME`` and the action ``train:NAME`` (POST /admin/train)."""
     from mlplatform_retrainer.job import train_from_store
 
-    return _published(settings, train_from_store(settings, dataset, promote=promote))
+    return _trained(settings, promote, lambda: train_from_store(settings, dataset, promote=promote))
+
+
+def _trained(settings: RetrainerSettings, promote: bool, train: Callable[[], Published]) -> str:
+    """Train, publish and roll out under the retrain lock when it promotes: the alias is read,
+    then overwritten (``ModelRegistry.promote``), so a retrain or a move at the same time would
+    lose one of the two promotions from the alias and its history, or roll out the other's
+    version. A lock held is refused at once (one line, exit 1), as a retrain or a move is; a
+    version published without promotion needs no lock (its number is claimed atomically)."""
+    if not promote:
+        return _published(settings, train())
+    lock = StoreLock(
+        open_store(settings, ensure=True), keys.RETRAIN_LOCK, settings.lock_ttl_seconds
+    )
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        raise LockHeld(
+            f"{settings.model_name}: not trained, a retrain or a move of production is running "
+            f"({exc.message}); train again once it ends, or with --no-promote"
+        ) from None
+    try:
+        return _published(settings, train())
+    finally:
+        lock.release()
 
 
 def _published(settings: RetrainerSettings, published: Published) -> str:
