@@ -226,6 +226,39 @@ def test_a_real_v2_client_gets_the_same_predictions(serving: ServingProcess, row
     client.close()
 
 
+def test_per_feature_fp32_inputs_beyond_fp32_are_refused_by_a_real_process(
+    s3_server: S3Server, penguins_trained, penguins_dataset
+) -> None:
+    """A per-feature FP32 input of 1e39 (a column that may be missing, after a null) was
+    answered 200 and logged; one [n, n_features] FP32 tensor was refused."""
+    from tests.services.serving.test_tasks import rows_of, v2_inputs
+
+    store = s3_server.store()
+    publish_trained(ModelRegistry(store, SIGNING_KEY), penguins_trained, penguins_dataset)
+    serving = ServingProcess(serving_env(s3_server, store.bucket)).start()
+    try:
+        inputs = v2_inputs(penguins_dataset, rows_of(penguins_dataset, 3))
+        tensor = next(t for t in inputs if t["name"] == "bill_length_mm")
+        url = serving.url + "/v2/models/mlplatform/infer"
+        for value, shown in ((1e39, "1e+39"), (-1e39, "-1e+39")):
+            tensor |= {"datatype": "FP32", "data": [None, 39.1, value]}
+            r = httpx.post(url, json={"inputs": inputs})
+            assert r.status_code == 422, r.text
+            assert r.json() == {
+                "error": f"inputs[bill_length_mm].data[2]: {shown} is too large for FP32",
+                "type": "InvalidInput",
+            }
+        tensor["data"] = [None, 39.1, 3.4e38]  # FP32 holds it
+        r = httpx.post(url, json={"inputs": inputs})
+        assert r.status_code == 200, r.text
+        ids = next(o for o in r.json()["outputs"] if o["name"] == "prediction_id")["data"]
+    finally:
+        out = serving.stop()
+    assert "Traceback" not in out
+    logged = datalog.read_predictions(store)
+    assert sorted(logged["prediction_id"]) == sorted(ids)  # nothing of the refused requests
+
+
 def test_predictions_keep_answering_while_the_store_is_down(trained, shipped_dataset, rows) -> None:
     server = S3Server().start()
     store = server.store()
