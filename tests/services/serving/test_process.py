@@ -317,6 +317,55 @@ def test_metrics_add_up_across_uvicorn_workers(
     assert sample(text, "mlplatform_http_requests_total", **route) == 40
 
 
+def test_a_regression_exports_its_predicted_values_bucketed_by_its_reference_target(
+    s3_server: S3Server, diabetes_trained, diabetes_dataset, serving: ServingProcess, rows
+) -> None:
+    """Nothing showed a regression's output distribution: the probability histogram is a
+    classifier's. Two workers, as the value histogram is made at load, not at import."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.services.serving.test_tasks import rows_of
+
+    store = s3_server.store()
+    registry = ModelRegistry(store, SIGNING_KEY)
+    publish_trained(registry, diabetes_trained, diabetes_dataset)
+    env = serving_env(s3_server, store.bucket, MLPLATFORM_WORKERS="2")
+    proc = ServingProcess(env).start()
+    values: list[float] = []
+    try:
+        with httpx.Client() as client:
+            for i in range(12):  # new connections spread over both workers
+                r = client.post(
+                    proc.url + "/predict",
+                    json={"instances": rows_of(diabetes_dataset, 1 + i % 4, start=10 * i)},
+                    headers={"Connection": "close"},
+                )
+                assert r.status_code == 200, r.text
+                values += [p["value"] for p in r.json()["predictions"]]
+            text = client.get(proc.url + "/metrics").text
+    finally:
+        proc.stop()
+    (family,) = [
+        f for f in text_string_to_metric_families(text) if f.name == "mlplatform_prediction_value"
+    ]
+    buckets = {float(s.labels["le"]): s.value for s in family.samples if s.name.endswith("bucket")}
+    assert sample(text, "mlplatform_prediction_value_count") == len(values) == 30
+    assert sample(text, "mlplatform_prediction_value_sum") == pytest.approx(sum(values))
+    # the bounds: quantiles 0, 1, 5, 10, 20, ..., 90, 95, 99 and 100% of the version's
+    # reference target (ref_data.csv), as the served version carries it
+    target = registry.load("v1").ref_data["target"].to_numpy(dtype=float)
+    levels = [0, 0.01, 0.05, *np.arange(0.1, 0.95, 0.1), 0.95, 0.99, 1]
+    expected = sorted({float(f"{q:.6g}") for q in np.quantile(target, levels)})
+    assert sorted(buckets)[:-1] == pytest.approx(expected, rel=1e-5)
+    assert buckets[float("inf")] == len(values)
+    for le, count in buckets.items():
+        assert count == sum(v <= le for v in values), le
+    # a classifier's serving exports no such histogram
+    httpx.post(serving.url + "/predict", json={"instances": rows[:5]}).raise_for_status()
+    assert "mlplatform_prediction_value" not in httpx.get(serving.url + "/metrics").text
+    assert "mlplatform_prediction_probability_count 5.0" in httpx.get(serving.url + "/metrics").text
+
+
 def test_feedback_by_id_works_on_the_replica_that_did_not_predict_it(
     s3_server: S3Server, s3_model: S3Store, rows
 ) -> None:
