@@ -30,7 +30,7 @@ from mlplatform_reporter import job as report_job
 from mlplatform_retrainer import retrain
 from mlplatform_retrainer.job import upload_dataset
 from tests.chart.conftest import CHART, NAMESPACE, RELEASE, one, rendered_variant
-from tests.conftest import DATA, SIGNING_KEY, ServingProcess, free_port, publish_trained
+from tests.conftest import DATA, SIGNING_KEY, ServingProcess, publish_trained
 from tests.services.reporter.conftest import (
     ALERTS,
     PromStack,
@@ -338,6 +338,13 @@ def _feed(stack: PromStack, serving: ServingProcess, store: LocalStore) -> int:
 
 REGRESSION_ONLY = 'task="regression"'
 CLASSIFICATION_ONLY = 'task="classification"'
+# A series only a regression's serving exports (no task label: a release serves one task).
+REGRESSION_SERVING = metric_names.PREDICTION_VALUE + "_"
+
+
+def regression_only(expr: str) -> bool:
+    """Whether a query reads what only a regression version gives."""
+    return REGRESSION_ONLY in expr or REGRESSION_SERVING in expr
 
 
 @pytest.fixture(scope="module")
@@ -345,25 +352,45 @@ def regression_live(
     tmp_path_factory: pytest.TempPathFactory, diabetes_trained, diabetes_dataset
 ) -> Iterator[PromStack]:  # type: ignore[no-untyped-def]
     """A real report of a regression version (diabetes), pushed to a Pushgateway that a
-    Prometheus with the chart's configuration scrapes. A release serves one task at a time,
-    so the regression panels are read here and the classifier's in ``live``."""
+    Prometheus with the chart's configuration scrapes, and a real serving process of that
+    version under traffic. A release serves one task at a time, so the regression panels are
+    read here and the classifier's in ``live``."""
     root = tmp_path_factory.mktemp("dashboards-regression")
     store = LocalStore(root / "store")
     store.ensure()
     model = published(store, diabetes_trained, diabetes_dataset)
-    log_traffic(store, model, split_rows(diabetes_dataset, "regression"), labelled=1.0)
-    with running_prom_stack(
-        root,
-        lambda pushgateway: _prometheus_config(
-            f"127.0.0.1:{free_port()}", pushgateway, root / "alerts.yaml"
-        ),
-    ) as stack:
-        stack.wait_for('up{job="pushgateway"}', 1)
-        release = {"release": RELEASE, "namespace": NAMESPACE}
-        reporter = reporter_settings(pushgateway_url=stack.pushgateway_url, **release)
-        assert report_job.run(reporter, store=store).pushed
-        stack.wait_for('count(mlplatform_model_rmse{job="mlplatform-reporter"})', 1)
-        yield stack
+    rows = split_rows(diabetes_dataset, "regression")
+    log_traffic(store, model, rows, labelled=1.0)
+    serving = ServingProcess(
+        {
+            "MLPLATFORM_STORE_URL": store.url,
+            "MLPLATFORM_SIGNING_KEY": SIGNING_KEY.decode(),
+            "MLPLATFORM_ADMIN_TOKEN": "dash-admin",
+            "MLPLATFORM_RETRAIN_EVERY": "0",
+        }
+    ).start()
+    features = rows.drop(columns="target").to_dict(orient="records")
+    try:
+        with running_prom_stack(
+            root,
+            lambda pushgateway: _prometheus_config(
+                f"127.0.0.1:{serving.port}", pushgateway, root / "alerts.yaml"
+            ),
+        ) as stack:
+            stack.wait_for('up{job="pushgateway"}', 1)
+            stack.wait_for('up{job="mlplatform-serving"}', 1)
+            release = {"release": RELEASE, "namespace": NAMESPACE}
+            reporter = reporter_settings(pushgateway_url=stack.pushgateway_url, **release)
+            assert report_job.run(reporter, store=store).pushed
+            stack.wait_for('count(mlplatform_model_rmse{job="mlplatform-reporter"})', 1)
+            for i in range(0, 40, 4):  # predictions spread over scrapes: two samples a rate
+                r = httpx.post(serving.url + "/predict", json={"instances": features[i : i + 4]})
+                assert r.status_code == 200, r.text
+                time.sleep(0.3)
+            stack.wait_for(f"sum({REGRESSION_SERVING}count)", 40)
+            yield stack
+    finally:
+        serving.stop()
 
 
 @pytest.mark.parametrize(
@@ -375,7 +402,7 @@ def test_every_panel_query_returns_data(
     live: Live, request: pytest.FixtureRequest, dashboard: str, title: str, expr: str, legend: str
 ) -> None:
     query = substitute(expr)
-    prom = request.getfixturevalue("regression_live") if REGRESSION_ONLY in expr else live.prom
+    prom = request.getfixturevalue("regression_live") if regression_only(expr) else live.prom
     result = prom.query(query)
     assert result, f"{dashboard} / {title}: no data for {query}"
     values = [float(r["value"][1]) for r in result]
@@ -397,6 +424,12 @@ def test_each_task_shows_its_own_quality_panels(live: Live, regression_live: Pro
         assert live.prom.query(substitute(expr)) == [], expr
     for expr in classification:
         assert regression_live.query(substitute(expr)) == [], expr
+    # a classifier's serving fills the probability heatmap only (it has no value histogram), a
+    # regression's the value heatmap only (its probability histogram is exported empty)
+    (values,) = [e for _, _, e, _ in expressions() if REGRESSION_SERVING in e]
+    (proba,) = [e for _, t, e, _ in expressions() if t == "Probability distribution"]
+    assert live.prom.query(substitute(values)) == []
+    assert {float(r["value"][1]) for r in regression_live.query(substitute(proba))} == {0.0}
 
 
 def test_the_pushed_series_keep_their_job_labels(live: Live) -> None:

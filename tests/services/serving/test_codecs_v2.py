@@ -224,3 +224,61 @@ def test_a_typed_fp32_tensor_is_rounded_to_fp32_as_before(client: TestClient) ->
     got = v2.decode({}, body, lambda: [f"f{i}" for i in range(30)], 10)
     fp32 = np.asarray(values, dtype=np.float32).astype(np.float64).reshape(4, 30)
     assert got.X.tolist() == fp32.tolist()
+
+
+@pytest.mark.parametrize(
+    ("data_set", "column", "values", "fragment"),
+    [
+        ("breast", "mean_radius", [1.0, 1e39, 2.0], "inputs[mean_radius].data[1]: 1e+39 is"),
+        (  # rows of one value ([n, 1]), the last column, below -FP32_MAX
+            "breast",
+            "worst_fractal_dimension",
+            [[1.0], [2.0], [-1e39]],
+            "inputs[worst_fractal_dimension].data[2]: -1e+39 is",
+        ),
+        # a column that may be missing: NaN (null) is no overflow, the value after it is
+        (
+            "penguins",
+            "bill_length_mm",
+            [None, 1e39, 40.0],
+            "inputs[bill_length_mm].data[1]: 1e+39 is",
+        ),
+        ("penguins", "body_mass_g", [None, None, -4e38], "inputs[body_mass_g].data[2]: -4e+38 is"),
+        ("penguins", "year", [2007, 2008, 10**39], "inputs[year].data[2]: 1e+39 is"),
+    ],
+)
+def test_v2_per_feature_fp32_inputs_beyond_fp32_are_refused(
+    request: pytest.FixtureRequest,
+    local_store: Store,
+    data_set: str,
+    column: str,
+    values: list[Any],
+    fragment: str,
+) -> None:
+    """One FP32 [n, n_features] tensor refused 1e39; the same value in a per-feature FP32
+    input was answered 200, scored as a value no FP32 holds."""
+    from tests.services.serving.test_tasks import rows_of, v2_inputs
+
+    fixtures = {
+        "breast": ("shipped_dataset", "trained"),
+        "penguins": ("penguins_dataset", "penguins_trained"),
+    }
+    dataset, trained = (request.getfixturevalue(f) for f in fixtures[data_set])
+    publish_trained(ModelRegistry(local_store, SIGNING_KEY), trained, dataset)
+    inputs = v2_inputs(dataset, rows_of(dataset, 3))
+    tensor = next(t for t in inputs if t["name"] == column)
+    tensor |= {
+        "datatype": "FP32",
+        "data": values,
+        "shape": [3, 1] if type(values[0]) is list else [3],
+    }
+    url = "/v2/models/mlplatform/infer"
+    with TestClient(create_app(serving_settings(), local_store)) as c:
+        assert_error(c.post(url, json={"inputs": inputs}), 422, fragment + " too large for FP32")
+        tensor["datatype"] = "FP64"  # within ±1e150 and held by FP64: answered
+        r = c.post(url, json={"inputs": inputs})
+        assert r.status_code == 200, r.text
+        # FP32's own extremes are taken
+        tensor |= {"datatype": "FP32", "data": [1.0, 3.4e38, -3.4e38], "shape": [3]}
+        r = c.post(url, json={"inputs": inputs})
+        assert r.status_code == 200, r.text

@@ -226,6 +226,39 @@ def test_a_real_v2_client_gets_the_same_predictions(serving: ServingProcess, row
     client.close()
 
 
+def test_per_feature_fp32_inputs_beyond_fp32_are_refused_by_a_real_process(
+    s3_server: S3Server, penguins_trained, penguins_dataset
+) -> None:
+    """A per-feature FP32 input of 1e39 (a column that may be missing, after a null) was
+    answered 200 and logged; one [n, n_features] FP32 tensor was refused."""
+    from tests.services.serving.test_tasks import rows_of, v2_inputs
+
+    store = s3_server.store()
+    publish_trained(ModelRegistry(store, SIGNING_KEY), penguins_trained, penguins_dataset)
+    serving = ServingProcess(serving_env(s3_server, store.bucket)).start()
+    try:
+        inputs = v2_inputs(penguins_dataset, rows_of(penguins_dataset, 3))
+        tensor = next(t for t in inputs if t["name"] == "bill_length_mm")
+        url = serving.url + "/v2/models/mlplatform/infer"
+        for value, shown in ((1e39, "1e+39"), (-1e39, "-1e+39")):
+            tensor |= {"datatype": "FP32", "data": [None, 39.1, value]}
+            r = httpx.post(url, json={"inputs": inputs})
+            assert r.status_code == 422, r.text
+            assert r.json() == {
+                "error": f"inputs[bill_length_mm].data[2]: {shown} is too large for FP32",
+                "type": "InvalidInput",
+            }
+        tensor["data"] = [None, 39.1, 3.4e38]  # FP32 holds it
+        r = httpx.post(url, json={"inputs": inputs})
+        assert r.status_code == 200, r.text
+        ids = next(o for o in r.json()["outputs"] if o["name"] == "prediction_id")["data"]
+    finally:
+        out = serving.stop()
+    assert "Traceback" not in out
+    logged = datalog.read_predictions(store)
+    assert sorted(logged["prediction_id"]) == sorted(ids)  # nothing of the refused requests
+
+
 def test_predictions_keep_answering_while_the_store_is_down(trained, shipped_dataset, rows) -> None:
     server = S3Server().start()
     store = server.store()
@@ -282,6 +315,55 @@ def test_metrics_add_up_across_uvicorn_workers(
         proc.stop()
     route = {"route": "/predict", "method": "POST", "status": "200"}
     assert sample(text, "mlplatform_http_requests_total", **route) == 40
+
+
+def test_a_regression_exports_its_predicted_values_bucketed_by_its_reference_target(
+    s3_server: S3Server, diabetes_trained, diabetes_dataset, serving: ServingProcess, rows
+) -> None:
+    """Nothing showed a regression's output distribution: the probability histogram is a
+    classifier's. Two workers, as the value histogram is made at load, not at import."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.services.serving.test_tasks import rows_of
+
+    store = s3_server.store()
+    registry = ModelRegistry(store, SIGNING_KEY)
+    publish_trained(registry, diabetes_trained, diabetes_dataset)
+    env = serving_env(s3_server, store.bucket, MLPLATFORM_WORKERS="2")
+    proc = ServingProcess(env).start()
+    values: list[float] = []
+    try:
+        with httpx.Client() as client:
+            for i in range(12):  # new connections spread over both workers
+                r = client.post(
+                    proc.url + "/predict",
+                    json={"instances": rows_of(diabetes_dataset, 1 + i % 4, start=10 * i)},
+                    headers={"Connection": "close"},
+                )
+                assert r.status_code == 200, r.text
+                values += [p["value"] for p in r.json()["predictions"]]
+            text = client.get(proc.url + "/metrics").text
+    finally:
+        proc.stop()
+    (family,) = [
+        f for f in text_string_to_metric_families(text) if f.name == "mlplatform_prediction_value"
+    ]
+    buckets = {float(s.labels["le"]): s.value for s in family.samples if s.name.endswith("bucket")}
+    assert sample(text, "mlplatform_prediction_value_count") == len(values) == 30
+    assert sample(text, "mlplatform_prediction_value_sum") == pytest.approx(sum(values))
+    # the bounds: quantiles 0, 1, 5, 10, 20, ..., 90, 95, 99 and 100% of the version's
+    # reference target (ref_data.csv), as the served version carries it
+    target = registry.load("v1").ref_data["target"].to_numpy(dtype=float)
+    levels = [0, 0.01, 0.05, *np.arange(0.1, 0.95, 0.1), 0.95, 0.99, 1]
+    expected = sorted({float(f"{q:.6g}") for q in np.quantile(target, levels)})
+    assert sorted(buckets)[:-1] == pytest.approx(expected, rel=1e-5)
+    assert buckets[float("inf")] == len(values)
+    for le, count in buckets.items():
+        assert count == sum(v <= le for v in values), le
+    # a classifier's serving exports no such histogram
+    httpx.post(serving.url + "/predict", json={"instances": rows[:5]}).raise_for_status()
+    assert "mlplatform_prediction_value" not in httpx.get(serving.url + "/metrics").text
+    assert "mlplatform_prediction_probability_count 5.0" in httpx.get(serving.url + "/metrics").text
 
 
 def test_feedback_by_id_works_on_the_replica_that_did_not_predict_it(

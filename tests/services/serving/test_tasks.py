@@ -21,7 +21,7 @@ from mlplatform_common.schema import UNKNOWN, encoded_frame
 from mlplatform_common.storage import Store
 from mlplatform_serving.app import create_app
 from tests.conftest import SIGNING_KEY, publish_trained
-from tests.services.serving.conftest import WRITER, assert_error, serving_settings
+from tests.services.serving.conftest import ADMIN, WRITER, assert_error, serving_settings
 
 
 def rows_of(dataset: Any, n: int, start: int = 0) -> list[dict[str, Any]]:
@@ -88,6 +88,51 @@ def test_a_regression_answers_its_values_in_json(
     assert [set(a) for a in answers] == [{"prediction_id", "value", "model_version", "backup"}] * n
     np.testing.assert_allclose([a["value"] for a in answers], want, rtol=1e-9)
     assert len({a["prediction_id"] for a in answers}) == n
+
+
+def test_a_reload_gives_the_value_histogram_the_new_versions_buckets(
+    diabetes_store: Store, diabetes_dataset, shipped_dataset, trained
+) -> None:
+    """Prometheus fixes buckets when a histogram is made: a reload (local mode) to a version
+    with another reference target makes it again with that version's bounds, and to a
+    classifier takes it away."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mlplatform_retrainer.train import TrainConfig, train
+
+    def histogram(c: TestClient) -> dict[float, float] | None:
+        for family in text_string_to_metric_families(c.get("/metrics").text):
+            if family.name == "mlplatform_prediction_value":
+                samples = family.samples
+                return {float(s.labels["le"]): s.value for s in samples if "le" in s.labels}
+        return None
+
+    registry = ModelRegistry(diabetes_store, SIGNING_KEY)
+    small = dataclasses.replace(
+        diabetes_dataset, X=diabetes_dataset.X[:120], y=diabetes_dataset.y[:120]
+    )
+    v2 = publish_trained(
+        registry, train(small.X, small.y, TrainConfig(), task="regression"), small, promote=False
+    )
+    v3 = publish_trained(registry, trained, shipped_dataset, promote=False)  # a classifier
+    with TestClient(create_app(serving_settings(), diabetes_store)) as c:
+        before = histogram(c)  # earlier tests' apps of v1's buckets in this process count too
+        assert before is not None
+        assert c.post("/predict", json={"instances": rows_of(diabetes_dataset, 3)}).is_success
+        first = histogram(c)
+        assert first is not None and first[math.inf] == before[math.inf] + 3
+        r = c.post("/admin/reload", headers=ADMIN, json={"version": v2})
+        assert r.status_code == 200, r.text
+        second = histogram(c)
+        target = registry.load(v2).ref_data["target"].to_numpy(dtype=float)
+        assert second is not None and set(second.values()) == {0.0}  # counts start again
+        assert sorted(second)[0] == float(f"{target.min():.6g}") != sorted(first)[0]
+        assert sorted(second)[-2] == float(f"{target.max():.6g}")
+        assert c.post("/predict", json={"instances": rows_of(diabetes_dataset, 2)}).is_success
+        after = histogram(c)
+        assert after is not None and set(after) == set(second) and after[math.inf] == 2
+        assert c.post("/admin/reload", headers=ADMIN, json={"version": v3}).is_success
+        assert histogram(c) is None
 
 
 def test_a_regression_answers_csv_and_v2(

@@ -14,6 +14,7 @@ HTTP_REQUESTS = "mlplatform_http_requests"  # Counter -> mlplatform_http_request
 HTTP_REQUEST_DURATION = "mlplatform_http_request_duration_seconds"  # Histogram
 PREDICTIONS = "mlplatform_predictions"  # Counter{model_version,label}
 PREDICTION_PROBABILITY = "mlplatform_prediction_probability"  # Histogram
+PREDICTION_VALUE = "mlplatform_prediction_value"  # Histogram: a regression's values
 FEEDBACK = "mlplatform_feedback"  # Counter
 MODEL_INFO = "mlplatform_model_info"  # Gauge{version} = 1
 MODEL_LOAD_SECONDS = "mlplatform_model_load_seconds"  # Gauge

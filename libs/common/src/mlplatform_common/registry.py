@@ -22,6 +22,7 @@ from functools import cached_property
 from typing import Any
 
 import joblib
+import numpy as np
 import pandas as pd
 
 from mlplatform_common import keys
@@ -87,6 +88,18 @@ class LoadedModel:
     def ref_data(self) -> pd.DataFrame:
         data = self.files.get(REF_DATA)
         return pd.read_csv(io.BytesIO(data)) if data is not None else pd.DataFrame()
+
+    def ref_target(self) -> np.ndarray:
+        """The reference rows' ``target`` as floats (NaN where not a number; empty without
+        one), read alone from ``ref_data.csv`` and not kept, unlike ``ref_data``."""
+        data = self.files.get(REF_DATA)
+        if data is None:
+            return np.empty(0)
+        try:
+            column = pd.read_csv(io.BytesIO(data), usecols=["target"])["target"]
+        except ValueError:  # no target column
+            return np.empty(0)
+        return pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
 
     @property
     def onnx(self) -> bytes | None:

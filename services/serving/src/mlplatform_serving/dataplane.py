@@ -134,6 +134,8 @@ class DataPlane:
             obs.child(obs.PREDICTIONS, served.version, "").inc(n)
             counts = np.zeros(0, dtype=np.intp)
             top = result.value
+            if (values := obs.PREDICTED_VALUE) is not None:
+                obs.observe_many(values, top)
         else:
             counts = np.bincount(result.label_index, minlength=len(served.classes))
             for key, count in zip(served.class_keys, counts.tolist(), strict=True):

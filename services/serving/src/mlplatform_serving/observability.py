@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -49,6 +50,15 @@ PROBABILITY = Histogram(
     "Probability of the predicted class",
     buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
 )
+# The reference target's quantiles that bound a regression's value buckets: each bucket holds
+# 1-10% of the reference, so a move of the predictions shows in any of them; the lowest counts
+# values at or below the reference's minimum, +Inf those above its maximum.
+VALUE_QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+PREDICTED_VALUE: Histogram | None = None
+"""A regression's predicted values, with the served version's buckets (``set_value_buckets``);
+None while a classifier is served."""
+_value_buckets: tuple[float, ...] = ()
+_value_lock = threading.Lock()
 FEEDBACK = Counter(names.FEEDBACK, "Labelled rows stored")
 UNKNOWN_CATEGORIES = Counter(
     names.UNKNOWN_CATEGORIES,
@@ -109,21 +119,57 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     prometheus_adapter.observe_bulk(histogram, values)
 
 
+def value_buckets(target: np.ndarray) -> tuple[float, ...]:
+    """The bucket bounds of ``PREDICTED_VALUE`` for a version whose reference target is
+    ``target``: its ``VALUE_QUANTILES`` to 6 significant digits (short ``le`` labels), each
+    once; empty without a finite value."""
+    finite = target[np.isfinite(target)]
+    if not finite.size:
+        return ()
+    bounds = np.quantile(finite, VALUE_QUANTILES).tolist()
+    return tuple(sorted({float(f"{b:.6g}") for b in bounds}))
+
+
+def set_value_buckets(buckets: tuple[float, ...]) -> None:
+    """Export ``PREDICTED_VALUE`` with these bounds (empty: not at all). Prometheus fixes a
+    histogram's buckets when it is made, so a version with other bounds gets a new one: its
+    counts start again, which ``rate`` takes as a counter reset. (A model change rolls the
+    Deployment; in one process this happens only on ``/admin/reload``, after which uvicorn
+    workers' files still hold the old buckets' counts until the process restarts.)"""
+    global PREDICTED_VALUE, _value_buckets
+    with _value_lock:
+        if PREDICTED_VALUE is not None and buckets == _value_buckets:
+            return
+        if PREDICTED_VALUE is not None:
+            REGISTRY.unregister(PREDICTED_VALUE)
+        PREDICTED_VALUE = (
+            Histogram(
+                names.PREDICTION_VALUE,
+                "Predicted values of a regression, bucketed at quantiles of the served "
+                "version's reference target",
+                buckets=buckets,
+            )
+            if buckets
+            else None
+        )
+        _value_buckets = buckets
+
+
 def exposition() -> tuple[bytes, str]:
     """The Prometheus text format, across workers when running multi-process."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
-    from prometheus_client import REGISTRY
-
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-def set_model(version: str, load_seconds: float) -> None:
+def set_model(version: str, load_seconds: float, value_buckets: tuple[float, ...] = ()) -> None:
+    """A newly served version's metrics; ``value_buckets``: a regression's (``value_buckets``)."""
     MODEL_INFO.clear()
     MODEL_INFO.labels(version=version).set(1)
     MODEL_LOAD.set(load_seconds)
+    set_value_buckets(value_buckets)
 
 
 class RollingStats:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from mlplatform_common import actions, datasets, keys
+from mlplatform_common import metric_names as names
 from mlplatform_common.errors import (
     ConfigurationError,
     Conflict,
@@ -22,9 +23,9 @@ from mlplatform_common.errors import (
     NotFound,
 )
 from mlplatform_common.lock import StoreLock
-from mlplatform_common.registry import ModelRegistry
+from mlplatform_common.registry import LoadedModel, ModelRegistry
 from mlplatform_common.reports import ReportArchive
-from mlplatform_common.schema import NUMBER, is_category
+from mlplatform_common.schema import NUMBER, REGRESSION, is_category
 from mlplatform_common.storage import Store
 from mlplatform_serving import observability as obs
 from mlplatform_serving.dataplane import DataPlane
@@ -32,7 +33,7 @@ from mlplatform_serving.feedback import Feedback
 from mlplatform_serving.launcher import Launcher
 from mlplatform_serving.predlog import PredictionLog
 from mlplatform_serving.ratelimit import TokenBuckets
-from mlplatform_serving.runtime import ModelRuntime
+from mlplatform_serving.runtime import ModelRuntime, task_of
 from mlplatform_serving.settings import ServingSettings
 
 logger = logging.getLogger("mlplatform.serving")
@@ -94,8 +95,21 @@ class Service:
             model = self.runtime.load(version)
         except MLPlatformError:
             return False
-        obs.set_model(model.version, self.runtime.load_seconds)
+        self._set_model(model)
         return True
+
+    def _set_model(self, model: LoadedModel) -> None:
+        """The metrics of a newly served version (a regression's value buckets too)."""
+        buckets: tuple[float, ...] = ()
+        if task_of(model.manifest) == REGRESSION:
+            buckets = obs.value_buckets(model.ref_target())
+            if not buckets:
+                logger.warning(
+                    "%s has no numeric reference target: %s is not exported",
+                    model.version,
+                    names.PREDICTION_VALUE,
+                )
+        obs.set_model(model.version, self.runtime.load_seconds, buckets)
 
     def _keep_loading(self) -> None:
         while not self._stop.wait(self.settings.load_retry_seconds):
@@ -159,7 +173,7 @@ class Service:
         ``signature``: the manifest HMAC the caller means (``ModelRuntime.load``)."""
         previous = self.runtime.version
         model = self.runtime.load(version, signature)
-        obs.set_model(model.version, self.runtime.load_seconds)
+        self._set_model(model)
         return model.version, previous
 
     # -- the production alias's hold ---------------------------------------------------

@@ -282,6 +282,7 @@ def per_feature_rows(inputs: list[V2Tensor], binary: bytes, table: Table) -> np.
     FP32/FP64/INT32/INT64; ``null`` where a value may be missing. Binary data follows the
     JSON header in the order of the inputs."""
     by_name: dict[str, list[Any]] = {}
+    fp32: list[tuple[str, int]] = []  # (name, column) of each FP32 input
     n: int | None = None
     at = 0
     for tensor in inputs:
@@ -312,6 +313,8 @@ def per_feature_rows(inputs: list[V2Tensor], binary: bytes, table: Table) -> np.
                 f"{where}.datatype: {tensor.datatype!r:.20} is not supported for "
                 f"{tensor.name!r:.60}, {kind}; use {kinds}"
             )
+        if tensor.datatype == "FP32" and not category:  # a category's codes are in range
+            fp32.append((tensor.name, j))
         size = (tensor.parameters or {}).get("binary_data_size")
         if size is not None:
             if tensor.data is not None:
@@ -343,7 +346,22 @@ def per_feature_rows(inputs: list[V2Tensor], binary: bytes, table: Table) -> np.
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise InvalidInput(f"inputs: no input for feature {missing[0]!r}{more}")
     columns = [by_name[f] for f in table.features]
-    return table.matrix(columns, lambda i, name: f"inputs[{name}].data[{i}]")
+    X = table.matrix(columns, lambda i, name: f"inputs[{name}].data[{i}]")
+    for name, j in fp32:  # a JSON number need not fit the FP32 it is declared as
+        if error := beyond_fp32(X[:, j], f"inputs[{name}]"):
+            raise error
+    return X
+
+
+def beyond_fp32(values: np.ndarray, where: str) -> InvalidInput | None:
+    """The error naming the first of input ``where``'s ``values`` (float64, flat) that FP32
+    cannot hold, beyond ±``FP32_MAX`` (NaN, a missing value, is not), or None: the FP32 range
+    check of both forms of input, vectorised (it runs on every per-feature FP32 input)."""
+    over = np.abs(values) > FP32_MAX
+    if not over.any():
+        return None
+    i = int(over.argmax())
+    return InvalidInput(f"{where}.data[{i}]: {float(values[i])!r:.40} is too large for FP32")
 
 
 def _json_values(data: Any, where: str) -> list[Any]:
@@ -461,6 +479,7 @@ def _explain_tensor(
             f"{where}.data: {len(flat)} values do not fill shape {shape} "
             f"({shape[0] * shape[1]} values)"
         )
+    values = np.full(len(flat), np.nan)
     for i, v in enumerate(flat):
         if nan_ok is not None and nan_ok[i % shape[1]] and (v is None or v != v):
             continue  # a missing value where the column may have one
@@ -470,11 +489,11 @@ def _explain_tensor(
                     f"{where}.data[{i}]: missing (null or NaN), and feature {i % shape[1]} "
                     "may not be missing"
                 )
-            value = number(v, f"{where}.data[{i}]")
+            values[i] = number(v, f"{where}.data[{i}]")
         except InvalidInput as exc:
             return exc
-        if datatype == "FP32" and abs(value) > FP32_MAX:
-            return InvalidInput(f"{where}.data[{i}]: {v!r:.40} is too large for FP32")
+    if datatype == "FP32" and (error := beyond_fp32(values, where)):
+        return error
     return InvalidInput(
         f"{where}.data: must be {shape[0] * shape[1]} numbers, flat or as rows of {shape[1]}"
     )
