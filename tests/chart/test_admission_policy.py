@@ -16,7 +16,7 @@ import pytest
 from celpy import celtypes
 
 from mlplatform_common import actions
-from mlplatform_common.errors import InvalidInput
+from mlplatform_common.errors import EXIT_REFUSED, InvalidInput
 from mlplatform_serving.launcher import FORCE_ANNOTATION, job_from_cronjob
 from tests.chart.conftest import (
     NAMESPACE,
@@ -166,6 +166,17 @@ def test_the_policy_and_binding_are_valid_kubernetes_objects(objs: tuple[Obj, ..
 @pytest.mark.parametrize("force", [False, True])
 def test_the_launchers_job_is_admitted(objs: tuple[Obj, ...], force: bool) -> None:
     assert admission(objs, launched(objs, force)) == []
+
+
+def test_the_launchers_job_keeps_the_cronjobs_failure_policy(objs: tuple[Obj, ...]) -> None:
+    # a refused action (exit 2) fails the created Job at once, as it does the CronJob's own
+    job = launched(objs)
+    cron_spec = stored_cronjob(objs)["spec"]["jobTemplate"]["spec"]
+    assert job["spec"]["podFailurePolicy"] == cron_spec["podFailurePolicy"]
+    (rule, _) = job["spec"]["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [EXIT_REFUSED]
+    assert job["spec"]["backoffLimit"] == cron_spec["backoffLimit"]
+    validate(clean(job), "1.30")
 
 
 ACTIONS = [
@@ -321,6 +332,16 @@ def _no_deadline(job: Obj) -> None:
     del job["spec"]["activeDeadlineSeconds"]
 
 
+def _no_failure_policy(job: Obj) -> None:  # a refused action would be retried backoffLimit times
+    del job["spec"]["podFailurePolicy"]
+
+
+def _failures_ignored(job: Obj) -> None:  # retried until the deadline, never counted
+    job["spec"]["podFailurePolicy"]["rules"] = [
+        {"action": "Ignore", "onExitCodes": {"operator": "NotIn", "values": [0]}}
+    ]
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -342,6 +363,8 @@ def _no_deadline(job: Obj) -> None:
         _parallel,
         _manual_selector,
         _no_deadline,
+        _no_failure_policy,
+        _failures_ignored,
     ],
 )
 def test_any_other_job_from_serving_is_denied(objs: tuple[Obj, ...], change: Any) -> None:

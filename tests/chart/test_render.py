@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from mlplatform_common.errors import EXIT_REFUSED
 from tests.chart.conftest import (
     CHART,
     NAMESPACE,
@@ -174,6 +175,37 @@ def test_jobs_and_cronjobs(defaults: tuple[Obj, ...]) -> None:
     # a new name per revision, so an upgrade runs it again instead of patching an immutable Job
     upgraded = objects_at_revision(3)
     assert find(upgraded, "Job", "mlplatform-bootstrap-3")
+
+
+def test_every_job_fails_at_once_on_a_refusal_and_not_on_a_drain(variant: str) -> None:
+    # exit 2 (errors.EXIT_REFUSED) fails the Job at once: a retry would fail the same way
+    objs = rendered_variant(variant)
+    specs = {o["metadata"]["name"]: o["spec"] for o in find(objs, "Job")} | {
+        o["metadata"]["name"]: o["spec"]["jobTemplate"]["spec"] for o in find(objs, "CronJob")
+    }
+    expected = {"mlplatform-reporter", "mlplatform-retrainer"}
+    assert expected <= set(specs)
+    if variant == "batch":
+        assert "mlplatform-batch" in specs
+    for name, spec in specs.items():
+        assert spec["template"]["spec"]["restartPolicy"] == "Never", name  # podFailurePolicy's
+        (container,) = spec["template"]["spec"]["containers"]
+        assert spec["podFailurePolicy"] == {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": container["name"],
+                        "operator": "In",
+                        "values": [EXIT_REFUSED],
+                    },
+                },
+                {
+                    "action": "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                },
+            ]
+        }, name
 
 
 def installed_secrets(values: dict[str, Any] | None = None) -> dict[str, dict[str, str]]:

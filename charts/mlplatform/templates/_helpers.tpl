@@ -113,6 +113,26 @@ annotations:
 {{- end }}
 
 {{/*
+The podFailurePolicy of every Job our commands run in (needs restartPolicy: Never): exit code
+2 is a refusal a retry cannot change (mlplatform_common.errors.exit_code), so the Job fails at
+once instead of running backoffLimit more pods that fail the same way; a pod evicted by a node
+drain or preemption is not the Job's failure and is not counted. The container's name.
+*/}}
+{{- define "mlplatform.podFailurePolicy" -}}
+podFailurePolicy:
+  rules:
+    - action: FailJob
+      onExitCodes:
+        containerName: {{ . }}
+        operator: In
+        values: [2]
+    - action: Ignore
+      onPodConditions:
+        - type: DisruptionTarget
+          status: "True"
+{{- end }}
+
+{{/*
 Where a component's pods run: pull secrets, priorityClassName, nodeSelector, affinity,
 tolerations, topologySpreadConstraints (a constraint without a labelSelector gets the
 component's pods; `defaultSpread` is used when the values give none).

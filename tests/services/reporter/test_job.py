@@ -23,7 +23,7 @@ from mlplatform_common.storage import LocalStore, Store, for_model
 from mlplatform_reporter import job
 from mlplatform_reporter.__main__ import main
 from mlplatform_reporter.simulate import replay, shift_scale
-from tests.conftest import REPO, SIGNING_KEY
+from tests.conftest import REPO, SIGNING_KEY, free_port
 from tests.services.reporter.conftest import (
     PromStack,
     StubServing,
@@ -379,15 +379,39 @@ def test_cli_run_succeeds_and_fails_with_exit_codes(tmp_path, trained, shipped_d
     assert ok.returncode == 0, ok.stderr
     assert "(model mlplatform v1, classification): 0 predictions, 0 labelled" in ok.stdout
     bad = _run_cli(tmp_path / "store", MLPLATFORM_SIGNING_KEY=None, MLPLATFORM_DEV_MODE="false")
-    assert bad.returncode == 1
+    assert bad.returncode == 2  # a setting: a retry is refused the same way
     assert "MLPLATFORM_SIGNING_KEY is not set" in bad.stderr
 
 
 def test_cli_run_refuses_a_retention_shorter_than_the_window_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
     bad = _run_cli(tmp_path / "store", MLPLATFORM_LOG_RETENTION_DAYS="3")
-    assert bad.returncode == 1
+    assert bad.returncode == 2
     lines = [line for line in bad.stderr.splitlines() if "MLPLATFORM_LOG_RETENTION_DAYS" in line]
     assert len(lines) == 1 and "at least 9" in lines[0], bad.stderr  # 24 h + 168 h + 1 day
+    assert "Traceback" not in bad.stderr
+
+
+def test_cli_run_exits_1_when_the_store_does_not_answer(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # a retried Job may find it up again (exit 2 would fail the Job at once)
+    down = _run_cli(
+        tmp_path / "store",
+        MLPLATFORM_STORE_URL="s3://reports",
+        MLPLATFORM_S3_ENDPOINT=f"127.0.0.1:{free_port()}",
+        MLPLATFORM_S3_ACCESS_KEY="k",
+        MLPLATFORM_S3_SECRET_KEY="s",
+        MLPLATFORM_S3_TIMEOUT_SECONDS="1",
+        MLPLATFORM_S3_RETRIES="0",
+    )
+    assert down.returncode == 1, down.stderr
+    lines = down.stderr.strip().splitlines()
+    assert len(lines) == 1 and "report failed: StorageUnavailable" in lines[0], down.stderr
+
+
+def test_cli_run_refuses_a_bad_setting_in_one_line_with_exit_2(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = _run_cli(tmp_path / "store", MLPLATFORM_LOG_COMPACT_ROWS="0")
+    assert bad.returncode == 2, bad.stderr
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "MLPLATFORM_LOG_COMPACT_ROWS: Input should be" in lines[0]
     assert "Traceback" not in bad.stderr
 
 

@@ -1,6 +1,7 @@
 """`train --data-url URL` (the chart's bootstrap.dataUrl) against a real HTTP server on
 127.0.0.1: it downloads, trains and stores the data set; a file over the limit, a missing
-file, a server that stalls and a URL that is not HTTP(S) are each one clear line and exit 1."""
+file, a server that stalls or is unavailable and a URL that is not HTTP(S) are each one clear
+line, exit 2 where a retry cannot help and 1 where it may (errors.exit_code)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/stall.csv":
             time.sleep(4)  # longer than the --timeout the test gives
+        if self.path == "/busy.csv":
+            self.send_error(503, "try later")
+            return
         super().do_GET()
 
     def log_message(self, format: str, *args: object) -> None:
@@ -68,21 +72,23 @@ def test_a_url_is_downloaded_trained_on_and_kept(s3_server: S3Server, http_url: 
 
 
 @pytest.mark.parametrize(
-    ("path", "extra", "says"),
+    ("path", "extra", "says", "code"),
     [
-        ("/big.csv", [], "over the limit of 0.05 MB (MLPLATFORM_DATASET_MAX_MB)"),
-        ("/nothing.csv", [], "answered HTTP 404"),
-        ("/stall.csv", ["--timeout", "1"], "could not be read: ReadTimeout"),
-        ("file:///etc/passwd", [], "is not an http:// or https:// URL"),
+        ("/big.csv", [], "over the limit of 0.05 MB (MLPLATFORM_DATASET_MAX_MB)", 2),
+        ("/nothing.csv", [], "InvalidInput: --data-url: ", 2),
+        ("/busy.csv", [], "DownloadFailed: --data-url: ", 1),
+        ("/stall.csv", ["--timeout", "1"], "could not be read: ReadTimeout", 1),
+        ("file:///etc/passwd", [], "is not an http:// or https:// URL", 2),
     ],
 )
 def test_a_bad_url_is_one_clear_line(
-    s3_server: S3Server, http_url: str, path: str, extra: list[str], says: str
+    s3_server: S3Server, http_url: str, path: str, extra: list[str], says: str, code: int
 ) -> None:
     env, bucket = _env(s3_server)
     url = path if "://" in path else http_url + path
     done = run_cli("mlplatform_retrainer", ["train", "--data-url", url, *extra], env)
-    assert done.returncode == 1
+    assert done.returncode == code, done.stderr  # 1: a retried Job may get it
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert says in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert s3_server.store(bucket).list_keys("") == []
@@ -92,4 +98,4 @@ def test_data_url_and_data_are_exclusive(s3_server: S3Server) -> None:
     env, _ = _env(s3_server)
     args = ["train", "--data", str(Path("x.csv")), "--data-url", "http://127.0.0.1:9/x.csv"]
     done = run_cli("mlplatform_retrainer", args, env)
-    assert done.returncode == 1 and "give either --data or --data-url" in done.stderr
+    assert done.returncode == 2 and "give either --data or --data-url" in done.stderr

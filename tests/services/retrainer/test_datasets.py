@@ -81,6 +81,6 @@ def test_mlplatform_data_upload_then_train_on_it_and_a_bad_file_is_one_line(
     bad = tmp_path / "bad.csv"
     bad.write_text("a,a,target\n1,2,0\n")
     done = run_cli("mlplatform_retrainer", ["data", "upload", str(bad), "--name", "birds"], env)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "'a'" in done.stderr
     assert [d["name"] for d in datasets.listing(birds)] == ["pg"]  # nothing else stored

@@ -133,6 +133,11 @@ def test_serving_creates_a_job_from_the_retrainer_cronjob(api: FakeApiServer) ->
         job["spec"]["template"]["spec"]
         == CRONJOB["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     )
+    # a refused run (exit 2) fails this Job at once too, as the CronJob's own Jobs
+    assert (
+        job["spec"]["podFailurePolicy"]
+        == CRONJOB["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]
+    )
 
 
 def test_admin_retrain_in_a_cluster_forces_the_job(api: FakeApiServer) -> None:

@@ -265,7 +265,7 @@ def _refused(tmp_path: Path, model: Path, data: Path, message: str, *extra: str)
         "target",
         *extra,
     )
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and message in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
@@ -459,6 +459,6 @@ def test_a_bad_name_or_state_is_one_line(
     tmp_path: Path, args: list[str], env: dict[str, str], message: str
 ) -> None:
     proc = run_cli("mlplatform_retrainer", args, {**_local_env(tmp_path / "store"), **env})
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr

@@ -96,7 +96,7 @@ def test_a_refused_upload_is_one_line_its_outcome_written_and_nothing_published(
     upload_id = _upload(store, buf.getvalue(), "lr.joblib", promote=True)
     for _ in range(2):  # the first run, then a retried one: the same line
         proc = run_cli("mlplatform_retrainer", ["run"], _env(tmp_path / "store", upload_id))
-        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert proc.returncode == 2, proc.stdout + proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "UploadRefused" in lines[0], proc.stderr
         assert "lr.joblib: the LogisticRegression is not fitted" in lines[0]
@@ -109,6 +109,6 @@ def test_a_refused_upload_is_one_line_its_outcome_written_and_nothing_published(
 
 def test_an_unknown_upload_is_one_line(tmp_path: Path) -> None:
     proc = run_cli("mlplatform_retrainer", ["run"], _env(tmp_path / "store", "0" * 32))
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"upload '{'0' * 32}': no such upload" in lines[0], proc.stderr

@@ -131,7 +131,7 @@ def test_train_command_explains_a_bad_csv_without_a_traceback(
     path = tmp_path / "bad.csv"
     path.write_text(content)
     proc = _run_train(tmp_path / "store", "--data", str(path), "--target", target)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -148,5 +148,5 @@ def test_train_refuses_to_run_without_a_signing_key_outside_dev_mode(tmp_path: P
         timeout=120,
         check=False,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "MLPLATFORM_SIGNING_KEY is not set" in proc.stderr

@@ -122,7 +122,7 @@ def test_a_parquet_upload_is_stored_as_the_csv_the_readers_parse(served, tmp_pat
 def test_a_missing_dataset_is_one_clear_line(served) -> None:
     _, _, env = served
     done = run_cli("mlplatform_retrainer", ["train", "--dataset", "nothing-here"], env)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "dataset 'nothing-here' is not in the store" in done.stderr
     assert "Traceback" not in done.stderr
 

@@ -163,7 +163,7 @@ def test_the_retrainers_run_with_a_train_action_trains_and_a_bad_one_is_one_line
         ("train:nothing-here", "dataset 'nothing-here' is not in the store"),
     ):
         bad = run_cli("mlplatform_retrainer", ["run"], {**env, "MLPLATFORM_ACTION": action})
-        assert bad.returncode == 1, bad.stdout + bad.stderr
+        assert bad.returncode == 2, bad.stdout + bad.stderr
         lines = bad.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], bad.stderr
     assert registry.versions() == [*before, new]

@@ -23,6 +23,8 @@ logger = logging.getLogger("mlplatform.lock")
 class LockHeld(Conflict):
     """Somebody else holds the lock and it has not expired."""
 
+    retryable = True  # the holder finishes or its lock expires: a retried Job may take it
+
 
 class StoreLock:
     """``with StoreLock(store, key, ttl):`` runs the block only if the lock could be taken."""

@@ -6,7 +6,7 @@ variables with the ``MLPLATFORM_`` prefix (``MLPLATFORM_STORE_URL`` and so on).
 
 from __future__ import annotations
 
-from pydantic import SecretStr, field_validator
+from pydantic import SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlplatform_common import keys
@@ -114,3 +114,10 @@ class CommonSettings(BaseSettings):
             "MLPLATFORM_SIGNING_KEY is not set: model manifests cannot be signed or verified "
             "(set it, or MLPLATFORM_DEV_MODE=true for local development)"
         )
+
+
+def setting_error(exc: ValidationError) -> str:
+    """A bad setting as the one line a job command prints: the variable and the problem."""
+    error = exc.errors()[0]
+    field = "_".join(str(part) for part in error["loc"]).upper()
+    return f"MLPLATFORM_{field}: {error['msg']}"

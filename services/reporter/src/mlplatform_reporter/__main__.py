@@ -1,6 +1,7 @@
 """``python -m mlplatform_reporter run|schedule|simulate``.
 
-- ``run``: one report (the CronJob's command); exits non-zero on failure.
+- ``run``: one report (the CronJob's command); on failure one line and the exit code of
+  ``errors.exit_code``: 2 when a retry cannot change it (a bad setting), 1 when one may.
 - ``schedule``: a report now and then every ``MLPLATFORM_SCHEDULE_MINUTES`` (``make dev``).
 - ``simulate``: replay held-out rows against the serving API, with optional drift and feedback.
 """
@@ -17,9 +18,11 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
+from pydantic import ValidationError
 
-from mlplatform_common.errors import MLPlatformError
+from mlplatform_common.errors import MLPlatformError, exit_code
 from mlplatform_common.log import configure_logging, set_model_version
+from mlplatform_common.settings import setting_error
 from mlplatform_reporter import job
 from mlplatform_reporter.settings import ReporterSettings, get_settings
 from mlplatform_reporter.simulate import (
@@ -41,15 +44,16 @@ DEFAULT_DATA = Path("data/breast_cancer.csv")
 
 
 def run_once(settings: ReporterSettings) -> int:
-    """One report; log and return 1 on failure, so a Kubernetes Job is marked failed."""
+    """One report; on failure log it and return ``errors.exit_code``'s code, so a Kubernetes
+    Job fails (at once on 2; a retry may succeed on 1)."""
     try:
         outcome = job.run(settings)
     except MLPlatformError as exc:
         logger.error("report failed: %s: %s", exc.type, exc.message)
-        return 1
-    except Exception:
+        return exit_code(exc)
+    except Exception as exc:
         logger.exception("report failed")
-        return 1
+        return exit_code(exc)
     set_model_version(outcome.result.model_version)
     print(job.describe(outcome))
     return 0
@@ -210,7 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=10.0, help="HTTP timeout in seconds")
     args = parser.parse_args(argv)
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:  # before logging is configured: the line goes to stderr
+        logger.error("InvalidInput: %s", setting_error(exc))
+        return exit_code(exc)
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "run":
         return run_once(settings)

@@ -2,8 +2,9 @@
 
 A thin layer: every command hands its options to a function of ``job``, ``retrain`` or
 ``register`` and prints what it did. Each takes ``--name`` (default ``MLPLATFORM_MODEL_NAME``,
-else ``mlplatform``): the named model it works on. A refused request is one line on stderr
-and exit code 1 (a usage error: 2), never a traceback.
+else ``mlplatform``): the named model it works on. A failed request is one line on stderr,
+never a traceback, and the exit code of ``errors.exit_code``: 2 when a retry cannot change it
+(bad input or settings, as click's usage errors), 1 when one may (the store did not answer).
 """
 
 from __future__ import annotations
@@ -21,11 +22,17 @@ import click
 from pydantic import ValidationError
 
 from mlplatform_common import actions, keys
-from mlplatform_common.errors import ConfigurationError, InvalidInput, MLPlatformError
+from mlplatform_common.errors import (
+    ConfigurationError,
+    InvalidInput,
+    MLPlatformError,
+    exit_code,
+)
 from mlplatform_common.lock import LockHeld, StoreLock
 from mlplatform_common.log import configure_logging
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.schema import TASKS
+from mlplatform_common.settings import setting_error
 from mlplatform_common.storage import open_store
 from mlplatform_retrainer.settings import RetrainerSettings, get_settings
 
@@ -47,8 +54,8 @@ def _settings(name: str | None) -> RetrainerSettings:
 
 
 def _refusals(command: Callable[..., None]) -> Callable[..., None]:
-    """A refused request (bad settings, bad input, a store that says no) as one line and exit
-    code 1, as Kubernetes marks a Job failed."""
+    """A failed request (bad settings, bad input, a store that says no or does not answer) as
+    one line and the exit code of ``errors.exit_code``: a Job fails at once on 2, retries on 1."""
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> None:
@@ -56,15 +63,11 @@ def _refusals(command: Callable[..., None]) -> Callable[..., None]:
             command(*args, **kwargs)
         except MLPlatformError as exc:
             logger.error("%s: %s", exc.type, exc.message)
-            sys.exit(1)
+            sys.exit(exit_code(exc))
         except ValueError as exc:  # a model name (keys.check_model_name), the settings
-            text = str(exc)
-            if isinstance(exc, ValidationError):
-                error = exc.errors()[0]
-                field = "_".join(str(part) for part in error["loc"]).upper()
-                text = f"MLPLATFORM_{field}: {error['msg']}"
+            text = setting_error(exc) if isinstance(exc, ValidationError) else str(exc)
             logger.error("InvalidInput: %s", text)
-            sys.exit(1)
+            sys.exit(exit_code(InvalidInput(text)))
 
     return run
 

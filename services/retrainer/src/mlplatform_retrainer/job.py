@@ -17,7 +17,7 @@ import sklearn
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mlplatform_common import datasets
-from mlplatform_common.errors import DatasetError, InvalidInput
+from mlplatform_common.errors import DatasetError, InvalidInput, MLPlatformError
 from mlplatform_common.registry import BACKUP, MODEL, REF_DATA, ModelRegistry
 from mlplatform_common.schema import Dataset, encoded_frame, load_dataset
 from mlplatform_common.storage import Store, open_store
@@ -205,6 +205,13 @@ def _train_and_publish(
     return Published(version, result, promote)
 
 
+class DownloadFailed(MLPlatformError):
+    """The server of a --data-url did not answer, timed out or said "not now" (5xx, 408, 429):
+    retryable, unlike a bad URL or a 404 (``InvalidInput``), so a retried Job may get it."""
+
+    status_code = 502
+
+
 def download(url: str, max_mb: float, timeout: float) -> bytes:
     """An HTTP(S) URL's body, read in chunks and refused past ``max_mb`` (before it is all
     read) or ``timeout`` seconds between bytes; errors name the URL and the problem."""
@@ -214,13 +221,17 @@ def download(url: str, max_mb: float, timeout: float) -> bytes:
     body = bytearray()
     try:
         with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
-            if response.status_code != 200:
-                raise InvalidInput(f"--data-url: {url} answered HTTP {response.status_code}")
+            status = response.status_code
+            if status != 200:
+                failed = DownloadFailed if status >= 500 or status in (408, 429) else InvalidInput
+                raise failed(f"--data-url: {url} answered HTTP {status}")
             for chunk in response.iter_bytes():
                 body.extend(chunk)
                 if len(body) > limit:
                     raise datasets.too_large(max_mb)
-    except httpx.HTTPError as exc:
+    except httpx.TransportError as exc:  # no answer, a timeout, a cut connection
+        raise DownloadFailed(f"--data-url: {url} could not be read: {exc!r:.200}") from None
+    except httpx.HTTPError as exc:  # a bad URL, too many redirects
         raise InvalidInput(f"--data-url: {url} could not be read: {exc!r:.200}") from None
     return bytes(body)
 
