@@ -282,3 +282,101 @@ def test_v2_per_feature_fp32_inputs_beyond_fp32_are_refused(
         tensor |= {"datatype": "FP32", "data": [1.0, 3.4e38, -3.4e38], "shape": [3]}
         r = c.post(url, json={"inputs": inputs})
         assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    ("data_set", "column", "datatype", "values", "error"),
+    [
+        ("penguins", "year", "INT64", [2007, 2007.5, 2008], "data[1]: 2007.5 is not an INT64"),
+        (  # a column that may be missing: null is no fraction, the value after it is
+            "penguins",
+            "body_mass_g",
+            "INT32",
+            [None, 3750.25, 3800],
+            "data[1]: 3750.25 is not an INT32",
+        ),
+        (
+            "penguins",
+            "body_mass_g",
+            "INT32",
+            [None, 3750, 2**40],
+            "data[2]: 1099511627776 is out of range for INT32",
+        ),
+        (
+            "penguins",
+            "year",
+            "INT32",
+            [-(2**31) - 1, 1, 2],
+            "data[0]: -2147483649 is out of range for INT32",
+        ),
+        (
+            "penguins",
+            "year",
+            "INT32",
+            [1, 2, 2**31],
+            "data[2]: 2147483648 is out of range for INT32",
+        ),
+        ("penguins", "year", "INT64", [1, 2, 10**19], "data[2]: 1e+19 is out of range for INT64"),
+        ("penguins", "year", "INT64", [1, -1e100, 2], "data[1]: -1e+100 is out of range for INT64"),
+        (  # rows of one value ([n, 1])
+            "breast",
+            "mean_radius",
+            "INT32",
+            [[1], [2], [0.5]],
+            "data[2]: 0.5 is not an INT32",
+        ),
+    ],
+)
+def test_v2_per_feature_int_inputs_take_only_integers_in_range(
+    request: pytest.FixtureRequest,
+    local_store: Store,
+    data_set: str,
+    column: str,
+    datatype: str,
+    values: list[Any],
+    error: str,
+) -> None:
+    """A per-feature input declared INT32/INT64 took 2.5 and 2**40 (answered 200, scored as
+    the float): the declared datatype now holds, as FP32's range does."""
+    from tests.services.serving.test_tasks import rows_of, v2_inputs
+
+    fixtures = {
+        "breast": ("shipped_dataset", "trained"),
+        "penguins": ("penguins_dataset", "penguins_trained"),
+    }
+    dataset, trained = (request.getfixturevalue(f) for f in fixtures[data_set])
+    publish_trained(ModelRegistry(local_store, SIGNING_KEY), trained, dataset)
+    inputs = v2_inputs(dataset, rows_of(dataset, 3))
+    tensor = next(t for t in inputs if t["name"] == column)
+    shape = [3, 1] if type(values[0]) is list else [3]
+    tensor |= {"datatype": datatype, "data": values, "shape": shape}
+    url = "/v2/models/mlplatform/infer"
+    with TestClient(create_app(serving_settings(), local_store)) as c:
+        r = c.post(url, json={"inputs": inputs})
+        assert r.status_code == 422, r.text
+        assert r.json() == {"error": f"inputs[{column}].{error}", "type": "InvalidInput"}
+        tensor["datatype"] = "FP64"  # the same values as FP64: answered
+        r = c.post(url, json={"inputs": inputs})
+        assert r.status_code == 200, r.text
+        # the type's own extremes, and whole numbers written as floats, are taken
+        info = np.iinfo(datatype.lower())
+        tensor |= {"datatype": datatype, "data": [int(info.min), int(info.max), 3.0], "shape": [3]}
+        r = c.post(url, json={"inputs": inputs})
+        assert r.status_code == 200, r.text
+        # in binary they are integers by construction: the extremes are taken there too
+        blob = np.array([info.min, info.max, 3], dtype=info.dtype.newbyteorder("<")).tobytes()
+        rest = [t for t in inputs if t is not tensor]
+        binary = {k: v for k, v in tensor.items() if k != "data"}
+        binary["parameters"] = {"binary_data_size": len(blob)}
+        header = json.dumps({"inputs": [*rest, binary]}).encode()
+        r = c.post(
+            url,
+            content=header + blob,
+            headers={"inference-header-content-length": str(len(header))},
+        )
+        assert r.status_code == 200, r.text
+        # the one [n, n_features] tensor takes FP32/FP64 only, as before
+        one = {"name": "x", "datatype": datatype, "shape": [1, len(dataset.features)]}
+        one["data"] = [[1] * len(dataset.features)]
+        r = c.post(url, json={"inputs": [one]})
+        assert r.status_code == 422, r.text

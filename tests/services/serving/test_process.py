@@ -259,6 +259,61 @@ def test_per_feature_fp32_inputs_beyond_fp32_are_refused_by_a_real_process(
     assert sorted(logged["prediction_id"]) == sorted(ids)  # nothing of the refused requests
 
 
+def test_per_feature_int_inputs_take_only_integers_in_range_in_a_real_process(
+    s3_server: S3Server, penguins_trained, penguins_dataset
+) -> None:
+    """A per-feature input declared INT32/INT64 took 2.5 and 2**40: answered 200 and logged,
+    scored as the float. Now 422, and nothing of it logged."""
+    from tests.services.serving.test_tasks import rows_of, v2_inputs
+
+    store = s3_server.store()
+    publish_trained(ModelRegistry(store, SIGNING_KEY), penguins_trained, penguins_dataset)
+    serving = ServingProcess(serving_env(s3_server, store.bucket)).start()
+    ids: list[str] = []
+    try:
+        inputs = v2_inputs(penguins_dataset, rows_of(penguins_dataset, 4))
+        mass = next(t for t in inputs if t["name"] == "body_mass_g")
+        year = next(t for t in inputs if t["name"] == "year")
+        url = serving.url + "/v2/models/mlplatform/infer"
+        refused = [
+            (mass, "INT32", [None, 3750, 3800, 2.5], "data[3]: 2.5 is not an INT32"),
+            (mass, "INT32", [None, 3750, 2**40, 3800], "data[2]: 1099511627776 is out of range"),
+            (year, "INT64", [2007, 2007.5, 2008, 2009], "data[1]: 2007.5 is not an INT64"),
+            (year, "INT64", [2007, 2008, 2009, 2**64], "data[3]: 1.8446744073709552e+19 is out"),
+            # booleans and text were refused before, and are still
+            (year, "INT64", [2007, True, 2008, 2009], "data[1]: must be a number, got a boolean"),
+            (year, "INT64", [2007, "2008", 2008, 2009], "data[1]: must be a number, got a string"),
+        ]
+        for tensor, datatype, values, error in refused:
+            kept = tensor["data"]
+            tensor |= {"datatype": datatype, "data": values}
+            r = httpx.post(url, json={"inputs": inputs})
+            assert r.status_code == 422, r.text
+            body = r.json()
+            assert body["type"] == "InvalidInput"
+            assert body["error"].startswith(f"inputs[{tensor['name']}].{error}"), body
+            tensor |= {"datatype": "FP64", "data": kept}
+        # the exact body of one refusal
+        mass |= {"datatype": "INT32", "data": [None, 3750, 2**40, 3800]}
+        r = httpx.post(url, json={"inputs": inputs})
+        assert r.json() == {
+            "error": "inputs[body_mass_g].data[2]: 1099511627776 is out of range for INT32",
+            "type": "InvalidInput",
+        }
+        # whole numbers, a null where the feature may be missing: answered and logged
+        mass["data"] = [None, 3750, 2**31 - 1, 3800.0]
+        year |= {"datatype": "INT64", "data": [2007, 2008, 2009, 2**62]}
+        r = httpx.post(url, json={"inputs": inputs})
+        assert r.status_code == 200, r.text
+        ids = next(o for o in r.json()["outputs"] if o["name"] == "prediction_id")["data"]
+    finally:
+        out = serving.stop()
+    assert "Traceback" not in out
+    logged = datalog.read_predictions(store)
+    assert sorted(logged["prediction_id"]) == sorted(ids) and len(ids) == 4
+    assert logged["year"].max() == 2**62
+
+
 def test_predictions_keep_answering_while_the_store_is_down(trained, shipped_dataset, rows) -> None:
     server = S3Server().start()
     store = server.store()

@@ -279,10 +279,10 @@ def _flag(parameters: dict[str, Any] | None, key: str, where: str, default: bool
 def per_feature_rows(inputs: list[V2Tensor], binary: bytes, table: Table) -> np.ndarray:
     """One input per feature (MLServer's pandas codec): each named by its feature, shape
     ``[n]`` or ``[n, 1]``; a category's BYTES (or numbers, taken as their text), a number's
-    FP32/FP64/INT32/INT64; ``null`` where a value may be missing. Binary data follows the
-    JSON header in the order of the inputs."""
+    FP32/FP64/INT32/INT64, each value fitting it (``beyond_datatype``); ``null`` where a value
+    may be missing. Binary data follows the JSON header in the order of the inputs."""
     by_name: dict[str, list[Any]] = {}
-    fp32: list[tuple[str, int]] = []  # (name, column) of each FP32 input
+    checked: list[tuple[str, str, int]] = []  # (name, datatype, column) of FP32/INT inputs
     n: int | None = None
     at = 0
     for tensor in inputs:
@@ -313,8 +313,8 @@ def per_feature_rows(inputs: list[V2Tensor], binary: bytes, table: Table) -> np.
                 f"{where}.datatype: {tensor.datatype!r:.20} is not supported for "
                 f"{tensor.name!r:.60}, {kind}; use {kinds}"
             )
-        if tensor.datatype == "FP32" and not category:  # a category's codes are in range
-            fp32.append((tensor.name, j))
+        if tensor.datatype in CHECKED and not category:  # a category's codes are in range
+            checked.append((tensor.name, tensor.datatype, j))
         size = (tensor.parameters or {}).get("binary_data_size")
         if size is not None:
             if tensor.data is not None:
@@ -347,21 +347,45 @@ def per_feature_rows(inputs: list[V2Tensor], binary: bytes, table: Table) -> np.
         raise InvalidInput(f"inputs: no input for feature {missing[0]!r}{more}")
     columns = [by_name[f] for f in table.features]
     X = table.matrix(columns, lambda i, name: f"inputs[{name}].data[{i}]")
-    for name, j in fp32:  # a JSON number need not fit the FP32 it is declared as
-        if error := beyond_fp32(X[:, j], f"inputs[{name}]"):
+    for name, datatype, j in checked:  # a JSON number need not fit the type it is declared as
+        if error := beyond_datatype(X[:, j], datatype, f"inputs[{name}]"):
             raise error
     return X
 
 
-def beyond_fp32(values: np.ndarray, where: str) -> InvalidInput | None:
-    """The error naming the first of input ``where``'s ``values`` (float64, flat) that FP32
-    cannot hold, beyond ±``FP32_MAX`` (NaN, a missing value, is not), or None: the FP32 range
-    check of both forms of input, vectorised (it runs on every per-feature FP32 input)."""
-    over = np.abs(values) > FP32_MAX
-    if not over.any():
+# The datatypes whose values a JSON number may not fit. An INT's range as float64, the type
+# the values are read as: INT64's max rounds to 2**63, so a value within a rounding of it
+# passes (binary INT64 data holds its max, and must).
+CHECKED = {"FP32", "INT32", "INT64"}
+INT_RANGES = {
+    t: (float(np.iinfo(t.lower()).min), float(np.iinfo(t.lower()).max)) for t in ("INT32", "INT64")
+}
+
+
+def beyond_datatype(values: np.ndarray, datatype: str, where: str) -> InvalidInput | None:
+    """The error naming the first of input ``where``'s ``values`` (float64, flat) that its
+    declared ``datatype`` cannot hold, or None: beyond ±``FP32_MAX`` for FP32; not a whole
+    number, or outside the type's range, for INT32/INT64 (NaN, a missing value, is neither).
+    The one check of both forms of input, vectorised (it runs on every per-feature input)."""
+    if datatype == "FP32":
+        over = np.abs(values) > FP32_MAX
+        if not over.any():
+            return None
+        i = int(over.argmax())
+        return InvalidInput(f"{where}.data[{i}]: {float(values[i])!r:.40} is too large for FP32")
+    if datatype not in INT_RANGES:
         return None
-    i = int(over.argmax())
-    return InvalidInput(f"{where}.data[{i}]: {float(values[i])!r:.40} is too large for FP32")
+    low, high = INT_RANGES[datatype]
+    # NaN compares false both ways: a missing value is neither fractional nor out of range
+    bad = (values < low) | (values > high) | (np.abs(values - np.trunc(values)) > 0)
+    if not bad.any():
+        return None
+    i = int(bad.argmax())
+    v = float(values[i])
+    if not v.is_integer():
+        return InvalidInput(f"{where}.data[{i}]: {v!r:.40} is not an {datatype}")
+    shown = str(int(v)) if abs(v) < 1e16 else repr(v)  # 1e+100, not its 101 digits
+    return InvalidInput(f"{where}.data[{i}]: {shown} is out of range for {datatype}")
 
 
 def _json_values(data: Any, where: str) -> list[Any]:
@@ -492,7 +516,7 @@ def _explain_tensor(
             values[i] = number(v, f"{where}.data[{i}]")
         except InvalidInput as exc:
             return exc
-    if datatype == "FP32" and (error := beyond_fp32(values, where)):
+    if error := beyond_datatype(values, datatype, where):
         return error
     return InvalidInput(
         f"{where}.data: must be {shape[0] * shape[1]} numbers, flat or as rows of {shape[1]}"
