@@ -488,15 +488,16 @@ def register_upload(
     a version an earlier run published from this upload (its manifest's ``upload``) before its
     outcome could be written: nothing is registered twice."""
     store = open_store(settings, ensure=True)
-    registry = ModelRegistry(store, settings.require_signing_key())
     done = uploads.outcome(store, upload_id)
     if done is not None:
         uploads.drop_files(store, upload_id)  # an earlier run may have failed to delete them
         if done["state"] == uploads.REFUSED:
             raise uploads.UploadRefused(done["reason"])
+        registry = ModelRegistry(store, settings.require_signing_key())
         return Registered(done["version"], registry.manifest(done["version"]), done["promoted"])
     request = uploads.read_request(store, upload_id)
     try:
+        registry = ModelRegistry(store, settings.require_signing_key())
         version = _published_from(registry, upload_id)
         if version is None:
             registered = _register_stored(settings, store, upload_id, request, timeout)
