@@ -12,6 +12,8 @@ The objects of one upload, in the model's part of the store (``keys.upload_file`
 - ``outcome.json``: ``{"state": "published", "version", ...}`` or ``{"state": "refused",
   "reason"}``, written once by the retrainer, which then deletes the model and the data.
   The request and the outcome (a few hundred bytes) stay, so the status can still be read.
+  A run that failed where a retry may succeed (the store did not answer) writes no outcome
+  and deletes nothing: the upload stays pending and the Job's retry registers it.
 
 Only the standard library and the store: serving imports it.
 """
@@ -136,13 +138,20 @@ def outcome(store: Store, upload_id: str) -> dict[str, Any] | None:
 def finish(store: Store, upload_id: str, result: dict[str, Any]) -> dict[str, Any]:
     """Write the outcome (``state`` published or refused), then delete the model and the data:
     a refused or registered upload's files have no further use (a published version has its
-    own copy, the data set its own)."""
-    request = read_request(store, upload_id)
+    own copy, the data set its own). Only for a final outcome: a run that may succeed when
+    retried writes none and keeps the files for the retry."""
     result = {**result, "finished_at": time.time()}
-    store.put_json(keys.upload_file(upload_id, OUTCOME), result)
+    store.put_json(keys.upload_file(_check(upload_id), OUTCOME), result)
+    drop_files(store, upload_id)
+    return result
+
+
+def drop_files(store: Store, upload_id: str) -> None:
+    """Delete the model and the data of an upload that has its outcome (again, if a run wrote
+    the outcome and then lost the store)."""
+    request = read_request(store, upload_id)
     for key in (model_key(upload_id, request), keys.upload_file(upload_id, DATA)):
         store.delete(key)
-    return result
 
 
 def status(store: Store, upload_id: str) -> dict[str, Any]:
@@ -173,6 +182,7 @@ __all__ = [
     "REFUSED",
     "UploadRefused",
     "dataset_name",
+    "drop_files",
     "finish",
     "model_format",
     "new_id",

@@ -54,7 +54,7 @@ from mlplatform_common.schema import (
     is_category,
     parse_dataset,
 )
-from mlplatform_common.storage import open_store
+from mlplatform_common.storage import Store, open_store
 from mlplatform_retrainer import onnx_export
 from mlplatform_retrainer.job import upload_dataset
 from mlplatform_retrainer.settings import RetrainerSettings
@@ -419,10 +419,12 @@ def register(
     promote: bool = False,
     trust: Sequence[str] = (),
     timeout: float = DEFAULT_TIMEOUT,
+    upload_id: str | None = None,
 ) -> Registered:
     """Check, convert, sign and publish a model trained elsewhere with its reference data
     (module docstring). Raises ``RegistrationError``/``DatasetError`` before anything is
-    written to the store."""
+    written to the store. ``upload_id``: the upload it comes from, recorded in the manifest
+    (``upload``) so a retried run finds the version (``register_upload``)."""
     fmt = model_format(model_path)
     raw = read_table(data_path)
     dataset = parse_dataset(raw, target, name=data_path.stem, task=task)
@@ -454,7 +456,12 @@ def register(
         wrapped,
         dataset,
         metrics={"reference": evaluate(wrapped.model, wrapped.Xe, wrapped.y, model_task)},
-        fields={"parent": None, "format": fmt, "source_file": model_path.name},
+        fields={
+            "parent": None,
+            "format": fmt,
+            "source_file": model_path.name,
+            **({"upload": upload_id} if upload_id else {}),
+        },
     )
     store = open_store(settings, ensure=True)
     registry = ModelRegistry(store, settings.require_signing_key())
@@ -473,46 +480,47 @@ def register_upload(
     """Register a model uploaded through serving (``POST /admin/models``, which keeps it with
     ``uploads.store_upload`` and starts this with ``actions.register(upload_id)``), as
     ``register`` does a local file, and write the outcome for the upload: the version, or the
-    refusal's one line (``uploads.UploadRefused``, raised too). A retried run finds the
-    outcome and does not register twice."""
+    refusal's one line (``uploads.UploadRefused``, raised too).
+
+    A retryable error (``MLPlatformError.retryable``: the store did not answer, the retrain lock
+    is held) writes no outcome and keeps the upload's files: it is raised, the run exits 1 and
+    the Job's retry registers the upload. A retried run reads the outcome first, then looks for
+    a version an earlier run published from this upload (its manifest's ``upload``) before its
+    outcome could be written: nothing is registered twice."""
     store = open_store(settings, ensure=True)
     done = uploads.outcome(store, upload_id)
     if done is not None:
+        uploads.drop_files(store, upload_id)  # an earlier run may have failed to delete them
         if done["state"] == uploads.REFUSED:
             raise uploads.UploadRefused(done["reason"])
         registry = ModelRegistry(store, settings.require_signing_key())
         return Registered(done["version"], registry.manifest(done["version"]), done["promoted"])
     request = uploads.read_request(store, upload_id)
-    with tempfile.TemporaryDirectory(prefix="mlplatform-upload-") as tmp:
-        model_path = Path(tmp) / request["model_file"]
-        model_path.write_bytes(store.get(uploads.model_key(upload_id, request)))
-        data_path = Path(tmp) / f"{request['dataset']}.csv"
-        data_path.write_bytes(store.get(keys.upload_file(upload_id, uploads.DATA)))
-        try:
-            # Promoted below, once the version is published: a failed rollout is then told
-            # apart from a refused model.
-            registered = register(
-                settings,
-                model_path,
-                data_path,
-                request["target"],
-                task=request.get("task"),
-                trust=request.get("trust") or (),
-                timeout=timeout,
-            )
-        except MLPlatformError as exc:
-            uploads.finish(store, upload_id, {"state": uploads.REFUSED, "reason": exc.message})
-            raise uploads.UploadRefused(exc.message) from None
-        except Exception as exc:  # a bug here: the upload still gets an outcome, not pending
-            logger.exception("registering upload %s failed", upload_id)
-            reason = f"the registration failed ({_line(exc)}); see the retrainer's log"
-            uploads.finish(store, upload_id, {"state": uploads.REFUSED, "reason": reason})
-            raise uploads.UploadRefused(reason) from None
+    try:
+        registry = ModelRegistry(store, settings.require_signing_key())
+        version = _published_from(registry, upload_id)
+        if version is None:
+            registered = _register_stored(settings, store, upload_id, request, timeout)
+        else:
+            logger.info("upload %s was published as %s by an earlier run", upload_id, version)
+            registered = Registered(version, registry.manifest(version), False)
+    except MLPlatformError as exc:
+        if exc.retryable:
+            logger.warning("upload %s stays pending, to be retried: %s", upload_id, exc.message)
+            raise
+        uploads.finish(store, upload_id, {"state": uploads.REFUSED, "reason": exc.message})
+        raise uploads.UploadRefused(exc.message) from None
+    except Exception as exc:  # the user's model raised in this process, or a bug: an outcome
+        logger.exception("registering upload %s failed", upload_id)
+        reason = f"the registration failed ({_line(exc)}); see the retrainer's log"
+        uploads.finish(store, upload_id, {"state": uploads.REFUSED, "reason": reason})
+        raise uploads.UploadRefused(reason) from None
     result: dict[str, Any] = {
         "state": uploads.PUBLISHED,
         "version": registered.version,
         "promoted": False,
     }
+    retried = False
     try:
         if request.get("promote"):
             from mlplatform_retrainer.retrain import promote as promote_version
@@ -521,11 +529,48 @@ def register_upload(
             registered.promoted = True
             result.update(promoted=True, rollout=registered.alias["rollout"])
     except MLPlatformError as exc:
+        retried = exc.retryable  # the retry finds the version by its upload and promotes it
         result["reason"] = f"published, but not put in production: {exc.message}"
         raise
     finally:
-        uploads.finish(store, upload_id, result)
+        if not retried:
+            uploads.finish(store, upload_id, result)
     return registered
+
+
+def _published_from(registry: ModelRegistry, upload_id: str) -> str | None:
+    """The version an earlier run published from this upload, if any (newest first)."""
+    for manifest in reversed(registry.list_versions()):
+        if manifest.get("upload") == upload_id:
+            return str(manifest["version"])
+    return None
+
+
+def _register_stored(
+    settings: RetrainerSettings,
+    store: Store,
+    upload_id: str,
+    request: dict[str, Any],
+    timeout: float,
+) -> Registered:
+    """``register`` on the upload's files, copied from the store to a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="mlplatform-upload-") as tmp:
+        model_path = Path(tmp) / request["model_file"]
+        model_path.write_bytes(store.get(uploads.model_key(upload_id, request)))
+        data_path = Path(tmp) / f"{request['dataset']}.csv"
+        data_path.write_bytes(store.get(keys.upload_file(upload_id, uploads.DATA)))
+        # Promoted by the caller, once the version is published: a failed rollout is then
+        # told apart from a refused model.
+        return register(
+            settings,
+            model_path,
+            data_path,
+            request["target"],
+            task=request.get("task"),
+            trust=request.get("trust") or (),
+            timeout=timeout,
+            upload_id=upload_id,
+        )
 
 
 def _estimator_name(model: Any) -> str:
