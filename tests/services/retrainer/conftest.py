@@ -132,3 +132,8 @@ class JsonApi:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def log_messages(stderr: str) -> list[str]:
+    """The messages of a CLI's text log lines on stderr (after ``[model ...]``), in order."""
+    return [line.split("] ", 1)[1] for line in stderr.splitlines() if "] " in line]

@@ -3,9 +3,16 @@ CLI calls (`mlplatform data upload`, `mlplatform train --dataset`)."""
 
 from __future__ import annotations
 
+import os
+import pty
+import re
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from mlplatform_common import datasets, keys
@@ -14,7 +21,8 @@ from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import open_store
 from mlplatform_retrainer.job import train_from_store, upload_dataset_file
 from mlplatform_retrainer.settings import RetrainerSettings
-from tests.conftest import REPO, SIGNING_KEY, S3Server
+from tests.conftest import REPO, SIGNING_KEY, S3Server, run_cli, serving_env
+from tests.services.retrainer.conftest import log_messages
 
 
 def _settings(s3_server: S3Server, **kw: object) -> RetrainerSettings:
@@ -59,8 +67,6 @@ def test_a_bad_file_is_refused_before_anything_is_stored(
 def test_mlplatform_data_upload_then_train_on_it_and_a_bad_file_is_one_line(
     s3_server: S3Server, tmp_path: Path
 ) -> None:
-    from tests.conftest import run_cli, serving_env
-
     bucket = f"b-{uuid.uuid4().hex[:12]}"
     s3_server.store(bucket)
     env = serving_env(s3_server, bucket, MLPLATFORM_N_COMPONENTS="3")
@@ -82,5 +88,96 @@ def test_mlplatform_data_upload_then_train_on_it_and_a_bad_file_is_one_line(
     bad.write_text("a,a,target\n1,2,0\n")
     done = run_cli("mlplatform_retrainer", ["data", "upload", str(bad), "--name", "birds"], env)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and "'a'" in done.stderr
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "'a'" in errors[0], done.stderr  # after the stages it passed
     assert [d["name"] for d in datasets.listing(birds)] == ["pg"]  # nothing else stored
+
+
+def _big_csv(path: Path, rows: int) -> Path:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(rows, 11)), columns=[f"f{i}" for i in range(11)])
+    frame["y"] = frame.sum(axis=1) + rng.normal(size=rows)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_data_upload_shows_its_stages_on_stderr_and_keeps_stdout(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    """A multi-MB file through a pipe (not a terminal): a bounded number of reading lines,
+    then what validation found and how long the store took; stdout as before."""
+    rows = 60_000
+    path = _big_csv(tmp_path / "big.csv", rows)
+    size = path.stat().st_size
+    assert size > 8 * 2**20  # several read chunks
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    s3_server.store(bucket)
+    env = serving_env(s3_server, bucket)
+    args = ["data", "upload", str(path), "--name", "big", "--target", "y"]
+    done = run_cli("mlplatform_retrainer", args, env)
+    assert done.returncode == 0, done.stderr
+
+    assert done.stdout == (
+        f"uploading {path} ({size / 2**20:.1f} MB) ...\n"
+        f"stored data set 'big': {rows} rows, 11 features, target 'y' (regression); "
+        "train on it with: mlplatform train --dataset big\n"
+    )
+    mb = re.escape(f"{size / 2**20:.1f} MB")
+    expected = [
+        "reading big.csv: 25% of " + mb,
+        "reading big.csv: 50% of " + mb,
+        "reading big.csv: 75% of " + mb,
+        rf"read big.csv \({mb}\) in \d+\.\d s",
+        r"validating big.csv against its header \(target 'y'\) \.\.\.",
+        r"validated: 60,000 rows x 12 columns, task regression \(.+\)",
+        rf"storing datasets/big \({mb}\) \.\.\.",
+        r"stored in \d+\.\d s",
+    ]
+    messages = log_messages(done.stderr)
+    assert len(messages) == len(expected), done.stderr  # a few lines, not one per chunk
+    for message, pattern in zip(messages, expected, strict=True):
+        assert re.fullmatch(pattern, message), (message, pattern)
+    assert "\r" not in done.stderr and "━" not in done.stderr  # no bar drawn into a pipe
+    # What is stored is the file, byte for byte.
+    stored = open_store(s3_server.settings(bucket, model_name="big"))
+    assert stored.get(keys.dataset("big")) == path.read_bytes()
+
+
+def test_in_a_terminal_data_upload_draws_a_byte_bar_on_stderr_only(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    """stderr on a terminal (stdout a pipe, as in `mlplatform data upload ... > out`): the bar
+    is drawn there and cleared, instead of the log's 25% lines; stdout is the same."""
+    path = _big_csv(tmp_path / "tty.csv", 30_000)
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    s3_server.store(bucket)
+    env = {**os.environ, **serving_env(s3_server, bucket)}
+    primary, secondary = pty.openpty()
+    args = ["data", "upload", str(path), "--name", "tty", "--target", "y"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlplatform_retrainer", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+        text=True,
+    )
+    os.close(secondary)
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(primary)
+    stdout = proc.stdout.read() if proc.stdout else ""
+    shown = terminal.decode(errors="replace")
+    assert proc.wait(timeout=120) == 0, shown
+    assert "\x1b[" in shown and "reading" in shown and "━" in shown  # the bar, drawn
+    assert "reading tty.csv: 25%" not in shown and re.search(r"read tty.csv \(", shown)
+    assert "validated: 30,000 rows x 12 columns" in shown and "stored in" in shown
+    assert "reading" not in stdout and stdout.startswith(f"uploading {path} (")
+    assert stdout.splitlines()[1].startswith("stored data set 'tty': 30000 rows")

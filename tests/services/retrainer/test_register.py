@@ -6,6 +6,7 @@ predictions; and every bad input refused with one line, nothing published."""
 from __future__ import annotations
 
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,9 @@ from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.schema import load_dataset
 from mlplatform_common.settings import DEV_SIGNING_KEY
 from mlplatform_common.storage import LocalStore, S3Store
+from mlplatform_retrainer import register as registration
 from tests.conftest import REPO, SIGNING_KEY, S3Server, ServingProcess, run_cli, serving_env
+from tests.services.retrainer.conftest import log_messages
 from tests.services.retrainer.user_models import Crashes, Hangs, RaisesOnPredict
 from tests.services.serving.test_tasks import rows_of, v2_inputs
 
@@ -110,6 +113,42 @@ def registered(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) ->
             target,
         )
     return store, env, models
+
+
+def test_register_shows_its_stages_on_stderr_and_keeps_stdout(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    """What a user waits for (the separate process, the conversion, the store) has a line
+    before and one after with the time; stdout is the summary alone, as before."""
+    path, _csv, _model = _lightgbm(tmp_path)
+    data = tmp_path / "diabetes.parquet"
+    pd.read_csv(DATA / "diabetes.csv").to_parquet(data)
+    store = s3_server.store()
+    env = serving_env(s3_server, store.bucket, MLPLATFORM_ROLLOUT="none")
+    proc = _register(
+        env, "--name", "diab", "--model", str(path), "--data", str(data), "--target", "progression"
+    )
+    assert proc.returncode == 0, proc.stderr
+    manifest = _registry(store, "diab").manifest("v1")
+    described = registration.describe(
+        registration.Registered("v1", manifest, False), storage.for_model(store, "diab").url
+    )
+    assert proc.stdout == described + "\n"
+    expected = [
+        r"read diabetes.parquet \(0.0 MB\) in \d+\.\d s",
+        r"validated: 442 rows x 11 columns, task regression \(.+\)",
+        r"loading diabetes.pkl and predicting the 442 reference rows in a separate process "
+        r"\(timeout 120 s\) \.\.\.",
+        r"diabetes.pkl loaded and predicted them in \d+\.\d s",
+        r"computing the drift embedding and the reference scores, converting to ONNX \.\.\.",
+        r"version files ready in \d+\.\d s",
+        r"storing datasets/diabetes and the version's \d+ files \(\d+\.\d MB\) \.\.\.",
+        r"stored in \d+\.\d s",
+    ]
+    stages = [m for m in log_messages(proc.stderr) if any(re.fullmatch(p, m) for p in expected)]
+    assert len(stages) == len(expected), proc.stderr
+    for message, pattern in zip(stages, expected, strict=True):  # in this order
+        assert re.fullmatch(pattern, message), (message, pattern)
 
 
 def _registry(store: S3Store, name: str) -> ModelRegistry:

@@ -106,9 +106,11 @@ def test_a_refused_upload_is_one_line_its_outcome_written_and_nothing_published(
     for _ in range(2):  # the first run, then a retried one: the same line
         proc = run_cli("mlplatform_retrainer", ["run"], _env(tmp_path / "store", upload_id))
         assert proc.returncode == 2, proc.stdout + proc.stderr
-        lines = proc.stderr.strip().splitlines()
+        # the stages it passed (the pod's log), then the refusal's one line
+        lines = [line for line in proc.stderr.splitlines() if " ERROR " in line]
         assert len(lines) == 1 and "UploadRefused" in lines[0], proc.stderr
         assert "lr.joblib: the LogisticRegression is not fitted" in lines[0]
+        assert "Traceback" not in proc.stderr
     status = uploads.status(store, upload_id)
     assert status["state"] == "refused" and "is not fitted" in status["reason"]
     assert ModelRegistry(store, DEV_SIGNING_KEY.encode()).versions() == []

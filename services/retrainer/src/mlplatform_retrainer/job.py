@@ -5,6 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -14,9 +18,17 @@ import httpx
 import joblib
 import pandas as pd
 import sklearn
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 
-from mlplatform_common import datasets
+from mlplatform_common import datasets, keys
 from mlplatform_common.errors import DatasetError, InvalidInput, MLPlatformError
 from mlplatform_common.registry import BACKUP, MODEL, REF_DATA, ModelRegistry
 from mlplatform_common.schema import Dataset, encoded_frame, load_dataset
@@ -63,6 +75,68 @@ def train_with_progress(
         return train(dataset.X, dataset.y, config, on_step=step, test=test, task=dataset.task)
 
 
+READ_CHUNK = 1 << 20
+"""Bytes per read of a local file: a progress step, small enough to move for a large file."""
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def read_with_progress(path: Path) -> bytes:
+    """A local file's bytes, read with a byte bar on stderr in a terminal. Elsewhere (a pod, a
+    pipe) the log gets at most four lines whatever the size: 25%, 50%, 75% and the end."""
+    total = path.stat().st_size
+    chunks: list[bytes] = []
+    done, logged = 0, 0
+    start = time.perf_counter()
+    # rich, as the training bar: click.progressbar would print only its label off a terminal,
+    # and a bar redrawn into a pod's log would be one line per redraw.
+    tty = sys.stderr.isatty()
+    with (
+        Progress(
+            TextColumn("[bold]reading[/bold] {task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+            disable=not tty,
+        ) as bar,
+        path.open("rb") as f,
+    ):
+        task = bar.add_task(path.name, total=total)
+        while chunk := f.read(READ_CHUNK):
+            chunks.append(chunk)
+            done += len(chunk)
+            bar.update(task, completed=done)
+            quarter = min(done * 4 // max(total, 1), 4)
+            if not tty and logged < quarter < 4:
+                logged = quarter
+                logger.info("reading %s: %d%% of %s", path.name, quarter * 25, _mb(total))
+    raw = b"".join(chunks)
+    logger.info("read %s (%s) in %.1f s", path.name, _mb(done), time.perf_counter() - start)
+    return raw
+
+
+def validated(dataset: Dataset) -> str:
+    """What a validated data set holds, for the stage line after validation."""
+    return (
+        f"validated: {len(dataset.X):,} rows x {len(dataset.features) + 1} columns, "
+        f"task {dataset.task} ({dataset.task_reason})"
+    )
+
+
+@contextmanager
+def stage(doing: str, done: str) -> Iterator[None]:
+    """A long step as two log lines: ``doing ...`` before, ``done in N s`` after (not after
+    a failure: its one error line says what happened)."""
+    logger.info("%s ...", doing)
+    start = time.perf_counter()
+    yield
+    logger.info("%s in %.1f s", done, time.perf_counter() - start)
+
+
 def upload_dataset(store: Store, dataset: Dataset) -> None:
     """Keep the training data in the store, so retraining in a cluster can read it (``make
     train`` replaces the file's data set of the same name, as it always has)."""
@@ -85,13 +159,17 @@ def upload_dataset_file(
         raise datasets.too_large(settings.dataset_max_mb)
     meta_path = path.with_suffix(".meta.json")
     meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    dataset = datasets.prepare(
-        path.read_bytes(),
-        name or path.stem,
-        target or meta.get("target") or "target",
-        task=settings.task,
-    )
-    return datasets.write(open_store(settings, ensure=True), dataset)
+    raw = read_with_progress(path)
+    if len(raw) > datasets.max_bytes(settings.dataset_max_mb):  # grew since the check above
+        raise datasets.too_large(settings.dataset_max_mb)
+    name, target = name or path.stem, target or meta.get("target") or "target"
+    logger.info("validating %s against its header (target %r) ...", path.name, target)
+    dataset = datasets.prepare(raw, name, target, task=settings.task)
+    logger.info("%s", validated(dataset))
+    store = open_store(settings, ensure=True)
+    where = keys.dataset(name).rsplit("/", 1)[0]
+    with stage(f"storing {where} ({_mb(len(dataset.raw))})", "stored"):
+        return datasets.write(store, dataset)
 
 
 def publish(
@@ -270,9 +348,12 @@ __all__ = [
     "Published",
     "describe",
     "publish",
+    "read_with_progress",
+    "stage",
     "train_from_file",
     "train_from_store",
     "train_from_url",
     "upload_dataset",
     "upload_dataset_file",
+    "validated",
 ]

@@ -56,7 +56,7 @@ from mlplatform_common.schema import (
 )
 from mlplatform_common.storage import Store, open_store
 from mlplatform_retrainer import onnx_export
-from mlplatform_retrainer.job import upload_dataset
+from mlplatform_retrainer.job import read_with_progress, stage, upload_dataset, validated
 from mlplatform_retrainer.settings import RetrainerSettings
 from mlplatform_retrainer.train import evaluate
 
@@ -259,15 +259,16 @@ def read_table(path: Path) -> bytes:
     a Parquet file converted."""
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
+    if path.suffix.lower() not in (".csv", ".parquet"):
+        raise DatasetError(f"{path.name}: the reference data must be a .csv or .parquet file")
+    raw = read_with_progress(path)
     if path.suffix.lower() == ".parquet":
         try:
-            frame = pd.read_parquet(path)
+            frame = pd.read_parquet(io.BytesIO(raw))
         except Exception as exc:
             raise DatasetError(f"{path.name}: not a readable Parquet file ({_line(exc)})") from None
         return frame.to_csv(index=False).encode()
-    if path.suffix.lower() != ".csv":
-        raise DatasetError(f"{path.name}: the reference data must be a .csv or .parquet file")
-    return path.read_bytes()
+    return raw
 
 
 def _embedding(
@@ -428,16 +429,23 @@ def register(
     fmt = model_format(model_path)
     raw = read_table(data_path)
     dataset = parse_dataset(raw, target, name=data_path.stem, task=task)
+    logger.info("%s", validated(dataset))
     # The rows as serving will hand them to the model: encoded by the schema, decoded back.
     data_schema = feature_schema(dataset.X)
-    found = probe(
-        model_path, raw_rows(encoded_frame(dataset.X, data_schema), data_schema), trust, timeout
-    )
+    with stage(
+        f"loading {model_path.name} and predicting the {len(dataset.X):,} reference rows in a "
+        f"separate process (timeout {timeout:g} s)",
+        f"{model_path.name} loaded and predicted them",
+    ):
+        found = probe(
+            model_path, raw_rows(encoded_frame(dataset.X, data_schema), data_schema), trust, timeout
+        )
     model_task = CLASSIFICATION if found["classifier"] else REGRESSION
     if task is not None and task != model_task:
         raise RegistrationError(f"--task {task}, but {model_path.name} is a {model_task} model")
     if dataset.task != model_task:
         dataset = parse_dataset(raw, target, name=data_path.stem, task=model_task)
+        logger.info("task %s: %s is a %s model", model_task, model_path.name, model_task)
     # The model's column order: scikit-learn checks it against the order it was fitted in.
     dataset = Dataset(**{**dataset.__dict__, "X": dataset.X[found["features"]]})
     model = load_model(model_path, trust)  # shown above to load and predict
@@ -451,22 +459,34 @@ def register(
                 f"predict (its classes: {classes[:20]})"
             )
         dataset.y = as_classes(dataset.y, classes)
-    wrapped = wrap(model, dataset.X, dataset.y, model_task, settings.n_components, settings.seed)
-    files, manifest = version_files(
-        wrapped,
-        dataset,
-        metrics={"reference": evaluate(wrapped.model, wrapped.Xe, wrapped.y, model_task)},
-        fields={
-            "parent": None,
-            "format": fmt,
-            "source_file": model_path.name,
-            **({"upload": upload_id} if upload_id else {}),
-        },
-    )
+    with stage(
+        "computing the drift embedding and the reference scores, converting to ONNX",
+        "version files ready",
+    ):
+        wrapped = wrap(
+            model, dataset.X, dataset.y, model_task, settings.n_components, settings.seed
+        )
+        files, manifest = version_files(
+            wrapped,
+            dataset,
+            metrics={"reference": evaluate(wrapped.model, wrapped.Xe, wrapped.y, model_task)},
+            fields={
+                "parent": None,
+                "format": fmt,
+                "source_file": model_path.name,
+                **({"upload": upload_id} if upload_id else {}),
+            },
+        )
     store = open_store(settings, ensure=True)
     registry = ModelRegistry(store, settings.require_signing_key())
-    upload_dataset(store, dataset)
-    version = registry.publish(files, manifest)
+    size = sum(len(b) for b in files.values()) + len(dataset.raw)
+    with stage(
+        f"storing {keys.dataset(dataset.name).rsplit('/', 1)[0]} and the version's "
+        f"{len(files)} files ({size / 2**20:.1f} MB)",
+        "stored",
+    ):
+        upload_dataset(store, dataset)
+        version = registry.publish(files, manifest)
     # Imported here: retrain imports this module for refits of registered versions.
     from mlplatform_retrainer.retrain import promote as promote_version
 
