@@ -226,6 +226,23 @@ def test_a_typed_fp32_tensor_is_rounded_to_fp32_as_before(client: TestClient) ->
     assert got.X.tolist() == fp32.tolist()
 
 
+def _published_inputs(
+    request: pytest.FixtureRequest, local_store: Store, data_set: str, column: str
+) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
+    """``data_set``'s model published in ``local_store``, three of its rows as per-feature
+    V2 inputs, and the input of ``column`` among them."""
+    from tests.services.serving.test_tasks import rows_of, v2_inputs
+
+    fixtures = {
+        "breast": ("shipped_dataset", "trained"),
+        "penguins": ("penguins_dataset", "penguins_trained"),
+    }
+    dataset, trained = (request.getfixturevalue(f) for f in fixtures[data_set])
+    publish_trained(ModelRegistry(local_store, SIGNING_KEY), trained, dataset)
+    inputs = v2_inputs(dataset, rows_of(dataset, 3))
+    return dataset, inputs, next(t for t in inputs if t["name"] == column)
+
+
 @pytest.mark.parametrize(
     ("data_set", "column", "values", "fragment"),
     [
@@ -257,16 +274,7 @@ def test_v2_per_feature_fp32_inputs_beyond_fp32_are_refused(
 ) -> None:
     """One FP32 [n, n_features] tensor refused 1e39; the same value in a per-feature FP32
     input was answered 200, scored as a value no FP32 holds."""
-    from tests.services.serving.test_tasks import rows_of, v2_inputs
-
-    fixtures = {
-        "breast": ("shipped_dataset", "trained"),
-        "penguins": ("penguins_dataset", "penguins_trained"),
-    }
-    dataset, trained = (request.getfixturevalue(f) for f in fixtures[data_set])
-    publish_trained(ModelRegistry(local_store, SIGNING_KEY), trained, dataset)
-    inputs = v2_inputs(dataset, rows_of(dataset, 3))
-    tensor = next(t for t in inputs if t["name"] == column)
+    _, inputs, tensor = _published_inputs(request, local_store, data_set, column)
     tensor |= {
         "datatype": "FP32",
         "data": values,
@@ -338,16 +346,7 @@ def test_v2_per_feature_int_inputs_take_only_integers_in_range(
 ) -> None:
     """A per-feature input declared INT32/INT64 took 2.5 and 2**40 (answered 200, scored as
     the float): the declared datatype now holds, as FP32's range does."""
-    from tests.services.serving.test_tasks import rows_of, v2_inputs
-
-    fixtures = {
-        "breast": ("shipped_dataset", "trained"),
-        "penguins": ("penguins_dataset", "penguins_trained"),
-    }
-    dataset, trained = (request.getfixturevalue(f) for f in fixtures[data_set])
-    publish_trained(ModelRegistry(local_store, SIGNING_KEY), trained, dataset)
-    inputs = v2_inputs(dataset, rows_of(dataset, 3))
-    tensor = next(t for t in inputs if t["name"] == column)
+    dataset, inputs, tensor = _published_inputs(request, local_store, data_set, column)
     shape = [3, 1] if type(values[0]) is list else [3]
     tensor |= {"datatype": datatype, "data": values, "shape": shape}
     url = "/v2/models/mlplatform/infer"
