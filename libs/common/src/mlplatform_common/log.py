@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from datetime import UTC, datetime
 
 _model_version = "-"
@@ -37,9 +38,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is at each record, not as it was at set-up: a command
+    run in-process (a CLI test runner) swaps stderr and closes its copy afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: object) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Configure the root logger; call once at the start of an entrypoint."""
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.addFilter(_ModelVersionFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
