@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -123,6 +125,17 @@ def page(name: str, api_url: str, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     monkeypatch.setenv("MLPLATFORM_API_URL", api_url)
     get_settings.cache_clear()
     return AppTest.from_file(str(APP_DIR / "app_pages" / f"{name}.py"), default_timeout=30)
+
+
+def served_version(url: str, wanted: str, timeout: float = 60.0) -> str:
+    """The version serving's /health names once it is ``wanted`` (or when ``timeout`` ends):
+    a page follows the production alias, and the run tells serving to reload after moving it."""
+    deadline = time.monotonic() + timeout
+    while (served := httpx.get(url + "/health").json()["model_version"]) != wanted:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return served
 
 
 def texts(at: AppTest) -> str:

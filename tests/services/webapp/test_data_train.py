@@ -5,7 +5,6 @@ refusal is shown in its words and moves nothing."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import LocalStore
 from tests.conftest import REPO, SIGNING_KEY, ServingProcess, publish_trained
-from tests.services.webapp.conftest import ADMIN_TOKEN, page, serving_env, texts
+from tests.services.webapp.conftest import ADMIN_TOKEN, page, served_version, serving_env, texts
 
 PENGUINS = (REPO / "data" / "penguins.csv").read_bytes()
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -69,17 +68,7 @@ def test_train_on_a_data_set_shows_the_new_version_in_production(
     assert registry.production_version() == "v2"
     assert registry.manifest("v2")["training_data"]["dataset"] == "penguins"
     # the page follows the alias; the run then tells serving to reload, which takes a moment
-    assert _served_version(proc.url, "v2") == "v2"
-
-
-def _served_version(url: str, wanted: str, timeout: float = 60.0) -> str:
-    """The version serving's /health names once it is ``wanted`` (or when ``timeout`` ends)."""
-    deadline = time.monotonic() + timeout
-    while (served := httpx.get(url + "/health").json()["model_version"]) != wanted:
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    return served
+    assert served_version(proc.url, "v2") == "v2"
 
 
 def test_serving_s_refusal_is_shown_in_its_words_and_nothing_moves(

@@ -14,7 +14,7 @@ import pytest
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import LocalStore
 from tests.conftest import SIGNING_KEY, ServingProcess, publish_trained
-from tests.services.webapp.conftest import ADMIN_TOKEN, page, serving_env, texts
+from tests.services.webapp.conftest import ADMIN_TOKEN, page, served_version, serving_env, texts
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_promote_and_roll_back_change_production_with_the_token(
     assert "Started rollback for mlplatform (production was v2)" in shown
     assert "Production is now v1, held: rolled back from v2." in shown
     assert production(serving)["version"] == "v1"
-    assert httpx.get(serving.url + "/health").json()["model_version"] == "v1"
+    assert served_version(serving.url, "v1") == "v1"
 
     # nothing left to go back to: serving's 409, in its words
     moved = production(serving)
