@@ -525,7 +525,8 @@ def test_a_retrainer_killed_during_training_leaves_production_and_the_lock_expir
     from mlplatform_retrainer import retrain
 
     assert isinstance(retrain_store, LocalStore)
-    ttl = 4.0
+    # long enough that the child's start and the checks below end before it expires under load
+    ttl = 15.0
     marker = tmp_path / "training"
     env = {
         **os.environ,

@@ -158,15 +158,13 @@ def test_two_named_models_of_one_release_keep_their_own_runs_and_series(
         records = part.list_keys(keys.RETRAIN_RUNS)
         assert [part.get_json(r)["model"] for r in records] == [name] * n
     assert sorted(g["model"] for g in prom_stack.groups()) == sorted(runs)
-    query = (
-        'mlplatform_retrain_runs_total{job="mlplatform-retrainer",outcome="skipped",'
-        'release="blue",model=~"fraud|churn-eu"}'  # not an earlier test's series
-    )
-    deadline = time.monotonic() + 20
-    while len(found := prom_stack.query(query)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.3)
-    seen = {(r["metric"]["release"], r["metric"]["model"]): r["value"][1] for r in found}
-    assert seen == {("blue", "fraud"): "1", ("blue", "churn-eu"): "2"}
+    # each series to its own count: churn-eu's first push may be scraped before its second
+    for name, n in runs.items():
+        prom_stack.wait_for(
+            'mlplatform_retrain_runs_total{job="mlplatform-retrainer",outcome="skipped",'
+            f'release="blue",namespace="ml",model="{name}"}}',
+            n,
+        )
 
 
 def test_the_default_name_replaces_the_group_pushed_before_names(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 import numpy as np
@@ -138,16 +137,18 @@ def test_requests_wait_for_a_writer_that_is_behind_but_not_for_a_store_that_is_d
     settings = serving_settings(log_flush_seconds=3600, log_buffer_max_rows=40)
     with TestClient(create_app(settings, model_store)) as c:
         log = c.app.state.service.log
+        waits: list[tuple[float, bool]] = []  # (seconds, whether it reached the bound)
+        log.on_wait = lambda seconds, limit: waits.append((seconds, limit))
         log._flush_lock.acquire()  # the writer is busy with an earlier object: behind
         c.post("/predict", json={"instances": rows[:30]})
         assert log.backlogged()  # 30 of 40 waiting, the store fine
         flusher = threading.Timer(0.3, log._flush_lock.release)  # the writer then takes them
         flusher.start()
-        started = time.monotonic()
         r = c.post("/predict", json={"instances": rows[:5]})
-        waited = time.monotonic() - started
         flusher.join()
-        assert r.status_code == 200 and 0.25 < waited < 2.0  # held until the flush, not longer
+        assert r.status_code == 200
+        # held until the writer caught up, not until the bound
+        assert len(waits) == 1 and waits[0][0] > 0 and not waits[0][1], waits
         assert log.dropped_rows == 0 and log.pending_rows == 5
 
         def down(*args: object, **kwargs: object) -> None:
@@ -156,9 +157,9 @@ def test_requests_wait_for_a_writer_that_is_behind_but_not_for_a_store_that_is_d
         monkeypatch.setattr(model_store, "put", down)
         c.post("/predict", json={"instances": rows[:30]})
         assert log.flush() == 0 and not log.store_ok  # rows kept, and no waiting for them
-        started = time.monotonic()
+        assert not log.backlogged()
         assert c.post("/predict", json={"instances": rows[:5]}).status_code == 200
-        assert time.monotonic() - started < 0.25
+        assert len(waits) == 1, waits  # not held: a store that is down does not catch up
 
 
 @pytest.mark.parametrize(

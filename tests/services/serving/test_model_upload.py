@@ -314,7 +314,12 @@ def test_a_refused_registration_names_the_problem_and_publishes_nothing(
     answer = httpx.get(f"{proc.url}/admin/models/uploads/{upload_id}", headers=ADMIN).json()
     assert answer["state"] == "refused" and says in answer["reason"]
     assert "version" not in answer
-    assert not store.exists(keys.upload_file(upload_id, uploads.DATA))
+    # the run writes the outcome, then deletes the files: the answer may come between the two
+    data = keys.upload_file(upload_id, uploads.DATA)
+    deadline = time.monotonic() + 30
+    while store.exists(data) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not store.exists(data)
 
 
 def test_without_a_launcher_an_upload_is_503_and_stores_nothing(local_store: Store) -> None:

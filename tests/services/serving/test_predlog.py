@@ -18,6 +18,7 @@ import pytest
 from mlplatform_common import datalog, keys
 from mlplatform_common.errors import ModelNotReady, StorageUnavailable
 from mlplatform_common.storage import Store
+from mlplatform_serving import predlog
 from mlplatform_serving.predlog import ENTRY_BYTES, REQUEST_BYTES, PredictionLog
 from mlplatform_serving.runtime import BatchResult, make_served
 
@@ -45,6 +46,23 @@ def _result(served: Any, n: int, seed: int = 0) -> BatchResult:
     rng = np.random.default_rng(seed)
     proba = rng.dirichlet(np.ones(len(served.classes)), size=n)
     return BatchResult(served, rng.normal(size=(n, 2)), proba, proba.argmax(axis=1), False)
+
+
+class Clock:
+    """predlog's ``time.monotonic``, moved on by the test: no window for a slow machine."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(predlog, "time", fake)
+    return fake
 
 
 def _log(store: Store, **kw: Any) -> PredictionLog:
@@ -119,7 +137,7 @@ def test_a_flush_writes_whole_requests_up_to_the_object_limit_and_holds_the_rest
 
 
 def test_rows_that_arrive_during_a_flush_wait_their_own_flush_interval(
-    local_store: Store, monkeypatch: pytest.MonkeyPatch
+    local_store: Store, monkeypatch: pytest.MonkeyPatch, clock: Clock
 ) -> None:
     # They are the buffer's oldest rows now: judged by the flush's start, not by the rows
     # the flush wrote, or the writer would write an object at every wake under steady load.
@@ -127,7 +145,8 @@ def test_rows_that_arrive_during_a_flush_wait_their_own_flush_interval(
     served = _served("v1", [0, 1])
     for i in range(2):  # two objects
         log.add(_result(served, 3, seed=i), [datalog.new_prediction_ids(3, 1000.0)], 1000.0)
-    time.sleep(0.6)
+    assert not log._due()
+    clock.now += 0.6
     assert log._due()
     put = local_store.put
     puts = []
@@ -184,7 +203,7 @@ def test_the_buffer_of_a_store_that_is_down_is_bounded_by_memory_too(
 
 
 def test_a_store_that_is_down_is_retried_once_per_flush_interval(
-    local_store: Store, monkeypatch: pytest.MonkeyPatch
+    local_store: Store, monkeypatch: pytest.MonkeyPatch, clock: Clock
 ) -> None:
     # Not at every request: each try builds the frame of what is buffered.
     log = _log(local_store, flush_rows=1, flush_seconds=0.2)
@@ -201,7 +220,9 @@ def test_a_store_that_is_down_is_retried_once_per_flush_interval(
     assert log.flush() == 0 and len(tries) == 1
     log.add(_result(served, 5), [datalog.new_prediction_ids(5, time.time())], time.time())
     assert not log._due()  # still full, but the store failed just now
-    time.sleep(0.25)
+    clock.now += 0.19
+    assert not log._due()
+    clock.now += 0.02
     assert log._due()
 
 

@@ -452,11 +452,18 @@ def test_feedback_by_id_works_on_the_replica_that_did_not_predict_it(
         assert (
             fb.json()["type"] == "NotYet" and "not in the prediction log yet" in fb.json()["error"]
         )
-        time.sleep(int(fb.headers["retry-after"]) + 1)  # past the 2 s flush
-        again = httpx.post(
-            impatient.url + "/feedback", headers=WRITER, json={"prediction_id": pid, "target": 0}
-        )
-        assert again.status_code == 201, again.text
+        # a client that waits as told gets it stored once the flush has written the row (a
+        # slow store write under load may take another round)
+        for _ in range(10):
+            time.sleep(int(fb.headers["retry-after"]))
+            fb = httpx.post(
+                impatient.url + "/feedback",
+                headers=WRITER,
+                json={"prediction_id": pid, "target": 0},
+            )
+            if fb.status_code != 409:
+                break
+        assert fb.status_code == 201, fb.text
         assert len(datalog.read_feedback(s3_model)) == 4  # nothing stored by the 409
     finally:
         for proc in (a, b, impatient):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 import streamlit as st
@@ -68,10 +70,10 @@ def test_a_page_recovers_when_the_api_becomes_ready(
         assert not at.number_input
 
         publish_trained(ModelRegistry(store, SIGNING_KEY), trained, shipped_dataset)
-        for _ in range(50):
-            if httpx.get(proc.url + "/ready").status_code == 200:
-                break
-            __import__("time").sleep(0.2)
+        deadline = time.monotonic() + 60  # the next alias poll, then the load
+        while httpx.get(proc.url + "/ready").status_code != 200:
+            assert time.monotonic() < deadline, proc.output_so_far()
+            time.sleep(0.2)
         at.run()
         assert not at.exception and not at.error
         assert len(at.number_input) == 30
