@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,16 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def wait_count(what: str, found: Callable[[], int], expected: int, timeout: float = 30) -> None:
+    """Poll ``found`` until it reaches ``expected`` (what another process writes arrives
+    later); fail naming ``what`` if it stops short or goes past."""
+    deadline = time.monotonic() + timeout
+    while (n := found()) < expected:
+        assert time.monotonic() < deadline, f"{what}: {n} of {expected}"
+        time.sleep(0.2)
+    assert n == expected, f"{what}: {n}, expected {expected}"
 
 
 def free_port() -> int:

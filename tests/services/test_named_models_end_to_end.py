@@ -10,7 +10,6 @@ without MLPLATFORM_MODEL_NAME) keeps serving under ``mlplatform``."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import httpx
@@ -21,7 +20,15 @@ from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.reports import ReportArchive
 from mlplatform_common.schema import load_dataset
 from mlplatform_common.storage import Store, for_model
-from tests.conftest import DATA, SIGNING_KEY, S3Server, ServingProcess, run_cli, serving_env
+from tests.conftest import (
+    DATA,
+    SIGNING_KEY,
+    S3Server,
+    ServingProcess,
+    run_cli,
+    serving_env,
+    wait_count,
+)
 
 WRITER = {"Authorization": "Bearer proc-writer"}
 # name -> (data set, rows sent): a different count per name, so a row that crossed shows
@@ -32,14 +39,6 @@ DEFAULT_ROWS = 7
 def _rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = json.loads(frame.to_json(orient="records"))
     return rows
-
-
-def _wait(what: str, found: Any, expected: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while (n := found()) < expected:
-        assert time.monotonic() < deadline, f"{what}: {n} of {expected}"
-        time.sleep(0.2)
-    assert n == expected, f"{what}: {n}, expected {expected}"
 
 
 def _traffic(serving: ServingProcess, part: Store, data: str, n: int) -> None:
@@ -56,8 +55,8 @@ def _traffic(serving: ServingProcess, part: Store, data: str, n: int) -> None:
                 "/feedback", json={"prediction_id": answer["prediction_id"], "target": label}
             )
             assert fb.status_code == 201, fb.text
-    _wait("logged predictions", lambda: len(datalog.read_predictions(part)), n)
-    _wait("labelled rows", lambda: datalog.count_feedback(part), n)
+    wait_count("logged predictions", lambda: len(datalog.read_predictions(part)), n)
+    wait_count("labelled rows", lambda: datalog.count_feedback(part), n)
 
 
 def test_two_named_models_and_a_store_from_before_names_share_a_bucket(s3_server: S3Server) -> None:

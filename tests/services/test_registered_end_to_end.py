@@ -12,7 +12,6 @@ model was fitted on."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,15 @@ from mlplatform_common import datalog, keys
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.reports import ReportArchive
 from mlplatform_common.storage import Store, for_model
-from tests.conftest import DATA, SIGNING_KEY, S3Server, ServingProcess, run_cli, serving_env
+from tests.conftest import (
+    DATA,
+    SIGNING_KEY,
+    S3Server,
+    ServingProcess,
+    run_cli,
+    serving_env,
+    wait_count,
+)
 from tests.services.test_tasks_end_to_end import _json_rows, _v2_request
 
 WRITER = {"Authorization": "Bearer proc-writer"}
@@ -107,14 +114,6 @@ def _predict_json(url: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
     assert r.status_code == 200, r.text
     answers: list[dict[str, Any]] = r.json()["predictions"]
     return answers
-
-
-def _wait_for(what: str, found: Callable[[], int], expected: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while (n := found()) < expected:
-        assert time.monotonic() < deadline, f"{what}: {n} of {expected}"
-        time.sleep(0.2)
-    assert n == expected, f"{what}: {n}, expected {expected}"
 
 
 def _runs(part: Store) -> list[dict[str, Any]]:
@@ -202,8 +201,8 @@ def test_a_registered_model_goes_the_whole_loop(
         ]
         r = httpx.post(serving.url + "/feedback", json={"items": items}, headers=WRITER, timeout=30)
         assert r.status_code == 201, r.text
-        _wait_for("labelled rows", lambda: datalog.count_feedback(part), len(items))
-        _wait_for(
+        wait_count("labelled rows", lambda: datalog.count_feedback(part), len(items))
+        wait_count(
             "logged predictions",
             lambda: len(datalog.read_predictions(part)),
             len(X) + 8 + len(complete),

@@ -4,7 +4,6 @@ page says to what); without it they say a token is needed; serving's refusals ar
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 
 from mlplatform_common.registry import ModelRegistry
 from mlplatform_common.storage import LocalStore
-from tests.conftest import SIGNING_KEY, ServingProcess, publish_trained
+from tests.conftest import SIGNING_KEY, ServingProcess, publish_trained, wait_count
 from tests.services.webapp.conftest import ADMIN_TOKEN, page, served_version, serving_env, texts
 
 
@@ -32,14 +31,6 @@ def candidate_serving(
     proc = ServingProcess(env).start()
     yield proc
     proc.stop()
-
-
-def _until_exited(serving: ServingProcess, runs: int, timeout: float = 60) -> None:
-    """Wait until ``runs`` retrainer processes serving started have exited."""
-    deadline = time.monotonic() + timeout
-    while serving.output_so_far().count("exited with status") < runs:
-        assert time.monotonic() < deadline, serving.output_so_far()
-        time.sleep(0.2)
 
 
 def production(serving: ServingProcess) -> dict[str, Any]:
@@ -79,7 +70,12 @@ def test_promote_and_roll_back_change_production_with_the_token(
     # the pin run holds the retrain lock until serving has reloaded v2: a rollback started
     # before it exits would be refused by the lock
     assert served_version(serving.url, "v2") == "v2"
-    _until_exited(serving, runs=1)
+    wait_count(
+        "retrainer runs exited",
+        lambda: serving.output_so_far().count("exited with status"),
+        1,
+        timeout=60,
+    )
 
     at.button(key="model_rollback").click().run(timeout=90)
     assert not at.exception and not at.error, texts(at)
